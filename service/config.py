@@ -1,0 +1,256 @@
+"""Every setting the service reads: its name, default and meaning, read in one place.
+
+Settings come from, in order of precedence: overrides passed by the caller (tests),
+the process environment, a `.env` file in the project root, and the defaults below.
+Nothing here runs at import time; `load_settings()` is called by `create_app()`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
+
+DEV_SECRET_KEY = "dev-only-insecure-secret-key"
+DEV_POSTAL_ADDRESS = "100 Example Street, Springfield, ST 00000, USA (set OWNER_POSTAL_ADDRESS)"
+
+ENVIRONMENTS = ("development", "testing", "production")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration. Field names are the environment variable names."""
+
+    # Help text for each field lives in the field's metadata; README's table mirrors it.
+    APP_ENV: str = field(
+        default="development",
+        metadata={"help": "development, testing or production. Production refuses unsafe defaults."},
+    )
+    SECRET_KEY: str = field(
+        default=DEV_SECRET_KEY,
+        metadata={"help": "Signs tokens and sessions. Required (and secret) in production."},
+    )
+    INSTANCE_DIR: str = field(
+        default=str(DEFAULT_INSTANCE_DIR),
+        metadata={"help": "Folder for the SQLite database, the built guide and dev mail."},
+    )
+    DATABASE_URL: str = field(
+        default="",
+        metadata={"help": "SQLAlchemy URL. Default: SQLite file INSTANCE_DIR/newsletter.db."},
+    )
+    MAIL_URL: str = field(
+        default="console:",
+        metadata={
+            "help": "smtp://user:pass@host:port?tls=starttls|ssl|none, file:///dir or console:."
+        },
+    )
+    BASE_URL: str = field(
+        default="http://127.0.0.1:5000",
+        metadata={"help": "Public address of the web app; every link in every email uses it."},
+    )
+    SITE_NAME: str = field(
+        default="Low Back Relief",
+        metadata={"help": "The newsletter's name, shown on pages and in emails."},
+    )
+    MAIL_FROM: str = field(
+        default="Low Back Relief <hello@localhost>",
+        metadata={"help": "From address of every email, as 'Name <address>'."},
+    )
+    MAIL_REPLY_TO: str = field(
+        default="",
+        metadata={"help": "Reply-To address, if replies should go elsewhere than MAIL_FROM."},
+    )
+    OWNER_POSTAL_ADDRESS: str = field(
+        default=DEV_POSTAL_ADDRESS,
+        metadata={"help": "Postal address printed in every email (anti-spam law). Required in production."},
+    )
+    DEFAULT_TIME_ZONE: str = field(
+        default="America/New_York",
+        metadata={"help": "Time zone for readers whose browser did not report one."},
+    )
+    CONTENT_DIR: str = field(
+        default="",
+        metadata={
+            "help": "Folder with your own emails/ and pages/ templates; files there win over the shipped ones."
+        },
+    )
+    GUIDE_PATH: str = field(
+        default="",
+        metadata={"help": "The lead magnet file. Default: the shipped guide, built into INSTANCE_DIR."},
+    )
+    GUIDE_DOWNLOAD_NAME: str = field(
+        default="glute-strengthening-guide.pdf",
+        metadata={"help": "File name the reader's browser saves the guide as."},
+    )
+    CONFIRM_TOKEN_MAX_AGE_DAYS: int = field(
+        default=7,
+        metadata={"help": "How long a confirmation link works."},
+    )
+    DOWNLOAD_TOKEN_MAX_AGE_DAYS: int = field(
+        default=365,
+        metadata={"help": "How long a download link works."},
+    )
+    RESEND_COOLDOWN_MINUTES: int = field(
+        default=60,
+        metadata={"help": "A repeated signup within this time sends no second email."},
+    )
+    SIGNUP_RATE_LIMIT: str = field(
+        default="5 per minute;30 per hour",
+        metadata={"help": "Signups allowed per client IP (Flask-Limiter syntax)."},
+    )
+    RATELIMIT_STORAGE_URI: str = field(
+        default="memory://",
+        metadata={"help": "Where rate-limit counters live; redis://host:6379 for several processes."},
+    )
+    TRUSTED_PROXIES: int = field(
+        default=0,
+        metadata={"help": "Number of reverse proxies in front of the app whose X-Forwarded-For is trusted."},
+    )
+    SCHEDULER_TICK_SECONDS: float = field(
+        default=5.0,
+        metadata={"help": "How often the scheduler looks for due emails."},
+    )
+    SEND_BATCH_SIZE: int = field(
+        default=100,
+        metadata={"help": "Outbox rows claimed at once by one scheduler."},
+    )
+    SEND_LEASE_SECONDS: int = field(
+        default=300,
+        metadata={"help": "How long a claim lasts before another scheduler may take the rows over."},
+    )
+    SEND_MAX_ATTEMPTS: int = field(
+        default=8,
+        metadata={"help": "Attempts before a temporarily failing email is marked failed."},
+    )
+    SEND_RETRY_BASE_SECONDS: int = field(
+        default=60,
+        metadata={"help": "First retry delay; each further retry doubles it."},
+    )
+    SEND_RETRY_MAX_SECONDS: int = field(
+        default=6 * 3600,
+        metadata={"help": "The longest delay between two retries."},
+    )
+    SMTP_TIMEOUT_SECONDS: float = field(
+        default=30.0,
+        metadata={"help": "Socket timeout for every SMTP command."},
+    )
+    SCHEDULER_LATE_SECONDS: int = field(
+        default=120,
+        metadata={"help": "/healthz reports the scheduler late after this long without a tick."},
+    )
+    LOG_LEVEL: str = field(default="INFO", metadata={"help": "Python logging level."})
+
+    # --- derived values -------------------------------------------------------------
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the instance folder."""
+        if self.DATABASE_URL:
+            return self.DATABASE_URL
+        return f"sqlite:///{Path(self.INSTANCE_DIR) / 'newsletter.db'}"
+
+    @property
+    def guide_path(self) -> Path:
+        """Where the lead magnet is read from."""
+        if self.GUIDE_PATH:
+            return Path(self.GUIDE_PATH)
+        return Path(self.INSTANCE_DIR) / "glute-strengthening-guide.pdf"
+
+    @property
+    def uses_shipped_guide(self) -> bool:
+        """True when the guide is the one built from content/guide (and may be rebuilt)."""
+        return not self.GUIDE_PATH
+
+    @property
+    def default_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.DEFAULT_TIME_ZONE)
+
+    @property
+    def signup_limits_disabled(self) -> bool:
+        return self.SIGNUP_RATE_LIMIT.strip().lower() in ("", "off", "none")
+
+    def check(self) -> None:
+        """Refuse settings that are unsafe or invalid; raise ConfigError naming the setting."""
+        if self.APP_ENV not in ENVIRONMENTS:
+            raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {self.APP_ENV!r}")
+        if self.APP_ENV == "production":
+            if self.SECRET_KEY in ("", DEV_SECRET_KEY) or len(self.SECRET_KEY) < 16:
+                raise ConfigError(
+                    "SECRET_KEY must be set to a long random value in production "
+                    '(python -c "import secrets; print(secrets.token_hex(32))")'
+                )
+            if self.OWNER_POSTAL_ADDRESS in ("", DEV_POSTAL_ADDRESS):
+                raise ConfigError("OWNER_POSTAL_ADDRESS must be your real postal address in production")
+            if not self.BASE_URL.startswith("https://"):
+                raise ConfigError("BASE_URL must be an https:// address in production")
+        try:
+            ZoneInfo(self.DEFAULT_TIME_ZONE)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"DEFAULT_TIME_ZONE {self.DEFAULT_TIME_ZONE!r} is not a known time zone")
+        if not self.BASE_URL.startswith(("http://", "https://")):
+            raise ConfigError("BASE_URL must start with http:// or https://")
+        for name in ("SEND_BATCH_SIZE", "SEND_LEASE_SECONDS", "SEND_MAX_ATTEMPTS"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.SCHEDULER_TICK_SECONDS <= 0:
+            raise ConfigError("SCHEDULER_TICK_SECONDS must be positive")
+
+
+def _coerce(name: str, kind: type, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}")
+    return raw
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: Path | None = None,
+) -> Settings:
+    """Read the settings from overrides, the environment and `.env`, and check them."""
+    environ = os.environ if environ is None else environ
+    if dotenv_path is None:
+        # DOTENV_PATH names another file; set to an empty string it turns .env off.
+        chosen = environ.get("DOTENV_PATH")
+        dotenv_path = PROJECT_ROOT / ".env" if chosen is None else Path(chosen) if chosen else None
+    from_file = {}
+    if dotenv_path is not None and dotenv_path.is_file():
+        from_file = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
+    overrides = dict(overrides or {})
+    values: dict[str, Any] = {}
+    types = {"int": int, "float": float, "str": str}
+    for f in fields(Settings):
+        for source in (overrides, environ, from_file):
+            if f.name in source:
+                values[f.name] = _coerce(f.name, types[str(f.type)], source[f.name])
+                break
+    unknown = set(overrides) - {f.name for f in fields(Settings)}
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    settings = Settings(**values)
+    settings.check()
+    return settings
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(name, default, meaning) for every setting: the source of README's table."""
+    return [(f.name, str(f.default), f.metadata.get("help", "")) for f in fields(Settings)]

@@ -1,0 +1,275 @@
+"""One dispatch pass: claim due outbox rows, render each, deliver it, record the outcome.
+
+Each message is committed as sent as soon as the server accepts it, in its own short
+transaction. The one window in which a crash can still send an email twice is between
+the server's acceptance and that commit: the row's lease then runs out and another pass
+sends it again. The window holds at most the one message in flight per scheduler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+
+import jinja2
+
+from . import outbox, subscriptions
+from .db import Database
+from .emails import EmailRenderer, TemplateProblem
+from .links import Links
+from .mail import (
+    Mailer,
+    MailerUnavailable,
+    Message,
+    MessageRejected,
+    RecipientRejected,
+    TemporaryFailure,
+)
+from .models import OutboxMessage, Subscriber
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PassReport:
+    """What one pass did, for logs and tests."""
+
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    bounced: int = 0
+    cancelled: int = 0
+    released: int = 0
+    stopped: str | None = None  # why the pass ended early, if it did
+    errors: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        counts = ", ".join(
+            f"{name} {getattr(self, name)}"
+            for name in ("claimed", "sent", "retried", "failed", "bounced", "cancelled", "released")
+        )
+        return counts + (f"; stopped: {self.stopped}" if self.stopped else "")
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How many rows to claim, for how long, and how to retry."""
+
+    batch_size: int = 100
+    lease: timedelta = timedelta(minutes=5)
+    max_attempts: int = 8
+    retry_base: timedelta = timedelta(minutes=1)
+    retry_cap: timedelta = timedelta(hours=6)
+
+
+class Dispatcher:
+    """Moves due outbox rows to a mailer for one scheduler (`worker`)."""
+
+    def __init__(
+        self,
+        database: Database,
+        renderer: EmailRenderer,
+        links: Links,
+        *,
+        sender: str,
+        reply_to: str,
+        worker: str,
+        policy: DeliveryPolicy,
+        secret_key: str,
+    ) -> None:
+        self.database = database
+        self.renderer = renderer
+        self.links = links
+        self.sender = sender
+        self.reply_to = reply_to
+        self.worker = worker
+        self.policy = policy
+        self._message_id_key = hashlib.sha256(f"message-id:{secret_key}".encode()).digest()
+        self._message_id_domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+
+    def drain(
+        self,
+        mailer: Mailer,
+        *,
+        clock: Callable[[], datetime],
+        stop: threading.Event | None = None,
+    ) -> PassReport:
+        """Send batches until nothing is due, the mailer is unavailable, or `stop` is set."""
+        report = PassReport()
+        while True:
+            if stop is not None and stop.is_set():
+                report.stopped = "stop requested"
+                break
+            now = clock()
+            with self.database.begin() as session:
+                claimed = [
+                    row.id
+                    for row in outbox.claim(
+                        session,
+                        worker=self.worker,
+                        now=now,
+                        limit=self.policy.batch_size,
+                        lease=self.policy.lease,
+                    )
+                ]
+            if not claimed:
+                break
+            report.claimed += len(claimed)
+            self._send_claimed(claimed, mailer, now=now, report=report, stop=stop)
+            if report.stopped:
+                break
+        return report
+
+    def _send_claimed(
+        self,
+        claimed: Sequence[int],
+        mailer: Mailer,
+        *,
+        now: datetime,
+        report: PassReport,
+        stop: threading.Event | None,
+    ) -> None:
+        for index, message_id in enumerate(claimed):
+            if stop is not None and stop.is_set():
+                self._release(claimed[index:], due_at=now, report=report)
+                report.stopped = "stop requested"
+                return
+            message = self._prepare(message_id, now=now, report=report)
+            if message is None:
+                continue
+            try:
+                mailer.send(message)
+            except MailerUnavailable as exc:
+                logger.error(
+                    "MAIL DELIVERY IS STOPPED: %s. No email goes out until this is fixed; "
+                    "%d claimed emails stay queued.",
+                    exc,
+                    len(claimed) - index,
+                )
+                report.errors.append(str(exc))
+                self._release(claimed[index:], due_at=now + self.policy.retry_base, report=report)
+                report.stopped = f"mailer unavailable: {exc}"
+                return
+            except TemporaryFailure as exc:
+                self._retry_or_fail(message_id, str(exc), now=now, report=report)
+            except RecipientRejected as exc:
+                self._bounce(message_id, str(exc), now=now, report=report)
+            except MessageRejected as exc:
+                with self.database.begin() as session:
+                    outbox.mark_failed(session, message_id, worker=self.worker, error=str(exc))
+                logger.warning("outbox %d rejected by the server: %s", message_id, exc)
+                report.failed += 1
+            else:
+                with self.database.begin() as session:
+                    outbox.mark_sent(session, message_id, worker=self.worker, now=now)
+                report.sent += 1
+
+    def _prepare(self, message_id: int, *, now: datetime, report: PassReport) -> Message | None:
+        """The message for a claimed row, or None if it must not (or cannot) go now."""
+        with self.database.begin() as session:
+            loaded = outbox.load_claimed(session, message_id, worker=self.worker)
+            if loaded is None:  # cancelled since the claim, or taken over after a lapsed lease
+                report.cancelled += 1
+                return None
+            row, subscriber = loaded
+            if not outbox.may_receive(row.kind, subscriber):
+                outbox.mark_cancelled(
+                    session, message_id, worker=self.worker, reason="recipient may not receive it"
+                )
+                report.cancelled += 1
+                return None
+            if row.attempts > self.policy.max_attempts:
+                outbox.mark_failed(
+                    session,
+                    message_id,
+                    worker=self.worker,
+                    error=f"gave up after {row.attempts - 1} attempts; last error: {row.last_error}",
+                )
+                report.failed += 1
+                return None
+            assert subscriber is not None  # may_receive() is False without one
+            try:
+                return self.compose(row, subscriber, now=now)
+            except (TemplateProblem, jinja2.TemplateError) as exc:
+                error = f"template {row.template!r} failed: {exc}"
+                logger.error("outbox %d: %s", message_id, error)
+                report.errors.append(error)
+        # The template is broken: keep the email and retry, so fixing the template sends it.
+        self._retry_or_fail(message_id, error, now=now, report=report)
+        return None
+
+    def compose(self, row: OutboxMessage, subscriber: Subscriber, *, now: datetime) -> Message:
+        """Render the row's template for its subscriber into a Message."""
+        unsubscribe_url = self.links.unsubscribe(subscriber.id, now=now)
+        context = {
+            "first_name": subscriber.first_name,
+            "confirm_url": self.links.confirm(subscriber.id, now=now),
+            "download_url": self.links.download(subscriber.id, now=now),
+            "unsubscribe_url": unsubscribe_url,
+            **row.context,
+        }
+        rendered = self.renderer.render(row.template, context)
+        return Message(
+            sender=self.sender,
+            to=row.to_address,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            date=now,
+            message_id=self.message_id(row.id),
+            reply_to=self.reply_to,
+            headers={
+                # RFC 8058: mailbox providers POST List-Unsubscribe=One-Click to this URL.
+                "List-Unsubscribe": f"<{unsubscribe_url}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+        )
+
+    def message_id(self, outbox_id: int) -> str:
+        """A Message-ID that is the same on every attempt, so receivers can spot repeats."""
+        tag = hmac.new(self._message_id_key, str(outbox_id).encode(), "sha256").hexdigest()[:16]
+        return f"<{outbox_id}.{tag}@{self._message_id_domain}>"
+
+    def _retry_or_fail(self, message_id: int, error: str, *, now: datetime, report: PassReport) -> None:
+        with self.database.begin() as session:
+            row = session.get(OutboxMessage, message_id)
+            attempts = row.attempts if row is not None else self.policy.max_attempts
+            if attempts >= self.policy.max_attempts:
+                outbox.mark_failed(
+                    session, message_id, worker=self.worker,
+                    error=f"gave up after {attempts} attempts: {error}",
+                )
+                report.failed += 1
+                logger.warning("outbox %d failed after %d attempts: %s", message_id, attempts, error)
+                return
+            delay = outbox.retry_delay(
+                attempts, base=self.policy.retry_base, cap=self.policy.retry_cap
+            )
+            outbox.retry_later(
+                session, message_id, worker=self.worker, due_at=now + delay, error=error
+            )
+        report.retried += 1
+        logger.info("outbox %d will be retried in %s: %s", message_id, delay, error)
+
+    def _bounce(self, message_id: int, error: str, *, now: datetime, report: PassReport) -> None:
+        with self.database.begin() as session:
+            row = session.get(OutboxMessage, message_id)
+            outbox.mark_failed(session, message_id, worker=self.worker, error=error)
+            if row is not None and row.subscriber_id is not None:
+                subscriptions.mark_bounced(session, row.subscriber_id, reason=error, now=now)
+        report.failed += 1
+        report.bounced += 1
+        logger.warning("outbox %d bounced; no more mail to that address: %s", message_id, error)
+
+    def _release(self, message_ids: Sequence[int], *, due_at: datetime, report: PassReport) -> None:
+        with self.database.begin() as session:
+            report.released += outbox.release(
+                session, list(message_ids), worker=self.worker, due_at=due_at
+            )

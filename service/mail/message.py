@@ -1,0 +1,126 @@
+"""An email to deliver, and its MIME form (multipart/alternative: plain text and HTML).
+
+The MIME bytes are built directly rather than through `email.message.EmailMessage`:
+the structure is always the same two parts, and the standard library's policy machinery
+costs far more than the encoding itself. Bodies are quoted-printable (binascii, in C);
+headers with non-ASCII text use RFC 2047 encoded words. Tests parse the output back with
+the standard library to prove it is well formed.
+"""
+
+from __future__ import annotations
+
+import binascii
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
+
+CRLF = "\r\n"
+
+
+class HeaderInjection(ValueError):
+    """A header value contains a line break; refusing it keeps headers from being forged."""
+
+
+def _check_header_value(name: str, value: str) -> str:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise HeaderInjection(f"{name} header contains a line break or NUL")
+    return value
+
+
+def _encode_text(name: str, value: str) -> str:
+    """Header text as it goes on the wire: ASCII as is, anything else as encoded words."""
+    _check_header_value(name, value)
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
+
+
+def address_for_transport(address: str) -> tuple[str, bool]:
+    """(address with an ASCII domain, whether the local part needs SMTPUTF8)."""
+    local, _, domain = address.rpartition("@")
+    if not domain.isascii():
+        domain = domain.encode("idna").decode("ascii")
+    return f"{local}@{domain}", not local.isascii()
+
+
+def _encode_address(name: str, value: str) -> str:
+    """An address header: display names are encoded, addresses are never touched."""
+    _check_header_value(name, value)
+    display, address = parseaddr(value)
+    address, _ = address_for_transport(address) if "@" in address else (value, False)
+    if not display:
+        return address
+    return formataddr((display, address), charset="utf-8")
+
+
+def _qp(text: str) -> str:
+    normalized = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
+    encoded = binascii.b2a_qp(normalized.encode("utf-8"), quotetabs=False, istext=True)
+    return encoded.decode("ascii")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One email to one recipient."""
+
+    sender: str  # 'Name <address>' or a bare address
+    to: str  # a bare address; never carries a display name
+    subject: str
+    text: str
+    html: str
+    date: datetime
+    message_id: str  # '<...@...>'
+    reply_to: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # more headers, ASCII values
+
+    @property
+    def envelope_from(self) -> str:
+        return address_for_transport(parseaddr(self.sender)[1])[0]
+
+    @property
+    def envelope_to(self) -> str:
+        return address_for_transport(self.to)[0]
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        return address_for_transport(self.to)[1]
+
+    def as_bytes(self, boundary: str | None = None) -> bytes:
+        """The message in MIME form, CRLF line endings, ready for SMTP DATA."""
+        boundary = boundary or f"=_{secrets.token_hex(12)}"
+        to = self.to
+        if not self.needs_smtputf8:
+            to = self.envelope_to
+        lines = [
+            f"From: {_encode_address('From', self.sender)}",
+            f"To: {_check_header_value('To', to)}",
+            f"Subject: {_encode_text('Subject', self.subject)}",
+            f"Date: {format_datetime(self.date)}",
+            f"Message-ID: {_check_header_value('Message-ID', self.message_id)}",
+        ]
+        if self.reply_to:
+            lines.append(f"Reply-To: {_encode_address('Reply-To', self.reply_to)}")
+        for name, value in self.headers.items():
+            if not value.isascii():
+                raise ValueError(f"{name} header must be ASCII")
+            lines.append(f"{name}: {_check_header_value(name, value)}")
+        lines += [
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"',
+            "",
+            f"--{boundary}",
+            'Content-Type: text/plain; charset="utf-8"',
+            "Content-Transfer-Encoding: quoted-printable",
+            "",
+            _qp(self.text),
+            f"--{boundary}",
+            'Content-Type: text/html; charset="utf-8"',
+            "Content-Transfer-Encoding: quoted-printable",
+            "",
+            _qp(self.html),
+            f"--{boundary}--",
+            "",
+        ]
+        return CRLF.join(lines).encode("utf-8")

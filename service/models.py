@@ -1,0 +1,203 @@
+"""The tables: subscribers, their consent records and events, the outbox, enrollments.
+
+Every datetime is stored as UTC and comes back timezone-aware, on SQLite too.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .db import Base
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores it naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass an aware datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    """Store an enum by value in a VARCHAR with a CHECK constraint (portable, readable)."""
+    return Enum(
+        cls,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+        name=cls.__name__.lower(),
+    )
+
+
+class SubscriberStatus(enum.StrEnum):
+    PENDING = "pending"  # signed up, not confirmed yet
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"  # the mail server said the address does not exist
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # As the reader typed it, normalized by email-validator; used to send.
+    email: Mapped[str] = mapped_column(String(320))
+    # Case-folded form: one subscriber per address however it is capitalized.
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[SubscriberStatus] = mapped_column(_enum(SubscriberStatus), index=True)
+    time_zone: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a signup request last caused an email (confirmation or guide again); a new
+    # request inside the cooldown sends nothing, so nobody can flood an inbox.
+    last_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    consents: Mapped[list[ConsentRecord]] = relationship(
+        back_populates="subscriber", order_by="ConsentRecord.id", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"<Subscriber {self.id} {self.status.value}>"
+
+
+class ConsentRecord(Base):
+    """What a subscriber agreed to, when, and from where: proof of opt-in."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    action: Mapped[str] = mapped_column(String(16))  # signup, confirm
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    source: Mapped[str] = mapped_column(String(100))
+    text: Mapped[str] = mapped_column(Text)  # the exact consent wording shown
+    text_version: Mapped[str] = mapped_column(String(16))  # short hash of `text`
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="consents")
+
+
+class Event(Base):
+    """Something that happened to a subscriber: the history and the dashboard's counts."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_kind_at", "kind", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class OutboxStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for due_at
+    SENDING = "sending"  # claimed by a scheduler until due_at (the lease)
+    SENT = "sent"
+    FAILED = "failed"  # rejected for good, or out of attempts
+    CANCELLED = "cancelled"  # the subscriber left before it went out
+
+
+class OutboxMessage(Base):
+    """One email to send. Written in the transaction that causes it; sent by the scheduler.
+
+    `due_at` is when a scheduler should next act on the row: for a queued row the time it
+    is due (first send or retry), for a row being sent the end of the claim's lease, after
+    which another scheduler may take it over. One partial index serves both.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_due",
+            "due_at",
+            sqlite_where=text("status IN ('queued', 'sending')"),
+            postgresql_where=text("status IN ('queued', 'sending')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    to_address: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(32))  # confirm, welcome, guide, ...
+    template: Mapped[str] = mapped_column(String(100))
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Where at most one such email may ever exist, e.g. "welcome:42".
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    status: Mapped[OutboxStatus] = mapped_column(_enum(OutboxStatus), default=OutboxStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<OutboxMessage {self.id} {self.kind} {self.status.value}>"
+
+
+class Enrollment(Base):
+    """A subscriber's place in a drip sequence."""
+
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        Index("uq_enrollments_subscriber_sequence", "subscriber_id", "sequence", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    sequence: Mapped[str] = mapped_column(String(64))
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SchedulerHeartbeat(Base):
+    """When each scheduler process last ticked; /healthz reports the latest."""
+
+    __tablename__ = "scheduler_heartbeats"
+
+    worker: Mapped[str] = mapped_column(String(100), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_tick_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

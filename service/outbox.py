@@ -1,0 +1,199 @@
+"""The outbox: emails waiting to go, claimed under a lease, and what became of them.
+
+Rows are written by domain functions in the caller's transaction (so an email exists if and
+only if what caused it was committed) and moved along by the scheduler's dispatch pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .db import insert_ignoring_conflicts
+from .models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+
+PENDING_STATES = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
+
+# The kinds of email that may reach someone who has not confirmed yet.
+BEFORE_CONFIRMATION = frozenset({"confirm"})
+
+
+def enqueue(
+    session: Session,
+    subscriber: Subscriber,
+    *,
+    kind: str,
+    template: str,
+    now: datetime,
+    context: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+    due_at: datetime | None = None,
+) -> bool:
+    """Queue one email to `subscriber`. With a dedupe key, a second one is silently dropped.
+
+    Returns whether a row was written.
+    """
+    values = {
+        "subscriber_id": subscriber.id,
+        "to_address": subscriber.email,
+        "kind": kind,
+        "template": template,
+        "context": context or {},
+        "dedupe_key": dedupe_key,
+        "status": OutboxStatus.QUEUED,
+        "attempts": 0,
+        "due_at": due_at or now,
+        "created_at": now,
+    }
+    if dedupe_key is None:
+        session.add(OutboxMessage(**values))
+        return True
+    return insert_ignoring_conflicts(session, OutboxMessage.__table__, values)
+
+
+def cancel_for_subscriber(session: Session, subscriber_id: int, *, reason: str) -> int:
+    """Cancel everything not yet sent to a subscriber, including rows being sent right now."""
+    result = session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.subscriber_id == subscriber_id,
+            OutboxMessage.status.in_(PENDING_STATES),
+        )
+        .values(status=OutboxStatus.CANCELLED, claimed_by=None, last_error=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def claim(
+    session: Session, *, worker: str, now: datetime, limit: int, lease: timedelta
+) -> Sequence[OutboxMessage]:
+    """Claim up to `limit` due rows for `worker` until `now + lease`, oldest first.
+
+    Due rows are queued rows whose time has come and rows whose lease ran out (their
+    scheduler died). On PostgreSQL, rows another scheduler is claiming are skipped
+    (FOR UPDATE SKIP LOCKED); on SQLite, BEGIN IMMEDIATE makes claims take turns.
+    """
+    due = (
+        select(OutboxMessage.id)
+        .where(OutboxMessage.status.in_(PENDING_STATES), OutboxMessage.due_at <= now)
+        .order_by(OutboxMessage.due_at, OutboxMessage.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    claimed = session.scalars(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(due.scalar_subquery()))
+        .values(
+            status=OutboxStatus.SENDING,
+            claimed_by=worker,
+            due_at=now + lease,
+            attempts=OutboxMessage.attempts + 1,
+        )
+        .returning(OutboxMessage),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return sorted(claimed, key=lambda message: (message.due_at, message.id))
+
+
+def load_claimed(
+    session: Session, message_id: int, *, worker: str
+) -> tuple[OutboxMessage, Subscriber | None] | None:
+    """The row and its subscriber if `worker` still holds the claim, else None.
+
+    Read just before sending: a subscriber who unsubscribed after the claim has had the
+    row cancelled, and a row whose lease ran out may belong to another scheduler now.
+    """
+    row = session.execute(
+        select(OutboxMessage, Subscriber)
+        .outerjoin(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
+        .where(
+            OutboxMessage.id == message_id,
+            OutboxMessage.status == OutboxStatus.SENDING,
+            OutboxMessage.claimed_by == worker,
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+def may_receive(kind: str, subscriber: Subscriber | None) -> bool:
+    """Whether an email of `kind` may still go to `subscriber` as they are now."""
+    if subscriber is None:
+        return False
+    if kind in BEFORE_CONFIRMATION:
+        return subscriber.status is not SubscriberStatus.CONFIRMED
+    return subscriber.status is SubscriberStatus.CONFIRMED
+
+
+def _finish(
+    session: Session, message_id: int, worker: str, **values: Any
+) -> bool:
+    result = session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.id == message_id,
+            OutboxMessage.status == OutboxStatus.SENDING,
+            OutboxMessage.claimed_by == worker,
+        )
+        .values(claimed_by=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def mark_sent(session: Session, message_id: int, *, worker: str, now: datetime) -> bool:
+    """Record that the server accepted the message."""
+    return _finish(session, message_id, worker, status=OutboxStatus.SENT, sent_at=now, last_error=None)
+
+
+def mark_failed(session: Session, message_id: int, *, worker: str, error: str) -> bool:
+    """Give up on the message for good."""
+    return _finish(session, message_id, worker, status=OutboxStatus.FAILED, last_error=error[:2000])
+
+
+def mark_cancelled(session: Session, message_id: int, *, worker: str, reason: str) -> bool:
+    """Drop the message: its recipient may no longer receive it."""
+    return _finish(session, message_id, worker, status=OutboxStatus.CANCELLED, last_error=reason)
+
+
+def retry_later(
+    session: Session, message_id: int, *, worker: str, due_at: datetime, error: str
+) -> bool:
+    """Put the message back in the queue until `due_at`."""
+    return _finish(
+        session, message_id, worker, status=OutboxStatus.QUEUED, due_at=due_at, last_error=error[:2000]
+    )
+
+
+def release(
+    session: Session, message_ids: Sequence[int], *, worker: str, due_at: datetime
+) -> int:
+    """Hand claimed rows back untried: they keep their attempt count and are due at `due_at`."""
+    if not message_ids:
+        return 0
+    result = session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.id.in_(message_ids),
+            OutboxMessage.status == OutboxStatus.SENDING,
+            OutboxMessage.claimed_by == worker,
+        )
+        .values(
+            status=OutboxStatus.QUEUED,
+            claimed_by=None,
+            due_at=due_at,
+            attempts=OutboxMessage.attempts - 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def retry_delay(attempts: int, *, base: timedelta, cap: timedelta) -> timedelta:
+    """Exponential backoff: base, 2*base, 4*base ... never more than cap."""
+    return min(cap, base * (2 ** max(0, attempts - 1)))

@@ -1,0 +1,98 @@
+"""The one place that turns settings into the service's working parts.
+
+The web app (`create_app`), the CLI and the scheduler process all start here, so they
+see the same database, templates, keys and mail backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from .config import Settings
+from .db import Database
+from .dispatch import DeliveryPolicy, Dispatcher
+from .emails import EmailRenderer, email_directories
+from .links import Links
+from .mail import Mailer, mailer_from_url
+from .tokens import Tokens
+
+
+def utc_now() -> datetime:
+    """The wall clock, read only at the edges (requests, scheduler ticks)."""
+    return datetime.now(UTC)
+
+
+def worker_name() -> str:
+    """A name for this process that is unique among running schedulers."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    tokens: Tokens
+    links: Links
+    renderer: EmailRenderer
+    clock: Callable[[], datetime] = field(default=utc_now)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        tokens = Tokens(settings.SECRET_KEY)
+        return cls(
+            settings=settings,
+            database=Database.connect(settings.database_url),
+            tokens=tokens,
+            links=Links(settings.BASE_URL, tokens),
+            renderer=EmailRenderer(
+                email_directories(settings.CONTENT_DIR),
+                site={
+                    "name": settings.SITE_NAME,
+                    "base_url": settings.BASE_URL.rstrip("/"),
+                    "postal_address": settings.OWNER_POSTAL_ADDRESS,
+                },
+            ),
+        )
+
+    def make_mailer(self) -> Mailer:
+        """A fresh mailer (one SMTP connection) for one dispatch pass."""
+        return mailer_from_url(self.settings.MAIL_URL, timeout=self.settings.SMTP_TIMEOUT_SECONDS)
+
+    def make_dispatcher(self, worker: str) -> Dispatcher:
+        s = self.settings
+        return Dispatcher(
+            self.database,
+            self.renderer,
+            self.links,
+            sender=s.MAIL_FROM,
+            reply_to=s.MAIL_REPLY_TO,
+            worker=worker,
+            secret_key=s.SECRET_KEY,
+            policy=DeliveryPolicy(
+                batch_size=s.SEND_BATCH_SIZE,
+                lease=timedelta(seconds=s.SEND_LEASE_SECONDS),
+                max_attempts=s.SEND_MAX_ATTEMPTS,
+                retry_base=timedelta(seconds=s.SEND_RETRY_BASE_SECONDS),
+                retry_cap=timedelta(seconds=s.SEND_RETRY_MAX_SECONDS),
+            ),
+        )
+
+    @property
+    def resend_cooldown(self) -> timedelta:
+        return timedelta(minutes=self.settings.RESEND_COOLDOWN_MINUTES)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr at LOG_LEVEL, once per process."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(settings.LOG_LEVEL.upper())
+    # Alembic announces every plugin it loads at INFO; only its migration steps matter.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -1,0 +1,413 @@
+"""Subscribing, confirming, unsubscribing: the life of a subscription.
+
+Pure domain: functions take a session, the facts and `now`; they add rows (subscribers,
+consent records, events, outbox emails) and never commit. The web form and the JSON API
+both go through `parse_signup` and `subscribe`.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import re
+import unicodedata
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from . import outbox, sequences
+from .models import ConsentRecord, Event, Subscriber, SubscriberStatus
+
+MAX_EMAIL_LENGTH = 254
+MAX_NAME_LENGTH = 100
+MAX_SOURCE_LENGTH = 100
+MAX_USER_AGENT_LENGTH = 512
+
+SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,%d}" % MAX_SOURCE_LENGTH)
+# Bidirectional overrides can make a name display as something else in the owner's pages.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+LINK_PATTERN = re.compile(r"://|\bwww\.|\bhttps?\b|\.(com|net|org|ru|io|xyz|top)\b", re.IGNORECASE)
+
+
+class InvalidSignup(ValueError):
+    """The signup data has errors; `errors` maps each bad field to a sentence for the reader."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+        self.errors = errors
+
+
+class UnknownSubscriber(LookupError):
+    """No subscriber has that id (never existed, or erased)."""
+
+
+class SupersededToken(ValueError):
+    """The link was made before the subscriber left; it cannot bring them back."""
+
+
+@dataclass(frozen=True)
+class Signup:
+    """Validated signup data."""
+
+    email: str
+    first_name: str | None
+    time_zone: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a request came from, for the consent record."""
+
+    ip: str | None
+    user_agent: str | None
+
+    def __post_init__(self) -> None:
+        if self.user_agent is not None:
+            object.__setattr__(self, "user_agent", self.user_agent[:MAX_USER_AGENT_LENGTH])
+
+
+class SignupResult(enum.StrEnum):
+    CREATED = "created"  # new subscriber, confirmation email queued
+    CONFIRMATION_SENT = "confirmation_sent"  # known, not confirmed: confirmation queued again
+    GUIDE_SENT = "guide_sent"  # already confirmed: the guide link is emailed again
+    SUPPRESSED = "suppressed"  # asked again inside the cooldown: nothing sent
+
+
+@functools.cache
+def _known_time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def normalize_email(raw: str) -> str:
+    """The canonical form of an address; raise ValueError with a reader-facing reason.
+
+    The domain is stored in its ASCII (IDNA) form, which is how it travels in SMTP, so
+    `Bob@EXÄMPLE.de` and `Bob@xn--exmple-cua.de` are one subscriber.
+    """
+    raw = raw.strip()
+    if not raw:
+        raise ValueError("Please enter your email address.")
+    if len(raw) > MAX_EMAIL_LENGTH:
+        raise ValueError("That email address is too long.")
+    try:
+        result = validate_email(raw, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from exc
+    return f"{result.local_part}@{result.ascii_domain}"
+
+
+def email_key(email: str) -> str:
+    """The form two addresses are compared in: one subscriber however it is capitalized."""
+    return email.casefold()
+
+
+def _clean_name(raw: str) -> str | None:
+    name = " ".join(unicodedata.normalize("NFC", raw).split())
+    if not name:
+        return None
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"Please keep your first name under {MAX_NAME_LENGTH} characters.")
+    if any(unicodedata.category(ch) == "Cc" or ch in BIDI_CONTROLS for ch in raw):
+        raise ValueError("Your first name can only be one line of plain text.")
+    if LINK_PATTERN.search(name) or "<" in name or ">" in name:
+        raise ValueError("Please enter just your first name.")
+    return name
+
+
+def parse_signup(
+    data: Mapping[str, Any], *, default_time_zone: str, default_source: str
+) -> Signup:
+    """Validate signup fields from a form or JSON; raise InvalidSignup listing every problem."""
+    errors: dict[str, str] = {}
+
+    def text(field: str) -> str:
+        value = data.get(field)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            errors[field] = "Must be text."
+            return ""
+        return value
+
+    email = ""
+    raw_email = text("email")
+    if "email" not in errors:
+        try:
+            email = normalize_email(raw_email)
+        except ValueError as exc:
+            errors["email"] = str(exc)
+
+    first_name = None
+    raw_name = text("first_name")
+    if "first_name" not in errors:
+        try:
+            first_name = _clean_name(raw_name)
+        except ValueError as exc:
+            errors["first_name"] = str(exc)
+
+    # The browser reports the zone; a missing or unknown one is not the reader's problem.
+    time_zone = text("time_zone").strip()
+    errors.pop("time_zone", None)
+    if time_zone not in _known_time_zones():
+        time_zone = default_time_zone
+
+    source = text("source").strip() or default_source
+    if "source" not in errors and not SOURCE_PATTERN.fullmatch(source):
+        errors["source"] = (
+            f"Use letters, digits and . _ - : / only, at most {MAX_SOURCE_LENGTH} characters."
+        )
+
+    if errors:
+        raise InvalidSignup(errors)
+    return Signup(email=email, first_name=first_name, time_zone=time_zone, source=source)
+
+
+def consent_version(text: str) -> str:
+    """A short, stable fingerprint of a consent wording."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _record_consent(
+    session: Session,
+    subscriber: Subscriber,
+    *,
+    action: str,
+    origin: Origin,
+    source: str,
+    consent_text: str,
+    now: datetime,
+) -> None:
+    session.add(
+        ConsentRecord(
+            subscriber_id=subscriber.id,
+            action=action,
+            at=now,
+            ip=origin.ip,
+            user_agent=origin.user_agent,
+            source=source,
+            text=consent_text,
+            text_version=consent_version(consent_text),
+        )
+    )
+
+
+def record_event(
+    session: Session,
+    subscriber: Subscriber | None,
+    kind: str,
+    *,
+    now: datetime,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Add an entry to the subscriber's history."""
+    session.add(
+        Event(subscriber_id=subscriber.id if subscriber else None, kind=kind, at=now, detail=detail)
+    )
+
+
+def _find(session: Session, email: str) -> Subscriber | None:
+    return session.scalar(
+        select(Subscriber).where(Subscriber.email_key == email_key(email)).with_for_update()
+    )
+
+
+def subscribe(
+    session: Session,
+    signup: Signup,
+    origin: Origin,
+    *,
+    consent_text: str,
+    cooldown: timedelta,
+    now: datetime,
+) -> tuple[Subscriber, SignupResult]:
+    """Handle a signup request for any address, new or known.
+
+    The caller answers every request the same way, so nobody learns whether an address is
+    on the list; this decides which email (if any) goes out:
+    new or not yet confirmed -> a confirmation email; already confirmed -> the guide link
+    again; a second request inside `cooldown` -> nothing, so a form cannot flood an inbox.
+    """
+    subscriber = _find(session, signup.email)
+    if subscriber is None:
+        subscriber = Subscriber(
+            email=signup.email,
+            email_key=email_key(signup.email),
+            first_name=signup.first_name,
+            status=SubscriberStatus.PENDING,
+            time_zone=signup.time_zone,
+            source=signup.source,
+            created_at=now,
+            last_requested_at=now,
+        )
+        try:
+            with session.begin_nested():
+                session.add(subscriber)
+                session.flush()
+        except IntegrityError:
+            # The same address signed up in a concurrent request; treat this as a repeat.
+            subscriber = _find(session, signup.email)
+            if subscriber is None:
+                raise
+        else:
+            _record_consent(
+                session, subscriber, action="signup", origin=origin,
+                source=signup.source, consent_text=consent_text, now=now,
+            )
+            record_event(session, subscriber, "signed_up", now=now, detail={"source": signup.source})
+            outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
+            return subscriber, SignupResult.CREATED
+
+    if subscriber.last_requested_at is not None and now - subscriber.last_requested_at < cooldown:
+        record_event(session, subscriber, "signup_suppressed", now=now)
+        return subscriber, SignupResult.SUPPRESSED
+    subscriber.last_requested_at = now
+
+    if subscriber.status is SubscriberStatus.CONFIRMED:
+        outbox.enqueue(session, subscriber, kind="guide", template="guide_again", now=now)
+        record_event(session, subscriber, "guide_resent", now=now)
+        return subscriber, SignupResult.GUIDE_SENT
+
+    # Pending, unsubscribed or bounced: they may come (back) in, by confirming again.
+    _record_consent(
+        session, subscriber, action="signup", origin=origin,
+        source=signup.source, consent_text=consent_text, now=now,
+    )
+    outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
+    record_event(session, subscriber, "confirmation_resent", now=now)
+    return subscriber, SignupResult.CONFIRMATION_SENT
+
+
+def get_subscriber(session: Session, subscriber_id: int, *, for_update: bool = False) -> Subscriber:
+    """The subscriber with that id, or UnknownSubscriber."""
+    subscriber = session.get(Subscriber, subscriber_id, with_for_update=for_update)
+    if subscriber is None:
+        raise UnknownSubscriber(subscriber_id)
+    return subscriber
+
+
+def confirm(
+    session: Session,
+    subscriber_id: int,
+    origin: Origin,
+    *,
+    token_issued_at: datetime,
+    consent_text: str,
+    now: datetime,
+) -> tuple[Subscriber, bool]:
+    """Confirm a subscription; (subscriber, True) if this call confirmed it.
+
+    Confirming records the consent, queues the welcome email with the guide (once per
+    subscriber, ever) and enrolls the subscriber in the drip sequence. Confirming again is
+    harmless. A link made before the subscriber unsubscribed or bounced is refused, so an
+    old email cannot silently bring them back.
+    """
+    subscriber = get_subscriber(session, subscriber_id, for_update=True)
+    if subscriber.status is SubscriberStatus.CONFIRMED:
+        return subscriber, False
+    left_at = subscriber.unsubscribed_at or subscriber.bounced_at
+    # Tokens carry whole seconds.
+    if left_at is not None and token_issued_at < left_at.replace(microsecond=0):
+        raise SupersededToken(subscriber_id)
+
+    subscriber.status = SubscriberStatus.CONFIRMED
+    subscriber.confirmed_at = now
+    subscriber.unsubscribed_at = None
+    subscriber.bounced_at = None
+    _record_consent(
+        session, subscriber, action="confirm", origin=origin,
+        source=subscriber.source, consent_text=consent_text, now=now,
+    )
+    record_event(session, subscriber, "confirmed", now=now)
+    outbox.enqueue(
+        session, subscriber, kind="welcome", template="welcome", now=now,
+        dedupe_key=f"welcome:{subscriber.id}",
+    )
+    sequences.enroll(session, subscriber, now=now)
+    return subscriber, True
+
+
+def _stop_mail(session: Session, subscriber: Subscriber, reason: str) -> None:
+    outbox.cancel_for_subscriber(session, subscriber.id, reason=reason)
+
+
+def unsubscribe(
+    session: Session, subscriber_id: int, *, via: str, now: datetime
+) -> Subscriber | None:
+    """Unsubscribe; nothing more is sent, including emails already queued or being sent.
+
+    Returns None if the subscriber no longer exists (an erased subscriber stays gone).
+    Unsubscribing twice is harmless.
+    """
+    try:
+        subscriber = get_subscriber(session, subscriber_id, for_update=True)
+    except UnknownSubscriber:
+        return None
+    if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+        return subscriber
+    subscriber.status = SubscriberStatus.UNSUBSCRIBED
+    subscriber.unsubscribed_at = now
+    _stop_mail(session, subscriber, reason="unsubscribed")
+    record_event(session, subscriber, "unsubscribed", now=now, detail={"via": via})
+    return subscriber
+
+
+def mark_bounced(
+    session: Session, subscriber_id: int, *, reason: str, now: datetime
+) -> Subscriber | None:
+    """The address does not take mail: stop everything to it."""
+    try:
+        subscriber = get_subscriber(session, subscriber_id, for_update=True)
+    except UnknownSubscriber:
+        return None
+    if subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
+        subscriber.status = SubscriberStatus.BOUNCED
+        subscriber.bounced_at = now
+    _stop_mail(session, subscriber, reason="address bounced")
+    record_event(session, subscriber, "bounced", now=now, detail={"reason": reason[:500]})
+    return subscriber
+
+
+def record_download(session: Session, subscriber_id: int, *, now: datetime) -> Subscriber:
+    """Count a download of the guide."""
+    subscriber = get_subscriber(session, subscriber_id)
+    record_event(session, subscriber, "downloaded", now=now)
+    return subscriber
+
+
+def request_guide_link(
+    session: Session, subscriber_id: int, *, cooldown: timedelta, now: datetime
+) -> bool:
+    """Email a confirmed subscriber a fresh download link (their old one expired)."""
+    subscriber = get_subscriber(session, subscriber_id, for_update=True)
+    if subscriber.status is not SubscriberStatus.CONFIRMED:
+        return False
+    if subscriber.last_requested_at is not None and now - subscriber.last_requested_at < cooldown:
+        return False
+    subscriber.last_requested_at = now
+    outbox.enqueue(session, subscriber, kind="guide", template="guide_again", now=now)
+    record_event(session, subscriber, "guide_resent", now=now)
+    return True
+
+
+def request_confirmation(
+    session: Session, subscriber_id: int, *, cooldown: timedelta, now: datetime
+) -> bool:
+    """Email a new confirmation link (the old one expired) unless one went out recently."""
+    subscriber = get_subscriber(session, subscriber_id, for_update=True)
+    if subscriber.status is SubscriberStatus.CONFIRMED:
+        return False
+    if subscriber.last_requested_at is not None and now - subscriber.last_requested_at < cooldown:
+        return False
+    subscriber.last_requested_at = now
+    outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
+    record_event(session, subscriber, "confirmation_resent", now=now)
+    return True

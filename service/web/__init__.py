@@ -1,0 +1,128 @@
+"""The web layer: blueprints, the signup rate limit, error pages and security headers.
+
+Views are thin: they parse the request, call one domain function in a unit of work, and
+render or redirect. Domain errors become responses in the handlers registered here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, current_app, g, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from ..services import Services
+from ..subscriptions import SupersededToken, UnknownSubscriber
+from ..tokens import InvalidToken
+
+logger = logging.getLogger(__name__)
+
+limiter = Limiter(key_func=get_remote_address)
+
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ]
+)
+
+
+def services() -> Services:
+    """The running app's services (database, tokens, clock...)."""
+    return current_app.extensions["newsletter"]
+
+
+def now():
+    """The request's 'now': read once per request, so one request sees one instant."""
+    if "now" not in g:
+        g.now = services().clock()
+    return g.now
+
+
+def _signup_limit() -> str:
+    return services().settings.SIGNUP_RATE_LIMIT
+
+
+def _signup_limit_off() -> bool:
+    return services().settings.signup_limits_disabled
+
+
+# One budget per client address, shared by the form, the API and "send me a new link".
+signup_rate_limit = limiter.shared_limit(_signup_limit, scope="signup", exempt_when=_signup_limit_off)
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    # Links carry tokens; never leak them to other sites through Referer.
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Permissions-Policy", "interest-cohort=(), camera=(), microphone=()")
+    if services().settings.BASE_URL.startswith("https://"):
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
+
+
+def _error_page(template: str, status: int, **context):
+    return render_template(template, **context), status
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(InvalidToken)
+    @app.errorhandler(UnknownSubscriber)
+    def link_invalid(_error):
+        return _error_page("link_invalid.html", 404)
+
+    @app.errorhandler(SupersededToken)
+    def link_superseded(_error):
+        return _error_page("link_superseded.html", 410)
+
+    @app.errorhandler(429)
+    def too_many(_error):
+        if wants_json():
+            return {"error": "Too many signups from your network. Please try again later."}, 429
+        return _error_page("too_many.html", 429)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if wants_json():
+            return {"error": error.description}, error.code
+        return _error_page("error.html", error.code or 500, error=error)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        if wants_json():
+            return {"error": "Something went wrong on our side."}, 500
+        return _error_page("error.html", 500, error=None)
+
+
+def init_app(app: Flask) -> None:
+    """Register blueprints, the limiter, error handlers and headers on `app`."""
+    from . import api, public
+
+    proxies = services_of(app).settings.TRUSTED_PROXIES
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
+    limiter.init_app(app)
+    app.register_blueprint(public.bp)
+    app.register_blueprint(api.bp)
+    _register_error_handlers(app)
+    app.after_request(_security_headers)
+
+
+def services_of(app: Flask) -> Services:
+    return app.extensions["newsletter"]

@@ -1,0 +1,42 @@
+"""The JSON API: signups from scripts and other sites' forms."""
+
+from __future__ import annotations
+
+from flask import Blueprint, request
+
+from .. import subscriptions
+from . import now, services, signup_rate_limit
+from .public import HONEYPOT_FIELD, consent_text, origin
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+ACCEPTED = {
+    "status": "accepted",
+    "message": "If this address can receive email, a confirmation email is on its way.",
+}
+
+
+@bp.post("/subscribers")
+@signup_rate_limit
+def create_subscriber():
+    """Sign up {"email", "first_name", "time_zone", "source"}; 202 whatever the address's state."""
+    if not request.is_json:
+        return {"error": "Send the signup as JSON (Content-Type: application/json)."}, 415
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return {"error": "The request body must be a JSON object."}, 400
+    if data.get(HONEYPOT_FIELD):
+        return ACCEPTED, 202
+    settings = services().settings
+    try:
+        signup = subscriptions.parse_signup(
+            data, default_time_zone=settings.DEFAULT_TIME_ZONE, default_source="api"
+        )
+    except subscriptions.InvalidSignup as exc:
+        return {"error": "Some fields are not valid.", "errors": exc.errors}, 422
+    with services().database.begin() as session:
+        subscriptions.subscribe(
+            session, signup, origin(),
+            consent_text=consent_text(), cooldown=services().resend_cooldown, now=now(),
+        )
+    return ACCEPTED, 202

@@ -1,0 +1,206 @@
+"""Pages a reader sees: the landing page and form, confirm, download, unsubscribe, health."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from flask import Blueprint, redirect, render_template, request, send_file, url_for
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import guide, health, subscriptions
+from ..tokens import ExpiredToken, Purpose, TokenData
+from . import now, services, signup_rate_limit
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("public", __name__)
+
+HONEYPOT_FIELD = "website"
+
+
+class ExpiredLink(Exception):
+    """A genuine link that is too old; the page offers to send a new one."""
+
+    def __init__(self, purpose: Purpose, token: str) -> None:
+        super().__init__(purpose.value)
+        self.purpose = purpose
+        self.token = token
+
+
+@bp.app_errorhandler(ExpiredLink)
+def link_expired(error: ExpiredLink):
+    """Offer a fresh link instead of a dead end."""
+    return render_template("link_expired.html", purpose=error.purpose.value, token=error.token), 410
+
+
+def read_token(purpose: Purpose, token: str) -> TokenData:
+    """The token's data; expired links raise ExpiredLink, forged ones InvalidToken."""
+    settings = services().settings
+    max_age = {
+        Purpose.CONFIRM: timedelta(days=settings.CONFIRM_TOKEN_MAX_AGE_DAYS),
+        Purpose.DOWNLOAD: timedelta(days=settings.DOWNLOAD_TOKEN_MAX_AGE_DAYS),
+        Purpose.UNSUBSCRIBE: None,  # an unsubscribe link must work for ever
+    }[purpose]
+    try:
+        return services().tokens.read(purpose, token, now=now(), max_age=max_age)
+    except ExpiredToken:
+        raise ExpiredLink(purpose, token) from None
+
+
+def origin() -> subscriptions.Origin:
+    return subscriptions.Origin(ip=request.remote_addr, user_agent=request.user_agent.string or None)
+
+
+def consent_text() -> str:
+    """The consent wording shown on the form and the confirm page, exactly as recorded."""
+    return render_template("consent.txt").strip()
+
+
+@bp.get("/")
+def landing():
+    """The guide's landing page with the signup form."""
+    return render_template("landing.html", errors={}, values={}, consent_text=consent_text())
+
+
+@bp.post("/subscribe")
+@signup_rate_limit
+def subscribe():
+    """Sign up from the hosted or an embedded form; every outcome looks the same."""
+    if request.form.get(HONEYPOT_FIELD):
+        logger.info("honeypot filled from %s; signup ignored", request.remote_addr)
+        return redirect(url_for(".check_inbox"), 303)
+    settings = services().settings
+    try:
+        signup = subscriptions.parse_signup(
+            request.form, default_time_zone=settings.DEFAULT_TIME_ZONE, default_source="form"
+        )
+    except subscriptions.InvalidSignup as exc:
+        return render_template(
+            "landing.html", errors=exc.errors, values=request.form, consent_text=consent_text()
+        ), 422
+    with services().database.begin() as session:
+        subscriptions.subscribe(
+            session, signup, origin(),
+            consent_text=consent_text(), cooldown=services().resend_cooldown, now=now(),
+        )
+    return redirect(url_for(".check_inbox"), 303)
+
+
+@bp.get("/check-your-inbox")
+def check_inbox():
+    """Tell the reader to look for the confirmation email."""
+    return render_template("check_inbox.html")
+
+
+@bp.get("/confirm/<token>")
+def confirm_page(token: str):
+    """One button to confirm; GET changes nothing, since link scanners fetch GETs."""
+    read_token(Purpose.CONFIRM, token)
+    return render_template("confirm.html", token=token, consent_text=consent_text())
+
+
+@bp.post("/confirm/<token>")
+def confirm(token: str):
+    """Confirm the subscription and show the download straight away."""
+    data = read_token(Purpose.CONFIRM, token)
+    with services().database.begin() as session:
+        subscriber, _ = subscriptions.confirm(
+            session, data.subscriber_id, origin(),
+            token_issued_at=data.issued_at, consent_text=consent_text(), now=now(),
+        )
+    download = services().tokens.make(Purpose.DOWNLOAD, subscriber.id, now=now())
+    return redirect(url_for(".confirmed", token=download), 303)
+
+
+@bp.get("/confirmed/<token>")
+def confirmed(token: str):
+    """The 'you're in' page with the download button."""
+    data = read_token(Purpose.DOWNLOAD, token)
+    with services().database.read() as session:
+        subscriber = subscriptions.get_subscriber(session, data.subscriber_id)
+    return render_template("confirmed.html", token=token, first_name=subscriber.first_name)
+
+
+@bp.post("/resend/<any(confirm, download):purpose>/<token>")
+@signup_rate_limit
+def resend(purpose: str, token: str):
+    """Email a fresh link in place of an expired one (at most once per cooldown)."""
+    kind = Purpose(purpose)
+    data = services().tokens.read(kind, token, now=now(), max_age=None)
+    request_link = {
+        Purpose.CONFIRM: subscriptions.request_confirmation,
+        Purpose.DOWNLOAD: subscriptions.request_guide_link,
+    }[kind]
+    with services().database.begin() as session:
+        request_link(session, data.subscriber_id, cooldown=services().resend_cooldown, now=now())
+    return redirect(url_for(".check_inbox"), 303)
+
+
+@bp.get("/download/<token>")
+def download(token: str):
+    """Serve the guide and count the download."""
+    data = read_token(Purpose.DOWNLOAD, token)
+    settings = services().settings
+    path = settings.guide_path
+    if settings.uses_shipped_guide:
+        guide.ensure_built(path, site_name=settings.SITE_NAME)
+    if not path.is_file():
+        logger.error("the guide is missing: GUIDE_PATH %s is not a file", path)
+        return render_template("guide_unavailable.html"), 503
+    with services().database.begin() as session:
+        subscriptions.record_download(session, data.subscriber_id, now=now())
+    return send_file(
+        path,
+        mimetype="application/pdf",
+        as_attachment=True,
+        download_name=settings.GUIDE_DOWNLOAD_NAME,
+        max_age=0,
+    )
+
+
+@bp.get("/unsubscribe/<token>")
+def unsubscribe_page(token: str):
+    """Ask before unsubscribing: GET changes nothing."""
+    read_token(Purpose.UNSUBSCRIBE, token)
+    return render_template("unsubscribe.html", token=token)
+
+
+@bp.post("/unsubscribe/<token>")
+def unsubscribe(token: str):
+    """Unsubscribe: from our page, or RFC 8058 one-click from the mailbox provider.
+
+    No cookie or CSRF token is needed: the signed token is the proof, and a mail provider
+    posting List-Unsubscribe=One-Click has neither.
+    """
+    data = read_token(Purpose.UNSUBSCRIBE, token)
+    one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    with services().database.begin() as session:
+        subscriptions.unsubscribe(
+            session, data.subscriber_id, via="one-click" if one_click else "page", now=now()
+        )
+    if one_click:
+        return "Unsubscribed.\n", 200, {"Content-Type": "text/plain; charset=utf-8"}
+    return render_template("unsubscribed.html")
+
+
+@bp.get("/healthz")
+def healthz():
+    """Whether the database answers, and when the scheduler last ticked."""
+    settings = services().settings
+    try:
+        with services().database.read() as session:
+            last = health.last_tick(session)
+    except SQLAlchemyError as exc:
+        logger.error("health check: database unavailable: %s", exc)
+        return {"status": "unavailable", "database": "unavailable"}, 503
+    age = None if last is None else max(0.0, (now() - last).total_seconds())
+    return {
+        "status": "ok",
+        "database": "ok",
+        "scheduler": {
+            "last_tick_at": last.isoformat() if last else None,
+            "seconds_since_tick": None if age is None else round(age, 1),
+            "late": age is None or age > settings.SCHEDULER_LATE_SECONDS,
+        },
+    }

@@ -1,0 +1,206 @@
+"""A real SMTP server on loopback (aiosmtpd) that can be told to misbehave.
+
+Faults are set per test: a reply to MAIL, RCPT or DATA (421, 451, 550 ...), a connection
+dropped mid-transaction, a failed login, or a listener that accepts and never answers.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    mail_options: list[str]
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+
+    def part(self, subtype: str) -> str:
+        body = self.message.get_body(preferencelist=(subtype,))
+        assert body is not None, f"no text/{subtype} part"
+        return body.get_content()
+
+
+@dataclass
+class Faults:
+    """Replies to give instead of 250; None means behave."""
+
+    mail: str | None = None
+    rcpt: dict[str, str] = field(default_factory=dict)  # address -> reply
+    data: str | None = None
+    drop_at_data: bool = False  # close the connection instead of answering DATA
+    # Apply the MAIL / DATA fault only to this many transactions (None: always).
+    times: int | None = None
+
+
+class FaultyHandler:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.faults = Faults()
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.accepted = threading.Condition(self.lock)
+        self.gate: threading.Event | None = None  # when set to an Event, DATA waits for it
+        self.in_data = threading.Event()
+
+    def _use_fault(self) -> bool:
+        if self.faults.times is None:
+            return True
+        if self.faults.times <= 0:
+            return False
+        self.faults.times -= 1
+        return True
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.faults.mail and self._use_fault():
+            return self.faults.mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.faults.rcpt.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.faults.drop_at_data and self._use_fault():
+            server.transport.close()
+            return "421 closing"
+        if self.faults.data and self._use_fault():
+            return self.faults.data
+        if self.gate is not None:
+            self.in_data.set()
+            # Runs in the server's event loop thread; holding it is what a slow server does.
+            self.gate.wait(timeout=30)
+        with self.accepted:
+            self.received.append(
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    bytes(envelope.original_content or envelope.content),
+                    list(envelope.mail_options),
+                )
+            )
+            self.accepted.notify_all()
+        return "250 Message accepted for delivery"
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[Received]:
+        """Wait until `count` messages have arrived (a condition, not a sleep)."""
+        with self.accepted:
+            self.accepted.wait_for(lambda: len(self.received) >= count, timeout=timeout)
+            return list(self.received)
+
+
+class CountingController(Controller):
+    """A Controller that counts TCP connections, to prove one connection per pass."""
+
+    def factory(self):
+        smtp = super().factory()
+        handler = self.handler
+        original = smtp.connection_made
+
+        def connection_made(transport):
+            if getattr(smtp, "_original_transport", None) is None:
+                with handler.lock:
+                    handler.connections += 1
+            return original(transport)
+
+        smtp.connection_made = connection_made
+        return smtp
+
+
+class SMTPServer:
+    """An aiosmtpd server on 127.0.0.1 with a free port."""
+
+    def __init__(
+        self,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        self.handler = FaultyHandler()
+        kwargs: dict = {"enable_SMTPUTF8": True, "decode_data": False}
+        if tls_context is not None:
+            kwargs.update(tls_context=tls_context, require_starttls=True)
+        if credentials is not None:
+            def authenticate(server, session, envelope, mechanism, auth_data):
+                ok = isinstance(auth_data, LoginPassword) and (
+                    auth_data.login.decode(),
+                    auth_data.password.decode(),
+                ) == credentials
+                return AuthResult(success=ok)
+
+            kwargs.update(
+                authenticator=authenticate,
+                auth_required=True,
+                auth_require_tls=tls_context is not None,
+            )
+        self.controller = CountingController(
+            self.handler, hostname="127.0.0.1", port=free_port(), server_kwargs=kwargs
+        )
+
+    def __enter__(self) -> SMTPServer:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.handler.gate is not None:
+            self.handler.gate.set()
+        self.controller.stop()
+
+    @property
+    def port(self) -> int:
+        return self.controller.port
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}?timeout=5"
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    @property
+    def faults(self) -> Faults:
+        return self.handler.faults
+
+
+class SilentServer:
+    """Accepts TCP connections and never says a word (no SMTP greeting)."""
+
+    def __enter__(self) -> SilentServer:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(8)
+        self.port = self.socket.getsockname()[1]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.socket.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
