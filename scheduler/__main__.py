@@ -85,7 +85,9 @@ def run_forever(services: Services, dispatcher: Dispatcher, *, interval: float) 
     def on_signal(signum: int, _frame: object) -> None:
         if stop.is_set():
             return
-        logger.info("%s: finishing the message in flight, then stopping", signal.Signals(signum).name)
+        logger.info(
+            "%s: finishing the message in flight, then stopping", signal.Signals(signum).name
+        )
         stop.set()
         scheduler.shutdown(wait=True)
 

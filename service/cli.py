@@ -42,10 +42,18 @@ def guide_group() -> None:
 
 
 @guide_group.command("build")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the PDF (default: where downloads are served from).")
-@click.option("--source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=guide.GUIDE_SOURCE, show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the PDF (default: where downloads are served from).",
+)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=guide.GUIDE_SOURCE,
+    show_default=True,
+)
 def guide_build(output: Path | None, source: Path) -> None:
     """Build the guide's PDF from its Markdown source."""
     settings = _services().settings
@@ -53,14 +61,16 @@ def guide_build(output: Path | None, source: Path) -> None:
     try:
         guide.build_pdf(destination, site_name=settings.SITE_NAME, source=source)
     except guide.GuideSourceError as exc:
-        raise click.ClickException(f"{source}: {exc}")
+        raise click.ClickException(f"{source}: {exc}") from exc
     click.echo(f"wrote {destination} ({destination.stat().st_size} bytes)")
 
 
 @click.command("embed-snippet")
 def embed_snippet() -> None:
     """Print the HTML to paste into another site to show the signup form."""
-    click.echo(render_template("embed_snippet.html", consent_text=render_template("consent.txt").strip()))
+    click.echo(
+        render_template("embed_snippet.html", consent_text=render_template("consent.txt").strip())
+    )
 
 
 def init_app(app: Flask) -> None:

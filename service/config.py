@@ -8,9 +8,10 @@ Nothing here runs at import time; `load_settings()` is called by `create_app()`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
@@ -35,7 +36,9 @@ class Settings:
     # Help text for each field lives in the field's metadata; README's table mirrors it.
     APP_ENV: str = field(
         default="development",
-        metadata={"help": "development, testing or production. Production refuses unsafe defaults."},
+        metadata={
+            "help": "development, testing or production. Production refuses unsafe defaults."
+        },
     )
     SECRET_KEY: str = field(
         default=DEV_SECRET_KEY,
@@ -73,7 +76,9 @@ class Settings:
     )
     OWNER_POSTAL_ADDRESS: str = field(
         default=DEV_POSTAL_ADDRESS,
-        metadata={"help": "Postal address printed in every email (anti-spam law). Required in production."},
+        metadata={
+            "help": "Postal address printed in every email (anti-spam law). Required in production."
+        },
     )
     DEFAULT_TIME_ZONE: str = field(
         default="America/New_York",
@@ -87,7 +92,9 @@ class Settings:
     )
     GUIDE_PATH: str = field(
         default="",
-        metadata={"help": "The lead magnet file. Default: the shipped guide, built into INSTANCE_DIR."},
+        metadata={
+            "help": "The lead magnet file. Default: the shipped guide, built into INSTANCE_DIR."
+        },
     )
     GUIDE_DOWNLOAD_NAME: str = field(
         default="glute-strengthening-guide.pdf",
@@ -111,11 +118,15 @@ class Settings:
     )
     RATELIMIT_STORAGE_URI: str = field(
         default="memory://",
-        metadata={"help": "Where rate-limit counters live; redis://host:6379 for several processes."},
+        metadata={
+            "help": "Where rate-limit counters live; redis://host:6379 for several processes."
+        },
     )
     TRUSTED_PROXIES: int = field(
         default=0,
-        metadata={"help": "Number of reverse proxies in front of the app whose X-Forwarded-For is trusted."},
+        metadata={
+            "help": "Number of reverse proxies in front of the app whose X-Forwarded-For is trusted."
+        },
     )
     SCHEDULER_TICK_SECONDS: float = field(
         default=5.0,
@@ -127,7 +138,9 @@ class Settings:
     )
     SEND_LEASE_SECONDS: int = field(
         default=300,
-        metadata={"help": "How long a claim lasts before another scheduler may take the rows over."},
+        metadata={
+            "help": "How long a claim lasts before another scheduler may take the rows over."
+        },
     )
     SEND_MAX_ATTEMPTS: int = field(
         default=8,
@@ -183,7 +196,9 @@ class Settings:
     def check(self) -> None:
         """Refuse settings that are unsafe or invalid; raise ConfigError naming the setting."""
         if self.APP_ENV not in ENVIRONMENTS:
-            raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {self.APP_ENV!r}")
+            raise ConfigError(
+                f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {self.APP_ENV!r}"
+            )
         if self.APP_ENV == "production":
             if self.SECRET_KEY in ("", DEV_SECRET_KEY) or len(self.SECRET_KEY) < 16:
                 raise ConfigError(
@@ -191,13 +206,17 @@ class Settings:
                     '(python -c "import secrets; print(secrets.token_hex(32))")'
                 )
             if self.OWNER_POSTAL_ADDRESS in ("", DEV_POSTAL_ADDRESS):
-                raise ConfigError("OWNER_POSTAL_ADDRESS must be your real postal address in production")
+                raise ConfigError(
+                    "OWNER_POSTAL_ADDRESS must be your real postal address in production"
+                )
             if not self.BASE_URL.startswith("https://"):
                 raise ConfigError("BASE_URL must be an https:// address in production")
         try:
             ZoneInfo(self.DEFAULT_TIME_ZONE)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"DEFAULT_TIME_ZONE {self.DEFAULT_TIME_ZONE!r} is not a known time zone")
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(
+                f"DEFAULT_TIME_ZONE {self.DEFAULT_TIME_ZONE!r} is not a known time zone"
+            ) from exc
         if not self.BASE_URL.startswith(("http://", "https://")):
             raise ConfigError("BASE_URL must start with http:// or https://")
         for name in ("SEND_BATCH_SIZE", "SEND_LEASE_SECONDS", "SEND_MAX_ATTEMPTS"):
@@ -215,8 +234,8 @@ def _coerce(name: str, kind: type, raw: Any) -> Any:
             return int(raw)
         if kind is float:
             return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {raw!r}")
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from exc
     return raw
 
 

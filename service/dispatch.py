@@ -237,17 +237,23 @@ class Dispatcher:
         tag = hmac.new(self._message_id_key, str(outbox_id).encode(), "sha256").hexdigest()[:16]
         return f"<{outbox_id}.{tag}@{self._message_id_domain}>"
 
-    def _retry_or_fail(self, message_id: int, error: str, *, now: datetime, report: PassReport) -> None:
+    def _retry_or_fail(
+        self, message_id: int, error: str, *, now: datetime, report: PassReport
+    ) -> None:
         with self.database.begin() as session:
             row = session.get(OutboxMessage, message_id)
             attempts = row.attempts if row is not None else self.policy.max_attempts
             if attempts >= self.policy.max_attempts:
                 outbox.mark_failed(
-                    session, message_id, worker=self.worker,
+                    session,
+                    message_id,
+                    worker=self.worker,
                     error=f"gave up after {attempts} attempts: {error}",
                 )
                 report.failed += 1
-                logger.warning("outbox %d failed after %d attempts: %s", message_id, attempts, error)
+                logger.warning(
+                    "outbox %d failed after %d attempts: %s", message_id, attempts, error
+                )
                 return
             delay = outbox.retry_delay(
                 attempts, base=self.policy.retry_base, cap=self.policy.retry_cap

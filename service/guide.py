@@ -24,8 +24,16 @@ ACCENT = (47, 111, 94)
 MUTED = (111, 102, 93)
 # The PDF core fonts cover Latin-1 only; typographic punctuation is mapped to its plain form.
 PLAIN_PUNCTUATION = str.maketrans(
-    {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-",
-     "\u2026": "...", "\u00a0": " "}
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2026": "...",
+        "\u00a0": " ",
+    }
 )
 
 _build_lock = threading.Lock()

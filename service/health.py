@@ -20,7 +20,9 @@ def record_tick(session: Session, worker: str, *, started_at: datetime, now: dat
     else:
         heartbeat.last_tick_at = now
     session.execute(
-        delete(SchedulerHeartbeat).where(SchedulerHeartbeat.last_tick_at < now - HEARTBEAT_RETENTION)
+        delete(SchedulerHeartbeat).where(
+            SchedulerHeartbeat.last_tick_at < now - HEARTBEAT_RETENTION
+        )
     )
 
 

@@ -78,17 +78,22 @@ def claim(
     scheduler died). On PostgreSQL, rows another scheduler is claiming are skipped
     (FOR UPDATE SKIP LOCKED); on SQLite, BEGIN IMMEDIATE makes claims take turns.
     """
+    is_due = (OutboxMessage.status.in_(PENDING_STATES), OutboxMessage.due_at <= now)
     due = (
         select(OutboxMessage.id)
-        .where(OutboxMessage.status.in_(PENDING_STATES), OutboxMessage.due_at <= now)
+        .where(*is_due)
         .order_by(OutboxMessage.due_at, OutboxMessage.id)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
+    # A materialized CTE runs once. As `id IN (subquery)` PostgreSQL may rescan the
+    # subquery for every row it updates, and LIMIT then stops limiting.
+    due_ids = due.cte("due").prefix_with("MATERIALIZED")
     claimed = session.scalars(
         update(OutboxMessage)
-        .where(OutboxMessage.id.in_(due.scalar_subquery()))
+        # Checked again on the row itself: a row claimed meanwhile is left alone.
+        .where(OutboxMessage.id == due_ids.c.id, *is_due)
         .values(
             status=OutboxStatus.SENDING,
             claimed_by=worker,
@@ -130,9 +135,7 @@ def may_receive(kind: str, subscriber: Subscriber | None) -> bool:
     return subscriber.status is SubscriberStatus.CONFIRMED
 
 
-def _finish(
-    session: Session, message_id: int, worker: str, **values: Any
-) -> bool:
+def _finish(session: Session, message_id: int, worker: str, **values: Any) -> bool:
     result = session.execute(
         update(OutboxMessage)
         .where(
@@ -148,7 +151,9 @@ def _finish(
 
 def mark_sent(session: Session, message_id: int, *, worker: str, now: datetime) -> bool:
     """Record that the server accepted the message."""
-    return _finish(session, message_id, worker, status=OutboxStatus.SENT, sent_at=now, last_error=None)
+    return _finish(
+        session, message_id, worker, status=OutboxStatus.SENT, sent_at=now, last_error=None
+    )
 
 
 def mark_failed(session: Session, message_id: int, *, worker: str, error: str) -> bool:
@@ -166,13 +171,16 @@ def retry_later(
 ) -> bool:
     """Put the message back in the queue until `due_at`."""
     return _finish(
-        session, message_id, worker, status=OutboxStatus.QUEUED, due_at=due_at, last_error=error[:2000]
+        session,
+        message_id,
+        worker,
+        status=OutboxStatus.QUEUED,
+        due_at=due_at,
+        last_error=error[:2000],
     )
 
 
-def release(
-    session: Session, message_ids: Sequence[int], *, worker: str, due_at: datetime
-) -> int:
+def release(session: Session, message_ids: Sequence[int], *, worker: str, due_at: datetime) -> int:
     """Hand claimed rows back untried: they keep their attempt count and are due at `due_at`."""
     if not message_ids:
         return 0

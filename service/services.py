@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta

@@ -31,7 +31,7 @@ MAX_NAME_LENGTH = 100
 MAX_SOURCE_LENGTH = 100
 MAX_USER_AGENT_LENGTH = 512
 
-SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,%d}" % MAX_SOURCE_LENGTH)
+SOURCE_PATTERN = re.compile(rf"[A-Za-z0-9_.:/-]{{1,{MAX_SOURCE_LENGTH}}}")
 # Bidirectional overrides can make a name display as something else in the owner's pages.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 LINK_PATTERN = re.compile(r"://|\bwww\.|\bhttps?\b|\.(com|net|org|ru|io|xyz|top)\b", re.IGNORECASE)
@@ -123,9 +123,7 @@ def _clean_name(raw: str) -> str | None:
     return name
 
 
-def parse_signup(
-    data: Mapping[str, Any], *, default_time_zone: str, default_source: str
-) -> Signup:
+def parse_signup(data: Mapping[str, Any], *, default_time_zone: str, default_source: str) -> Signup:
     """Validate signup fields from a form or JSON; raise InvalidSignup listing every problem."""
     errors: dict[str, str] = {}
 
@@ -259,10 +257,17 @@ def subscribe(
                 raise
         else:
             _record_consent(
-                session, subscriber, action="signup", origin=origin,
-                source=signup.source, consent_text=consent_text, now=now,
+                session,
+                subscriber,
+                action="signup",
+                origin=origin,
+                source=signup.source,
+                consent_text=consent_text,
+                now=now,
             )
-            record_event(session, subscriber, "signed_up", now=now, detail={"source": signup.source})
+            record_event(
+                session, subscriber, "signed_up", now=now, detail={"source": signup.source}
+            )
             outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
             return subscriber, SignupResult.CREATED
 
@@ -278,8 +283,13 @@ def subscribe(
 
     # Pending, unsubscribed or bounced: they may come (back) in, by confirming again.
     _record_consent(
-        session, subscriber, action="signup", origin=origin,
-        source=signup.source, consent_text=consent_text, now=now,
+        session,
+        subscriber,
+        action="signup",
+        origin=origin,
+        source=signup.source,
+        consent_text=consent_text,
+        now=now,
     )
     outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
     record_event(session, subscriber, "confirmation_resent", now=now)
@@ -323,12 +333,21 @@ def confirm(
     subscriber.unsubscribed_at = None
     subscriber.bounced_at = None
     _record_consent(
-        session, subscriber, action="confirm", origin=origin,
-        source=subscriber.source, consent_text=consent_text, now=now,
+        session,
+        subscriber,
+        action="confirm",
+        origin=origin,
+        source=subscriber.source,
+        consent_text=consent_text,
+        now=now,
     )
     record_event(session, subscriber, "confirmed", now=now)
     outbox.enqueue(
-        session, subscriber, kind="welcome", template="welcome", now=now,
+        session,
+        subscriber,
+        kind="welcome",
+        template="welcome",
+        now=now,
         dedupe_key=f"welcome:{subscriber.id}",
     )
     sequences.enroll(session, subscriber, now=now)

@@ -348,7 +348,9 @@ def test_api_answers_the_same_for_every_kind_of_address(app, client, clock):
 
         unsubscribe(session, get_subscriber(app, "left@example.com").id, via="test", now=clock())
     clock.advance(hours=2)
-    answers = [post(a) for a in ("confirmed@example.com", "pending@example.com", "left@example.com")]
+    answers = [
+        post(a) for a in ("confirmed@example.com", "pending@example.com", "left@example.com")
+    ]
     for answer in [new, *answers]:
         assert answer.status_code == 202
         assert answer.get_json() == new.get_json()
@@ -367,7 +369,9 @@ def test_api_rejects_invalid_fields_with_per_field_errors(app, client):
 
 
 def test_api_rejects_non_string_fields(client):
-    response = client.post("/api/v1/subscribers", json={"email": ["a@example.com"], "first_name": 7})
+    response = client.post(
+        "/api/v1/subscribers", json={"email": ["a@example.com"], "first_name": 7}
+    )
     assert response.status_code == 422
     assert set(response.get_json()["errors"]) == {"email", "first_name"}
 
@@ -376,16 +380,16 @@ def test_api_wants_json(client):
     form = client.post("/api/v1/subscribers", data={"email": "a@example.com"})
     assert form.status_code == 415
     assert "JSON" in form.get_json()["error"]
-    broken = client.post(
-        "/api/v1/subscribers", data="{not json", content_type="application/json"
-    )
+    broken = client.post("/api/v1/subscribers", data="{not json", content_type="application/json")
     assert broken.status_code == 400
     array = client.post("/api/v1/subscribers", json=["a@example.com"])
     assert array.status_code == 400
 
 
 def test_oversized_request_is_refused(client):
-    response = client.post("/subscribe", data={"email": "a@example.com", "first_name": "x" * 100_000})
+    response = client.post(
+        "/subscribe", data={"email": "a@example.com", "first_name": "x" * 100_000}
+    )
     assert response.status_code == 413
 
 
@@ -419,13 +423,23 @@ def test_trusted_proxy_sets_the_client_address(make_app):
     app = make_app(SIGNUP_RATE_LIMIT="1 per minute", TRUSTED_PROXIES=1)
     client = app.test_client()
     headers = {"X-Forwarded-For": "203.0.113.7"}
-    assert client.post("/subscribe", data={"email": "a@example.com"}, headers=headers).status_code == 303
-    assert client.post("/subscribe", data={"email": "b@example.com"}, headers=headers).status_code == 429
+    assert (
+        client.post("/subscribe", data={"email": "a@example.com"}, headers=headers).status_code
+        == 303
+    )
+    assert (
+        client.post("/subscribe", data={"email": "b@example.com"}, headers=headers).status_code
+        == 429
+    )
     other = {"X-Forwarded-For": "203.0.113.8"}
-    assert client.post("/subscribe", data={"email": "c@example.com"}, headers=other).status_code == 303
+    assert (
+        client.post("/subscribe", data={"email": "c@example.com"}, headers=other).status_code == 303
+    )
     subscriber = get_subscriber(app, "a@example.com")
     with services_of(app).database.read() as session:
-        record = session.scalar(select(ConsentRecord).where(ConsentRecord.subscriber_id == subscriber.id))
+        record = session.scalar(
+            select(ConsentRecord).where(ConsentRecord.subscriber_id == subscriber.id)
+        )
     assert record.ip == "203.0.113.7"
 
 
@@ -439,7 +453,13 @@ def test_healthz_reports_database_and_scheduler(app, client, clock):
     import threading
 
     services = services_of(app)
-    tick(services, services.make_dispatcher("w1"), started_at=clock(), clock=clock, stop=threading.Event())
+    tick(
+        services,
+        services.make_dispatcher("w1"),
+        started_at=clock(),
+        clock=clock,
+        stop=threading.Event(),
+    )
     clock.advance(seconds=30)
     body = client.get("/healthz").get_json()
     assert body["scheduler"]["seconds_since_tick"] == 30.0

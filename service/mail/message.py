@@ -56,9 +56,11 @@ def _encode_address(name: str, value: str) -> str:
 
 
 def _qp(text: str) -> str:
-    normalized = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
+    # Encode with bare LF line ends (b2a_qp then uses LF for its soft breaks too), and
+    # turn every line end into CRLF afterwards.
+    normalized = text.replace("\r\n", "\n").replace("\r", "\n")
     encoded = binascii.b2a_qp(normalized.encode("utf-8"), quotetabs=False, istext=True)
-    return encoded.decode("ascii")
+    return encoded.decode("ascii").replace("\n", CRLF)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ The classification decides what happens to a message:
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 
@@ -90,10 +91,8 @@ class SMTPMailer:
     @staticmethod
     def _discard(connection: smtplib.SMTP | None) -> None:
         if connection is not None:
-            try:
+            with contextlib.suppress(OSError):
                 connection.close()
-            except OSError:
-                pass
 
     def send(self, message: Message) -> None:
         """Deliver one message; raise a DeliveryError subclass if it did not go."""
@@ -124,7 +123,9 @@ class SMTPMailer:
         except (smtplib.SMTPException, OSError) as exc:
             # Disconnects, timeouts, garbled replies: the connection's state is unknown.
             self._drop()
-            raise TemporaryFailure(f"connection to {self.host}:{self.port} failed: {exc!r}") from exc
+            raise TemporaryFailure(
+                f"connection to {self.host}:{self.port} failed: {exc!r}"
+            ) from exc
         finally:
             if connection.sock is None:  # smtplib closed it (421, or a failed RSET)
                 self._connection = None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
+from service import models
 from service.db import Base, make_engine
-from service import models  # noqa: F401  (registers the tables on Base.metadata)
 
 config = context.config
 

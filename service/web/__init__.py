@@ -56,7 +56,9 @@ def _signup_limit_off() -> bool:
 
 
 # One budget per client address, shared by the form, the API and "send me a new link".
-signup_rate_limit = limiter.shared_limit(_signup_limit, scope="signup", exempt_when=_signup_limit_off)
+signup_rate_limit = limiter.shared_limit(
+    _signup_limit, scope="signup", exempt_when=_signup_limit_off
+)
 
 
 def wants_json() -> bool:

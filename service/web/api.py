@@ -36,7 +36,11 @@ def create_subscriber():
         return {"error": "Some fields are not valid.", "errors": exc.errors}, 422
     with services().database.begin() as session:
         subscriptions.subscribe(
-            session, signup, origin(),
-            consent_text=consent_text(), cooldown=services().resend_cooldown, now=now(),
+            session,
+            signup,
+            origin(),
+            consent_text=consent_text(),
+            cooldown=services().resend_cooldown,
+            now=now(),
         )
     return ACCEPTED, 202

@@ -49,7 +49,9 @@ def read_token(purpose: Purpose, token: str) -> TokenData:
 
 
 def origin() -> subscriptions.Origin:
-    return subscriptions.Origin(ip=request.remote_addr, user_agent=request.user_agent.string or None)
+    return subscriptions.Origin(
+        ip=request.remote_addr, user_agent=request.user_agent.string or None
+    )
 
 
 def consent_text() -> str:
@@ -81,8 +83,12 @@ def subscribe():
         ), 422
     with services().database.begin() as session:
         subscriptions.subscribe(
-            session, signup, origin(),
-            consent_text=consent_text(), cooldown=services().resend_cooldown, now=now(),
+            session,
+            signup,
+            origin(),
+            consent_text=consent_text(),
+            cooldown=services().resend_cooldown,
+            now=now(),
         )
     return redirect(url_for(".check_inbox"), 303)
 
@@ -106,8 +112,12 @@ def confirm(token: str):
     data = read_token(Purpose.CONFIRM, token)
     with services().database.begin() as session:
         subscriber, _ = subscriptions.confirm(
-            session, data.subscriber_id, origin(),
-            token_issued_at=data.issued_at, consent_text=consent_text(), now=now(),
+            session,
+            data.subscriber_id,
+            origin(),
+            token_issued_at=data.issued_at,
+            consent_text=consent_text(),
+            now=now(),
         )
     download = services().tokens.make(Purpose.DOWNLOAD, subscriber.id, now=now())
     return redirect(url_for(".confirmed", token=download), 303)

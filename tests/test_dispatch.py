@@ -1,0 +1,463 @@
+"""The dispatch pass: claims, leases, retries, bounces and stops, on both databases,
+delivering to a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from service import outbox as outbox_module
+from service import subscriptions
+from service.models import OutboxMessage, OutboxStatus, SubscriberStatus
+from tests.helpers import get_subscriber, link_path, outbox, run_pass, services_of, sign_up
+
+
+@pytest.fixture
+def app(smtp_app):
+    return smtp_app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def subjects(smtp) -> list[str]:
+    return [r.message["Subject"] for r in smtp.received]
+
+
+def set_due(app, when) -> None:
+    with services_of(app).database.begin() as session:
+        session.execute(update(OutboxMessage).values(due_at=when))
+
+
+def test_confirmation_email_is_complete(app, client, smtp):
+    sign_up(client, "reader@example.com", first_name="Ann")
+    report = run_pass(app)
+    assert (report.claimed, report.sent) == (1, 1)
+    [received] = smtp.handler.wait_for(1)
+    message = received.message
+    assert received.rcpt_tos == ["reader@example.com"]
+    assert message["From"] == "Low Back Relief <hello@newsletter.test>"
+    unsubscribe = message["List-Unsubscribe"]
+    assert unsubscribe.startswith("<http://newsletter.test/unsubscribe/") and unsubscribe.endswith(
+        ">"
+    )
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    text, html = received.part("plain"), received.part("html")
+    for part in (text, html):
+        assert "12 Test Lane, Testville" in part
+        assert "Consult your physician before beginning any exercise program" in part
+        assert unsubscribe.strip("<>") in part
+        assert "/confirm/" in part
+        assert "Ann" not in part  # the confirmation never repeats the name
+    row = outbox(app)[0]
+    assert row.status is OutboxStatus.SENT
+    assert row.sent_at == services_of(app).clock()
+    assert row.attempts == 1
+
+
+def test_421_is_retried_after_the_backoff(app, client, smtp, clock):
+    sign_up(client, "reader@example.com")
+    smtp.faults.mail = "421 4.7.0 Try again later"
+    smtp.faults.times = 1
+    report = run_pass(app)
+    assert (report.sent, report.retried) == (0, 1)
+    row = outbox(app)[0]
+    assert row.status is OutboxStatus.QUEUED
+    assert row.due_at == clock() + timedelta(seconds=60)
+    assert "421" in row.last_error
+
+    clock.advance(seconds=59)
+    assert run_pass(app).claimed == 0
+    clock.advance(seconds=1)
+    assert run_pass(app).sent == 1
+    assert outbox(app)[0].attempts == 2
+
+
+def test_backoff_doubles_and_gives_up_after_the_last_attempt(make_app, smtp, clock):
+    app = make_app(MAIL_URL=smtp.url, SEND_MAX_ATTEMPTS=4)
+    sign_up(app.test_client(), "reader@example.com")
+    smtp.faults.rcpt["reader@example.com"] = "451 4.3.0 Greylisted"
+    delays = []
+    for _ in range(3):
+        run_pass(app)
+        row = outbox(app)[0]
+        delays.append(row.due_at - clock())
+        clock.now = row.due_at
+    assert delays == [timedelta(minutes=1), timedelta(minutes=2), timedelta(minutes=4)]
+    assert run_pass(app).failed == 1
+    row = outbox(app)[0]
+    assert row.status is OutboxStatus.FAILED
+    assert "gave up after 4 attempts" in row.last_error
+    # A temporary failure is no reason to stop mailing the address.
+    assert get_subscriber(app, "reader@example.com").status is SubscriberStatus.PENDING
+
+
+def test_backoff_is_capped():
+    base, cap = timedelta(minutes=1), timedelta(hours=6)
+    delays = [outbox_module.retry_delay(n, base=base, cap=cap) for n in range(1, 12)]
+    assert delays[:3] == [timedelta(minutes=1), timedelta(minutes=2), timedelta(minutes=4)]
+    assert max(delays) == cap
+
+
+def test_550_bounces_the_address_and_cancels_its_queue(app, client, smtp, clock):
+    sign_up(client, "gone@example.com")
+    sign_up(client, "fine@example.com")
+    clock.advance(hours=2)
+    sign_up(client, "gone@example.com")  # a second confirmation, queued behind the first
+    smtp.faults.rcpt["gone@example.com"] = "550 5.1.1 No such user here"
+    report = run_pass(app)
+    assert (report.sent, report.bounced, report.cancelled) == (1, 1, 1)
+    rows = outbox(app)
+    assert [r.status for r in rows] == [
+        OutboxStatus.FAILED,
+        OutboxStatus.SENT,
+        OutboxStatus.CANCELLED,
+    ]
+    assert "No such user" in rows[0].last_error
+    gone = get_subscriber(app, "gone@example.com")
+    assert gone.status is SubscriberStatus.BOUNCED
+    assert gone.bounced_at == clock()
+    assert [r.rcpt_tos for r in smtp.received] == [["fine@example.com"]]
+
+
+def test_dropped_connection_retries_that_message_and_carries_on(app, client, smtp):
+    for n in range(3):
+        sign_up(client, f"r{n}@example.com")
+    smtp.faults.drop_at_data = True
+    smtp.faults.times = 1
+    report = run_pass(app)
+    assert (report.sent, report.retried) == (2, 1)
+    assert [r.status for r in outbox(app)] == [
+        OutboxStatus.QUEUED,
+        OutboxStatus.SENT,
+        OutboxStatus.SENT,
+    ]
+
+
+@pytest.mark.parametrize("fault", ["auth", "down"])
+def test_mailer_unavailable_stops_the_pass_and_keeps_everything(
+    make_app, smtp, clock, caplog, fault
+):
+    from tests.smtp_server import SMTPServer, free_port
+
+    if fault == "auth":
+        server = SMTPServer(credentials=("owner", "right")).__enter__()
+        url = f"smtp://owner:wrong@127.0.0.1:{server.port}"
+    else:
+        server = None
+        url = f"smtp://127.0.0.1:{free_port()}?timeout=2"
+    try:
+        app = make_app(MAIL_URL=url)
+        client = app.test_client()
+        for n in range(3):
+            sign_up(client, f"r{n}@example.com")
+        with caplog.at_level(logging.ERROR, logger="service.dispatch"):
+            report = run_pass(app)
+        assert report.sent == 0 and report.released == 3
+        assert report.stopped.startswith("mailer unavailable")
+        assert "MAIL DELIVERY IS STOPPED" in caplog.text
+        for row in outbox(app):
+            assert row.status is OutboxStatus.QUEUED
+            assert row.attempts == 0  # not the message's fault: no attempt is used up
+            assert row.due_at == clock() + timedelta(minutes=1)
+        assert all(
+            get_subscriber(app, f"r{n}@example.com").status is SubscriberStatus.PENDING
+            for n in range(3)
+        )
+    finally:
+        if server is not None:
+            server.__exit__(None, None, None)
+
+
+class UnsubscribingMailer:
+    """Delivers through the real mailer; after the first message, another subscriber leaves."""
+
+    def __init__(self, inner, app, leaver_email):
+        self.inner, self.app, self.leaver_email = inner, app, leaver_email
+        self.sent = 0
+
+    def send(self, message):
+        self.inner.send(message)
+        self.sent += 1
+        if self.sent == 1:
+            services = services_of(self.app)
+            leaver = get_subscriber(self.app, self.leaver_email)
+            with services.database.begin() as session:
+                subscriptions.unsubscribe(session, leaver.id, via="test", now=services.clock())
+
+    def close(self):
+        self.inner.close()
+
+
+def test_unsubscribe_between_claim_and_send_stops_the_claimed_email(app, client, smtp):
+    sign_up(client, "stays@example.com")
+    sign_up(client, "leaves@example.com")
+    services = services_of(app)
+    mailer = UnsubscribingMailer(services.make_mailer(), app, "leaves@example.com")
+    report = services.make_dispatcher("w").drain(mailer, clock=services.clock)
+    mailer.close()
+    assert report.claimed == 2  # both were claimed in one batch
+    assert (report.sent, report.cancelled) == (1, 1)
+    assert [r.rcpt_tos for r in smtp.received] == [["stays@example.com"]]
+    assert outbox(app)[1].status is OutboxStatus.CANCELLED
+
+
+def test_a_lapsed_lease_lets_another_scheduler_take_over(app, client, smtp, clock):
+    sign_up(client, "reader@example.com")
+    services = services_of(app)
+    with services.database.begin() as session:  # scheduler A claims, then dies
+        [claimed] = outbox_module.claim(
+            session, worker="A", now=clock(), limit=10, lease=timedelta(minutes=5)
+        )
+    assert run_pass(app, worker="B").claimed == 0  # the lease holds
+    clock.advance(minutes=5, seconds=1)
+    assert run_pass(app, worker="B").sent == 1
+    with services.database.begin() as session:  # A wakes up: its claim is gone
+        assert not outbox_module.mark_sent(session, claimed.id, worker="A", now=clock())
+    row = outbox(app)[0]
+    assert row.status is OutboxStatus.SENT
+    assert row.attempts == 2
+
+
+def test_a_row_that_keeps_crashing_its_scheduler_is_given_up(make_app, smtp, clock):
+    app = make_app(MAIL_URL=smtp.url, SEND_MAX_ATTEMPTS=2)
+    sign_up(app.test_client(), "reader@example.com")
+    services = services_of(app)
+    for worker in ("A", "B"):
+        with services.database.begin() as session:
+            outbox_module.claim(
+                session, worker=worker, now=clock(), limit=1, lease=timedelta(minutes=5)
+            )
+        clock.advance(minutes=6)
+    report = run_pass(app)
+    assert (report.sent, report.failed) == (0, 1)
+    assert outbox(app)[0].status is OutboxStatus.FAILED
+    assert smtp.received == []
+
+
+def test_two_dispatchers_at_once_send_every_row_exactly_once(app, smtp):
+    services = services_of(app)
+    with services.database.begin() as session:
+        for n in range(120):
+            subscriber = subscriptions.Subscriber(
+                email=f"r{n}@example.com",
+                email_key=f"r{n}@example.com",
+                status=SubscriberStatus.PENDING,
+                time_zone="UTC",
+                source="test",
+                created_at=services.clock(),
+            )
+            session.add(subscriber)
+            session.flush()
+            outbox_module.enqueue(
+                session, subscriber, kind="confirm", template="confirm", now=services.clock()
+            )
+    reports = {}
+
+    def drain(worker: str) -> None:
+        dispatcher = services.make_dispatcher(worker)
+        dispatcher.policy = type(dispatcher.policy)(batch_size=7)
+        mailer = services.make_mailer()
+        try:
+            reports[worker] = dispatcher.drain(mailer, clock=services.clock)
+        finally:
+            mailer.close()
+
+    threads = [threading.Thread(target=drain, args=(w,)) for w in ("A", "B")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    received = smtp.handler.wait_for(120)
+    recipients = [r.rcpt_tos[0] for r in received]
+    assert len(recipients) == 120
+    assert len(set(recipients)) == 120
+    assert reports["A"].sent + reports["B"].sent == 120
+    assert all(r.status is OutboxStatus.SENT for r in outbox(app))
+
+
+def test_stop_hands_the_rest_of_the_claim_back(app, client, smtp, clock):
+    for n in range(4):
+        sign_up(client, f"r{n}@example.com")
+    services = services_of(app)
+    stop = threading.Event()
+
+    class StopAfterFirst:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def send(self, message):
+            self.inner.send(message)
+            stop.set()
+
+        def close(self):
+            self.inner.close()
+
+    report = services.make_dispatcher("w").drain(
+        StopAfterFirst(services.make_mailer()), clock=services.clock, stop=stop
+    )
+    assert (report.sent, report.released) == (1, 3)
+    rows = outbox(app)
+    assert [r.status for r in rows] == [OutboxStatus.SENT] + [OutboxStatus.QUEUED] * 3
+    assert all(r.attempts == 0 and r.due_at == clock() for r in rows[1:])
+    assert run_pass(app).sent == 3
+
+
+def test_a_broken_template_keeps_the_email_until_it_is_fixed(make_app, smtp, tmp_path, clock):
+    content = tmp_path / "content"
+    (content / "emails").mkdir(parents=True)
+    broken = content / "emails" / "confirm.txt"
+    broken.write_text(
+        '{% extends "layout.txt" %}{% block subject %}{{ no_such_variable }}{% endblock %}'
+    )
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(content))
+    sign_up(app.test_client(), "reader@example.com")
+    report = run_pass(app)
+    assert report.retried == 1 and "no_such_variable" in report.errors[0]
+    assert outbox(app)[0].status is OutboxStatus.QUEUED
+
+    broken.unlink()  # the owner fixes it; a restart picks the shipped template up again
+    fixed = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(content))
+    clock.advance(minutes=1)
+    assert run_pass(fixed).sent == 1
+
+
+def test_owner_templates_override_the_shipped_ones(make_app, smtp, tmp_path):
+    content = tmp_path / "content" / "emails"
+    content.mkdir(parents=True)
+    (content / "confirm.txt").write_text(
+        '{% extends "layout.txt" %}{% block subject %}Bitte bestätigen{% endblock %}'
+        "{% block body %}Klick: {{ confirm_url }}{% endblock %}"
+    )
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(tmp_path / "content"))
+    sign_up(app.test_client(), "reader@example.com")
+    run_pass(app)
+    [received] = smtp.handler.wait_for(1)
+    assert received.message["Subject"] == "Bitte bestätigen"
+    assert "Klick: http://newsletter.test/confirm/" in received.part("plain")
+    assert "Yes, send me the guide" in received.part("html")  # the shipped HTML part
+
+
+def test_message_id_is_the_same_on_every_attempt(app, client, smtp, clock):
+    sign_up(client, "reader@example.com")
+    smtp.faults.drop_at_data = True
+    smtp.faults.times = 1
+    run_pass(app)
+    clock.advance(minutes=1)
+    run_pass(app)
+    services = services_of(app)
+    expected = services.make_dispatcher("x").message_id(outbox(app)[0].id)
+    assert smtp.handler.wait_for(1)[0].message["Message-ID"] == expected
+    assert expected.endswith("@newsletter.test>")
+
+
+def test_welcome_email_exists_once_per_subscriber(app, client):
+    services = services_of(app)
+    sign_up(client, "reader@example.com")
+    subscriber = get_subscriber(app, "reader@example.com")
+    with services.database.begin() as session:
+        subscriber = session.merge(subscriber)
+        for _ in range(2):
+            outbox_module.enqueue(
+                session,
+                subscriber,
+                kind="welcome",
+                template="welcome",
+                now=services.clock(),
+                dedupe_key=f"welcome:{subscriber.id}",
+            )
+    with services.database.read() as session:
+        welcomes = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "welcome")
+        ).all()
+    assert len(welcomes) == 1
+
+
+def test_nothing_is_sent_to_unconfirmed_addresses_but_the_confirmation(app, client, smtp):
+    sign_up(client, "pending@example.com")
+    run_pass(app)
+    subscriber = get_subscriber(app, "pending@example.com")
+    services = services_of(app)
+    with services.database.begin() as session:
+        outbox_module.enqueue(
+            session,
+            session.merge(subscriber),
+            kind="welcome",
+            template="welcome",
+            now=services.clock(),
+        )
+    report = run_pass(app)
+    assert (report.sent, report.cancelled) == (0, 1)
+    assert subjects(smtp) == ["Please confirm your email to get the glute guide"]
+
+
+def test_whole_path_through_real_smtp(app, client, smtp, clock):
+    """Sign up, confirm from the email, get the guide, unsubscribe by one-click header."""
+    sign_up(client, "reader@example.com", first_name="Ann", time_zone="America/Vancouver")
+    run_pass(app)
+    confirm = link_path(smtp.handler.wait_for(1)[0].part("plain"), "/confirm/")
+    assert client.get(confirm).status_code == 200
+    assert client.post(confirm).status_code == 303
+    clock.advance(seconds=5)
+    run_pass(app)
+    welcome = smtp.handler.wait_for(2)[1]
+    assert welcome.message["Subject"] == "Your Glute-Strengthening Guide is here"
+    assert "Hi Ann," in welcome.part("plain")
+    download = client.get(link_path(welcome.part("plain"), "/download/"))
+    assert download.status_code == 200 and download.data.startswith(b"%PDF-")
+    one_click = (
+        welcome.message["List-Unsubscribe"].strip("<>").removeprefix("http://newsletter.test")
+    )
+    response = app.test_client().post(one_click, data={"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200
+    assert get_subscriber(app, "reader@example.com").status is SubscriberStatus.UNSUBSCRIBED
+    clock.advance(hours=2)
+    sign_up(client, "reader@example.com")  # even a new request only asks to confirm again
+    run_pass(app)
+    assert subjects(smtp)[-1] == "Please confirm your email to get the glute guide"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgres_claims_skip_rows_another_claim_holds(app, client, clock):
+    """An open, uncommitted claim neither blocks a second scheduler nor shares rows with it.
+
+    (SQLite has no row locks: its claims take turns through BEGIN IMMEDIATE.)
+    """
+    for n in range(10):
+        sign_up(client, f"r{n}@example.com")
+    services = services_of(app)
+    lease = timedelta(minutes=5)
+    with services.database.begin() as first:
+        held = outbox_module.claim(first, worker="A", now=clock(), limit=5, lease=lease)
+        result: dict[str, list[int]] = {}
+
+        def second_claim() -> None:
+            with services.database.begin() as session:
+                rows = outbox_module.claim(session, worker="B", now=clock(), limit=10, lease=lease)
+                result["B"] = [r.id for r in rows]
+
+        thread = threading.Thread(target=second_claim)
+        thread.start()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "the second claim waited for the first one's locks"
+    assert len(held) == 5 and len(result["B"]) == 5
+    assert not {r.id for r in held} & set(result["B"])
+
+
+def test_a_claim_takes_at_most_its_limit_oldest_first(app, client, clock):
+    for n in range(10):
+        sign_up(client, f"r{n}@example.com")
+        clock.advance(seconds=1)
+    services = services_of(app)
+    with services.database.begin() as session:
+        rows = outbox_module.claim(
+            session, worker="A", now=clock(), limit=4, lease=timedelta(minutes=5)
+        )
+    assert [r.to_address for r in rows] == [f"r{n}@example.com" for n in range(4)]
+    assert [r.status for r in outbox(app)].count(OutboxStatus.SENDING) == 4

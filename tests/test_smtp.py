@@ -1,0 +1,205 @@
+"""The SMTP backend against a real SMTP server on loopback, behaving and misbehaving."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from datetime import UTC, datetime
+
+import pytest
+import trustme
+
+from service.mail import (
+    MailerUnavailable,
+    Message,
+    MessageRejected,
+    RecipientRejected,
+    TemporaryFailure,
+    mailer_from_url,
+)
+from service.mail.smtp import SMTPMailer
+from tests.smtp_server import SilentServer, SMTPServer
+
+
+def message(to: str = "reader@example.org", n: int = 0) -> Message:
+    return Message(
+        sender="Low Back Relief <hello@example.com>",
+        to=to,
+        subject=f"Tip {n}",
+        text=f"Tip number {n}\n",
+        html=f"<p>Tip number {n}</p>",
+        date=datetime(2026, 11, 24, tzinfo=UTC),
+        message_id=f"<{n}.x@example.com>",
+    )
+
+
+def mailer_for(server: SMTPServer, **kwargs) -> SMTPMailer:
+    return SMTPMailer("127.0.0.1", server.port, timeout=5, **kwargs)
+
+
+def test_delivers_over_one_connection(smtp):
+    mailer = mailer_for(smtp)
+    for n in range(5):
+        mailer.send(message(n=n))
+    mailer.close()
+    received = smtp.handler.wait_for(5)
+    assert [r.message["Subject"] for r in received] == [f"Tip {n}" for n in range(5)]
+    assert received[0].mail_from == "hello@example.com"
+    assert received[0].rcpt_tos == ["reader@example.org"]
+    assert smtp.handler.connections == 1
+
+
+def test_421_at_mail_is_temporary_and_the_next_message_reconnects(smtp):
+    smtp.faults.mail = "421 4.7.0 Too busy, try later"
+    smtp.faults.times = 1
+    mailer = mailer_for(smtp)
+    with pytest.raises(TemporaryFailure) as failure:
+        mailer.send(message(n=1))
+    assert failure.value.code == 421
+    mailer.send(message(n=2))
+    mailer.close()
+    assert [r.message["Subject"] for r in smtp.handler.wait_for(1)] == ["Tip 2"]
+    assert smtp.handler.connections == 2
+
+
+def test_451_at_rcpt_is_temporary(smtp):
+    smtp.faults.rcpt["reader@example.org"] = "451 4.3.0 Mailbox temporarily unavailable"
+    mailer = mailer_for(smtp)
+    with pytest.raises(TemporaryFailure) as failure:
+        mailer.send(message())
+    assert failure.value.code == 451
+    mailer.send(message(to="other@example.org", n=2))  # the connection is still usable
+    mailer.close()
+    assert smtp.handler.connections == 1
+
+
+def test_550_at_rcpt_is_a_bounce(smtp):
+    smtp.faults.rcpt["gone@example.org"] = "550 5.1.1 No such user"
+    mailer = mailer_for(smtp)
+    with pytest.raises(RecipientRejected) as failure:
+        mailer.send(message(to="gone@example.org"))
+    assert failure.value.code == 550
+    assert "No such user" in str(failure.value)
+    mailer.send(message(n=2))
+    mailer.close()
+    assert len(smtp.handler.wait_for(1)) == 1
+
+
+def test_554_at_data_rejects_the_message_not_the_address(smtp):
+    smtp.faults.data = "554 5.7.1 Message refused as spam"
+    mailer = mailer_for(smtp)
+    with pytest.raises(MessageRejected):
+        mailer.send(message())
+    mailer.close()
+
+
+def test_550_5_1_1_at_data_is_a_bounce(smtp):
+    smtp.faults.data = "550 5.1.1 Mailbox does not exist"
+    with pytest.raises(RecipientRejected):
+        mailer_for(smtp).send(message())
+
+
+def test_451_at_data_is_temporary(smtp):
+    smtp.faults.data = "451 4.3.0 Try again"
+    with pytest.raises(TemporaryFailure):
+        mailer_for(smtp).send(message())
+
+
+def test_dropped_connection_is_temporary_and_recovers(smtp):
+    smtp.faults.drop_at_data = True
+    smtp.faults.times = 1
+    mailer = mailer_for(smtp)
+    with pytest.raises(TemporaryFailure):
+        mailer.send(message(n=1))
+    mailer.send(message(n=2))
+    mailer.close()
+    assert [r.message["Subject"] for r in smtp.handler.wait_for(1)] == ["Tip 2"]
+
+
+def test_refused_connection_makes_the_mailer_unavailable():
+    from tests.smtp_server import free_port
+
+    mailer = SMTPMailer("127.0.0.1", free_port(), timeout=2)
+    with pytest.raises(MailerUnavailable, match="cannot open an SMTP session"):
+        mailer.send(message())
+
+
+def test_a_server_that_never_answers_times_out():
+    with SilentServer() as silent:
+        mailer = SMTPMailer("127.0.0.1", silent.port, timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(MailerUnavailable):
+            mailer.send(message())
+        assert time.monotonic() - started < 5
+
+
+def test_failed_login_makes_the_mailer_unavailable():
+    with SMTPServer(credentials=("owner", "right")) as server:
+        mailer = mailer_for(server, username="owner", password="wrong")
+        with pytest.raises(MailerUnavailable, match="authentication failed") as failure:
+            mailer.send(message())
+        assert failure.value.code == 535
+        assert server.received == []
+
+
+def test_login_with_the_right_password_delivers():
+    with SMTPServer(credentials=("owner", "p@ss word")) as server:
+        mailer = mailer_from_url(f"smtp://owner:p%40ss%20word@127.0.0.1:{server.port}")
+        mailer.send(message())
+        mailer.close()
+        assert len(server.handler.wait_for(1)) == 1
+
+
+def test_our_sender_refused_stops_delivery(smtp):
+    smtp.faults.mail = "553 5.7.1 Sender address rejected: not owned by user"
+    with pytest.raises(MailerUnavailable, match="refuses the sender"):
+        mailer_for(smtp).send(message())
+
+
+def test_starttls_with_certificate_checks(tmp_path):
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    certificate.configure_cert(server_context)
+    cafile = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(cafile))
+    with SMTPServer(tls_context=server_context, credentials=("owner", "secret")) as server:
+        mailer = mailer_from_url(
+            f"smtp://owner:secret@127.0.0.1:{server.port}?tls=starttls&cafile={cafile}"
+        )
+        mailer.send(message())
+        mailer.close()
+        assert len(server.handler.wait_for(1)) == 1
+
+        untrusted = mailer_from_url(f"smtp://owner:secret@127.0.0.1:{server.port}?tls=starttls")
+        with pytest.raises(MailerUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.send(message())
+
+
+def test_smtputf8_address_is_delivered_with_smtputf8(smtp):
+    mailer = mailer_for(smtp)
+    mailer.send(message(to="josé@example.org"))
+    mailer.close()
+    received = smtp.handler.wait_for(1)[0]
+    assert received.rcpt_tos == ["josé@example.org"]
+    assert "SMTPUTF8" in received.mail_options
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("smtp://mail.example.com", ("mail.example.com", 25, "none")),
+        ("smtp://u:p@mail.example.com:2525?tls=starttls", ("mail.example.com", 2525, "starttls")),
+        ("smtps://mail.example.com", ("mail.example.com", 465, "ssl")),
+        ("smtp://mail.example.com?tls=starttls", ("mail.example.com", 587, "starttls")),
+    ],
+)
+def test_mail_url_parsing(url, expected):
+    mailer = mailer_from_url(url)
+    assert (mailer.host, mailer.port, mailer.tls) == expected
+
+
+@pytest.mark.parametrize("url", ["smtp://x?tls=maybe", "carrier-pigeon://coop", "http://x"])
+def test_bad_mail_urls_are_refused(url):
+    with pytest.raises(ValueError):
+        mailer_from_url(url)
