@@ -55,6 +55,7 @@ test: $(DEV_STAMP) lint
 	$(PY) -m pytest
 
 bench-signup: $(DEV_STAMP)
+	@command -v wrk >/dev/null || { echo "bench-signup needs wrk: apt-get install wrk"; exit 1; }
 	$(PY) bench/signup.py
 
 clean:

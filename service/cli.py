@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app, render_template
+from flask.cli import AppGroup, with_appcontext
 
 from . import guide, migrate
 from .services import Services
@@ -15,7 +16,7 @@ def _services() -> Services:
     return current_app.extensions["newsletter"]
 
 
-@click.group("db")
+@click.group("db", cls=AppGroup)
 def db_group() -> None:
     """Database schema."""
 
@@ -36,7 +37,7 @@ def db_current() -> None:
     click.echo(f"database: {current or 'empty'}; newest: {migrate.head_revision()}")
 
 
-@click.group("guide")
+@click.group("guide", cls=AppGroup)
 def guide_group() -> None:
     """The lead magnet."""
 
@@ -66,6 +67,7 @@ def guide_build(output: Path | None, source: Path) -> None:
 
 
 @click.command("embed-snippet")
+@with_appcontext
 def embed_snippet() -> None:
     """Print the HTML to paste into another site to show the signup form."""
     click.echo(

@@ -1,20 +1,30 @@
 """The database: declarative base, one engine and session factory per app, SQLite tuning.
 
-SQLite runs in WAL mode with a busy timeout, and every transaction starts with
+SQLite runs in WAL mode with a busy timeout, and every write transaction starts with
 `BEGIN IMMEDIATE`: the write lock is taken up front, so a web worker and a scheduler
 writing at the same time wait for each other instead of failing with
 `database is locked` when a read transaction tries to upgrade to a write.
+
+Writers also queue on an OS file lock (flock on `<database>.lock`) before BEGIN
+IMMEDIATE. SQLite's own busy handler waits by sleeping 1, 2, 5, 10 ... ms, so under load
+a waiting process can sleep through many hand-overs between the threads of another and
+starve for hundreds of milliseconds; the kernel wakes a flock waiter the moment the lock
+is free. Readers take no lock at all.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event, insert
+from sqlalchemy import Column, Engine, Insert, MetaData, Table, create_engine, event, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -34,6 +44,67 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class NestedWriteTransaction(RuntimeError):
+    """A thread opened a second SQLite write transaction while holding one: it would wait
+    for itself for ever."""
+
+
+_writer_locks_held = threading.local()
+
+
+class QueuedWriterConnection(sqlite3.Connection):
+    """A sqlite3 connection whose write transactions queue on a file lock (see above)."""
+
+    def __init__(self, database: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        self._lock_path = None if database in ("", ":memory:") else f"{database}.lock"
+        self._lock_file = open(self._lock_path, "ab") if self._lock_path else None  # noqa: SIM115
+        self._holding = False
+
+    def begin_write(self) -> None:
+        """Wait for the writers' lock, then BEGIN IMMEDIATE."""
+        if self._lock_file is not None:
+            held = _writer_locks_held.__dict__.setdefault("paths", set())
+            if self._lock_path in held:
+                raise NestedWriteTransaction(
+                    f"this thread already holds a write transaction on {self._lock_path[:-5]}"
+                )
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            held.add(self._lock_path)
+            self._holding = True
+        try:
+            self.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            _writer_locks_held.__dict__.get("paths", set()).discard(self._lock_path)
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._release()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._release()
+            if self._lock_file is not None:
+                self._lock_file.close()
 
 
 def _tune_sqlite(engine: Engine) -> None:
@@ -56,7 +127,7 @@ def _tune_sqlite(engine: Engine) -> None:
         if connection.get_execution_options().get(READ_ONLY_OPTION):
             connection.exec_driver_sql("BEGIN")
         else:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            connection.connection.dbapi_connection.begin_write()
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -66,7 +137,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
+            url,
+            connect_args={
+                "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                "factory": QueuedWriterConnection,
+            },
+            **kwargs,
         )
         _tune_sqlite(engine)
         return engine
@@ -112,13 +188,33 @@ class Database:
         self.engine.dispose()
 
 
-def insert_ignoring_conflicts(session: Session, table: Any, values: dict[str, Any]) -> bool:
-    """Insert a row unless a unique constraint already holds it; True if it was inserted."""
-    dialect = session.get_bind().dialect.name
+@functools.cache
+def _insert_ignoring_conflicts(dialect: str, table: Table, returning: Column | None) -> Insert:
     if dialect == "postgresql":
-        statement = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+        statement = postgresql.insert(table).on_conflict_do_nothing()
     elif dialect == "sqlite":
-        statement = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+        statement = sqlite.insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        statement = insert(table).values(**values)
-    return session.execute(statement).rowcount == 1
+        statement = insert(table)
+    return statement if returning is None else statement.returning(returning)
+
+
+def insert_ignoring_conflicts(
+    session: Session, table: Table, values: dict[str, Any], *, returning: Column | None = None
+) -> Any:
+    """Insert a row unless a unique constraint already holds one like it.
+
+    Without `returning`: True if the row was inserted. With a column: its value for the new
+    row, or None if nothing was inserted. One statement, no savepoint, on both backends.
+    """
+    statement = _insert_ignoring_conflicts(session.get_bind().dialect.name, table, returning)
+    result = session.connection().execute(statement, values)
+    if returning is None:
+        return result.rowcount == 1
+    return result.scalar_one_or_none()
+
+
+def insert_row(session: Session, table: Table, values: dict[str, Any]) -> None:
+    """A plain INSERT through the session's connection: no unit-of-work bookkeeping, for
+    rows the session will not read back (the hot signup path writes four of them)."""
+    session.connection().execute(table.insert(), values)

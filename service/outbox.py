@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .db import insert_ignoring_conflicts
+from .db import insert_ignoring_conflicts, insert_row
 from .models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 
 PENDING_STATES = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
@@ -22,9 +22,16 @@ PENDING_STATES = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
 BEFORE_CONFIRMATION = frozenset({"confirm"})
 
 
+class Recipient(Protocol):
+    """Whom an email goes to: a Subscriber, or anything with its id and address."""
+
+    id: int
+    email: str
+
+
 def enqueue(
     session: Session,
-    subscriber: Subscriber,
+    recipient: Recipient,
     *,
     kind: str,
     template: str,
@@ -33,13 +40,13 @@ def enqueue(
     dedupe_key: str | None = None,
     due_at: datetime | None = None,
 ) -> bool:
-    """Queue one email to `subscriber`. With a dedupe key, a second one is silently dropped.
+    """Queue one email. With a dedupe key, a second one is silently dropped.
 
     Returns whether a row was written.
     """
     values = {
-        "subscriber_id": subscriber.id,
-        "to_address": subscriber.email,
+        "subscriber_id": recipient.id,
+        "to_address": recipient.email,
         "kind": kind,
         "template": template,
         "context": context or {},
@@ -50,7 +57,7 @@ def enqueue(
         "created_at": now,
     }
     if dedupe_key is None:
-        session.add(OutboxMessage(**values))
+        insert_row(session, OutboxMessage.__table__, values)
         return True
     return insert_ignoring_conflicts(session, OutboxMessage.__table__, values)
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import outbox, sequences
+from .db import insert_ignoring_conflicts, insert_row
 from .models import ConsentRecord, Event, Subscriber, SubscriberStatus
 
 MAX_EMAIL_LENGTH = 254
@@ -176,7 +176,7 @@ def consent_version(text: str) -> str:
 
 def _record_consent(
     session: Session,
-    subscriber: Subscriber,
+    subscriber_id: int,
     *,
     action: str,
     origin: Origin,
@@ -184,31 +184,35 @@ def _record_consent(
     consent_text: str,
     now: datetime,
 ) -> None:
-    session.add(
-        ConsentRecord(
-            subscriber_id=subscriber.id,
-            action=action,
-            at=now,
-            ip=origin.ip,
-            user_agent=origin.user_agent,
-            source=source,
-            text=consent_text,
-            text_version=consent_version(consent_text),
-        )
+    insert_row(
+        session,
+        ConsentRecord.__table__,
+        {
+            "subscriber_id": subscriber_id,
+            "action": action,
+            "at": now,
+            "ip": origin.ip,
+            "user_agent": origin.user_agent,
+            "source": source,
+            "text": consent_text,
+            "text_version": consent_version(consent_text),
+        },
     )
 
 
 def record_event(
     session: Session,
-    subscriber: Subscriber | None,
+    subscriber_id: int | None,
     kind: str,
     *,
     now: datetime,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Add an entry to the subscriber's history."""
-    session.add(
-        Event(subscriber_id=subscriber.id if subscriber else None, kind=kind, at=now, detail=detail)
+    """Add an entry to a subscriber's history."""
+    insert_row(
+        session,
+        Event.__table__,
+        {"subscriber_id": subscriber_id, "kind": kind, "at": now, "detail": detail},
     )
 
 
@@ -216,6 +220,12 @@ def _find(session: Session, email: str) -> Subscriber | None:
     return session.scalar(
         select(Subscriber).where(Subscriber.email_key == email_key(email)).with_for_update()
     )
+
+
+@dataclass(frozen=True)
+class _NewSubscriber:
+    id: int
+    email: str
 
 
 def subscribe(
@@ -226,65 +236,67 @@ def subscribe(
     consent_text: str,
     cooldown: timedelta,
     now: datetime,
-) -> tuple[Subscriber, SignupResult]:
-    """Handle a signup request for any address, new or known.
+) -> tuple[int, SignupResult]:
+    """Handle a signup request for any address, new or known; (subscriber id, what happened).
 
     The caller answers every request the same way, so nobody learns whether an address is
     on the list; this decides which email (if any) goes out:
     new or not yet confirmed -> a confirmation email; already confirmed -> the guide link
     again; a second request inside `cooldown` -> nothing, so a form cannot flood an inbox.
     """
-    subscriber = _find(session, signup.email)
-    if subscriber is None:
-        subscriber = Subscriber(
-            email=signup.email,
-            email_key=email_key(signup.email),
-            first_name=signup.first_name,
-            status=SubscriberStatus.PENDING,
-            time_zone=signup.time_zone,
+    # New addresses are the common case: one INSERT that yields to an existing row (also
+    # one committed by a concurrent request) instead of a SELECT, a savepoint and a retry.
+    new_id = insert_ignoring_conflicts(
+        session,
+        Subscriber.__table__,
+        {
+            "email": signup.email,
+            "email_key": email_key(signup.email),
+            "first_name": signup.first_name,
+            "status": SubscriberStatus.PENDING,
+            "time_zone": signup.time_zone,
+            "source": signup.source,
+            "created_at": now,
+            "last_requested_at": now,
+        },
+        returning=Subscriber.id,
+    )
+    if new_id is not None:
+        _record_consent(
+            session,
+            new_id,
+            action="signup",
+            origin=origin,
             source=signup.source,
-            created_at=now,
-            last_requested_at=now,
+            consent_text=consent_text,
+            now=now,
         )
-        try:
-            with session.begin_nested():
-                session.add(subscriber)
-                session.flush()
-        except IntegrityError:
-            # The same address signed up in a concurrent request; treat this as a repeat.
-            subscriber = _find(session, signup.email)
-            if subscriber is None:
-                raise
-        else:
-            _record_consent(
-                session,
-                subscriber,
-                action="signup",
-                origin=origin,
-                source=signup.source,
-                consent_text=consent_text,
-                now=now,
-            )
-            record_event(
-                session, subscriber, "signed_up", now=now, detail={"source": signup.source}
-            )
-            outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
-            return subscriber, SignupResult.CREATED
+        record_event(session, new_id, "signed_up", now=now, detail={"source": signup.source})
+        outbox.enqueue(
+            session,
+            _NewSubscriber(new_id, signup.email),
+            kind="confirm",
+            template="confirm",
+            now=now,
+        )
+        return new_id, SignupResult.CREATED
 
+    subscriber = _find(session, signup.email)
+    assert subscriber is not None  # the insert found it there
     if subscriber.last_requested_at is not None and now - subscriber.last_requested_at < cooldown:
-        record_event(session, subscriber, "signup_suppressed", now=now)
-        return subscriber, SignupResult.SUPPRESSED
+        record_event(session, subscriber.id, "signup_suppressed", now=now)
+        return subscriber.id, SignupResult.SUPPRESSED
     subscriber.last_requested_at = now
 
     if subscriber.status is SubscriberStatus.CONFIRMED:
         outbox.enqueue(session, subscriber, kind="guide", template="guide_again", now=now)
-        record_event(session, subscriber, "guide_resent", now=now)
-        return subscriber, SignupResult.GUIDE_SENT
+        record_event(session, subscriber.id, "guide_resent", now=now)
+        return subscriber.id, SignupResult.GUIDE_SENT
 
     # Pending, unsubscribed or bounced: they may come (back) in, by confirming again.
     _record_consent(
         session,
-        subscriber,
+        subscriber.id,
         action="signup",
         origin=origin,
         source=signup.source,
@@ -292,8 +304,8 @@ def subscribe(
         now=now,
     )
     outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
-    record_event(session, subscriber, "confirmation_resent", now=now)
-    return subscriber, SignupResult.CONFIRMATION_SENT
+    record_event(session, subscriber.id, "confirmation_resent", now=now)
+    return subscriber.id, SignupResult.CONFIRMATION_SENT
 
 
 def get_subscriber(session: Session, subscriber_id: int, *, for_update: bool = False) -> Subscriber:
@@ -334,14 +346,14 @@ def confirm(
     subscriber.bounced_at = None
     _record_consent(
         session,
-        subscriber,
+        subscriber.id,
         action="confirm",
         origin=origin,
         source=subscriber.source,
         consent_text=consent_text,
         now=now,
     )
-    record_event(session, subscriber, "confirmed", now=now)
+    record_event(session, subscriber.id, "confirmed", now=now)
     outbox.enqueue(
         session,
         subscriber,
@@ -375,7 +387,7 @@ def unsubscribe(
     subscriber.status = SubscriberStatus.UNSUBSCRIBED
     subscriber.unsubscribed_at = now
     _stop_mail(session, subscriber, reason="unsubscribed")
-    record_event(session, subscriber, "unsubscribed", now=now, detail={"via": via})
+    record_event(session, subscriber.id, "unsubscribed", now=now, detail={"via": via})
     return subscriber
 
 
@@ -391,14 +403,14 @@ def mark_bounced(
         subscriber.status = SubscriberStatus.BOUNCED
         subscriber.bounced_at = now
     _stop_mail(session, subscriber, reason="address bounced")
-    record_event(session, subscriber, "bounced", now=now, detail={"reason": reason[:500]})
+    record_event(session, subscriber.id, "bounced", now=now, detail={"reason": reason[:500]})
     return subscriber
 
 
 def record_download(session: Session, subscriber_id: int, *, now: datetime) -> Subscriber:
     """Count a download of the guide."""
     subscriber = get_subscriber(session, subscriber_id)
-    record_event(session, subscriber, "downloaded", now=now)
+    record_event(session, subscriber.id, "downloaded", now=now)
     return subscriber
 
 
@@ -413,7 +425,7 @@ def request_guide_link(
         return False
     subscriber.last_requested_at = now
     outbox.enqueue(session, subscriber, kind="guide", template="guide_again", now=now)
-    record_event(session, subscriber, "guide_resent", now=now)
+    record_event(session, subscriber.id, "guide_resent", now=now)
     return True
 
 
@@ -428,5 +440,5 @@ def request_confirmation(
         return False
     subscriber.last_requested_at = now
     outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
-    record_event(session, subscriber, "confirmation_resent", now=now)
+    record_event(session, subscriber.id, "confirmation_resent", now=now)
     return True

@@ -1,0 +1,153 @@
+"""The reader's path in a real browser: Debian's Chromium driven by Playwright.
+
+Skipped where Chromium or Playwright is missing, unless REQUIRE_BROWSER=1 (set by
+.ci/run), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from service.models import SubscriberStatus
+from tests.conftest import missing
+from tests.helpers import get_subscriber, link_path, run_pass
+from tests.smtp_server import free_port
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        missing("Chromium", "REQUIRE_BROWSER", f"{CHROMIUM} not found; apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("Playwright", "REQUIRE_BROWSER", "pip install -r requirements-dev.txt")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def live_app(make_app, tmp_path) -> Iterator[tuple[object, str]]:
+    """The app served over real HTTP on loopback."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = make_app(BASE_URL=base)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield app, base
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(timezone_id="America/Vancouver", accept_downloads=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.problems = problems
+    yield page
+    context.close()
+
+
+def latest_email_text(app) -> str:
+    directory = Path(app.extensions["newsletter"].settings.MAIL_URL.removeprefix("file://"))
+    import email
+    import email.policy
+
+    newest = max(directory.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns)
+    message = email.message_from_bytes(newest.read_bytes(), policy=email.policy.default)
+    return message.get_body(preferencelist=("plain",)).get_content()
+
+
+def test_reader_signs_up_confirms_and_downloads_in_chromium(live_app, page, tmp_path):
+    app, base = live_app
+    page.goto(base + "/")
+    assert "Glute-Strengthening Guide" in page.title()
+    # The page's own script filled in the browser's time zone.
+    assert page.input_value('input[name="time_zone"]') == "America/Vancouver"
+    page.fill("#first_name", "Ann")
+    page.fill("#email", "ann@example.com")
+    page.click("text=Send me the free guide")
+    page.wait_for_url(base + "/check-your-inbox")
+    assert "Check your inbox" in page.inner_text("h1")
+
+    subscriber = get_subscriber(app, "ann@example.com")
+    assert subscriber.status is SubscriberStatus.PENDING
+    assert subscriber.time_zone == "America/Vancouver"
+    assert subscriber.source == "landing"
+    assert subscriber.first_name == "Ann"
+
+    run_pass(app)
+    page.goto(base + link_path(latest_email_text(app), "/confirm/"))
+    page.click("text=Yes, send me the guide")
+    page.wait_for_url(base + "/confirmed/*")
+    assert "You're in, Ann!" in page.inner_text("h1")
+    with page.expect_download() as download_info:
+        page.click("text=Download the Glute-Strengthening Guide")
+    download = download_info.value
+    assert download.suggested_filename == "glute-strengthening-guide.pdf"
+    saved = tmp_path / "downloaded.pdf"
+    download.save_as(saved)
+    assert saved.read_bytes().startswith(b"%PDF-")
+    assert get_subscriber(app, "ann@example.com").status is SubscriberStatus.CONFIRMED
+    # The pages satisfy their own Content-Security-Policy: no violations, no script errors.
+    assert page.problems == []
+
+
+def test_form_errors_are_shown_and_the_typed_values_kept(live_app, page):
+    app, base = live_app
+    page.goto(base + "/")
+    page.fill("#first_name", "Ann")
+    page.fill("#email", "ann@@example")
+    page.click("text=Send me the free guide")
+    assert "Please check the form" in page.inner_text(".form-errors")
+    assert page.input_value("#email") == "ann@@example"
+    assert page.input_value("#first_name") == "Ann"
+    assert page.get_attribute("#email", "aria-invalid") == "true"
+    assert get_subscriber(app, "ann@example") is None
+    # The only console entry is Chromium noting the page's intended 422 status.
+    assert [p for p in page.problems if "status of 422" not in p] == []
+
+
+def test_the_honeypot_is_invisible_to_people(live_app, page):
+    _, base = live_app
+    page.goto(base + "/")
+    assert not page.is_visible("#website") or page.locator("#website").bounding_box()["x"] < 0
+
+
+def test_embedded_form_on_another_site_signs_up(live_app, page, tmp_path):
+    app, base = live_app
+    snippet = app.test_cli_runner().invoke(args=["embed-snippet"]).output
+    blog = tmp_path / "blog.html"
+    blog.write_text(f"<html><body><h1>My blog</h1>{snippet}</body></html>")
+    page.goto(blog.as_uri())
+    page.fill("#nl-email", "reader@example.com")
+    page.click("text=Send me the free guide")
+    page.wait_for_url(base + "/check-your-inbox")
+    subscriber = get_subscriber(app, "reader@example.com")
+    assert subscriber.source == "blog-embed"
+    assert subscriber.time_zone == "America/Vancouver"

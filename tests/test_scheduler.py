@@ -1,0 +1,203 @@
+"""`python -m scheduler` as a real process: one pass at a given time, SIGTERM mid-send,
+and two schedulers draining one backlog, on both databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from service import outbox as outbox_module
+from service.config import DEV_SECRET_KEY, PROJECT_ROOT
+from service.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from tests.conftest import TEST_SECRET
+from tests.helpers import outbox, services_of
+
+pytestmark = pytest.mark.slow
+
+
+def scheduler_env(database_url: str, mail_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key in ("PATH", "HOME", "LANG", "PYTHONPATH", "SYSTEMROOT", "TMPDIR")
+    }
+    env.update(
+        APP_ENV="testing",
+        DOTENV_PATH="",
+        SECRET_KEY=TEST_SECRET,
+        DATABASE_URL=database_url,
+        MAIL_URL=mail_url,
+        INSTANCE_DIR=str(tmp_path / "instance"),
+        BASE_URL="http://newsletter.test",
+        MAIL_FROM="Low Back Relief <hello@newsletter.test>",
+        OWNER_POSTAL_ADDRESS="12 Test Lane, Testville",
+        LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def start_scheduler(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "scheduler", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def add_pending(app, count: int, *, due=None) -> None:
+    """`count` pending subscribers, each with a confirmation email queued."""
+    services = services_of(app)
+    now = services.clock()
+    with services.database.begin() as session:
+        for n in range(count):
+            subscriber = Subscriber(
+                email=f"r{n}@example.com",
+                email_key=f"r{n}@example.com",
+                status=SubscriberStatus.PENDING,
+                time_zone="UTC",
+                source="test",
+                created_at=now,
+            )
+            session.add(subscriber)
+            session.flush()
+            outbox_module.enqueue(
+                session, subscriber, kind="confirm", template="confirm", now=now, due_at=due
+            )
+
+
+def test_once_sends_what_is_due_at_the_given_time(app, smtp, database_url, tmp_path, clock):
+    add_pending(app, 2)
+    later = clock() + timedelta(days=2)
+    services = services_of(app)
+    with services.database.begin() as session:
+        subscriber = session.get(Subscriber, 2)
+        outbox_module.enqueue(
+            session, subscriber, kind="confirm", template="confirm", now=clock(), due_at=later
+        )
+    env = scheduler_env(database_url, smtp.url, tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "scheduler", "--once", "--now", clock().isoformat()],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sent 2" in result.stdout
+    assert [r.status for r in outbox(app)] == [
+        OutboxStatus.SENT,
+        OutboxStatus.SENT,
+        OutboxStatus.QUEUED,
+    ]
+    assert [row.sent_at for row in outbox(app)[:2]] == [clock(), clock()]
+
+    result = subprocess.run(
+        [sys.executable, "-m", "scheduler", "--once", "--now", later.isoformat()],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert len(smtp.handler.wait_for(3)) == 3
+    from service import health
+
+    with services.database.read() as session:
+        assert health.last_tick(session) == later
+
+
+def test_once_exits_non_zero_when_mail_cannot_go(app, database_url, tmp_path):
+    from tests.smtp_server import free_port
+
+    add_pending(app, 1)
+    env = scheduler_env(database_url, f"smtp://127.0.0.1:{free_port()}?timeout=2", tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "scheduler", "--once"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "MAIL DELIVERY IS STOPPED" in result.stdout + result.stderr
+    assert outbox(app)[0].status is OutboxStatus.QUEUED
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path):
+    env = scheduler_env(
+        "sqlite:///x.db",
+        "console:",
+        tmp_path,
+        APP_ENV="production",
+        SECRET_KEY=DEV_SECRET_KEY,
+        BASE_URL="https://news.example.com",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "scheduler", "--once"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "SECRET_KEY" in result.stderr
+
+
+def test_sigterm_finishes_the_message_in_flight_and_hands_back_the_rest(
+    app, smtp, database_url, tmp_path
+):
+    add_pending(app, 5)
+    smtp.handler.gate = threading.Event()
+    env = scheduler_env(database_url, smtp.url, tmp_path)
+    process = start_scheduler(env, "--tick", "0.2")
+    try:
+        assert smtp.handler.in_data.wait(timeout=30), "the scheduler never started sending"
+        process.send_signal(signal.SIGTERM)
+        smtp.handler.gate.set()  # the server answers the message in flight
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "finishing the message in flight" in output
+    rows = outbox(app)
+    assert [r.status for r in rows] == [OutboxStatus.SENT] + [OutboxStatus.QUEUED] * 4
+    assert all(r.attempts == 0 and r.claimed_by is None for r in rows[1:])
+    assert len(smtp.received) == 1
+
+
+def test_two_scheduler_processes_send_every_row_once(app, smtp, database_url, tmp_path):
+    count = 300
+    add_pending(app, count)
+    env = scheduler_env(database_url, smtp.url, tmp_path, SEND_BATCH_SIZE="10")
+    processes = [start_scheduler(env, "--once") for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    received = smtp.handler.wait_for(count)
+    recipients = [r.rcpt_tos[0] for r in received]
+    assert len(recipients) == count and len(set(recipients)) == count
+    with services_of(app).database.read() as session:
+        sent = session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.status == OutboxStatus.SENT)
+        )
+    assert sent == count
+    assert all("database is locked" not in out for out in outputs)

@@ -1,0 +1,162 @@
+"""Signup input handling and the subscription life cycle, as pure domain functions."""
+
+from __future__ import annotations
+
+import string
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service import subscriptions
+from service.models import SubscriberStatus
+from service.subscriptions import InvalidSignup, Origin, SignupResult, parse_signup
+
+ORIGIN = Origin(ip="192.0.2.1", user_agent="pytest")
+CONSENT = "Send me the guide."
+
+
+def parse(**data):
+    return parse_signup(data, default_time_zone="America/New_York", default_source="form")
+
+
+def test_valid_signup_is_normalized():
+    signup = parse(email="  Ann@Example.COM ", first_name="  Ann   Marie ", time_zone="Asia/Tokyo")
+    assert signup.email == "Ann@example.com"
+    assert signup.first_name == "Ann Marie"
+    assert signup.time_zone == "Asia/Tokyo"
+    assert signup.source == "form"
+
+
+@pytest.mark.parametrize(
+    "name,accepted",
+    [
+        ("Zoë", True),
+        ("José María", True),
+        ("李小龙", True),
+        ("O'Brien-Smith", True),
+        ("", True),
+        ("Ann\r\nBcc: victim@example.com", False),
+        ("Ann\nX", False),
+        ("Ann\x00", False),
+        ("<script>alert(1)</script>", False),
+        ("Win $$$ at http://spam.example", False),
+        ("Visit www.spam.example", False),
+        ("cheap-pills.com", False),
+        ("\u202egnp.exe", False),
+        ("x" * 101, False),
+    ],
+)
+def test_first_name_rules(name, accepted):
+    if accepted:
+        parse(email="a@example.com", first_name=name)
+    else:
+        with pytest.raises(InvalidSignup) as error:
+            parse(email="a@example.com", first_name=name)
+        assert set(error.value.errors) == {"first_name"}
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "",
+        "plain",
+        "a@b",
+        "a@@example.com",
+        "Ann <ann@example.com>",
+        "a" * 250 + "@example.com",
+        "a@exa mple.com",
+    ],
+)
+def test_invalid_addresses_are_refused_with_a_reason(email):
+    with pytest.raises(InvalidSignup) as error:
+        parse(email=email)
+    assert error.value.errors["email"]
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(InvalidSignup) as error:
+        parse(email="nope", first_name="a\nb", source="bad source!")
+    assert set(error.value.errors) == {"email", "first_name", "source"}
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_any_first_name_either_parses_to_safe_text_or_is_refused(name):
+    try:
+        signup = parse(email="a@example.com", first_name=name)
+    except InvalidSignup as error:
+        assert set(error.errors) == {"first_name"}
+        return
+    if signup.first_name is not None:
+        assert all(ch not in signup.first_name for ch in "\r\n\0<>")
+        assert len(signup.first_name) <= 100
+        assert signup.first_name == signup.first_name.strip()
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_any_email_input_either_parses_or_is_refused_with_a_reason(raw):
+    try:
+        signup = parse(email=raw)
+    except InvalidSignup as error:
+        assert error.errors["email"]
+        return
+    assert "@" in signup.email
+    assert signup.email.rpartition("@")[2].isascii()
+    assert "\n" not in signup.email and "\r" not in signup.email
+
+
+@given(st.text(alphabet=string.printable, max_size=120))
+def test_any_time_zone_input_yields_a_real_zone(zone):
+    from zoneinfo import ZoneInfo
+
+    signup = parse(email="a@example.com", time_zone=zone)
+    ZoneInfo(signup.time_zone)  # never raises
+
+
+def test_lifecycle(database_url, clock):
+    from service.db import Database
+
+    database = Database.connect(database_url)
+    signup = parse(email="ann@example.com", first_name="Ann")
+    cooldown = timedelta(hours=1)
+    with database.begin() as session:
+        subscriber_id, result = subscriptions.subscribe(
+            session, signup, ORIGIN, consent_text=CONSENT, cooldown=cooldown, now=clock()
+        )
+        assert result is SignupResult.CREATED
+    with database.begin() as session:
+        _, result = subscriptions.subscribe(
+            session, signup, ORIGIN, consent_text=CONSENT, cooldown=cooldown, now=clock()
+        )
+        assert result is SignupResult.SUPPRESSED
+    with database.begin() as session:
+        subscriber, confirmed = subscriptions.confirm(
+            session,
+            subscriber_id,
+            ORIGIN,
+            token_issued_at=clock(),
+            consent_text=CONSENT,
+            now=clock.advance(minutes=1),
+        )
+        assert confirmed and subscriber.status is SubscriberStatus.CONFIRMED
+    with database.begin() as session:
+        subscriber = subscriptions.unsubscribe(
+            session, subscriber_id, via="test", now=clock.advance(minutes=1)
+        )
+        assert subscriber.status is SubscriberStatus.UNSUBSCRIBED
+        assert subscriber.unsubscribed_at == clock()
+    with database.begin() as session:
+        again = subscriptions.unsubscribe(
+            session, subscriber_id, via="test", now=clock.advance(minutes=1)
+        )
+        assert again.unsubscribed_at == clock() - timedelta(minutes=1)  # unchanged
+    with database.begin() as session:
+        assert subscriptions.unsubscribe(session, 999, via="test", now=clock()) is None
+        with pytest.raises(subscriptions.UnknownSubscriber):
+            subscriptions.confirm(
+                session, 999, ORIGIN, token_issued_at=clock(), consent_text=CONSENT, now=clock()
+            )
+    database.dispose()
