@@ -36,16 +36,14 @@ guide: $(RUNTIME_STAMP)
 snippet: $(RUNTIME_STAMP)
 	@$(FLASK) embed-snippet
 
-# The web app and the scheduler run side by side; Ctrl-C stops both.
+# The web app and the scheduler run side by side (Procfile.dev, run by honcho);
+# Ctrl-C stops both.
 run: db guide
 	@echo
 	@echo "  Web app:  http://$(HOST):$(PORT)/"
 	@echo "  Emails:   printed in this terminal (set MAIL_URL to send them for real)"
 	@echo
-	@trap 'kill 0' INT TERM; \
-	$(PY) -m scheduler & \
-	$(FLASK) run --host $(HOST) --port $(PORT) & \
-	wait
+	@HOST=$(HOST) PORT_WEB=$(PORT) $(VENV)/bin/honcho -f Procfile.dev start
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

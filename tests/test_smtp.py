@@ -203,3 +203,28 @@ def test_mail_url_parsing(url, expected):
 def test_bad_mail_urls_are_refused(url):
     with pytest.raises(ValueError):
         mailer_from_url(url)
+
+
+def test_implicit_tls_smtps(tmp_path):
+    from aiosmtpd.controller import Controller
+
+    from tests.smtp_server import FaultyHandler, free_port
+
+    authority = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    cafile = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(cafile))
+    handler = FaultyHandler()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=free_port(), ssl_context=server_context
+    )
+    controller.start()
+    try:
+        mailer = mailer_from_url(f"smtps://127.0.0.1:{controller.port}?cafile={cafile}")
+        assert mailer.tls == "ssl"
+        mailer.send(message())
+        mailer.close()
+        assert len(handler.wait_for(1)) == 1
+    finally:
+        controller.stop()

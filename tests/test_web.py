@@ -534,3 +534,69 @@ def test_confirm_page_expiry_follows_the_setting(make_app, clock):
     path = confirm_path(app, client, "quick@example.com")
     clock.advance(days=1, seconds=1)
     assert client.get(path).status_code == 410
+
+
+SIGNUP_IN_A_PROCESS = """
+import sys
+from service import create_app
+from tests.conftest import settings_for
+from pathlib import Path
+
+database_url, storage, address, email, tmp = sys.argv[1:]
+app = create_app(settings_for(
+    database_url, Path(tmp), SIGNUP_RATE_LIMIT="1 per minute", RATELIMIT_STORAGE_URI=storage
+))
+response = app.test_client().post(
+    "/subscribe", data={"email": email}, environ_base={"REMOTE_ADDR": address}
+)
+print(response.status_code)
+"""
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("storage", ["redis", "memory"])
+def test_signup_limit_is_shared_between_processes_only_through_redis(
+    database_url, tmp_path, storage
+):
+    """Two processes (as two gunicorn workers) count one address's signups together when
+    the counters live in Redis, and separately when they live in each process's memory."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    import redis
+
+    from service.config import PROJECT_ROOT
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    if storage == "redis":
+        try:
+            redis.Redis.from_url(url, socket_timeout=2).ping()
+        except redis.RedisError as exc:
+            from tests.conftest import missing
+
+            missing("Redis", "REQUIRE_REDIS", f"{url}: {exc}")
+    uri = url if storage == "redis" else "memory://"
+    address = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250)}"
+    codes = [
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                SIGNUP_IN_A_PROCESS,
+                database_url,
+                uri,
+                address,
+                f"r{n}@example.com",
+                str(tmp_path),
+            ],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+        for n in range(2)
+    ]
+    assert codes == (["303", "429"] if storage == "redis" else ["303", "303"])
