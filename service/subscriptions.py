@@ -216,6 +216,12 @@ def record_event(
     )
 
 
+def _asked_recently(subscriber: Subscriber, *, cooldown: timedelta, now: datetime) -> bool:
+    """Whether a request from this address already caused an email within `cooldown`."""
+    last = subscriber.last_requested_at
+    return last is not None and now - last < cooldown
+
+
 def _find(session: Session, email: str) -> Subscriber | None:
     return session.scalar(
         select(Subscriber).where(Subscriber.email_key == email_key(email)).with_for_update()
@@ -283,7 +289,7 @@ def subscribe(
 
     subscriber = _find(session, signup.email)
     assert subscriber is not None  # the insert found it there
-    if subscriber.last_requested_at is not None and now - subscriber.last_requested_at < cooldown:
+    if _asked_recently(subscriber, cooldown=cooldown, now=now):
         record_event(session, subscriber.id, "signup_suppressed", now=now)
         return subscriber.id, SignupResult.SUPPRESSED
     subscriber.last_requested_at = now
@@ -414,31 +420,55 @@ def record_download(session: Session, subscriber_id: int, *, now: datetime) -> S
     return subscriber
 
 
+def _request_again(
+    session: Session,
+    subscriber_id: int,
+    *,
+    confirmed: bool,
+    kind: str,
+    template: str,
+    event: str,
+    cooldown: timedelta,
+    now: datetime,
+) -> bool:
+    subscriber = get_subscriber(session, subscriber_id, for_update=True)
+    if (subscriber.status is SubscriberStatus.CONFIRMED) is not confirmed:
+        return False
+    if _asked_recently(subscriber, cooldown=cooldown, now=now):
+        return False
+    subscriber.last_requested_at = now
+    outbox.enqueue(session, subscriber, kind=kind, template=template, now=now)
+    record_event(session, subscriber.id, event, now=now)
+    return True
+
+
 def request_guide_link(
     session: Session, subscriber_id: int, *, cooldown: timedelta, now: datetime
 ) -> bool:
     """Email a confirmed subscriber a fresh download link (their old one expired)."""
-    subscriber = get_subscriber(session, subscriber_id, for_update=True)
-    if subscriber.status is not SubscriberStatus.CONFIRMED:
-        return False
-    if subscriber.last_requested_at is not None and now - subscriber.last_requested_at < cooldown:
-        return False
-    subscriber.last_requested_at = now
-    outbox.enqueue(session, subscriber, kind="guide", template="guide_again", now=now)
-    record_event(session, subscriber.id, "guide_resent", now=now)
-    return True
+    return _request_again(
+        session,
+        subscriber_id,
+        confirmed=True,
+        kind="guide",
+        template="guide_again",
+        event="guide_resent",
+        cooldown=cooldown,
+        now=now,
+    )
 
 
 def request_confirmation(
     session: Session, subscriber_id: int, *, cooldown: timedelta, now: datetime
 ) -> bool:
     """Email a new confirmation link (the old one expired) unless one went out recently."""
-    subscriber = get_subscriber(session, subscriber_id, for_update=True)
-    if subscriber.status is SubscriberStatus.CONFIRMED:
-        return False
-    if subscriber.last_requested_at is not None and now - subscriber.last_requested_at < cooldown:
-        return False
-    subscriber.last_requested_at = now
-    outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
-    record_event(session, subscriber.id, "confirmation_resent", now=now)
-    return True
+    return _request_again(
+        session,
+        subscriber_id,
+        confirmed=False,
+        kind="confirm",
+        template="confirm",
+        event="confirmation_resent",
+        cooldown=cooldown,
+        now=now,
+    )

@@ -46,6 +46,18 @@ def scheduler_env(database_url: str, mail_url: str, tmp_path: Path, **extra: str
     return env
 
 
+def run_scheduler(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """Run `python -m scheduler ARGS` to the end."""
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def start_scheduler(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "scheduler", *args],
@@ -88,14 +100,7 @@ def test_once_sends_what_is_due_at_the_given_time(app, smtp, database_url, tmp_p
             session, subscriber, kind="confirm", template="confirm", now=clock(), due_at=later
         )
     env = scheduler_env(database_url, smtp.url, tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "scheduler", "--once", "--now", clock().isoformat()],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_scheduler(env, "--once", "--now", clock().isoformat())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sent 2" in result.stdout
     assert [r.status for r in outbox(app)] == [
@@ -105,14 +110,7 @@ def test_once_sends_what_is_due_at_the_given_time(app, smtp, database_url, tmp_p
     ]
     assert [row.sent_at for row in outbox(app)[:2]] == [clock(), clock()]
 
-    result = subprocess.run(
-        [sys.executable, "-m", "scheduler", "--once", "--now", later.isoformat()],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_scheduler(env, "--once", "--now", later.isoformat())
     assert result.returncode == 0
     assert len(smtp.handler.wait_for(3)) == 3
     from service import health
@@ -126,14 +124,7 @@ def test_once_exits_non_zero_when_mail_cannot_go(app, database_url, tmp_path):
 
     add_pending(app, 1)
     env = scheduler_env(database_url, f"smtp://127.0.0.1:{free_port()}?timeout=2", tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "scheduler", "--once"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_scheduler(env, "--once")
     assert result.returncode == 1
     assert "MAIL DELIVERY IS STOPPED" in result.stdout + result.stderr
     assert outbox(app)[0].status is OutboxStatus.QUEUED
@@ -148,14 +139,7 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
         SECRET_KEY=DEV_SECRET_KEY,
         BASE_URL="https://news.example.com",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "scheduler", "--once"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_scheduler(env, "--once")
     assert result.returncode == 2
     assert "SECRET_KEY" in result.stderr
 

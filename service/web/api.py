@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from .. import subscriptions
-from . import now, services, signup_rate_limit
-from .public import HONEYPOT_FIELD, consent_text, origin
+from . import services, signup_rate_limit
+from .public import HONEYPOT_FIELD, record_signup
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -34,13 +34,5 @@ def create_subscriber():
         )
     except subscriptions.InvalidSignup as exc:
         return {"error": "Some fields are not valid.", "errors": exc.errors}, 422
-    with services().database.begin() as session:
-        subscriptions.subscribe(
-            session,
-            signup,
-            origin(),
-            consent_text=consent_text(),
-            cooldown=services().resend_cooldown,
-            now=now(),
-        )
+    record_signup(signup)
     return ACCEPTED, 202

@@ -81,6 +81,13 @@ def subscribe():
         return render_template(
             "landing.html", errors=exc.errors, values=request.form, consent_text=consent_text()
         ), 422
+    record_signup(signup)
+    return redirect(url_for(".check_inbox"), 303)
+
+
+def record_signup(signup: subscriptions.Signup) -> None:
+    """Sign up in one unit of work; the form and the JSON API answer the same whatever
+    happened, so the outcome is not returned."""
     with services().database.begin() as session:
         subscriptions.subscribe(
             session,
@@ -90,7 +97,6 @@ def subscribe():
             cooldown=services().resend_cooldown,
             now=now(),
         )
-    return redirect(url_for(".check_inbox"), 303)
 
 
 @bp.get("/check-your-inbox")
