@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -44,12 +46,16 @@ def tick(
     clock: Callable[[], datetime],
     stop: threading.Event,
 ) -> PassReport:
-    """One tick: note the heartbeat, then send everything that is due."""
-    with services.database.begin() as session:
-        health.record_tick(session, dispatcher.worker, started_at=started_at, now=clock())
+    """One tick: send everything that is due, noting the heartbeat before and after each batch."""
+
+    def heartbeat(now: datetime) -> None:
+        with services.database.begin() as session:
+            health.record_tick(session, dispatcher.worker, started_at=started_at, now=now)
+
+    heartbeat(clock())
     mailer = services.make_mailer()
     try:
-        report = dispatcher.drain(mailer, clock=clock, stop=stop)
+        report = dispatcher.drain(mailer, clock=clock, stop=stop, after_batch=heartbeat)
     finally:
         mailer.close()
     if report.claimed or report.stopped:
@@ -57,9 +63,38 @@ def tick(
     return report
 
 
-def run_forever(services: Services, dispatcher: Dispatcher, *, interval: float) -> None:
+class StopSignals:
+    """SIGTERM and SIGINT ask the pass to stop after the message in flight.
+
+    The handler only sets an event: a handler that logged or waited could deadlock on a
+    lock held by the very code it interrupted. A second signal exits at once, leaving any
+    claimed rows to come back when their lease runs out.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.received: int | None = None
+
+    def install(self) -> StopSignals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.stop.is_set():
+            os._exit(128 + signum)
+        self.received = signum
+        self.stop.set()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "stop"
+
+
+def run_forever(
+    services: Services, dispatcher: Dispatcher, *, interval: float, signals: StopSignals
+) -> None:
     """Tick every `interval` seconds until SIGTERM or SIGINT."""
-    stop = threading.Event()
     started_at = services.clock()
     scheduler = BlockingScheduler(
         timezone=UTC,
@@ -77,22 +112,19 @@ def run_forever(services: Services, dispatcher: Dispatcher, *, interval: float) 
             "dispatcher": dispatcher,
             "started_at": started_at,
             "clock": services.clock,
-            "stop": stop,
+            "stop": signals.stop,
         },
         id="dispatch",
     )
 
-    def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            return
-        logger.info(
-            "%s: finishing the message in flight, then stopping", signal.Signals(signum).name
-        )
-        stop.set()
+    def shut_down_when_asked() -> None:
+        signals.stop.wait()
+        logger.info("%s: finishing the message in flight, then stopping", signals.name)
         scheduler.shutdown(wait=True)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopper = threading.Thread(target=shut_down_when_asked, name="stopper", daemon=True)
+    # Started once the scheduler runs, so shutdown() never meets a scheduler not started.
+    scheduler.add_listener(lambda _event: stopper.start(), EVENT_SCHEDULER_STARTED)
     logger.info("scheduler %s ticking every %ss", dispatcher.worker, interval)
     scheduler.start()
     logger.info("scheduler %s stopped", dispatcher.worker)
@@ -114,15 +146,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings)
     services = Services.from_settings(settings)
     dispatcher = services.make_dispatcher(worker_name())
+    signals = StopSignals().install()
     try:
         if args.once:
             clock = (lambda: args.now) if args.now else services.clock
-            report = tick(
-                services, dispatcher, started_at=clock(), clock=clock, stop=threading.Event()
-            )
+            report = tick(services, dispatcher, started_at=clock(), clock=clock, stop=signals.stop)
             print(f"pass: {report}")
-            return 1 if report.stopped else 0
-        run_forever(services, dispatcher, interval=args.tick or settings.SCHEDULER_TICK_SECONDS)
+            return 1 if report.stopped and not signals.stop.is_set() else 0
+        run_forever(
+            services,
+            dispatcher,
+            interval=args.tick or settings.SCHEDULER_TICK_SECONDS,
+            signals=signals,
+        )
         return 0
     finally:
         services.database.dispose()

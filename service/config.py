@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
+from .mail import mailer_from_url
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
 
@@ -55,7 +57,8 @@ class Settings:
     MAIL_URL: str = field(
         default="console:",
         metadata={
-            "help": "smtp://user:pass@host:port?tls=starttls|ssl|none, file:///dir or console:."
+            "help": "smtp://user:pass@host:port (STARTTLS with a user; ?tls=ssl|starttls|none), "
+            "file:///dir or console:."
         },
     )
     BASE_URL: str = field(
@@ -139,7 +142,8 @@ class Settings:
     SEND_LEASE_SECONDS: int = field(
         default=300,
         metadata={
-            "help": "How long a claim lasts before another scheduler may take the rows over."
+            "help": "How long a claim lasts before another scheduler may take the rows over "
+            "(at least 5 x SMTP_TIMEOUT_SECONDS)."
         },
     )
     SEND_MAX_ATTEMPTS: int = field(
@@ -219,11 +223,34 @@ class Settings:
             ) from exc
         if not self.BASE_URL.startswith(("http://", "https://")):
             raise ConfigError("BASE_URL must start with http:// or https://")
+        self._check_mail_url()
         for name in ("SEND_BATCH_SIZE", "SEND_LEASE_SECONDS", "SEND_MAX_ATTEMPTS"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.SCHEDULER_TICK_SECONDS <= 0:
             raise ConfigError("SCHEDULER_TICK_SECONDS must be positive")
+        # One send is several SMTP commands, each allowed SMTP_TIMEOUT_SECONDS; a lease that
+        # ran out in mid-send would let a second scheduler send the same email.
+        if self.SEND_LEASE_SECONDS < 5 * self.SMTP_TIMEOUT_SECONDS:
+            raise ConfigError(
+                "SEND_LEASE_SECONDS must be at least 5 x SMTP_TIMEOUT_SECONDS "
+                f"({self.SEND_LEASE_SECONDS} < 5 x {self.SMTP_TIMEOUT_SECONDS:g})"
+            )
+
+    def _check_mail_url(self) -> None:
+        try:
+            mailer = mailer_from_url(self.MAIL_URL)
+        except ValueError as exc:
+            raise ConfigError(f"MAIL_URL: {exc}") from exc
+        if (
+            self.APP_ENV == "production"
+            and getattr(mailer, "username", None)
+            and getattr(mailer, "tls", None) == "none"
+            and mailer.host not in ("localhost", "127.0.0.1", "::1")
+        ):
+            raise ConfigError(
+                "MAIL_URL would send the SMTP password unencrypted: use ?tls=starttls or ?tls=ssl"
+            )
 
 
 def _coerce(name: str, kind: type, raw: Any) -> Any:

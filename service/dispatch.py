@@ -1,9 +1,16 @@
 """One dispatch pass: claim due outbox rows, render each, deliver it, record the outcome.
 
 Each message is committed as sent as soon as the server accepts it, in its own short
-transaction. The one window in which a crash can still send an email twice is between
-the server's acceptance and that commit: the row's lease then runs out and another pass
-sends it again. The window holds at most the one message in flight per scheduler.
+transaction, and before the next message goes out. Two windows remain in which one
+email can reach its reader twice, each holding at most the one message in flight:
+- the scheduler dies after the server accepted the message, before that commit: the
+  row's lease runs out and another pass sends it again;
+- the server's reply to DATA never arrives (timeout, dropped line): it may have taken
+  the message, but we cannot know, so it is retried.
+Message-IDs stay the same on every attempt, so receiving servers can spot a repeat.
+
+Before each message the scheduler renews its lease on the row, reading the clock again:
+a batch that runs longer than its lease can never send a row another scheduler has taken.
 """
 
 from __future__ import annotations
@@ -16,24 +23,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
-
-import jinja2
+from typing import Protocol
 
 from . import outbox, subscriptions
 from .db import Database
-from .emails import EmailRenderer, TemplateProblem
+from .emails import EmailRenderer
 from .links import Links
 from .mail import (
-    Mailer,
     MailerUnavailable,
     Message,
     MessageRejected,
     RecipientRejected,
+    ServerBusy,
     TemporaryFailure,
 )
-from .models import OutboxMessage, Subscriber
+from .models import OutboxMessage, OutboxStatus, Subscriber
 
 logger = logging.getLogger(__name__)
+
+
+class Mailer(Protocol):
+    """What the dispatcher needs from a mail backend (service.mail has three)."""
+
+    def send(self, message: Message) -> None:
+        """Deliver one message, or raise a service.mail.DeliveryError saying what to do."""
+
+    def close(self) -> None:
+        """Release the connection, if any."""
 
 
 @dataclass
@@ -47,13 +63,23 @@ class PassReport:
     bounced: int = 0
     cancelled: int = 0
     released: int = 0
+    lost: int = 0  # claims that lapsed before the row's turn (another scheduler may have it)
     stopped: str | None = None  # why the pass ended early, if it did
     errors: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         counts = ", ".join(
             f"{name} {getattr(self, name)}"
-            for name in ("claimed", "sent", "retried", "failed", "bounced", "cancelled", "released")
+            for name in (
+                "claimed",
+                "sent",
+                "retried",
+                "failed",
+                "bounced",
+                "cancelled",
+                "released",
+                "lost",
+            )
         )
         return counts + (f"; stopped: {self.stopped}" if self.stopped else "")
 
@@ -100,21 +126,24 @@ class Dispatcher:
         *,
         clock: Callable[[], datetime],
         stop: threading.Event | None = None,
+        after_batch: Callable[[datetime], None] | None = None,
     ) -> PassReport:
-        """Send batches until nothing is due, the mailer is unavailable, or `stop` is set."""
+        """Send batches until nothing is due, delivery must stop, or `stop` is set.
+
+        `after_batch` is called with the time after every batch (the scheduler's heartbeat).
+        """
         report = PassReport()
-        while True:
+        while not report.stopped:
             if stop is not None and stop.is_set():
                 report.stopped = "stop requested"
                 break
-            now = clock()
             with self.database.begin() as session:
                 claimed = [
                     row.id
                     for row in outbox.claim(
                         session,
                         worker=self.worker,
-                        now=now,
+                        now=clock(),
                         limit=self.policy.batch_size,
                         lease=self.policy.lease,
                     )
@@ -122,9 +151,9 @@ class Dispatcher:
             if not claimed:
                 break
             report.claimed += len(claimed)
-            self._send_claimed(claimed, mailer, now=now, report=report, stop=stop)
-            if report.stopped:
-                break
+            self._send_claimed(claimed, mailer, clock=clock, report=report, stop=stop)
+            if after_batch is not None:
+                after_batch(clock())
         return report
 
     def _send_claimed(
@@ -132,11 +161,12 @@ class Dispatcher:
         claimed: Sequence[int],
         mailer: Mailer,
         *,
-        now: datetime,
+        clock: Callable[[], datetime],
         report: PassReport,
         stop: threading.Event | None,
     ) -> None:
         for index, message_id in enumerate(claimed):
+            now = clock()
             if stop is not None and stop.is_set():
                 self._release(claimed[index:], due_at=now, report=report)
                 report.stopped = "stop requested"
@@ -146,16 +176,22 @@ class Dispatcher:
                 continue
             try:
                 mailer.send(message)
-            except MailerUnavailable as exc:
-                logger.error(
-                    "MAIL DELIVERY IS STOPPED: %s. No email goes out until this is fixed; "
-                    "%d claimed emails stay queued.",
-                    exc,
-                    len(claimed) - index,
-                )
+            except (MailerUnavailable, ServerBusy) as exc:
+                if isinstance(exc, MailerUnavailable):
+                    logger.error(
+                        "MAIL DELIVERY IS STOPPED: %s. No email goes out until this is fixed; "
+                        "%d claimed emails stay queued.",
+                        exc,
+                        len(claimed) - index,
+                    )
+                else:
+                    logger.warning("the mail server asks us to come back later: %s", exc)
                 report.errors.append(str(exc))
                 self._release(claimed[index:], due_at=now + self.policy.retry_base, report=report)
-                report.stopped = f"mailer unavailable: {exc}"
+                reason = (
+                    "mailer unavailable" if isinstance(exc, MailerUnavailable) else "server busy"
+                )
+                report.stopped = f"{reason}: {exc}"
                 return
             except TemporaryFailure as exc:
                 self._retry_or_fail(message_id, str(exc), now=now, report=report)
@@ -166,18 +202,34 @@ class Dispatcher:
                     outbox.mark_failed(session, message_id, worker=self.worker, error=str(exc))
                 logger.warning("outbox %d rejected by the server: %s", message_id, exc)
                 report.failed += 1
+            except Exception as exc:  # one bad message must not stall the rest of the pass
+                logger.exception("outbox %d could not be sent", message_id)
+                self._retry_or_fail(
+                    message_id, f"unexpected error: {exc!r}", now=now, report=report
+                )
             else:
                 with self.database.begin() as session:
-                    outbox.mark_sent(session, message_id, worker=self.worker, now=now)
+                    recorded = outbox.mark_sent(session, message_id, worker=self.worker, now=now)
+                if not recorded:  # pragma: no cover - the lease was renewed just before
+                    logger.warning("outbox %d was sent but its claim had moved on", message_id)
                 report.sent += 1
 
     def _prepare(self, message_id: int, *, now: datetime, report: PassReport) -> Message | None:
         """The message for a claimed row, or None if it must not (or cannot) go now."""
         with self.database.begin() as session:
-            loaded = outbox.load_claimed(session, message_id, worker=self.worker)
-            if loaded is None:  # cancelled since the claim, or taken over after a lapsed lease
-                report.cancelled += 1
+            if not outbox.renew_claim(
+                session, message_id, worker=self.worker, now=now, lease=self.policy.lease
+            ):
+                # Cancelled since the claim (the reader left), or the lease lapsed.
+                row = session.get(OutboxMessage, message_id)
+                if row is not None and row.status is OutboxStatus.CANCELLED:
+                    report.cancelled += 1
+                else:
+                    report.lost += 1
+                    logger.warning("outbox %d: the claim lapsed before its turn", message_id)
                 return None
+            loaded = outbox.load_claimed(session, message_id, worker=self.worker)
+            assert loaded is not None  # the claim was just renewed in this transaction
             row, subscriber = loaded
             if not outbox.may_receive(row.kind, subscriber):
                 outbox.mark_cancelled(
@@ -197,12 +249,21 @@ class Dispatcher:
             assert subscriber is not None  # may_receive() is False without one
             try:
                 return self.compose(row, subscriber, now=now)
-            except (TemplateProblem, jinja2.TemplateError) as exc:
-                error = f"template {row.template!r} failed: {exc}"
+            except Exception as exc:
+                error = f"template {row.template!r} failed: {exc!r}"
                 logger.error("outbox %d: %s", message_id, error)
                 report.errors.append(error)
-        # The template is broken: keep the email and retry, so fixing the template sends it.
-        self._retry_or_fail(message_id, error, now=now, report=report)
+        # Keep the email, without using up its attempts, until the template is fixed.
+        with self.database.begin() as session:
+            outbox.retry_later(
+                session,
+                message_id,
+                worker=self.worker,
+                due_at=now + self.policy.retry_base,
+                error=error,
+                count_attempt=False,
+            )
+        report.retried += 1
         return None
 
     def compose(self, row: OutboxMessage, subscriber: Subscriber, *, now: datetime) -> Message:

@@ -68,6 +68,8 @@ class SubscriberStatus(enum.StrEnum):
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
+    # Ids are in signed links: SQLite must never hand a deleted subscriber's id to a new one.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # As the reader typed it, normalized by email-validator; used to send.
@@ -129,6 +131,11 @@ class Event(Base):
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+# Rows a scheduler may act on. Written out literally, in the partial index and in the claim
+# query alike: SQLite uses a partial index only for a query with the very same terms.
+OUTBOX_DUE_STATES = "status IN ('queued', 'sending')"
+
+
 class OutboxStatus(enum.StrEnum):
     QUEUED = "queued"  # waiting for due_at
     SENDING = "sending"  # claimed by a scheduler until due_at (the lease)
@@ -150,9 +157,11 @@ class OutboxMessage(Base):
         Index(
             "ix_outbox_due",
             "due_at",
-            sqlite_where=text("status IN ('queued', 'sending')"),
-            postgresql_where=text("status IN ('queued', 'sending')"),
+            sqlite_where=text(OUTBOX_DUE_STATES),
+            postgresql_where=text(OUTBOX_DUE_STATES),
         ),
+        # Ids are in Message-IDs: never reused, even after rows are deleted.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from .db import insert_ignoring_conflicts, insert_row
-from .models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from .models import OUTBOX_DUE_STATES, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 
 PENDING_STATES = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
 
@@ -63,14 +63,18 @@ def enqueue(
 
 
 def cancel_for_subscriber(session: Session, subscriber_id: int, *, reason: str) -> int:
-    """Cancel everything not yet sent to a subscriber, including rows being sent right now."""
+    """Cancel everything not yet sent to a subscriber, including rows being sent right now.
+
+    A claimed row keeps its claim: if its scheduler has already handed it to the server,
+    it can still record that it was sent (see mark_sent).
+    """
     result = session.execute(
         update(OutboxMessage)
         .where(
             OutboxMessage.subscriber_id == subscriber_id,
             OutboxMessage.status.in_(PENDING_STATES),
         )
-        .values(status=OutboxStatus.CANCELLED, claimed_by=None, last_error=reason)
+        .values(status=OutboxStatus.CANCELLED, last_error=reason)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount
@@ -79,13 +83,13 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, *, reason: str) 
 def claim(
     session: Session, *, worker: str, now: datetime, limit: int, lease: timedelta
 ) -> Sequence[OutboxMessage]:
-    """Claim up to `limit` due rows for `worker` until `now + lease`, oldest first.
+    """Claim the `limit` earliest-due rows for `worker` until `now + lease`.
 
     Due rows are queued rows whose time has come and rows whose lease ran out (their
     scheduler died). On PostgreSQL, rows another scheduler is claiming are skipped
     (FOR UPDATE SKIP LOCKED); on SQLite, BEGIN IMMEDIATE makes claims take turns.
     """
-    is_due = (OutboxMessage.status.in_(PENDING_STATES), OutboxMessage.due_at <= now)
+    is_due = (text(OUTBOX_DUE_STATES), OutboxMessage.due_at <= now)
     due = (
         select(OutboxMessage.id)
         .where(*is_due)
@@ -110,17 +114,35 @@ def claim(
         .returning(OutboxMessage),
         execution_options={"synchronize_session": False},
     ).all()
-    return sorted(claimed, key=lambda message: (message.due_at, message.id))
+    return sorted(claimed, key=lambda message: message.id)
+
+
+def renew_claim(
+    session: Session, message_id: int, *, worker: str, now: datetime, lease: timedelta
+) -> bool:
+    """Extend `worker`'s lease on a row before acting on it; False if the claim is gone.
+
+    A claim is gone when the row was cancelled, or when its lease ran out (a slow batch)
+    and another scheduler may have taken it over: then this one must not send it.
+    """
+    result = session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.id == message_id,
+            OutboxMessage.status == OutboxStatus.SENDING,
+            OutboxMessage.claimed_by == worker,
+            OutboxMessage.due_at > now,
+        )
+        .values(due_at=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def load_claimed(
     session: Session, message_id: int, *, worker: str
 ) -> tuple[OutboxMessage, Subscriber | None] | None:
-    """The row and its subscriber if `worker` still holds the claim, else None.
-
-    Read just before sending: a subscriber who unsubscribed after the claim has had the
-    row cancelled, and a row whose lease ran out may belong to another scheduler now.
-    """
+    """The row and its subscriber if `worker` still holds the claim, else None."""
     row = session.execute(
         select(OutboxMessage, Subscriber)
         .outerjoin(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
@@ -142,12 +164,19 @@ def may_receive(kind: str, subscriber: Subscriber | None) -> bool:
     return subscriber.status is SubscriberStatus.CONFIRMED
 
 
-def _finish(session: Session, message_id: int, worker: str, **values: Any) -> bool:
+def _finish(
+    session: Session,
+    message_id: int,
+    worker: str,
+    *,
+    states: tuple[OutboxStatus, ...] = (OutboxStatus.SENDING,),
+    **values: Any,
+) -> bool:
     result = session.execute(
         update(OutboxMessage)
         .where(
             OutboxMessage.id == message_id,
-            OutboxMessage.status == OutboxStatus.SENDING,
+            OutboxMessage.status.in_(states),
             OutboxMessage.claimed_by == worker,
         )
         .values(claimed_by=None, **values)
@@ -157,9 +186,19 @@ def _finish(session: Session, message_id: int, worker: str, **values: Any) -> bo
 
 
 def mark_sent(session: Session, message_id: int, *, worker: str, now: datetime) -> bool:
-    """Record that the server accepted the message."""
+    """Record that the server accepted the message.
+
+    This holds even if the subscriber unsubscribed while the message was on the wire:
+    the row then says what really happened (sent), not what was wished (cancelled).
+    """
     return _finish(
-        session, message_id, worker, status=OutboxStatus.SENT, sent_at=now, last_error=None
+        session,
+        message_id,
+        worker,
+        states=(OutboxStatus.SENDING, OutboxStatus.CANCELLED),
+        status=OutboxStatus.SENT,
+        sent_at=now,
+        last_error=None,
     )
 
 
@@ -174,17 +213,27 @@ def mark_cancelled(session: Session, message_id: int, *, worker: str, reason: st
 
 
 def retry_later(
-    session: Session, message_id: int, *, worker: str, due_at: datetime, error: str
+    session: Session,
+    message_id: int,
+    *,
+    worker: str,
+    due_at: datetime,
+    error: str,
+    count_attempt: bool = True,
 ) -> bool:
-    """Put the message back in the queue until `due_at`."""
-    return _finish(
-        session,
-        message_id,
-        worker,
-        status=OutboxStatus.QUEUED,
-        due_at=due_at,
-        last_error=error[:2000],
-    )
+    """Put the message back in the queue until `due_at`.
+
+    With `count_attempt=False` the attempt the claim counted is given back: the failure was
+    not the message's (a broken template waiting for the owner's fix).
+    """
+    values: dict[str, Any] = {
+        "status": OutboxStatus.QUEUED,
+        "due_at": due_at,
+        "last_error": error[:2000],
+    }
+    if not count_attempt:
+        values["attempts"] = OutboxMessage.attempts - 1
+    return _finish(session, message_id, worker, **values)
 
 
 def release(session: Session, message_ids: Sequence[int], *, worker: str, due_at: datetime) -> int:

@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 from .config import Settings
 from .db import Database
-from .dispatch import DeliveryPolicy, Dispatcher
+from .dispatch import DeliveryPolicy, Dispatcher, Mailer
 from .emails import EmailRenderer, email_directories
 from .links import Links
-from .mail import Mailer, mailer_from_url
+from .mail import mailer_from_url
 from .tokens import Tokens
 
 

@@ -106,8 +106,11 @@ def normalize_email(raw: str) -> str:
 
 
 def email_key(email: str) -> str:
-    """The form two addresses are compared in: one subscriber however it is capitalized."""
-    return email.casefold()
+    """The form two addresses are compared in: one subscriber however it is capitalized.
+
+    lower(), not casefold(): casefold would make straße@ and strasse@ one address.
+    """
+    return email.lower()
 
 
 def _clean_name(raw: str) -> str | None:

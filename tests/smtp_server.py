@@ -196,3 +196,31 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+class GreetingServer:
+    """Answers every connection with one fixed greeting line (e.g. 421) and hangs up."""
+
+    def __init__(self, greeting: str) -> None:
+        self.greeting = greeting
+
+    def __enter__(self) -> GreetingServer:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(8)
+        self.port = self.socket.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        return self
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            with connection:
+                connection.sendall(self.greeting.encode() + b"\r\n")
+
+    def __exit__(self, *exc_info) -> None:
+        self.socket.close()

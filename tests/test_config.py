@@ -64,6 +64,17 @@ def test_production_refuses_unsafe_settings(change, setting):
         load_settings({**SAFE_PRODUCTION, **change}, environ={})
 
 
+def test_production_refuses_to_send_an_smtp_password_in_the_clear():
+    plain = "smtp://user:secret@smtp.example.com:25?tls=none"
+    with pytest.raises(ConfigError, match="unencrypted"):
+        load_settings({**SAFE_PRODUCTION, "MAIL_URL": plain}, environ={})
+    # A relay on the same machine is fine, and so is the default (STARTTLS with a user).
+    local = "smtp://user:secret@127.0.0.1:25?tls=none"
+    assert load_settings({**SAFE_PRODUCTION, "MAIL_URL": local}, environ={})
+    default = "smtp://user:secret@smtp.example.com"
+    assert load_settings({**SAFE_PRODUCTION, "MAIL_URL": default}, environ={})
+
+
 def test_production_starts_with_safe_settings():
     assert load_settings(SAFE_PRODUCTION, environ={}).APP_ENV == "production"
 
@@ -76,6 +87,9 @@ def test_production_starts_with_safe_settings():
         ("SEND_BATCH_SIZE", "many", "SEND_BATCH_SIZE must be a number"),
         ("SEND_BATCH_SIZE", "0", "SEND_BATCH_SIZE"),
         ("BASE_URL", "news.example.com", "BASE_URL"),
+        ("MAIL_URL", "carrier-pigeon://coop", "MAIL_URL"),
+        ("MAIL_URL", "smtp://host?tls=maybe", "MAIL_URL"),
+        ("SEND_LEASE_SECONDS", "60", "SEND_LEASE_SECONDS must be at least 5 x SMTP_TIMEOUT"),
         ("NO_SUCH_SETTING", "1", "unknown setting"),
     ],
 )

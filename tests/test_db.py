@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 
 from service import migrate
 from service.config import PROJECT_ROOT
-from service.db import Base, Database
+from service.db import Base, Database, NestedWriteTransaction
 from service.models import Event
 
 
@@ -111,13 +111,105 @@ def test_migrations_go_down_and_up_again(tmp_path):
     engine.dispose()
 
 
-def test_the_outbox_claim_uses_the_partial_due_index(sqlite_url):
-    engine = sa.create_engine(sqlite_url)
-    with engine.connect() as connection:
-        plan = connection.exec_driver_sql(
-            "EXPLAIN QUERY PLAN SELECT id FROM outbox "
-            "WHERE status IN ('queued', 'sending') AND due_at <= '2026-01-01' "
-            "ORDER BY due_at, id LIMIT 100"
-        ).all()
-    engine.dispose()
-    assert any("ix_outbox_due" in row[-1] for row in plan), plan
+def test_a_nested_write_transaction_on_one_thread_fails_at_once(sqlite_url):
+    database = Database.connect(sqlite_url)
+    with database.begin() as outer:
+        outer.add(Event(kind="outer", at=datetime.now(UTC)))
+        outer.flush()
+        with pytest.raises(NestedWriteTransaction), database.begin() as inner:
+            inner.add(Event(kind="inner", at=datetime.now(UTC)))
+            inner.flush()
+    database.dispose()
+
+
+def test_the_writers_lock_is_released_on_commit_rollback_and_close(sqlite_url):
+    """After each way a write transaction can end, another thread writes straight away."""
+    import threading
+
+    database = Database.connect(sqlite_url)
+
+    def write_from_another_thread() -> bool:
+        done = threading.Event()
+
+        def write() -> None:
+            with database.begin() as session:
+                session.add(Event(kind="other", at=datetime.now(UTC)))
+            done.set()
+
+        threading.Thread(target=write, daemon=True).start()
+        return done.wait(timeout=5)
+
+    with database.begin() as session:
+        session.add(Event(kind="committed", at=datetime.now(UTC)))
+    assert write_from_another_thread()
+
+    with pytest.raises(RuntimeError), database.begin() as session:
+        session.add(Event(kind="rolled back", at=datetime.now(UTC)))
+        session.flush()
+        raise RuntimeError("abandon the unit of work")
+    assert write_from_another_thread()
+
+    connection = database.engine.raw_connection()
+    connection.dbapi_connection.begin_write()
+    connection.invalidate()  # closes the DBAPI connection without a commit or rollback
+    assert write_from_another_thread()
+    database.dispose()
+
+
+def test_a_writer_that_never_finishes_makes_others_fail_not_hang(sqlite_url, monkeypatch):
+    import threading
+    import time
+
+    from service import db
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    database = Database.connect(sqlite_url)
+    stuck = database.engine.raw_connection()
+    stuck.dbapi_connection.begin_write()
+    outcome: dict[str, object] = {}
+
+    def try_to_write() -> None:
+        started = time.monotonic()
+        try:
+            with database.begin() as session:
+                session.add(Event(kind="x", at=datetime.now(UTC)))
+        except sa.exc.OperationalError as exc:
+            outcome["error"] = str(exc)
+        outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=try_to_write)
+    thread.start()
+    thread.join(timeout=10)
+    stuck.rollback()
+    stuck.close()
+    database.dispose()
+    assert "database is locked" in outcome["error"]
+    assert outcome["seconds"] < 5
+
+
+def test_sqlite_never_reuses_a_deleted_subscribers_id(sqlite_url):
+    """Ids are in signed links: a new subscriber must not inherit a deleted one's."""
+    from service.models import Subscriber, SubscriberStatus
+
+    database = Database.connect(sqlite_url)
+    now = datetime.now(UTC)
+
+    def add(email: str) -> int:
+        with database.begin() as session:
+            subscriber = Subscriber(
+                email=email,
+                email_key=email,
+                status=SubscriberStatus.PENDING,
+                time_zone="UTC",
+                source="test",
+                created_at=now,
+            )
+            session.add(subscriber)
+            session.flush()
+            return subscriber.id
+
+    first = add("first@example.com")
+    with database.begin() as session:
+        session.execute(sa.delete(Subscriber).where(Subscriber.id == first))
+    assert add("second@example.com") > first
+    database.dispose()

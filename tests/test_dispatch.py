@@ -8,7 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from service import outbox as outbox_module
 from service import subscriptions
@@ -61,22 +61,32 @@ def test_confirmation_email_is_complete(app, client, smtp):
     assert row.attempts == 1
 
 
-def test_421_is_retried_after_the_backoff(app, client, smtp, clock):
-    sign_up(client, "reader@example.com")
+def test_421_holds_the_queue_without_using_attempts(app, client, smtp, clock):
+    for n in range(3):
+        sign_up(client, f"r{n}@example.com")
     smtp.faults.mail = "421 4.7.0 Try again later"
     smtp.faults.times = 1
     report = run_pass(app)
-    assert (report.sent, report.retried) == (0, 1)
-    row = outbox(app)[0]
-    assert row.status is OutboxStatus.QUEUED
-    assert row.due_at == clock() + timedelta(seconds=60)
-    assert "421" in row.last_error
+    assert (report.sent, report.released) == (0, 3)
+    assert report.stopped.startswith("server busy")
+    for row in outbox(app):
+        assert row.status is OutboxStatus.QUEUED
+        assert row.attempts == 0  # the server turned everyone away: no message is to blame
+        assert row.due_at == clock() + timedelta(seconds=60)
 
     clock.advance(seconds=59)
     assert run_pass(app).claimed == 0
     clock.advance(seconds=1)
-    assert run_pass(app).sent == 1
-    assert outbox(app)[0].attempts == 2
+    assert run_pass(app).sent == 3
+
+
+def test_relay_denied_stops_delivery_and_bounces_nobody(app, client, smtp):
+    sign_up(client, "reader@example.com")
+    smtp.faults.rcpt["reader@example.com"] = "554 5.7.1 <reader@example.com>: Relay access denied"
+    report = run_pass(app)
+    assert report.stopped.startswith("mailer unavailable")
+    assert outbox(app)[0].status is OutboxStatus.QUEUED
+    assert get_subscriber(app, "reader@example.com").status is SubscriberStatus.PENDING
 
 
 def test_backoff_doubles_and_gives_up_after_the_last_attempt(make_app, smtp, clock):
@@ -96,13 +106,6 @@ def test_backoff_doubles_and_gives_up_after_the_last_attempt(make_app, smtp, clo
     assert "gave up after 4 attempts" in row.last_error
     # A temporary failure is no reason to stop mailing the address.
     assert get_subscriber(app, "reader@example.com").status is SubscriberStatus.PENDING
-
-
-def test_backoff_is_capped():
-    base, cap = timedelta(minutes=1), timedelta(hours=6)
-    delays = [outbox_module.retry_delay(n, base=base, cap=cap) for n in range(1, 12)]
-    assert delays[:3] == [timedelta(minutes=1), timedelta(minutes=2), timedelta(minutes=4)]
-    assert max(delays) == cap
 
 
 def test_550_bounces_the_address_and_cancels_its_queue(app, client, smtp, clock):
@@ -344,39 +347,44 @@ def test_owner_templates_override_the_shipped_ones(make_app, smtp, tmp_path):
     assert "Yes, send me the guide" in received.part("html")  # the shipped HTML part
 
 
+class RecordingMailer:
+    """The real mailer, noting every message handed to it (delivered or not)."""
+
+    def __init__(self, inner, before_send=None):
+        self.inner, self.before_send = inner, before_send
+        self.handed: list = []
+
+    def send(self, message):
+        self.handed.append(message)
+        if self.before_send is not None:
+            self.before_send(message)
+        self.inner.send(message)
+
+    def close(self):
+        self.inner.close()
+
+
+def drain_with(app, mailer, worker="w"):
+    services = services_of(app)
+    try:
+        return services.make_dispatcher(worker).drain(mailer, clock=services.clock)
+    finally:
+        mailer.close()
+
+
 def test_message_id_is_the_same_on_every_attempt(app, client, smtp, clock):
     sign_up(client, "reader@example.com")
     smtp.faults.drop_at_data = True
     smtp.faults.times = 1
-    run_pass(app)
+    first = RecordingMailer(services_of(app).make_mailer())
+    assert drain_with(app, first).retried == 1
     clock.advance(minutes=1)
-    run_pass(app)
-    services = services_of(app)
-    expected = services.make_dispatcher("x").message_id(outbox(app)[0].id)
-    assert smtp.handler.wait_for(1)[0].message["Message-ID"] == expected
-    assert expected.endswith("@newsletter.test>")
-
-
-def test_welcome_email_exists_once_per_subscriber(app, client):
-    services = services_of(app)
-    sign_up(client, "reader@example.com")
-    subscriber = get_subscriber(app, "reader@example.com")
-    with services.database.begin() as session:
-        subscriber = session.merge(subscriber)
-        for _ in range(2):
-            outbox_module.enqueue(
-                session,
-                subscriber,
-                kind="welcome",
-                template="welcome",
-                now=services.clock(),
-                dedupe_key=f"welcome:{subscriber.id}",
-            )
-    with services.database.read() as session:
-        welcomes = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.kind == "welcome")
-        ).all()
-    assert len(welcomes) == 1
+    second = RecordingMailer(services_of(app).make_mailer())
+    assert drain_with(app, second).sent == 1
+    ids = [m.message_id for m in first.handed + second.handed]
+    assert len(ids) == 2 and ids[0] == ids[1]
+    assert smtp.handler.wait_for(1)[0].message["Message-ID"] == ids[0]
+    assert ids[0].endswith("@newsletter.test>")
 
 
 def test_nothing_is_sent_to_unconfirmed_addresses_but_the_confirmation(app, client, smtp):
@@ -423,41 +431,106 @@ def test_whole_path_through_real_smtp(app, client, smtp, clock):
     assert subjects(smtp)[-1] == "Please confirm your email to get the glute guide"
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_postgres_claims_skip_rows_another_claim_holds(app, client, clock):
-    """An open, uncommitted claim neither blocks a second scheduler nor shares rows with it.
+def test_a_batch_that_outlives_its_lease_never_sends_a_row_twice(make_app, smtp, clock):
+    """Scheduler A's batch is slow: its lease on the second row lapses while the first is
+    being sent, and B takes the second row over. A must then skip it: sent once."""
+    app = make_app(MAIL_URL=smtp.url, SEND_LEASE_SECONDS=60, SMTP_TIMEOUT_SECONDS=5)
+    client = app.test_client()
+    for n in range(2):
+        sign_up(client, f"r{n}@example.com")
+    claim_time = [clock()]
 
-    (SQLite has no row locks: its claims take turns through BEGIN IMMEDIATE.)
-    """
-    for n in range(10):
+    def a_clock():
+        if claim_time:  # the claim happens now; A reaches its first row 30 s later
+            claimed = claim_time.pop()
+            clock.advance(seconds=30)
+            return claimed
+        return clock()
+
+    def slow_first_send(message):
+        if message.to == "r0@example.com":
+            clock.advance(seconds=31)  # now past the claim's lease, not past r0's renewal
+            assert run_pass(app, worker="B").sent == 1  # B takes the lapsed second row
+
+    services = services_of(app)
+    mailer = RecordingMailer(services.make_mailer(), slow_first_send)
+    report = services.make_dispatcher("A").drain(mailer, clock=a_clock)
+    mailer.close()
+    assert (report.sent, report.lost) == (1, 1)
+    recipients = sorted(r.rcpt_tos[0] for r in smtp.handler.wait_for(2))
+    assert recipients == ["r0@example.com", "r1@example.com"]
+    assert all(r.status is OutboxStatus.SENT for r in outbox(app))
+
+
+def test_one_bad_message_does_not_stall_the_pass(app, client, smtp):
+    for n in range(3):
+        sign_up(client, f"r{n}@example.com")
+
+    def explode_on_the_first(message):
+        if message.to == "r0@example.com":
+            raise ValueError("something unforeseen")
+
+    report = drain_with(app, RecordingMailer(services_of(app).make_mailer(), explode_on_the_first))
+    assert (report.sent, report.retried) == (2, 1)
+    rows = outbox(app)
+    assert rows[0].status is OutboxStatus.QUEUED and "something unforeseen" in rows[0].last_error
+    assert [r.status for r in rows[1:]] == [OutboxStatus.SENT, OutboxStatus.SENT]
+
+
+def test_unsubscribing_while_the_email_is_on_the_wire_records_it_as_sent(app, client, smtp):
+    sign_up(client, "reader@example.com")
+
+    def unsubscribe_mid_send(message):
+        services = services_of(app)
+        with services.database.begin() as session:
+            subscriptions.unsubscribe(session, 1, via="test", now=services.clock())
+
+    report = drain_with(app, RecordingMailer(services_of(app).make_mailer(), unsubscribe_mid_send))
+    assert report.sent == 1
+    assert outbox(app)[0].status is OutboxStatus.SENT  # what happened, not what was wished
+    assert get_subscriber(app, "reader@example.com").status is SubscriberStatus.UNSUBSCRIBED
+
+
+def test_a_broken_template_uses_up_no_attempts(make_app, smtp, tmp_path, clock):
+    content = tmp_path / "content" / "emails"
+    content.mkdir(parents=True)
+    (content / "confirm.txt").write_text(
+        '{% extends "layout.txt" %}{% block subject %}{{ 1 + "a" }}{% endblock %}'
+    )
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(tmp_path / "content"))
+    sign_up(app.test_client(), "reader@example.com")
+    for _ in range(12):
+        assert run_pass(app).retried == 1
+        clock.advance(minutes=1)
+    row = outbox(app)[0]
+    assert (row.status, row.attempts) == (OutboxStatus.QUEUED, 0)
+    assert "TypeError" in row.last_error
+
+
+def test_the_heartbeat_is_written_after_every_batch(make_app, smtp, clock):
+    import threading
+
+    from scheduler.__main__ import tick
+    from service import health
+
+    app = make_app(MAIL_URL=smtp.url, SEND_BATCH_SIZE=1)
+    client = app.test_client()
+    for n in range(3):
         sign_up(client, f"r{n}@example.com")
     services = services_of(app)
-    lease = timedelta(minutes=5)
-    with services.database.begin() as first:
-        held = outbox_module.claim(first, worker="A", now=clock(), limit=5, lease=lease)
-        result: dict[str, list[int]] = {}
+    start = clock()
 
-        def second_claim() -> None:
-            with services.database.begin() as session:
-                rows = outbox_module.claim(session, worker="B", now=clock(), limit=10, lease=lease)
-                result["B"] = [r.id for r in rows]
+    def ticking_clock():
+        return clock.advance(seconds=10)
 
-        thread = threading.Thread(target=second_claim)
-        thread.start()
-        thread.join(timeout=5)
-        assert not thread.is_alive(), "the second claim waited for the first one's locks"
-    assert len(held) == 5 and len(result["B"]) == 5
-    assert not {r.id for r in held} & set(result["B"])
-
-
-def test_a_claim_takes_at_most_its_limit_oldest_first(app, client, clock):
-    for n in range(10):
-        sign_up(client, f"r{n}@example.com")
-        clock.advance(seconds=1)
-    services = services_of(app)
-    with services.database.begin() as session:
-        rows = outbox_module.claim(
-            session, worker="A", now=clock(), limit=4, lease=timedelta(minutes=5)
-        )
-    assert [r.to_address for r in rows] == [f"r{n}@example.com" for n in range(4)]
-    assert [r.status for r in outbox(app)].count(OutboxStatus.SENDING) == 4
+    tick(
+        services,
+        services.make_dispatcher("w"),
+        started_at=start,
+        clock=ticking_clock,
+        stop=threading.Event(),
+    )
+    with services.database.read() as session:
+        last = health.last_tick(session)
+    # One beat before the pass and one after each of the three batches.
+    assert last > start + timedelta(seconds=60)

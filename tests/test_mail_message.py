@@ -100,3 +100,18 @@ def test_any_body_text_survives_the_round_trip(text, html):
     normalize = lambda s: s.replace("\r\n", "\n").replace("\r", "\n")  # noqa: E731
     assert normalize(plain.get_content()) == normalize(text)
     assert normalize(rich.get_content()) == normalize(html)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Five foam rolling mistakes that make your glutes sorer instead of looser " * 2,
+        "Fünf Fehler beim Faszienrollen, die Ihre Gesäßmuskeln eher reizen als lockern " * 2,
+    ],
+)
+def test_long_subjects_are_folded_and_read_back_whole(subject):
+    subject = subject.strip()
+    raw = make(subject=subject).as_bytes()
+    headers = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert max(len(line) for line in headers) <= 78
+    assert parse(make(subject=subject))["Subject"] == subject

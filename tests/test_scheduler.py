@@ -185,3 +185,44 @@ def test_two_scheduler_processes_send_every_row_once(app, smtp, database_url, tm
         )
     assert sent == count
     assert all("database is locked" not in out for out in outputs)
+
+
+def test_sigterm_in_a_once_pass_hands_back_the_rest(app, smtp, database_url, tmp_path):
+    add_pending(app, 4)
+    smtp.handler.gate = threading.Event()
+    process = start_scheduler(scheduler_env(database_url, smtp.url, tmp_path), "--once")
+    try:
+        assert smtp.handler.in_data.wait(timeout=30), "the pass never started sending"
+        process.send_signal(signal.SIGTERM)
+        smtp.handler.gate.set()
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "stop requested" in output
+    rows = outbox(app)
+    assert [r.status for r in rows] == [OutboxStatus.SENT] + [OutboxStatus.QUEUED] * 3
+    assert all(r.attempts == 0 for r in rows[1:])
+
+
+def test_a_second_signal_stops_at_once(app, smtp, database_url, tmp_path):
+    add_pending(app, 2)
+    smtp.handler.gate = threading.Event()  # the server never answers DATA
+    process = start_scheduler(scheduler_env(database_url, smtp.url, tmp_path), "--tick", "0.2")
+    try:
+        assert smtp.handler.in_data.wait(timeout=30)
+        process.send_signal(signal.SIGTERM)
+        # Signals sent back to back can merge into one: wait until the first was handled.
+        for line in process.stdout:
+            if "finishing the message in flight" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        smtp.handler.gate.set()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM
+    # The message in flight keeps its claim; its lease brings it back later.
+    assert outbox(app)[0].status is OutboxStatus.SENDING

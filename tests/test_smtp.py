@@ -14,11 +14,12 @@ from service.mail import (
     Message,
     MessageRejected,
     RecipientRejected,
+    ServerBusy,
     TemporaryFailure,
     mailer_from_url,
 )
 from service.mail.smtp import SMTPMailer
-from tests.smtp_server import SilentServer, SMTPServer
+from tests.smtp_server import GreetingServer, SilentServer, SMTPServer
 
 
 def message(to: str = "reader@example.org", n: int = 0) -> Message:
@@ -49,17 +50,52 @@ def test_delivers_over_one_connection(smtp):
     assert smtp.handler.connections == 1
 
 
-def test_421_at_mail_is_temporary_and_the_next_message_reconnects(smtp):
+def test_421_at_mail_means_come_back_later_and_the_next_message_reconnects(smtp):
     smtp.faults.mail = "421 4.7.0 Too busy, try later"
     smtp.faults.times = 1
     mailer = mailer_for(smtp)
-    with pytest.raises(TemporaryFailure) as failure:
+    with pytest.raises(ServerBusy) as failure:
         mailer.send(message(n=1))
     assert failure.value.code == 421
     mailer.send(message(n=2))
     mailer.close()
     assert [r.message["Subject"] for r in smtp.handler.wait_for(1)] == ["Tip 2"]
     assert smtp.handler.connections == 2
+
+
+def test_a_4xx_to_our_sender_means_come_back_later(smtp):
+    smtp.faults.mail = "451 4.7.1 Sending rate exceeded"
+    with pytest.raises(ServerBusy):
+        mailer_for(smtp).send(message())
+
+
+@pytest.mark.parametrize(
+    "reply,outcome",
+    [
+        ("550 5.1.1 No such user here", RecipientRejected),
+        ("550 No such user here", RecipientRejected),
+        ("553 Mailbox name not allowed", RecipientRejected),
+        ("550 5.2.1 Mailbox disabled", RecipientRejected),
+        ("554 5.7.1 <reader@example.org>: Relay access denied", MailerUnavailable),
+        ("530 5.7.0 Authentication required", MailerUnavailable),
+        ("550 5.7.1 Rejected by recipient policy", MessageRejected),
+        ("552 5.2.2 Mailbox full", MessageRejected),
+        ("554 Transaction failed", MessageRejected),
+        ("451 4.3.0 Greylisted, try again", TemporaryFailure),
+        ("452 4.2.2 Mailbox full for now", TemporaryFailure),
+        ("421 4.3.2 Shutting down", ServerBusy),
+    ],
+)
+def test_replies_at_rcpt_are_classified_by_what_they_say(smtp, reply, outcome):
+    smtp.faults.rcpt["reader@example.org"] = reply
+    with pytest.raises(outcome) as failure:
+        mailer_for(smtp).send(message())
+    assert type(failure.value) is outcome
+
+
+def test_421_in_the_greeting_means_come_back_later():
+    with GreetingServer("421 4.3.2 Too many connections") as server, pytest.raises(ServerBusy):
+        SMTPMailer("127.0.0.1", server.port, timeout=5).send(message())
 
 
 def test_451_at_rcpt_is_temporary(smtp):
@@ -144,7 +180,7 @@ def test_failed_login_makes_the_mailer_unavailable():
 
 def test_login_with_the_right_password_delivers():
     with SMTPServer(credentials=("owner", "p@ss word")) as server:
-        mailer = mailer_from_url(f"smtp://owner:p%40ss%20word@127.0.0.1:{server.port}")
+        mailer = mailer_from_url(f"smtp://owner:p%40ss%20word@127.0.0.1:{server.port}?tls=none")
         mailer.send(message())
         mailer.close()
         assert len(server.handler.wait_for(1)) == 1
@@ -189,12 +225,16 @@ def test_smtputf8_address_is_delivered_with_smtputf8(smtp):
     "url,expected",
     [
         ("smtp://mail.example.com", ("mail.example.com", 25, "none")),
-        ("smtp://u:p@mail.example.com:2525?tls=starttls", ("mail.example.com", 2525, "starttls")),
+        ("smtp://u:p@mail.example.com", ("mail.example.com", 587, "starttls")),
+        ("smtp://u:p@mail.example.com:2525", ("mail.example.com", 2525, "starttls")),
+        ("smtp://u:p@mail.example.com:25?tls=none", ("mail.example.com", 25, "none")),
+        ("smtp://mail.example.com:587", ("mail.example.com", 587, "starttls")),
+        ("smtp://mail.example.com:465", ("mail.example.com", 465, "ssl")),
         ("smtps://mail.example.com", ("mail.example.com", 465, "ssl")),
         ("smtp://mail.example.com?tls=starttls", ("mail.example.com", 587, "starttls")),
     ],
 )
-def test_mail_url_parsing(url, expected):
+def test_mail_url_parsing_never_sends_a_password_in_the_clear_by_default(url, expected):
     mailer = mailer_from_url(url)
     assert (mailer.host, mailer.port, mailer.tls) == expected
 

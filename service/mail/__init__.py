@@ -1,12 +1,13 @@
-"""Delivery: a Message, the Mailer protocol, and the SMTP, file and console backends.
+"""Delivery: a Message, and the SMTP, file and console backends that deliver it.
 
 This package imports only the standard library and knows nothing of subscribers or
 the outbox: it turns a Message into bytes on a wire (or a file) and says how that went.
+Each backend has `send(message)` and `close()`; the dispatcher, which uses them, states
+that contract (service.dispatch.Mailer).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import (
@@ -14,6 +15,7 @@ from .errors import (
     MailerUnavailable,
     MessageRejected,
     RecipientRejected,
+    ServerBusy,
     TemporaryFailure,
 )
 from .message import HeaderInjection, Message
@@ -21,35 +23,30 @@ from .message import HeaderInjection, Message
 __all__ = [
     "DeliveryError",
     "HeaderInjection",
-    "Mailer",
     "MailerUnavailable",
     "Message",
     "MessageRejected",
     "RecipientRejected",
+    "ServerBusy",
     "TemporaryFailure",
     "mailer_from_url",
 ]
 
 
-class Mailer(Protocol):
-    """Delivers messages, keeping any connection open between calls until `close()`."""
+def mailer_from_url(url: str, *, timeout: float = 30.0):
+    """A mailer for MAIL_URL: smtp://, smtps://, file:///dir or console:.
 
-    def send(self, message: Message) -> None:
-        """Deliver one message, or raise a DeliveryError subclass saying what to do next."""
-
-    def close(self) -> None:
-        """Release the connection, if any."""
-
-
-def mailer_from_url(url: str, *, timeout: float = 30.0) -> Mailer:
-    """A mailer for MAIL_URL: smtp://, smtps://, file:///dir or console:."""
+    Without `?tls=`, smtps:// and port 465 use TLS from the start, and a URL with a user
+    name or port 587 uses STARTTLS, so credentials never cross the network in the clear
+    unless `?tls=none` says so.
+    """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("smtp", "smtps"):
         from .smtp import SMTPMailer
 
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        tls = query.get("tls", "ssl" if scheme == "smtps" else "none").lower()
+        tls = query.get("tls", "").lower() or smtp_tls_default(scheme, parts.port, parts.username)
         if tls not in ("none", "starttls", "ssl"):
             raise ValueError(f"MAIL_URL tls must be none, starttls or ssl, not {tls!r}")
         return SMTPMailer(
@@ -71,3 +68,12 @@ def mailer_from_url(url: str, *, timeout: float = 30.0) -> Mailer:
 
         return ConsoleMailer()
     raise ValueError(f"MAIL_URL scheme must be smtp, smtps, file or console, not {scheme!r}")
+
+
+def smtp_tls_default(scheme: str, port: int | None, username: str | None) -> str:
+    """The TLS mode a MAIL_URL gets when it does not name one."""
+    if scheme == "smtps" or port == 465:
+        return "ssl"
+    if username or port == 587:
+        return "starttls"
+    return "none"

@@ -12,19 +12,24 @@ class DeliveryError(Exception):
 
 
 class TemporaryFailure(DeliveryError):
-    """Try this message again later: 4xx replies, timeouts, a dropped connection."""
+    """Try this message again later: a 4xx for this recipient, or the connection failed
+    while this message was in flight."""
+
+
+class ServerBusy(DeliveryError):
+    """The server turns everyone away for now (421, or a 4xx to our MAIL FROM): nothing is
+    wrong with this message or its recipient. Stop, keep the mail queued, try later."""
 
 
 class RecipientRejected(DeliveryError):
-    """The server refused the address for good (5xx): it bounced; stop mailing it."""
+    """The address does not exist (5.1.x and the like): it bounced; stop mailing it."""
 
 
 class MessageRejected(DeliveryError):
-    """The server refused this message for good (5xx at DATA), not the address."""
+    """The server refused this message for good, for a reason other than the address
+    (policy, content, size): this message failed; the subscriber is left alone."""
 
 
 class MailerUnavailable(DeliveryError):
-    """Nothing can be sent now (no connection, bad credentials, sender refused).
-
-    The message is not at fault: keep it queued, stop the pass, tell the operator.
-    """
+    """Nothing can be sent until the operator acts (no connection, bad credentials, our
+    sender or relaying refused). Keep the mail queued, stop the pass, say so loudly."""

@@ -30,11 +30,11 @@ def _check_header_value(name: str, value: str) -> str:
 
 
 def _encode_text(name: str, value: str) -> str:
-    """Header text as it goes on the wire: ASCII as is, anything else as encoded words."""
+    """Header text as it goes on the wire, folded under 78 characters a line: ASCII as it
+    is, anything else as encoded words."""
     _check_header_value(name, value)
-    if value.isascii():
-        return value
-    return Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
+    charset = "us-ascii" if value.isascii() else "utf-8"
+    return Header(value, charset, header_name=name).encode(linesep=CRLF)
 
 
 def address_for_transport(address: str) -> tuple[str, bool]:

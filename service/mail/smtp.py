@@ -1,28 +1,43 @@
 """SMTP delivery over one persistent connection, with every failure classified.
 
 The classification decides what happens to a message:
-- 4xx replies, timeouts and dropped connections: TemporaryFailure (retry later);
-- 5xx at RCPT, or 5.1.x (bad address) at DATA: RecipientRejected (the address bounced);
-- other 5xx at DATA, or the server lacking SMTPUTF8: MessageRejected (this message failed);
-- no connection, failed authentication, our sender refused: MailerUnavailable (stop, keep
-  the message, tell the operator: none of that is the recipient's fault).
+- 4xx for a recipient, timeouts and dropped connections: TemporaryFailure (retry it later);
+- 421 anywhere, or 4xx to MAIL FROM: ServerBusy (stop; the whole queue waits, no attempt
+  is counted, since the server said no to everyone);
+- 5xx whose enhanced status says the address is bad (5.1.x, 5.2.1), or a plain 550/551/553
+  at RCPT: RecipientRejected (the address bounced);
+- 5.7.x replies about relaying or authentication, our MAIL FROM refused, no connection,
+  failed login: MailerUnavailable (our configuration; stop and tell the operator);
+- any other 5xx: MessageRejected (this message failed; the subscriber is left alone).
+
+A reply that never comes after DATA is a TemporaryFailure too: the server may have
+accepted the message, so the retry can deliver it twice. Like a crash between the
+server's acceptance and the database commit, that window holds only the one message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import ssl
 
 from .errors import (
+    DeliveryError,
     MailerUnavailable,
     MessageRejected,
     RecipientRejected,
+    ServerBusy,
     TemporaryFailure,
 )
 from .message import Message
 
 MESSAGE_TOO_BIG = 552
+SERVICE_CLOSING = 421
+# Replies that say the address itself is bad, when the server gives no enhanced status.
+BAD_MAILBOX_CODES = frozenset({550, 551, 553})
+ENHANCED_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+OUR_FAULT_WORDS = ("relay", "authenticat", "not permitted to send", "sender")
 
 
 def _reply_text(reply: bytes | str) -> str:
@@ -77,6 +92,13 @@ class SMTPMailer:
                 connection.ehlo()
             if self.username:
                 connection.login(self.username, self.password or "")
+        except smtplib.SMTPConnectError as exc:
+            self._discard(connection)
+            error = ServerBusy if exc.smtp_code == SERVICE_CLOSING else MailerUnavailable
+            raise error(
+                f"{where} turned the connection away: {exc.smtp_code} {_reply_text(exc.smtp_error)}",
+                exc.smtp_code,
+            ) from exc
         except smtplib.SMTPAuthenticationError as exc:
             self._discard(connection)
             raise MailerUnavailable(
@@ -109,13 +131,14 @@ class SMTPMailer:
             code, reply = exc.recipients.get(recipient, (0, b""))
             raise self._classify(code, reply, at="RCPT") from exc
         except smtplib.SMTPSenderRefused as exc:
-            if exc.smtp_code >= 500 and exc.smtp_code != MESSAGE_TOO_BIG:
+            code, reply = exc.smtp_code, _reply_text(exc.smtp_error)
+            if code == MESSAGE_TOO_BIG:
+                raise MessageRejected(f"{code} {reply} (at MAIL)", code) from exc
+            if code >= 500:
                 raise MailerUnavailable(
-                    f"the server refuses the sender {message.envelope_from}: "
-                    f"{exc.smtp_code} {_reply_text(exc.smtp_error)}",
-                    exc.smtp_code,
+                    f"the server refuses the sender {message.envelope_from}: {code} {reply}", code
                 ) from exc
-            raise self._classify(exc.smtp_code, exc.smtp_error, at="MAIL") from exc
+            raise ServerBusy(f"{code} {reply} (at MAIL)", code) from exc
         except smtplib.SMTPDataError as exc:
             raise self._classify(exc.smtp_code, exc.smtp_error, at="DATA") from exc
         except smtplib.SMTPNotSupportedError as exc:
@@ -130,15 +153,24 @@ class SMTPMailer:
             if connection.sock is None:  # smtplib closed it (421, or a failed RSET)
                 self._connection = None
 
-    def _classify(
-        self, code: int, reply: bytes | str, *, at: str
-    ) -> TemporaryFailure | RecipientRejected | MessageRejected:
-        text = f"{code} {_reply_text(reply)} (at {at})"
+    def _classify(self, code: int, reply: bytes | str, *, at: str) -> DeliveryError:
+        text = _reply_text(reply)
+        described = f"{code} {text} (at {at})"
+        if code == SERVICE_CLOSING:
+            return ServerBusy(described, code)
         if code < 500:
-            return TemporaryFailure(text, code)
-        if at == "RCPT" or (at == "DATA" and _reply_text(reply).startswith("5.1.")):
-            return RecipientRejected(text, code)
-        return MessageRejected(text, code)
+            return TemporaryFailure(described, code)
+        enhanced = ENHANCED_STATUS.match(text)
+        if enhanced is not None:
+            subject, detail = int(enhanced.group(2)), int(enhanced.group(3))
+            if subject == 1 or (subject, detail) == (2, 1):
+                return RecipientRejected(described, code)
+            if subject == 7 and any(word in text.lower() for word in OUR_FAULT_WORDS):
+                return MailerUnavailable(f"the server refuses to relay for us: {described}", code)
+            return MessageRejected(described, code)
+        if at == "RCPT" and code in BAD_MAILBOX_CODES:
+            return RecipientRejected(described, code)
+        return MessageRejected(described, code)
 
     def _drop(self) -> None:
         self._discard(self._connection)

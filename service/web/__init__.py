@@ -16,11 +16,12 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..services import Services
 from ..subscriptions import SupersededToken, UnknownSubscriber
-from ..tokens import InvalidToken
+from ..tokens import InvalidToken, Purpose
 
 logger = logging.getLogger(__name__)
 
-limiter = Limiter(key_func=get_remote_address)
+# Endpoints that share one per-address signup budget (SIGNUP_RATE_LIMIT).
+SIGNUP_ENDPOINTS = ("public.subscribe", "public.resend", "api.create_subscriber")
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -33,6 +34,15 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "base-uri 'none'",
     ]
 )
+
+
+class ExpiredLink(Exception):
+    """A genuine link that is too old; the page offers to send a new one."""
+
+    def __init__(self, purpose: Purpose, token: str) -> None:
+        super().__init__(purpose.value)
+        self.purpose = purpose
+        self.token = token
 
 
 def services() -> Services:
@@ -57,10 +67,13 @@ def _signup_limit_off() -> bool:
     return services().settings.signup_limits_disabled
 
 
-# One budget per client address, shared by the form, the API and "send me a new link".
-signup_rate_limit = limiter.shared_limit(
-    _signup_limit, scope="signup", exempt_when=_signup_limit_off
-)
+def _limit_signups(app: Flask) -> None:
+    """One limiter per app (its counters live where RATELIMIT_STORAGE_URI says), with one
+    budget per client address shared by every signup endpoint."""
+    limiter = Limiter(key_func=get_remote_address, app=app)
+    shared = limiter.shared_limit(_signup_limit, scope="signup", exempt_when=_signup_limit_off)
+    for endpoint in SIGNUP_ENDPOINTS:
+        app.view_functions[endpoint] = shared(app.view_functions[endpoint])
 
 
 def wants_json() -> bool:
@@ -89,6 +102,11 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(UnknownSubscriber)
     def link_invalid(_error):
         return _error_page("link_invalid.html", 404)
+
+    @app.errorhandler(ExpiredLink)
+    def link_expired(error: ExpiredLink):
+        """Offer a fresh link instead of a dead end."""
+        return _error_page("link_expired.html", 410, purpose=error.purpose.value, token=error.token)
 
     @app.errorhandler(SupersededToken)
     def link_superseded(_error):
@@ -121,9 +139,9 @@ def init_app(app: Flask) -> None:
     proxies = services_of(app).settings.TRUSTED_PROXIES
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
-    limiter.init_app(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
+    _limit_signups(app)
     _register_error_handlers(app)
     app.after_request(_security_headers)
 

@@ -10,28 +10,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import guide, health, subscriptions
 from ..tokens import ExpiredToken, Purpose, TokenData
-from . import now, services, signup_rate_limit
+from . import ExpiredLink, now, services
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("public", __name__)
 
 HONEYPOT_FIELD = "website"
-
-
-class ExpiredLink(Exception):
-    """A genuine link that is too old; the page offers to send a new one."""
-
-    def __init__(self, purpose: Purpose, token: str) -> None:
-        super().__init__(purpose.value)
-        self.purpose = purpose
-        self.token = token
-
-
-@bp.app_errorhandler(ExpiredLink)
-def link_expired(error: ExpiredLink):
-    """Offer a fresh link instead of a dead end."""
-    return render_template("link_expired.html", purpose=error.purpose.value, token=error.token), 410
 
 
 def read_token(purpose: Purpose, token: str) -> TokenData:
@@ -66,7 +51,6 @@ def landing():
 
 
 @bp.post("/subscribe")
-@signup_rate_limit
 def subscribe():
     """Sign up from the hosted or an embedded form; every outcome looks the same."""
     if request.form.get(HONEYPOT_FIELD):
@@ -139,7 +123,6 @@ def confirmed(token: str):
 
 
 @bp.post("/resend/<any(confirm, download):purpose>/<token>")
-@signup_rate_limit
 def resend(purpose: str, token: str):
     """Email a fresh link in place of an expired one (at most once per cooldown)."""
     kind = Purpose(purpose)

@@ -42,7 +42,8 @@ def upgrade() -> None:
     sa.Column('bounced_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_requested_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_subscribers')),
-    sa.UniqueConstraint('email_key', name=op.f('uq_subscribers_email_key'))
+    sa.UniqueConstraint('email_key', name=op.f('uq_subscribers_email_key')),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('subscribers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_subscribers_created_at'), ['created_at'], unique=False)
@@ -106,7 +107,8 @@ def upgrade() -> None:
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['subscriber_id'], ['subscribers.id'], name=op.f('fk_outbox_subscriber_id_subscribers'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox')),
-    sa.UniqueConstraint('dedupe_key', name=op.f('uq_outbox_dedupe_key'))
+    sa.UniqueConstraint('dedupe_key', name=op.f('uq_outbox_dedupe_key')),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.create_index('ix_outbox_due', ['due_at'], unique=False, sqlite_where=sa.text("status IN ('queued', 'sending')"), postgresql_where=sa.text("status IN ('queued', 'sending')"))
