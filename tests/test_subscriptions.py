@@ -160,3 +160,11 @@ def test_lifecycle(database_url, clock):
                 session, 999, ORIGIN, token_issued_at=clock(), consent_text=CONSENT, now=clock()
             )
     database.dispose()
+
+
+def test_addresses_that_only_casefold_alike_stay_distinct():
+    from service.subscriptions import email_key
+
+    assert email_key(parse(email="Straße@Example.com").email) == "straße@example.com"
+    assert email_key("straße@example.com") != email_key("strasse@example.com")
+    assert email_key("Reader@Example.COM") == email_key("reader@example.com")
