@@ -151,7 +151,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=15, help="seconds per endpoint")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: gunicorn.conf.py)")
-    parser.add_argument("--gunicorn-threads", type=int, help="threads per worker (same)")
+    parser.add_argument("--worker-class", help="gunicorn worker class (same)")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -186,7 +186,7 @@ def main() -> int:
             "--access-logfile",
             "/dev/null",
             *(["--workers", str(args.workers)] if args.workers else []),
-            *(["--threads", str(args.gunicorn_threads)] if args.gunicorn_threads else []),
+            *(["--worker-class", args.worker_class] if args.worker_class else []),
             "wsgi:app",
         ],
         cwd=ROOT,
@@ -218,7 +218,7 @@ def main() -> int:
         ).scalar()
     engine.dispose()
 
-    layout = f"{args.workers or 'default'} workers x {args.gunicorn_threads or 'default'} threads"
+    layout = f"{args.workers or 'default'} {args.worker_class or 'default'} workers"
     print(
         f"\n{args.database}, gunicorn {layout} (gunicorn.conf.py), wrk {args.connections} "
         f"connections, {args.duration}s per endpoint, {os.cpu_count()} CPUs\n"
