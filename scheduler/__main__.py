@@ -24,7 +24,7 @@ from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from service import health
+from service import health, sequences
 from service.config import ConfigError, load_settings
 from service.dispatch import Dispatcher, PassReport
 from service.services import Services, configure_logging, worker_name
@@ -38,6 +38,30 @@ def parse_instant(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def advance_sequence(
+    services: Services, *, clock: Callable[[], datetime], stop: threading.Event
+) -> sequences.TickReport:
+    """Move every subscriber whose next step is due one step on, a batch per transaction."""
+    total = sequences.TickReport()
+    limit = services.settings.SEQUENCE_BATCH_SIZE
+    while not stop.is_set():
+        with services.database.begin() as session:
+            report = sequences.advance_due(
+                session,
+                services.sequence,
+                now=clock(),
+                default_zone=services.settings.default_zone,
+                limit=limit,
+            )
+        for outcome in sequences.Outcome:
+            setattr(
+                total, outcome.value, getattr(total, outcome.value) + getattr(report, outcome.value)
+            )
+        if report.total < limit:
+            break
+    return total
+
+
 def tick(
     services: Services,
     dispatcher: Dispatcher,
@@ -46,13 +70,17 @@ def tick(
     clock: Callable[[], datetime],
     stop: threading.Event,
 ) -> PassReport:
-    """One tick: send everything that is due, noting the heartbeat before and after each batch."""
+    """One tick: queue the sequence steps that are due, then send everything due, noting
+    the heartbeat before and after each batch."""
 
     def heartbeat(now: datetime) -> None:
         with services.database.begin() as session:
             health.record_tick(session, dispatcher.worker, started_at=started_at, now=now)
 
     heartbeat(clock())
+    steps = advance_sequence(services, clock=clock, stop=stop)
+    if steps.total:
+        logger.info("sequence: %s", steps)
     mailer = services.make_mailer()
     try:
         report = dispatcher.drain(mailer, clock=clock, stop=stop, after_batch=heartbeat)
@@ -140,11 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--now goes with --once")
     try:
         settings = load_settings()
+        configure_logging(settings)
+        services = Services.from_settings(settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings)
-    services = Services.from_settings(settings)
     dispatcher = services.make_dispatcher(worker_name())
     signals = StopSignals().install()
     try:

@@ -158,6 +158,20 @@ class Settings:
         default=6 * 3600,
         metadata={"help": "The longest delay between two retries."},
     )
+    SEND_RATE_PER_SECOND: float = field(
+        default=0.0,
+        metadata={"help": "At most this many emails a second per scheduler (0: no limit)."},
+    )
+    SEND_RATE_PER_HOUR: int = field(
+        default=0,
+        metadata={
+            "help": "At most this many emails an hour, for providers that cap it (0: no limit)."
+        },
+    )
+    SEQUENCE_BATCH_SIZE: int = field(
+        default=500,
+        metadata={"help": "Due sequence steps moved into the outbox per transaction."},
+    )
     SMTP_TIMEOUT_SECONDS: float = field(
         default=30.0,
         metadata={"help": "Socket timeout for every SMTP command."},
@@ -224,11 +238,18 @@ class Settings:
         if not self.BASE_URL.startswith(("http://", "https://")):
             raise ConfigError("BASE_URL must start with http:// or https://")
         self._check_mail_url()
-        for name in ("SEND_BATCH_SIZE", "SEND_LEASE_SECONDS", "SEND_MAX_ATTEMPTS"):
+        for name in (
+            "SEND_BATCH_SIZE",
+            "SEND_LEASE_SECONDS",
+            "SEND_MAX_ATTEMPTS",
+            "SEQUENCE_BATCH_SIZE",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.SCHEDULER_TICK_SECONDS <= 0:
             raise ConfigError("SCHEDULER_TICK_SECONDS must be positive")
+        if self.SEND_RATE_PER_SECOND < 0 or self.SEND_RATE_PER_HOUR < 0:
+            raise ConfigError("SEND_RATE_PER_SECOND and SEND_RATE_PER_HOUR must not be negative")
         # One send is several SMTP commands, each allowed SMTP_TIMEOUT_SECONDS; a lease that
         # ran out in mid-send would let a second scheduler send the same email.
         if self.SEND_LEASE_SECONDS < 5 * self.SMTP_TIMEOUT_SECONDS:

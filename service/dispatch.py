@@ -19,15 +19,16 @@ import hashlib
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import outbox, subscriptions
 from .db import Database
-from .emails import EmailRenderer
+from .emails import PERSONAL_FIELDS, EmailRenderer
 from .links import Links
 from .mail import (
     MailerUnavailable,
@@ -38,6 +39,7 @@ from .mail import (
     TemporaryFailure,
 )
 from .models import OutboxMessage, OutboxStatus, Subscriber
+from .sequences import SEQUENCE_KIND, DripSequence
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,33 @@ class DeliveryPolicy:
     max_attempts: int = 8
     retry_base: timedelta = timedelta(minutes=1)
     retry_cap: timedelta = timedelta(hours=6)
+    per_second: float = 0  # 0: no limit
+    per_hour: int = 0  # 0: no limit
+
+
+class Pacer:
+    """Spaces sends `1 / per_second` apart (for providers that cap the rate)."""
+
+    def __init__(
+        self,
+        per_second: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1 / per_second if per_second > 0 else 0.0
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self._next = 0.0
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        now = self.monotonic()
+        if now < self._next:
+            self.sleep(self._next - now)
+            now = self._next
+        self._next = now + self.interval
 
 
 class Dispatcher:
@@ -104,6 +133,7 @@ class Dispatcher:
         renderer: EmailRenderer,
         links: Links,
         *,
+        sequence: DripSequence,
         sender: str,
         reply_to: str,
         worker: str,
@@ -113,6 +143,7 @@ class Dispatcher:
         self.database = database
         self.renderer = renderer
         self.links = links
+        self.sequence = sequence
         self.sender = sender
         self.reply_to = reply_to
         self.worker = worker
@@ -127,16 +158,27 @@ class Dispatcher:
         clock: Callable[[], datetime],
         stop: threading.Event | None = None,
         after_batch: Callable[[datetime], None] | None = None,
+        pacer: Pacer | None = None,
     ) -> PassReport:
         """Send batches until nothing is due, delivery must stop, or `stop` is set.
 
         `after_batch` is called with the time after every batch (the scheduler's heartbeat).
         """
         report = PassReport()
+        pacer = pacer or Pacer(self.policy.per_second)
+        allowance = self._hourly_allowance(clock) if self.policy.per_hour else None
         while not report.stopped:
             if stop is not None and stop.is_set():
                 report.stopped = "stop requested"
                 break
+            if allowance is not None and allowance <= 0:
+                report.stopped = "hourly sending limit reached"
+                break
+            limit = (
+                self.policy.batch_size
+                if allowance is None
+                else min(self.policy.batch_size, allowance)
+            )
             with self.database.begin() as session:
                 claimed = [
                     row.id
@@ -144,17 +186,26 @@ class Dispatcher:
                         session,
                         worker=self.worker,
                         now=clock(),
-                        limit=self.policy.batch_size,
+                        limit=limit,
                         lease=self.policy.lease,
                     )
                 ]
             if not claimed:
                 break
             report.claimed += len(claimed)
-            self._send_claimed(claimed, mailer, clock=clock, report=report, stop=stop)
+            sent_before = report.sent
+            self._send_claimed(claimed, mailer, clock=clock, report=report, stop=stop, pacer=pacer)
+            if allowance is not None:
+                allowance -= report.sent - sent_before
             if after_batch is not None:
                 after_batch(clock())
         return report
+
+    def _hourly_allowance(self, clock: Callable[[], datetime]) -> int:
+        """How many more emails may go out in the hour up to now."""
+        with self.database.read() as session:
+            sent = outbox.sent_since(session, clock() - timedelta(hours=1))
+        return max(0, self.policy.per_hour - sent)
 
     def _send_claimed(
         self,
@@ -164,8 +215,10 @@ class Dispatcher:
         clock: Callable[[], datetime],
         report: PassReport,
         stop: threading.Event | None,
+        pacer: Pacer,
     ) -> None:
         for index, message_id in enumerate(claimed):
+            pacer.wait()
             now = clock()
             if stop is not None and stop.is_set():
                 self._release(claimed[index:], due_at=now, report=report)
@@ -231,10 +284,13 @@ class Dispatcher:
             loaded = outbox.load_claimed(session, message_id, worker=self.worker)
             assert loaded is not None  # the claim was just renewed in this transaction
             row, subscriber = loaded
+            reason = None
             if not outbox.may_receive(row.kind, subscriber):
-                outbox.mark_cancelled(
-                    session, message_id, worker=self.worker, reason="recipient may not receive it"
-                )
+                reason = "recipient may not receive it"
+            elif row.kind == SEQUENCE_KIND and self.sequence.step(row.sequence_step or "") is None:
+                reason = f"step {row.sequence_step!r} is no longer in the sequence"
+            if reason is not None:
+                outbox.mark_cancelled(session, message_id, worker=self.worker, reason=reason)
                 report.cancelled += 1
                 return None
             if row.attempts > self.policy.max_attempts:
@@ -267,16 +323,23 @@ class Dispatcher:
         return None
 
     def compose(self, row: OutboxMessage, subscriber: Subscriber, *, now: datetime) -> Message:
-        """Render the row's template for its subscriber into a Message."""
-        unsubscribe_url = self.links.unsubscribe(subscriber.id, now=now)
-        context = {
-            "first_name": subscriber.first_name,
-            "confirm_url": self.links.confirm(subscriber.id, now=now),
-            "download_url": self.links.download(subscriber.id, now=now),
-            "unsubscribe_url": unsubscribe_url,
-            **row.context,
-        }
-        rendered = self.renderer.render(row.template, context)
+        """Render the row's template for its subscriber into a Message.
+
+        The email is rendered once for all its readers where the template allows (see
+        service.emails.Skeleton), and only the links it shows are signed.
+        """
+        context = dict(row.context)
+        if row.kind == SEQUENCE_KIND:
+            context.update(self.sequence.context())
+        skeleton = self.renderer.skeleton(
+            row.template, context, has_first_name=bool(subscriber.first_name)
+        )
+        fields = PERSONAL_FIELDS if skeleton is None else skeleton.fields | {"unsubscribe_url"}
+        values = self._personal_values(subscriber, fields, now=now)
+        if skeleton is None:
+            rendered = self.renderer.render(row.template, {**context, **values})
+        else:
+            rendered = skeleton.fill(values)
         return Message(
             sender=self.sender,
             to=row.to_address,
@@ -288,10 +351,21 @@ class Dispatcher:
             reply_to=self.reply_to,
             headers={
                 # RFC 8058: mailbox providers POST List-Unsubscribe=One-Click to this URL.
-                "List-Unsubscribe": f"<{unsubscribe_url}>",
+                "List-Unsubscribe": f"<{values['unsubscribe_url']}>",
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             },
         )
+
+    def _personal_values(
+        self, subscriber: Subscriber, fields: frozenset[str] | tuple[str, ...], *, now: datetime
+    ) -> dict[str, Any]:
+        makers = {
+            "first_name": lambda: subscriber.first_name,
+            "confirm_url": lambda: self.links.confirm(subscriber.id, now=now),
+            "download_url": lambda: self.links.download(subscriber.id, now=now),
+            "unsubscribe_url": lambda: self.links.unsubscribe(subscriber.id, now=now),
+        }
+        return {field: makers[field]() for field in fields}
 
     def message_id(self, outbox_id: int) -> str:
         """A Message-ID that is the same on every attempt, so receivers can spot repeats."""

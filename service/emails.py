@@ -3,21 +3,33 @@
 Each email is a pair `NAME.txt` / `NAME.html` extending the shared layouts. The subject is
 the `subject` block of the text template. HTML is autoescaped; undefined variables fail.
 The owner's own templates (CONTENT_DIR/emails) win over the shipped ones, name by name.
+
+Sending thousands of copies of one email, the service renders it once (a Skeleton, with
+markers where the personal fields go) and fills in each reader's name and links. Filling
+escapes for HTML exactly as Jinja would, so the result is the same as a full render; a
+template that does more with a personal field than print it, or test whether the first
+name is set, is found out when the skeleton is built and rendered in full every time.
 """
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import escape
 
 from .config import PROJECT_ROOT
 
 SHIPPED_EMAILS = PROJECT_ROOT / "templates" / "emails"
 MAX_SUBJECT_LENGTH = 200
+# What differs from one reader to the next; everything else is the same for all copies.
+PERSONAL_FIELDS = ("first_name", "confirm_url", "download_url", "unsubscribe_url")
+SKELETON_CACHE_SIZE = 256
 
 
 class TemplateProblem(ValueError):
@@ -29,6 +41,34 @@ class RenderedEmail:
     subject: str
     text: str
     html: str
+
+
+def _marker(field: str) -> str:
+    return f"\x1b{field}\x1b"
+
+
+def _other_marker(field: str) -> str:
+    # Another length and case: a template that measures or changes the value shows up.
+    return f"\x1b{field.upper()}-{'x' * 37}\x1b"
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """An email rendered once, with markers where each reader's own values go."""
+
+    subject: str
+    text: str
+    html: str
+    fields: frozenset[str]  # the personal fields it shows
+
+    def fill(self, values: Mapping[str, str]) -> RenderedEmail:
+        subject, text, html = self.subject, self.text, self.html
+        for field in self.fields:
+            marker, value = _marker(field), values[field]
+            subject = subject.replace(marker, value)
+            text = text.replace(marker, value)
+            html = html.replace(marker, str(escape(value)))
+        return RenderedEmail(subject=subject, text=text, html=html)
 
 
 def make_environment(directories: Sequence[Path]) -> jinja2.Environment:
@@ -49,6 +89,42 @@ class EmailRenderer:
     def __init__(self, directories: Sequence[Path], site: Mapping[str, Any]) -> None:
         self.environment = make_environment(directories)
         self.environment.globals["site"] = dict(site)
+        self._skeletons: OrderedDict[tuple[str, str, bool], Skeleton | None] = OrderedDict()
+
+    def skeleton(
+        self, name: str, context: Mapping[str, Any], *, has_first_name: bool
+    ) -> Skeleton | None:
+        """The email rendered once for everyone (None: it must be rendered per reader)."""
+        key = (name, json.dumps(context, sort_keys=True, default=str), has_first_name)
+        if key in self._skeletons:
+            self._skeletons.move_to_end(key)
+            return self._skeletons[key]
+        renders = []
+        for marker in (_marker, _other_marker):
+            markers = {field: marker(field) for field in PERSONAL_FIELDS}
+            values: dict[str, Any] = dict(markers)
+            if not has_first_name:
+                values["first_name"] = None
+                del markers["first_name"]
+            renders.append(_shared(self.render(name, {**context, **values}), markers))
+        first, second = renders
+        fields = frozenset(f for f in PERSONAL_FIELDS if _marker(f) in first)
+        leftover = first
+        for field in fields:
+            leftover = leftover.replace(_marker(field), "")
+        skeleton = None
+        if first == second and "\x1b" not in leftover:
+            subject, text, html = first.split("\x00")
+            skeleton = Skeleton(subject, text, html, fields)
+        self._skeletons[key] = skeleton
+        if len(self._skeletons) > SKELETON_CACHE_SIZE:
+            self._skeletons.popitem(last=False)
+        return skeleton
+
+    def has_template(self, name: str) -> bool:
+        """Whether NAME.txt and NAME.html both exist."""
+        names = set(self.environment.list_templates(extensions=["txt", "html"]))
+        return f"{name}.txt" in names and f"{name}.html" in names
 
     def render(self, name: str, context: Mapping[str, Any]) -> RenderedEmail:
         """Render NAME.txt and NAME.html with `context`."""
@@ -66,6 +142,22 @@ class EmailRenderer:
         text = text_template.render(context).strip() + "\n"
         html = html_template.render(context, subject=subject)
         return RenderedEmail(subject=subject, text=text, html=html)
+
+
+def _shared(rendered: RenderedEmail, markers: Mapping[str, str]) -> str:
+    combined = "\x00".join((rendered.subject, rendered.text, rendered.html))
+    for field, marker in markers.items():
+        combined = combined.replace(marker, _marker(field))
+    return combined
+
+
+def sequence_file(content_dir: str) -> Path:
+    """The sequence definition: the owner's own, if CONTENT_DIR has one, else the shipped."""
+    if content_dir:
+        own = Path(content_dir) / "emails" / "sequence.toml"
+        if own.is_file():
+            return own
+    return SHIPPED_EMAILS / "sequence.toml"
 
 
 def email_directories(content_dir: str) -> list[Path]:

@@ -172,6 +172,7 @@ class OutboxMessage(Base):
     kind: Mapped[str] = mapped_column(String(32))  # confirm, welcome, guide, ...
     template: Mapped[str] = mapped_column(String(100))
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    sequence_step: Mapped[str | None] = mapped_column(String(64))  # for kind "sequence"
     # Where at most one such email may ever exist, e.g. "welcome:42".
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     status: Mapped[OutboxStatus] = mapped_column(_enum(OutboxStatus), default=OutboxStatus.QUEUED)
@@ -180,18 +181,37 @@ class OutboxMessage(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Indexed for the hourly sending limit (how many went out in the last hour).
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     def __repr__(self) -> str:
         return f"<OutboxMessage {self.id} {self.kind} {self.status.value}>"
 
 
+class EnrollmentStatus(enum.StrEnum):
+    ACTIVE = "active"  # steps come when due
+    PAUSED = "paused"  # the owner holds it; resuming re-times the next step from then
+    FINISHED = "finished"  # every step passed; steps added later do not reach them
+    STOPPED = "stopped"  # unsubscribed or bounced
+
+
+# Written out literally for the same reason as OUTBOX_DUE_STATES.
+ENROLLMENT_DUE_STATES = "status = 'active'"
+
+
 class Enrollment(Base):
-    """A subscriber's place in a drip sequence."""
+    """A subscriber's place in a drip sequence (see service.sequences)."""
 
     __tablename__ = "enrollments"
     __table_args__ = (
         Index("uq_enrollments_subscriber_sequence", "subscriber_id", "sequence", unique=True),
+        # A tick reads only the due end of this index: its cost follows what is due.
+        Index(
+            "ix_enrollments_due",
+            "next_due_at",
+            sqlite_where=text(ENROLLMENT_DUE_STATES),
+            postgresql_where=text(ENROLLMENT_DUE_STATES),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -199,7 +219,19 @@ class Enrollment(Base):
         ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
     )
     sequence: Mapped[str] = mapped_column(String(64))
+    status: Mapped[EnrollmentStatus] = mapped_column(
+        _enum(EnrollmentStatus), default=EnrollmentStatus.ACTIVE
+    )
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Step ids passed so far (sent, or skipped for want of a link), in order.
+    steps_passed: Mapped[list[str]] = mapped_column(JSON, default=list)
+    next_step: Mapped[str | None] = mapped_column(String(64))  # planned; checked when due
+    next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SchedulerHeartbeat(Base):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from .db import insert_ignoring_conflicts, insert_row
@@ -256,6 +256,13 @@ def release(session: Session, message_ids: Sequence[int], *, worker: str, due_at
         .execution_options(synchronize_session=False)
     )
     return result.rowcount
+
+
+def sent_since(session: Session, since: datetime) -> int:
+    """How many emails the server accepted since `since` (an index range on sent_at)."""
+    return session.scalar(
+        select(func.count()).select_from(OutboxMessage).where(OutboxMessage.sent_at >= since)
+    )
 
 
 def retry_delay(attempts: int, *, base: timedelta, cap: timedelta) -> timedelta:

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from .config import Settings
+from . import sequences
+from .config import ConfigError, Settings
 from .db import Database
 from .dispatch import DeliveryPolicy, Dispatcher, Mailer
-from .emails import EmailRenderer, email_directories
+from .emails import EmailRenderer, email_directories, sequence_file
 from .links import Links
 from .mail import mailer_from_url
 from .tokens import Tokens
@@ -40,24 +41,33 @@ class Services:
     tokens: Tokens
     links: Links
     renderer: EmailRenderer
+    sequence: sequences.DripSequence
     clock: Callable[[], datetime] = field(default=utc_now)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         tokens = Tokens(settings.SECRET_KEY)
+        renderer = EmailRenderer(
+            email_directories(settings.CONTENT_DIR),
+            site={
+                "name": settings.SITE_NAME,
+                "base_url": settings.BASE_URL.rstrip("/"),
+                "postal_address": settings.OWNER_POSTAL_ADDRESS,
+            },
+        )
+        try:
+            sequence = sequences.load(
+                sequence_file(settings.CONTENT_DIR), template_exists=renderer.has_template
+            )
+        except sequences.SequenceError as exc:
+            raise ConfigError(f"the drip sequence: {exc}") from exc
         return cls(
             settings=settings,
             database=Database.connect(settings.database_url),
             tokens=tokens,
             links=Links(settings.BASE_URL, tokens),
-            renderer=EmailRenderer(
-                email_directories(settings.CONTENT_DIR),
-                site={
-                    "name": settings.SITE_NAME,
-                    "base_url": settings.BASE_URL.rstrip("/"),
-                    "postal_address": settings.OWNER_POSTAL_ADDRESS,
-                },
-            ),
+            renderer=renderer,
+            sequence=sequence,
         )
 
     def make_mailer(self) -> Mailer:
@@ -70,6 +80,7 @@ class Services:
             self.database,
             self.renderer,
             self.links,
+            sequence=self.sequence,
             sender=s.MAIL_FROM,
             reply_to=s.MAIL_REPLY_TO,
             worker=worker,
@@ -80,6 +91,8 @@ class Services:
                 max_attempts=s.SEND_MAX_ATTEMPTS,
                 retry_base=timedelta(seconds=s.SEND_RETRY_BASE_SECONDS),
                 retry_cap=timedelta(seconds=s.SEND_RETRY_MAX_SECONDS),
+                per_second=s.SEND_RATE_PER_SECOND,
+                per_hour=s.SEND_RATE_PER_HOUR,
             ),
         )
 

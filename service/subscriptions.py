@@ -332,12 +332,13 @@ def confirm(
     *,
     token_issued_at: datetime,
     consent_text: str,
+    sequence: str,
     now: datetime,
 ) -> tuple[Subscriber, bool]:
     """Confirm a subscription; (subscriber, True) if this call confirmed it.
 
     Confirming records the consent, queues the welcome email with the guide (once per
-    subscriber, ever) and enrolls the subscriber in the drip sequence. Confirming again is
+    subscriber, ever) and enrolls the subscriber in the drip `sequence`. Confirming again is
     harmless. A link made before the subscriber unsubscribed or bounced is refused, so an
     old email cannot silently bring them back.
     """
@@ -371,12 +372,13 @@ def confirm(
         now=now,
         dedupe_key=f"welcome:{subscriber.id}",
     )
-    sequences.enroll(session, subscriber, now=now)
+    sequences.enroll(session, subscriber, now=now, sequence=sequence)
     return subscriber, True
 
 
-def _stop_mail(session: Session, subscriber: Subscriber, reason: str) -> None:
+def _stop_mail(session: Session, subscriber: Subscriber, reason: str, now: datetime) -> None:
     outbox.cancel_for_subscriber(session, subscriber.id, reason=reason)
+    sequences.stop(session, subscriber.id, now=now)
 
 
 def unsubscribe(
@@ -395,7 +397,7 @@ def unsubscribe(
         return subscriber
     subscriber.status = SubscriberStatus.UNSUBSCRIBED
     subscriber.unsubscribed_at = now
-    _stop_mail(session, subscriber, reason="unsubscribed")
+    _stop_mail(session, subscriber, reason="unsubscribed", now=now)
     record_event(session, subscriber.id, "unsubscribed", now=now, detail={"via": via})
     return subscriber
 
@@ -411,7 +413,7 @@ def mark_bounced(
     if subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
         subscriber.status = SubscriberStatus.BOUNCED
         subscriber.bounced_at = now
-    _stop_mail(session, subscriber, reason="address bounced")
+    _stop_mail(session, subscriber, reason="address bounced", now=now)
     record_event(session, subscriber.id, "bounced", now=now, detail={"reason": reason[:500]})
     return subscriber
 

@@ -139,6 +139,7 @@ def test_lifecycle(database_url, clock):
             ORIGIN,
             token_issued_at=clock(),
             consent_text=CONSENT,
+            sequence="tips",
             now=clock.advance(minutes=1),
         )
         assert confirmed and subscriber.status is SubscriberStatus.CONFIRMED
@@ -157,7 +158,13 @@ def test_lifecycle(database_url, clock):
         assert subscriptions.unsubscribe(session, 999, via="test", now=clock()) is None
         with pytest.raises(subscriptions.UnknownSubscriber):
             subscriptions.confirm(
-                session, 999, ORIGIN, token_issued_at=clock(), consent_text=CONSENT, now=clock()
+                session,
+                999,
+                ORIGIN,
+                token_issued_at=clock(),
+                consent_text=CONSENT,
+                sequence="tips",
+                now=clock(),
             )
     database.dispose()
 

@@ -107,6 +107,7 @@ def confirm(token: str):
             origin(),
             token_issued_at=data.issued_at,
             consent_text=consent_text(),
+            sequence=services().sequence.name,
             now=now(),
         )
     download = services().tokens.make(Purpose.DOWNLOAD, subscriber.id, now=now())
