@@ -1,14 +1,19 @@
-"""Commands: `flask --app wsgi db upgrade`, `guide build`, `embed-snippet`."""
+"""Commands: `flask --app wsgi db ...`, `guide build`, `embed-snippet`, `emails ...`,
+`sequence ...`."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import click
 from flask import Flask, current_app, render_template
 from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import select
 
-from . import guide, migrate
+from . import guide, migrate, sequences
+from .mail import DeliveryError
+from .models import OutboxMessage, Subscriber
 from .services import Services
 
 
@@ -75,7 +80,160 @@ def embed_snippet() -> None:
     )
 
 
+@click.group("emails", cls=AppGroup)
+def emails_group() -> None:
+    """Look at emails as readers will get them."""
+
+
+def _sample_email(name: str, address: str, first_name: str):
+    """An email as the dispatcher would build it, for a sample reader (not stored)."""
+    services = _services()
+    step = services.sequence.step(name)
+    template = step.template if step else name
+    if not services.renderer.has_template(template):
+        steps = ", ".join(s.id for s in services.sequence.steps)
+        raise click.ClickException(
+            f"no sequence step or email called {name!r} (steps: {steps}; emails: confirm, "
+            "welcome, guide_again)"
+        )
+    row = OutboxMessage(
+        id=0,
+        to_address=address,
+        kind=sequences.SEQUENCE_KIND if step else name,
+        template=template,
+        context={"sequence": services.sequence.name, "step": step.id} if step else {},
+        sequence_step=step.id if step else None,
+    )
+    reader = Subscriber(id=0, email=address, first_name=first_name or None)
+    return services.make_dispatcher("cli").compose(row, reader, now=services.clock())
+
+
+@emails_group.command("preview")
+@click.argument("name")
+@click.option("--first-name", default="Alex", show_default=True, help="'' for a reader without one")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for NAME.html and NAME.txt (default: INSTANCE_DIR/preview).",
+)
+def emails_preview(name: str, first_name: str, output: Path | None) -> None:
+    """Write the HTML and text of a sequence step (or of confirm, welcome ...) for a sample
+    reader."""
+    message = _sample_email(name, "reader@example.com", first_name)
+    folder = output or Path(_services().settings.INSTANCE_DIR) / "preview"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = name.replace("/", "_")
+    (folder / f"{stem}.html").write_text(message.html, encoding="utf-8")
+    (folder / f"{stem}.txt").write_text(
+        f"Subject: {message.subject}\n\n{message.text}", encoding="utf-8"
+    )
+    click.echo(f"Subject: {message.subject}")
+    click.echo(f"wrote {folder / f'{stem}.html'} and {folder / f'{stem}.txt'}")
+
+
+@emails_group.command("send-test")
+@click.argument("name")
+@click.argument("address")
+@click.option("--first-name", default="Alex", show_default=True)
+def emails_send_test(name: str, address: str, first_name: str) -> None:
+    """Send one email (a sequence step, or confirm, welcome ...) to ADDRESS now.
+
+    Its links are for a sample reader and lead to 'this link does not work' pages.
+    """
+    from .subscriptions import normalize_email
+
+    try:
+        address = normalize_email(address)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="ADDRESS") from exc
+    message = _sample_email(name, address, first_name)
+    mailer = _services().make_mailer()
+    try:
+        mailer.send(message)
+    except DeliveryError as exc:
+        raise click.ClickException(f"not sent: {exc}") from exc
+    finally:
+        mailer.close()
+    click.echo(f"sent {message.subject!r} to {address}")
+
+
+@click.group("sequence", cls=AppGroup)
+def sequence_group() -> None:
+    """The drip sequence."""
+
+
+@sequence_group.command("status")
+def sequence_status() -> None:
+    """How many subscribers are at each step, and what is due in the next 24 hours."""
+    services = _services()
+    sequence = services.sequence
+    with services.database.read() as session:
+        report = sequences.status(
+            session, sequence, now=services.clock(), window=timedelta(hours=24)
+        )
+    click.echo(
+        f"sequence {sequence.name!r}: {len(sequence.steps)} steps, sent at "
+        f"{sequence.send_hour}:00 in each reader's time zone"
+    )
+    click.echo(f"{'step':<24}{'delay':>9}{'waiting':>9}{'due 24h':>9}{'sent':>9}")
+    for row in report.steps:
+        flags = (
+            " (skipped: no " + ", ".join(sequence.missing_links(row.step)) + ")"
+            if sequence.missing_links(row.step)
+            else ""
+        )
+        click.echo(
+            f"{row.step.id:<24}{row.step.delay!s:>9}{row.waiting:>9}{row.due_soon:>9}{row.sent:>9}{flags}"
+        )
+    if report.elsewhere:
+        click.echo(f"{report.elsewhere} waiting to be planned (new, or their step left the file)")
+    states = ", ".join(f"{state} {count}" for state, count in sorted(report.by_status.items()))
+    click.echo(f"subscribers: {states or 'none yet'}")
+    click.echo(f"due in the next 24 hours: {report.due_soon}")
+
+
+def _subscriber_id(address: str) -> int:
+    from .subscriptions import email_key
+
+    with _services().database.read() as session:
+        subscriber_id = session.scalar(
+            select(Subscriber.id).where(Subscriber.email_key == email_key(address.strip()))
+        )
+    if subscriber_id is None:
+        raise click.ClickException(f"no subscriber {address}")
+    return subscriber_id
+
+
+@sequence_group.command("pause")
+@click.argument("address")
+def sequence_pause(address: str) -> None:
+    """Hold a subscriber's sequence (a step queued but not sent is taken back)."""
+    services = _services()
+    subscriber_id = _subscriber_id(address)
+    with services.database.begin() as session:
+        paused = sequences.pause(
+            session, subscriber_id, sequence=services.sequence.name, now=services.clock()
+        )
+    click.echo("paused" if paused else "not paused: the sequence is not running for them")
+
+
+@sequence_group.command("resume")
+@click.argument("address")
+def sequence_resume(address: str) -> None:
+    """Carry on with the next step, timed from now."""
+    services = _services()
+    subscriber_id = _subscriber_id(address)
+    with services.database.begin() as session:
+        resumed = sequences.resume(
+            session, subscriber_id, sequence=services.sequence.name, now=services.clock()
+        )
+    click.echo("resumed" if resumed else "not resumed: the sequence is not paused for them")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(db_group)
     app.cli.add_command(guide_group)
     app.cli.add_command(embed_snippet)
+    app.cli.add_command(emails_group)
+    app.cli.add_command(sequence_group)

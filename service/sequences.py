@@ -24,7 +24,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -220,8 +220,9 @@ def zone_of(name: str, default: ZoneInfo) -> ZoneInfo:
 
 
 def _at_hour(day: date, hour: int, zone: ZoneInfo) -> datetime:
-    # zoneinfo resolves a wall time that DST skips or repeats to a real instant.
-    return datetime.combine(day, time(hour), tzinfo=zone)
+    # As a UTC instant: a wall time that daylight saving skips (02:30 on the spring-forward
+    # night) then becomes the real moment an hour on, and comparisons never see a fiction.
+    return datetime.combine(day, time(hour), tzinfo=zone).astimezone(UTC)
 
 
 def due_time(
@@ -464,16 +465,26 @@ def advance_due(
 ) -> TickReport:
     """Move every due enrollment (up to `limit`) one step on, in this transaction.
 
-    Each gets at most one step per call: the step after this one is timed from now, so a
-    scheduler that was down catches up without sending anyone two steps at once.
+    Each gets at most one step per call, and never while its previous step is still
+    waiting in the outbox: a step is timed from when the previous one actually went out.
+    So a scheduler or mail server that was down catches up without sending anyone two
+    steps at once.
     """
     report = TickReport()
+    due = due_enrollments(session, sequence, now=now, limit=limit)
+    previous = _previous_emails(session, sequence, due)
     outbox_rows: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
-    for due in due_enrollments(session, sequence, now=now, limit=limit):
-        outcome, changes, email = _advance_one(due, sequence, now=now, default_zone=default_zone)
+    for entry in due:
+        outcome, changes, email = _advance_one(
+            entry,
+            sequence,
+            previous.get(entry.subscriber_id),
+            now=now,
+            default_zone=default_zone,
+        )
         report.add(outcome)
-        updates.append({"id": due.enrollment_id, **changes})
+        updates.append({"id": entry.enrollment_id, **changes})
         if email is not None:
             outbox_rows.append(email)
     for row in outbox_rows:
@@ -483,8 +494,40 @@ def advance_due(
     return report
 
 
+def _dedupe_key(sequence: str, subscriber_id: int, step_id: str) -> str:
+    return f"{SEQUENCE_KIND}:{sequence}:{subscriber_id}:{step_id}"
+
+
+def _previous_emails(
+    session: Session, sequence: DripSequence, due: list[_Due]
+) -> dict[int, tuple[OutboxStatus, datetime | None]]:
+    """The outbox state of each subscriber's last step (one query, by unique key)."""
+    keys = {
+        _dedupe_key(sequence.name, d.subscriber_id, d.passed[-1]): d.subscriber_id
+        for d in due
+        if d.passed
+    }
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(OutboxMessage.dedupe_key, OutboxMessage.status, OutboxMessage.sent_at).where(
+            OutboxMessage.dedupe_key.in_(list(keys))
+        )
+    )
+    return {keys[key]: (state, sent_at) for key, state, sent_at in rows}
+
+
+# How soon to look again at a subscriber whose previous step has not gone out yet.
+PREVIOUS_PENDING_RECHECK = timedelta(hours=1)
+
+
 def _advance_one(
-    due: _Due, sequence: DripSequence, *, now: datetime, default_zone: ZoneInfo
+    due: _Due,
+    sequence: DripSequence,
+    previous_email: tuple[OutboxStatus, datetime | None] | None,
+    *,
+    now: datetime,
+    default_zone: ZoneInfo,
 ) -> tuple[Outcome, dict[str, Any], dict[str, Any] | None]:
     """Decide what happens to one due enrollment: (outcome, enrollment changes, outbox row)."""
     if due.subscriber_status is not SubscriberStatus.CONFIRMED:
@@ -493,27 +536,26 @@ def _advance_one(
             {"status": EnrollmentStatus.STOPPED, "stopped_at": now, "next_due_at": None},
             None,
         )
+    if previous_email is not None and previous_email[0] in (
+        OutboxStatus.QUEUED,
+        OutboxStatus.SENDING,
+    ):
+        return Outcome.PLANNED, {"next_due_at": now + PREVIOUS_PENDING_RECHECK}, None
     zone = zone_of(due.time_zone, default_zone)
     step = sequence.next_step(due.passed)
     if step is None:
         return Outcome.FINISHED, _finished(now), None
-    base = due.last_step_at or due.enrolled_at
-    previous = due.last_step_at if due.passed else None
-    if step.id != due.next_step:
-        # Newly planned, or the file changed since it was planned: time it afresh.
-        planned = due_time(
-            step, base=base, zone=zone, send_hour=sequence.send_hour, previous=previous
-        )
-        if planned > now:
-            return Outcome.PLANNED, {"next_step": step.id, "next_due_at": planned}, None
+
+    # Timed from the later of: the previous step being queued (or a resume), and its
+    # actual sending. Recomputed every time, so edits to the file and late sends count.
+    sent_at = previous_email[1] if previous_email is not None else None
+    moments = [t for t in (due.last_step_at, sent_at) if t is not None]
+    base = max(moments) if moments else due.enrolled_at
+    previous = base if due.passed else None
+    planned = due_time(step, base=base, zone=zone, send_hour=sequence.send_hour, previous=previous)
+    if planned > now:
+        return Outcome.PLANNED, {"next_step": step.id, "next_due_at": planned}, None
     opens = sending_window_opens(step, now=now, zone=zone, sequence=sequence)
-    same_day_as_previous = (
-        previous is not None
-        and not step.delay.in_hours
-        and now.astimezone(zone).date() <= previous.astimezone(zone).date()
-    )
-    if opens is None and same_day_as_previous:
-        opens = due_time(step, base=now, zone=zone, send_hour=sequence.send_hour, previous=previous)
     if opens is not None:
         return Outcome.PLANNED, {"next_step": step.id, "next_due_at": opens}, None
 
@@ -546,7 +588,7 @@ def _advance_one(
         "template": step.template,
         "context": {"sequence": sequence.name, "step": step.id},
         "sequence_step": step.id,
-        "dedupe_key": f"{SEQUENCE_KIND}:{sequence.name}:{due.subscriber_id}:{step.id}",
+        "dedupe_key": _dedupe_key(sequence.name, due.subscriber_id, step.id),
         "status": OutboxStatus.QUEUED,
         "attempts": 0,
         "due_at": now,
@@ -585,3 +627,64 @@ def _queue_step(session: Session, row: dict[str, Any]) -> None:
         )
         .execution_options(synchronize_session=False)
     )
+
+
+@dataclass
+class StepStatus:
+    step: Step
+    waiting: int = 0  # active subscribers whose next step this is
+    due_soon: int = 0  # ... and due within the window
+    sent: int = 0
+
+
+@dataclass
+class SequenceStatus:
+    steps: list[StepStatus]
+    by_status: dict[str, int]
+    due_soon: int
+    elsewhere: int  # active, waiting for a step no longer in the file (planned again when due)
+
+
+def status(
+    session: Session, sequence: DripSequence, *, now: datetime, window: timedelta
+) -> SequenceStatus:
+    """How many subscribers wait for each step, how many are due within `window`, and
+    how many received each step."""
+    from sqlalchemy import case, func
+
+    rows = {s.id: StepStatus(s) for s in sequence.steps}
+    soon = now + window
+    waiting = session.execute(
+        select(
+            Enrollment.next_step,
+            func.count(),
+            func.sum(case((Enrollment.next_due_at <= soon, 1), else_=0)),
+        )
+        .where(Enrollment.sequence == sequence.name, Enrollment.status == EnrollmentStatus.ACTIVE)
+        .group_by(Enrollment.next_step)
+    ).all()
+    elsewhere = 0
+    due_soon = 0
+    for step_id, count, due in waiting:
+        due_soon += int(due or 0)
+        if step_id in rows:
+            rows[step_id].waiting = count
+            rows[step_id].due_soon = int(due or 0)
+        else:
+            elsewhere += count
+    for step_id, count in session.execute(
+        select(OutboxMessage.sequence_step, func.count())
+        .where(OutboxMessage.kind == SEQUENCE_KIND, OutboxMessage.status == OutboxStatus.SENT)
+        .group_by(OutboxMessage.sequence_step)
+    ):
+        if step_id in rows:
+            rows[step_id].sent = count
+    by_status = {
+        str(state.value if hasattr(state, "value") else state): count
+        for state, count in session.execute(
+            select(Enrollment.status, func.count())
+            .where(Enrollment.sequence == sequence.name)
+            .group_by(Enrollment.status)
+        )
+    }
+    return SequenceStatus(list(rows.values()), by_status, due_soon, elsewhere)

@@ -61,6 +61,7 @@ class Services:
             )
         except sequences.SequenceError as exc:
             raise ConfigError(f"the drip sequence: {exc}") from exc
+        _check_step_templates(renderer, sequence)
         return cls(
             settings=settings,
             database=Database.connect(settings.database_url),
@@ -99,6 +100,25 @@ class Services:
     @property
     def resend_cooldown(self) -> timedelta:
         return timedelta(minutes=self.settings.RESEND_COOLDOWN_MINUTES)
+
+
+def _check_step_templates(renderer: EmailRenderer, sequence: sequences.DripSequence) -> None:
+    """Render every step once, with and without a first name, so a template error stops
+    the service at startup instead of holding back mail later. (It also fills the cache of
+    emails rendered once for all readers.)"""
+    context = sequence.context()
+    for step in sequence.steps:
+        for has_first_name in (True, False):
+            try:
+                renderer.skeleton(
+                    step.template,
+                    {**context, "sequence": sequence.name, "step": step.id},
+                    has_first_name=has_first_name,
+                )
+            except Exception as exc:
+                raise ConfigError(
+                    f"the drip sequence: step {step.id} ({step.template}) does not render: {exc}"
+                ) from exc
 
 
 def configure_logging(settings: Settings) -> None:
