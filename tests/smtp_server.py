@@ -55,6 +55,7 @@ class FaultyHandler:
         self.lock = threading.Lock()
         self.accepted = threading.Condition(self.lock)
         self.gate: threading.Event | None = None  # when set to an Event, DATA waits for it
+        self.gate_after = 0  # ... once this many messages have been accepted
         self.in_data = threading.Event()
 
     def _use_fault(self) -> bool:
@@ -95,7 +96,7 @@ class FaultyHandler:
             return "421 closing"
         if self.faults.data and self._use_fault():
             return self.faults.data
-        if self.gate is not None:
+        if self.gate is not None and len(self.received) >= self.gate_after:
             self.in_data.set()
             # Runs in the server's event loop thread; holding it is what a slow server does.
             self.gate.wait(timeout=30)

@@ -534,3 +534,38 @@ def test_the_heartbeat_is_written_after_every_batch(make_app, smtp, clock):
         last = health.last_tick(session)
     # One beat before the pass and one after each of the three batches.
     assert last > start + timedelta(seconds=60)
+
+
+def test_the_hourly_limit_holds_mail_back_until_the_hour_has_passed(make_app, smtp, clock):
+    app = make_app(MAIL_URL=smtp.url, SEND_RATE_PER_HOUR=3)
+    client = app.test_client()
+    for n in range(5):
+        sign_up(client, f"r{n}@example.com")
+    report = run_pass(app)
+    assert report.sent == 3 and report.stopped == "hourly sending limit reached"
+    clock.advance(minutes=59)
+    assert run_pass(app).sent == 0
+    clock.advance(minutes=1, seconds=1)
+    assert run_pass(app).sent == 2
+    assert [r.status for r in outbox(app)] == [OutboxStatus.SENT] * 5
+
+
+def test_the_per_second_limit_spaces_the_emails(app, client, smtp):
+    from service.dispatch import Pacer
+
+    for n in range(5):
+        sign_up(client, f"r{n}@example.com")
+    moment = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        moment[0] += seconds
+
+    pacer = Pacer(4, monotonic=lambda: moment[0], sleep=sleep)
+    services = services_of(app)
+    mailer = services.make_mailer()
+    report = services.make_dispatcher("w").drain(mailer, clock=services.clock, pacer=pacer)
+    mailer.close()
+    assert report.sent == 5
+    assert slept == [0.25] * 4  # the first goes at once, then one every quarter second

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -226,3 +226,103 @@ def test_a_second_signal_stops_at_once(app, smtp, database_url, tmp_path):
     assert process.returncode == 128 + signal.SIGTERM
     # The message in flight keeps its claim; its lease brings it back later.
     assert outbox(app)[0].status is OutboxStatus.SENDING
+
+
+# --- the drip sequence through real scheduler processes ---------------------------------
+
+MORNING = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)  # within every UTC reader's send window
+
+
+def add_due_readers(app, count: int) -> None:
+    """`count` confirmed readers in UTC, confirmed three days before MORNING: the first
+    step ('2 days') is due, not yet planned."""
+    from service.models import Enrollment, EnrollmentStatus
+
+    services = services_of(app)
+    confirmed = MORNING - timedelta(days=3)
+    with services.database.begin() as session:
+        for n in range(count):
+            reader = Subscriber(
+                email=f"r{n}@example.com",
+                email_key=f"r{n}@example.com",
+                status=SubscriberStatus.CONFIRMED,
+                time_zone="UTC",
+                source="test",
+                created_at=confirmed,
+                confirmed_at=confirmed,
+            )
+            session.add(reader)
+            session.flush()
+            session.add(
+                Enrollment(
+                    subscriber_id=reader.id,
+                    sequence=services.sequence.name,
+                    enrolled_at=confirmed,
+                    status=EnrollmentStatus.ACTIVE,
+                    steps_passed=[],
+                    next_due_at=confirmed,
+                )
+            )
+
+
+def deliveries_by_reader(smtp) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for received in smtp.received:
+        counts[received.rcpt_tos[0]] = counts.get(received.rcpt_tos[0], 0) + 1
+    return counts
+
+
+def test_two_schedulers_drain_one_backlog_of_due_steps_with_no_duplicate(
+    app, smtp, database_url, tmp_path
+):
+    count = 300
+    add_due_readers(app, count)
+    env = scheduler_env(
+        database_url, smtp.url, tmp_path, SEND_BATCH_SIZE="10", SEQUENCE_BATCH_SIZE="25"
+    )
+    processes = [start_scheduler(env, "--once", "--now", MORNING.isoformat()) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    smtp.handler.wait_for(count)
+    counts = deliveries_by_reader(smtp)
+    assert len(counts) == count and set(counts.values()) == {1}
+    assert all(r.message["Subject"].startswith("Why your glutes") for r in smtp.received)
+    with services_of(app).database.read() as session:
+        rows = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "sequence")).all()
+    assert len(rows) == count and {r.status for r in rows} == {OutboxStatus.SENT}
+
+
+def test_a_scheduler_killed_mid_pass_loses_nothing_and_repeats_at_most_the_email_in_flight(
+    app, smtp, database_url, tmp_path
+):
+    count = 20
+    add_due_readers(app, count)
+    smtp.handler.gate = threading.Event()
+    smtp.handler.gate_after = 7  # the eighth email hangs in DATA
+    env = scheduler_env(
+        database_url, smtp.url, tmp_path, SEND_LEASE_SECONDS="150", SMTP_TIMEOUT_SECONDS="5"
+    )
+    process = start_scheduler(env, "--once", "--now", MORNING.isoformat())
+    try:
+        assert smtp.handler.in_data.wait(timeout=60), "the pass never reached the eighth email"
+        process.kill()  # SIGKILL: no chance to clean up
+        process.communicate(timeout=30)
+    finally:
+        smtp.handler.gate.set()  # the server finishes taking the email in flight
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    # Restart once the dead scheduler's lease has run out.
+    later = MORNING + timedelta(seconds=151)
+    result = run_scheduler(env, "--once", "--now", later.isoformat())
+    assert result.returncode == 0, result.stdout + result.stderr
+    smtp.handler.wait_for(count)
+    counts = deliveries_by_reader(smtp)
+    assert len(counts) == count  # nothing lost
+    repeated = [reader for reader, n in counts.items() if n > 1]
+    assert len(repeated) <= 1 and all(counts[r] == 2 for r in repeated)
+    with services_of(app).database.read() as session:
+        statuses = session.scalars(
+            select(OutboxMessage.status).where(OutboxMessage.kind == "sequence")
+        ).all()
+    assert statuses == [OutboxStatus.SENT] * count

@@ -645,3 +645,34 @@ def test_a_tick_with_nothing_due_touches_nothing(seq_app, clock):
 def test_sequence_templates_exist_for_every_step():
     for path in (SHIPPED_EMAILS / "sequence").glob("*.txt"):
         assert Path(str(path)[:-4] + ".html").exists()
+
+
+def test_smtp_faults_in_the_middle_of_a_batch_of_steps(seq_app, clock, smtp):
+    """One batch meets a dropped connection after DATA, a 451 and a 550 at RCPT, then a
+    421 at MAIL: in the end every reader but the bounced one has each step exactly once."""
+    app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day")))
+    clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    readers = [confirm_reader(app, f"r{n}@example.com") for n in range(5)]
+    run_tick(app)  # welcome emails and the plans
+    smtp.faults.drop_at_data = True
+    smtp.faults.times = 1  # the first step email of the batch loses its connection
+    smtp.faults.rcpt["r2@example.com"] = "451 4.2.0 Mailbox busy"
+    smtp.faults.rcpt["r3@example.com"] = "550 5.1.1 No such user"
+    clock.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    report = run_tick(app)
+    assert (report.sent, report.retried, report.bounced) == (2, 2, 1)
+    del smtp.faults.rcpt["r2@example.com"]
+    smtp.faults.mail = "421 4.3.2 Try later"
+    smtp.faults.times = 1
+    clock.advance(minutes=1)
+    assert run_tick(app).stopped.startswith("server busy")
+    run_until(app, clock, datetime(2026, 12, 1, tzinfo=UTC))
+    for reader in readers:
+        steps = [s for s, _ in sent_steps(app, reader)]
+        assert steps == ([] if reader == readers[3] else ["a", "b"])
+    assert enrollment(app, readers[3]).status is EnrollmentStatus.STOPPED
+    per_reader: dict[str, int] = {}
+    for received in smtp.received:
+        if not received.message["Subject"].startswith("Your Glute"):
+            per_reader[received.rcpt_tos[0]] = per_reader.get(received.rcpt_tos[0], 0) + 1
+    assert per_reader == {f"r{n}@example.com": 2 for n in (0, 1, 2, 4)}
