@@ -15,6 +15,7 @@ a batch that runs longer than its lease can never send a row another scheduler h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -25,6 +26,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Any, Protocol
+
+from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
 
 from . import outbox, subscriptions
 from .db import Database
@@ -217,112 +221,163 @@ class Dispatcher:
         stop: threading.Event | None,
         pacer: Pacer,
     ) -> None:
-        for index, message_id in enumerate(claimed):
-            pacer.wait()
-            now = clock()
-            if stop is not None and stop.is_set():
-                self._release(claimed[index:], due_at=now, report=report)
-                report.stopped = "stop requested"
-                return
-            message = self._prepare(message_id, now=now, report=report)
-            if message is None:
-                continue
-            try:
-                mailer.send(message)
-            except (MailerUnavailable, ServerBusy) as exc:
-                if isinstance(exc, MailerUnavailable):
-                    logger.error(
-                        "MAIL DELIVERY IS STOPPED: %s. No email goes out until this is fixed; "
-                        "%d claimed emails stay queued.",
-                        exc,
-                        len(claimed) - index,
+        with self.database.read() as session:
+            readers = outbox.readers_of(session, claimed)
+        # One connection for the batch, one transaction per email. What became of the email
+        # just sent is committed together with the lease renewal of the next one, and always
+        # before the next one goes out.
+        record: Callable[[Connection], None] | None = None
+        with self.database.engine.connect() as connection:
+            for index, message_id in enumerate(claimed):
+                pacer.wait()
+                now = clock()
+                with connection.begin():
+                    if record is not None:
+                        record(connection)
+                        record = None
+                    if stop is not None and stop.is_set():
+                        report.released += outbox.release(
+                            connection, list(claimed[index:]), worker=self.worker, due_at=now
+                        )
+                        report.stopped = "stop requested"
+                        return
+                    prepared = self._prepare(
+                        connection, message_id, readers, now=now, report=report
+                    )
+                if prepared is None:
+                    continue
+                row, message = prepared
+                try:
+                    mailer.send(message)
+                except (MailerUnavailable, ServerBusy) as exc:
+                    with connection.begin():
+                        self._hold_the_queue(
+                            exc, connection, claimed[index:], now=now, report=report
+                        )
+                    return
+                except TemporaryFailure as exc:
+                    record = functools.partial(
+                        self._retry_or_fail, row=row, error=str(exc), now=now, report=report
+                    )
+                except RecipientRejected as exc:
+                    record = functools.partial(
+                        self._bounce, row=row, error=str(exc), now=now, report=report
+                    )
+                except MessageRejected as exc:
+                    logger.warning("outbox %d rejected by the server: %s", message_id, exc)
+                    record = functools.partial(self._fail, row=row, error=str(exc), report=report)
+                except Exception as exc:  # one bad message must not stall the rest of the pass
+                    logger.exception("outbox %d could not be sent", message_id)
+                    record = functools.partial(
+                        self._retry_or_fail,
+                        row=row,
+                        error=f"unexpected error: {exc!r}",
+                        now=now,
+                        report=report,
                     )
                 else:
-                    logger.warning("the mail server asks us to come back later: %s", exc)
-                report.errors.append(str(exc))
-                self._release(claimed[index:], due_at=now + self.policy.retry_base, report=report)
-                reason = (
-                    "mailer unavailable" if isinstance(exc, MailerUnavailable) else "server busy"
-                )
-                report.stopped = f"{reason}: {exc}"
-                return
-            except TemporaryFailure as exc:
-                self._retry_or_fail(message_id, str(exc), now=now, report=report)
-            except RecipientRejected as exc:
-                self._bounce(message_id, str(exc), now=now, report=report)
-            except MessageRejected as exc:
-                with self.database.begin() as session:
-                    outbox.mark_failed(session, message_id, worker=self.worker, error=str(exc))
-                logger.warning("outbox %d rejected by the server: %s", message_id, exc)
-                report.failed += 1
-            except Exception as exc:  # one bad message must not stall the rest of the pass
-                logger.exception("outbox %d could not be sent", message_id)
-                self._retry_or_fail(
-                    message_id, f"unexpected error: {exc!r}", now=now, report=report
-                )
-            else:
-                with self.database.begin() as session:
-                    recorded = outbox.mark_sent(session, message_id, worker=self.worker, now=now)
-                if not recorded:  # pragma: no cover - the lease was renewed just before
-                    logger.warning("outbox %d was sent but its claim had moved on", message_id)
-                report.sent += 1
+                    report.sent += 1
+                    record = functools.partial(self._sent, row=row, now=now)
+            if record is not None:
+                with connection.begin():
+                    record(connection)
 
-    def _prepare(self, message_id: int, *, now: datetime, report: PassReport) -> Message | None:
-        """The message for a claimed row, or None if it must not (or cannot) go now."""
-        with self.database.begin() as session:
-            if not outbox.renew_claim(
-                session, message_id, worker=self.worker, now=now, lease=self.policy.lease
-            ):
-                # Cancelled since the claim (the reader left), or the lease lapsed.
-                row = session.get(OutboxMessage, message_id)
-                if row is not None and row.status is OutboxStatus.CANCELLED:
-                    report.cancelled += 1
-                else:
-                    report.lost += 1
-                    logger.warning("outbox %d: the claim lapsed before its turn", message_id)
-                return None
-            loaded = outbox.load_claimed(session, message_id, worker=self.worker)
-            assert loaded is not None  # the claim was just renewed in this transaction
-            row, subscriber = loaded
-            reason = None
-            if not outbox.may_receive(row.kind, subscriber):
-                reason = "recipient may not receive it"
-            elif row.kind == SEQUENCE_KIND and self.sequence.step(row.sequence_step or "") is None:
-                reason = f"step {row.sequence_step!r} is no longer in the sequence"
-            if reason is not None:
-                outbox.mark_cancelled(session, message_id, worker=self.worker, reason=reason)
+    def _hold_the_queue(
+        self,
+        exc: MailerUnavailable | ServerBusy,
+        connection: Connection,
+        unsent: Sequence[int],
+        *,
+        now: datetime,
+        report: PassReport,
+    ) -> None:
+        """Nothing can go now: hand the rest of the claim back, attempts untouched."""
+        if isinstance(exc, MailerUnavailable):
+            logger.error(
+                "MAIL DELIVERY IS STOPPED: %s. No email goes out until this is fixed; "
+                "%d claimed emails stay queued.",
+                exc,
+                len(unsent),
+            )
+            reason = "mailer unavailable"
+        else:
+            logger.warning("the mail server asks us to come back later: %s", exc)
+            reason = "server busy"
+        report.errors.append(str(exc))
+        report.released += outbox.release(
+            connection, list(unsent), worker=self.worker, due_at=now + self.policy.retry_base
+        )
+        report.stopped = f"{reason}: {exc}"
+
+    def _prepare(
+        self,
+        connection: Connection,
+        message_id: int,
+        readers: dict[int, outbox.Reader],
+        *,
+        now: datetime,
+        report: PassReport,
+    ) -> tuple[outbox.Claimed, Message] | None:
+        """The row and its message, or None if it must not (or cannot) go now."""
+        row = outbox.renew_claim(
+            connection, message_id, worker=self.worker, now=now, lease=self.policy.lease
+        )
+        if row is None:
+            # Cancelled since the claim (the reader left), or the lease lapsed.
+            status = connection.scalar(
+                select(OutboxMessage.status).where(OutboxMessage.id == message_id)
+            )
+            if status is OutboxStatus.CANCELLED:
                 report.cancelled += 1
-                return None
-            if row.attempts > self.policy.max_attempts:
-                outbox.mark_failed(
-                    session,
-                    message_id,
-                    worker=self.worker,
-                    error=f"gave up after {row.attempts - 1} attempts; last error: {row.last_error}",
-                )
-                report.failed += 1
-                return None
-            assert subscriber is not None  # may_receive() is False without one
-            try:
-                return self.compose(row, subscriber, now=now)
-            except Exception as exc:
-                error = f"template {row.template!r} failed: {exc!r}"
-                logger.error("outbox %d: %s", message_id, error)
-                report.errors.append(error)
-        # Keep the email, without using up its attempts, until the template is fixed.
-        with self.database.begin() as session:
-            outbox.retry_later(
-                session,
+            else:
+                report.lost += 1
+                logger.warning("outbox %d: the claim lapsed before its turn", message_id)
+            return None
+        reader = readers.get(row.subscriber_id) if row.subscriber_id is not None else None
+        reason = None
+        if not outbox.may_receive(row.kind, reader):
+            reason = "recipient may not receive it"
+        elif row.kind == SEQUENCE_KIND and self.sequence.step(row.sequence_step or "") is None:
+            reason = f"step {row.sequence_step!r} is no longer in the sequence"
+        if reason is not None:
+            outbox.mark_cancelled(connection, message_id, worker=self.worker, reason=reason)
+            report.cancelled += 1
+            return None
+        if row.attempts > self.policy.max_attempts:
+            outbox.mark_failed(
+                connection,
                 message_id,
                 worker=self.worker,
-                due_at=now + self.policy.retry_base,
-                error=error,
-                count_attempt=False,
+                error=f"gave up after {row.attempts - 1} attempts; last error: {row.last_error}",
             )
+            report.failed += 1
+            return None
+        assert reader is not None  # may_receive() is False without one
+        try:
+            return row, self.compose(row, reader, now=now)
+        except Exception as exc:
+            error = f"template {row.template!r} failed: {exc!r}"
+            logger.error("outbox %d: %s", message_id, error)
+            report.errors.append(error)
+        # Keep the email, without using up its attempts, until the template is fixed.
+        outbox.retry_later(
+            connection,
+            message_id,
+            worker=self.worker,
+            due_at=now + self.policy.retry_base,
+            error=error,
+            count_attempt=False,
+        )
         report.retried += 1
         return None
 
-    def compose(self, row: OutboxMessage, subscriber: Subscriber, *, now: datetime) -> Message:
+    def compose(
+        self,
+        row: OutboxMessage | outbox.Claimed,
+        subscriber: Subscriber | outbox.Reader,
+        *,
+        now: datetime,
+    ) -> Message:
         """Render the row's template for its subscriber into a Message.
 
         The email is rendered once for all its readers where the template allows (see
@@ -357,7 +412,11 @@ class Dispatcher:
         )
 
     def _personal_values(
-        self, subscriber: Subscriber, fields: frozenset[str] | tuple[str, ...], *, now: datetime
+        self,
+        subscriber: Subscriber | outbox.Reader,
+        fields: frozenset[str] | tuple[str, ...],
+        *,
+        now: datetime,
     ) -> dict[str, Any]:
         makers = {
             "first_name": lambda: subscriber.first_name,
@@ -372,45 +431,59 @@ class Dispatcher:
         tag = hmac.new(self._message_id_key, str(outbox_id).encode(), "sha256").hexdigest()[:16]
         return f"<{outbox_id}.{tag}@{self._message_id_domain}>"
 
-    def _retry_or_fail(
-        self, message_id: int, error: str, *, now: datetime, report: PassReport
-    ) -> None:
-        with self.database.begin() as session:
-            row = session.get(OutboxMessage, message_id)
-            attempts = row.attempts if row is not None else self.policy.max_attempts
-            if attempts >= self.policy.max_attempts:
-                outbox.mark_failed(
-                    session,
-                    message_id,
-                    worker=self.worker,
-                    error=f"gave up after {attempts} attempts: {error}",
-                )
-                report.failed += 1
-                logger.warning(
-                    "outbox %d failed after %d attempts: %s", message_id, attempts, error
-                )
-                return
-            delay = outbox.retry_delay(
-                attempts, base=self.policy.retry_base, cap=self.policy.retry_cap
-            )
-            outbox.retry_later(
-                session, message_id, worker=self.worker, due_at=now + delay, error=error
-            )
-        report.retried += 1
-        logger.info("outbox %d will be retried in %s: %s", message_id, delay, error)
+    def _sent(self, connection: Connection, *, row: outbox.Claimed, now: datetime) -> None:
+        if not outbox.mark_sent(connection, row.id, worker=self.worker, now=now):
+            logger.warning(
+                "outbox %d was sent but its claim had moved on", row.id
+            )  # pragma: no cover
 
-    def _bounce(self, message_id: int, error: str, *, now: datetime, report: PassReport) -> None:
-        with self.database.begin() as session:
-            row = session.get(OutboxMessage, message_id)
-            outbox.mark_failed(session, message_id, worker=self.worker, error=error)
-            if row is not None and row.subscriber_id is not None:
+    def _fail(
+        self, connection: Connection, *, row: outbox.Claimed, error: str, report: PassReport
+    ) -> None:
+        outbox.mark_failed(connection, row.id, worker=self.worker, error=error)
+        report.failed += 1
+
+    def _retry_or_fail(
+        self,
+        connection: Connection,
+        *,
+        row: outbox.Claimed,
+        error: str,
+        now: datetime,
+        report: PassReport,
+    ) -> None:
+        if row.attempts >= self.policy.max_attempts:
+            outbox.mark_failed(
+                connection,
+                row.id,
+                worker=self.worker,
+                error=f"gave up after {row.attempts} attempts: {error}",
+            )
+            report.failed += 1
+            logger.warning("outbox %d failed after %d attempts: %s", row.id, row.attempts, error)
+            return
+        delay = outbox.retry_delay(
+            row.attempts, base=self.policy.retry_base, cap=self.policy.retry_cap
+        )
+        outbox.retry_later(connection, row.id, worker=self.worker, due_at=now + delay, error=error)
+        report.retried += 1
+        logger.info("outbox %d will be retried in %s: %s", row.id, delay, error)
+
+    def _bounce(
+        self,
+        connection: Connection,
+        *,
+        row: outbox.Claimed,
+        error: str,
+        now: datetime,
+        report: PassReport,
+    ) -> None:
+        outbox.mark_failed(connection, row.id, worker=self.worker, error=error)
+        if row.subscriber_id is not None:
+            # The domain works on a Session; this one joins the connection's transaction.
+            with Session(bind=connection) as session:
                 subscriptions.mark_bounced(session, row.subscriber_id, reason=error, now=now)
+                session.flush()
         report.failed += 1
         report.bounced += 1
-        logger.warning("outbox %d bounced; no more mail to that address: %s", message_id, error)
-
-    def _release(self, message_ids: Sequence[int], *, due_at: datetime, report: PassReport) -> None:
-        with self.database.begin() as session:
-            report.released += outbox.release(
-                session, list(message_ids), worker=self.worker, due_at=due_at
-            )
+        logger.warning("outbox %d bounced; no more mail to that address: %s", row.id, error)

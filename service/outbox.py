@@ -6,17 +6,28 @@ only if what caused it was committed) and moved along by the scheduler's dispatc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Connection, Update, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from .db import insert_ignoring_conflicts, insert_row
+from .db import PreparedStatement, insert_ignoring_conflicts, insert_row
 from .models import OUTBOX_DUE_STATES, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 
 PENDING_STATES = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
+
+# The sending loop runs these on a plain Connection (an ORM Session costs more per email
+# than the statements themselves); everything else passes a Session.
+Bind = Session | Connection
+
+
+def _connection(bind: Bind) -> Connection:
+    return bind.connection() if isinstance(bind, Session) else bind
+
 
 # The kinds of email that may reach someone who has not confirmed yet.
 BEFORE_CONFIRMATION = frozenset({"confirm"})
@@ -117,45 +128,91 @@ def claim(
     return sorted(claimed, key=lambda message: message.id)
 
 
-def renew_claim(
-    session: Session, message_id: int, *, worker: str, now: datetime, lease: timedelta
-) -> bool:
-    """Extend `worker`'s lease on a row before acting on it; False if the claim is gone.
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed row, as the dispatcher needs it."""
 
-    A claim is gone when the row was cancelled, or when its lease ran out (a slow batch)
+    id: int
+    subscriber_id: int | None
+    to_address: str
+    kind: str
+    template: str
+    context: dict[str, Any]
+    sequence_step: str | None
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who a claimed row goes to, as far as sending needs to know."""
+
+    id: int
+    email: str
+    first_name: str | None
+    status: SubscriberStatus
+
+
+_prepared_statements: dict[tuple[int, str, str], PreparedStatement] = {}
+
+
+def _prepared(statement: Update, connection: Connection) -> PreparedStatement:
+    """`statement` compiled once for this connection's dialect (see PreparedStatement)."""
+    dialect = connection.dialect
+    key = (id(statement), dialect.name, dialect.driver)
+    prepared = _prepared_statements.get(key)
+    if prepared is None:
+        prepared = _prepared_statements[key] = PreparedStatement(statement, dialect)
+    return prepared
+
+
+@functools.cache
+def _renew_statement() -> Update:
+    # Built once: this runs for every email, and building SQL costs more than running it.
+    table = OutboxMessage.__table__
+    columns = table.c
+    return (
+        table.update()
+        .where(
+            columns.id == bindparam("message_id"),
+            columns.status == OutboxStatus.SENDING,
+            columns.claimed_by == bindparam("worker"),
+            columns.due_at > bindparam("now"),
+        )
+        .values(due_at=bindparam("lease_until"))
+        .returning(*(columns[name] for name in Claimed.__dataclass_fields__))
+    )
+
+
+def renew_claim(
+    bind: Bind, message_id: int, *, worker: str, now: datetime, lease: timedelta
+) -> Claimed | None:
+    """Extend `worker`'s lease on a row before acting on it, and read it; None if the claim
+    is gone.
+
+    A claim is gone when the row was cancelled (the reader left: this is the check that
+    stops an email claimed before an unsubscribe), or when its lease ran out (a slow batch)
     and another scheduler may have taken it over: then this one must not send it.
     """
-    result = session.execute(
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.id == message_id,
-            OutboxMessage.status == OutboxStatus.SENDING,
-            OutboxMessage.claimed_by == worker,
-            OutboxMessage.due_at > now,
-        )
-        .values(due_at=now + lease)
-        .execution_options(synchronize_session=False)
+    connection = _connection(bind)
+    row = _prepared(_renew_statement(), connection).first(
+        connection,
+        {"message_id": message_id, "worker": worker, "now": now, "lease_until": now + lease},
     )
-    return result.rowcount == 1
+    return None if row is None else Claimed(*row)
 
 
-def load_claimed(
-    session: Session, message_id: int, *, worker: str
-) -> tuple[OutboxMessage, Subscriber | None] | None:
-    """The row and its subscriber if `worker` still holds the claim, else None."""
-    row = session.execute(
-        select(OutboxMessage, Subscriber)
-        .outerjoin(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
-        .where(
-            OutboxMessage.id == message_id,
-            OutboxMessage.status == OutboxStatus.SENDING,
-            OutboxMessage.claimed_by == worker,
-        )
-    ).one_or_none()
-    return None if row is None else (row[0], row[1])
+def readers_of(session: Session, message_ids: Sequence[int]) -> dict[int, Reader]:
+    """The subscribers of a batch of claimed rows, by subscriber id (one query)."""
+    rows = session.execute(
+        select(Subscriber.id, Subscriber.email, Subscriber.first_name, Subscriber.status)
+        .join(OutboxMessage, OutboxMessage.subscriber_id == Subscriber.id)
+        .where(OutboxMessage.id.in_(list(message_ids)))
+    )
+    return {row[0]: Reader(*row) for row in rows}
 
 
-def may_receive(kind: str, subscriber: Subscriber | None) -> bool:
+def may_receive(kind: str, subscriber: Subscriber | Reader | None) -> bool:
     """Whether an email of `kind` may still go to `subscriber` as they are now."""
     if subscriber is None:
         return False
@@ -164,35 +221,51 @@ def may_receive(kind: str, subscriber: Subscriber | None) -> bool:
     return subscriber.status is SubscriberStatus.CONFIRMED
 
 
+@functools.cache
+def _finish_statement(
+    states: tuple[OutboxStatus, ...], names: tuple[str, ...], give_back: bool
+) -> Update:
+    table = OutboxMessage.__table__
+    values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in names}
+    values["claimed_by"] = None
+    if give_back:
+        values["attempts"] = table.c.attempts - 1
+    return (
+        table.update()
+        .where(
+            table.c.id == bindparam("message_id"),
+            # OR of equalities, not IN: an IN list is re-rendered into the SQL on every run.
+            or_(*(table.c.status == state for state in states)),
+            table.c.claimed_by == bindparam("worker"),
+        )
+        .values(**values)
+    )
+
+
 def _finish(
-    session: Session,
+    bind: Bind,
     message_id: int,
     worker: str,
     *,
     states: tuple[OutboxStatus, ...] = (OutboxStatus.SENDING,),
+    give_back_attempt: bool = False,
     **values: Any,
 ) -> bool:
-    result = session.execute(
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.id == message_id,
-            OutboxMessage.status.in_(states),
-            OutboxMessage.claimed_by == worker,
-        )
-        .values(claimed_by=None, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+    statement = _finish_statement(states, tuple(sorted(values)), give_back_attempt)
+    params = {"message_id": message_id, "worker": worker}
+    params.update({f"new_{name}": value for name, value in values.items()})
+    connection = _connection(bind)
+    return _prepared(statement, connection).rowcount(connection, params) == 1
 
 
-def mark_sent(session: Session, message_id: int, *, worker: str, now: datetime) -> bool:
+def mark_sent(bind: Bind, message_id: int, *, worker: str, now: datetime) -> bool:
     """Record that the server accepted the message.
 
     This holds even if the subscriber unsubscribed while the message was on the wire:
     the row then says what really happened (sent), not what was wished (cancelled).
     """
     return _finish(
-        session,
+        bind,
         message_id,
         worker,
         states=(OutboxStatus.SENDING, OutboxStatus.CANCELLED),
@@ -202,18 +275,18 @@ def mark_sent(session: Session, message_id: int, *, worker: str, now: datetime) 
     )
 
 
-def mark_failed(session: Session, message_id: int, *, worker: str, error: str) -> bool:
+def mark_failed(bind: Bind, message_id: int, *, worker: str, error: str) -> bool:
     """Give up on the message for good."""
-    return _finish(session, message_id, worker, status=OutboxStatus.FAILED, last_error=error[:2000])
+    return _finish(bind, message_id, worker, status=OutboxStatus.FAILED, last_error=error[:2000])
 
 
-def mark_cancelled(session: Session, message_id: int, *, worker: str, reason: str) -> bool:
+def mark_cancelled(bind: Bind, message_id: int, *, worker: str, reason: str) -> bool:
     """Drop the message: its recipient may no longer receive it."""
-    return _finish(session, message_id, worker, status=OutboxStatus.CANCELLED, last_error=reason)
+    return _finish(bind, message_id, worker, status=OutboxStatus.CANCELLED, last_error=reason)
 
 
 def retry_later(
-    session: Session,
+    bind: Bind,
     message_id: int,
     *,
     worker: str,
@@ -226,34 +299,35 @@ def retry_later(
     With `count_attempt=False` the attempt the claim counted is given back: the failure was
     not the message's (a broken template waiting for the owner's fix).
     """
-    values: dict[str, Any] = {
-        "status": OutboxStatus.QUEUED,
-        "due_at": due_at,
-        "last_error": error[:2000],
-    }
-    if not count_attempt:
-        values["attempts"] = OutboxMessage.attempts - 1
-    return _finish(session, message_id, worker, **values)
+    return _finish(
+        bind,
+        message_id,
+        worker,
+        give_back_attempt=not count_attempt,
+        status=OutboxStatus.QUEUED,
+        due_at=due_at,
+        last_error=error[:2000],
+    )
 
 
-def release(session: Session, message_ids: Sequence[int], *, worker: str, due_at: datetime) -> int:
+def release(bind: Bind, message_ids: Sequence[int], *, worker: str, due_at: datetime) -> int:
     """Hand claimed rows back untried: they keep their attempt count and are due at `due_at`."""
     if not message_ids:
         return 0
-    result = session.execute(
-        update(OutboxMessage)
+    table = OutboxMessage.__table__
+    result = _connection(bind).execute(
+        table.update()
         .where(
-            OutboxMessage.id.in_(message_ids),
-            OutboxMessage.status == OutboxStatus.SENDING,
-            OutboxMessage.claimed_by == worker,
+            table.c.id.in_(list(message_ids)),
+            table.c.status == OutboxStatus.SENDING,
+            table.c.claimed_by == worker,
         )
         .values(
             status=OutboxStatus.QUEUED,
             claimed_by=None,
             due_at=due_at,
-            attempts=OutboxMessage.attempts - 1,
+            attempts=table.c.attempts - 1,
         )
-        .execution_options(synchronize_session=False)
     )
     return result.rowcount
 

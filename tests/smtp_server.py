@@ -56,6 +56,7 @@ class FaultyHandler:
         self.accepted = threading.Condition(self.lock)
         self.gate: threading.Event | None = None  # when set to an Event, DATA waits for it
         self.gate_after = 0  # ... once this many messages have been accepted
+        self.pipelining = False  # advertise RFC 2920 PIPELINING
         self.in_data = threading.Event()
 
     def _use_fault(self) -> bool:
@@ -74,6 +75,9 @@ class FaultyHandler:
         session.host_name = hostname
         with self.lock:
             self.peers.add(session.peer)
+        if self.pipelining:
+            # aiosmtpd reads one command line at a time, so pipelined commands just work.
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
@@ -127,8 +131,10 @@ class SMTPServer:
         *,
         tls_context: ssl.SSLContext | None = None,
         credentials: tuple[str, str] | None = None,
+        pipelining: bool = False,
     ) -> None:
         self.handler = FaultyHandler()
+        self.handler.pipelining = pipelining
         kwargs: dict = {"enable_SMTPUTF8": True, "decode_data": False}
         if tls_context is not None:
             kwargs.update(tls_context=tls_context, require_starttls=True)

@@ -198,3 +198,25 @@ def test_the_claim_statement_uses_the_due_index_on_sqlite(sqlite_url, clock):
     details = " | ".join(row[-1] for row in plan)
     assert "ix_outbox_due" in details, details
     assert "SCAN outbox" not in details.replace("SCAN due", ""), details
+
+
+def test_the_fast_path_writes_times_exactly_as_sqlalchemy_does(app, clock):
+    """renew_claim and mark_sent run on the DBAPI cursor; their times must be stored as
+    SQLAlchemy stores them, or comparisons with other rows go wrong (SQLite compares text)."""
+    add_subscribers(app, 2)
+    first, second = claim(app, "A")
+    services = services_of(app)
+    later = clock() + timedelta(seconds=30, microseconds=5)
+    with services.database.begin() as session:
+        renewed = outbox.renew_claim(session, first.id, worker="A", now=later, lease=LEASE)
+        assert renewed is not None and renewed.context == {}
+        assert outbox.mark_sent(session, second.id, worker="A", now=later)
+    stored_rows = {r.id: r for r in rows(app)}
+    assert stored_rows[first.id].due_at == later + LEASE
+    assert stored_rows[second.id].sent_at == later
+    if services.database.dialect == "sqlite":
+        with services.database.engine.connect() as connection:
+            stored = connection.exec_driver_sql(
+                "SELECT due_at, created_at FROM outbox WHERE id = ?", (first.id,)
+            ).one()
+        assert len(stored[0]) == len(stored[1]) == len("2026-11-24 15:05:00.000000")

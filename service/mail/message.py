@@ -10,6 +10,7 @@ the standard library to prove it is well formed.
 from __future__ import annotations
 
 import binascii
+import functools
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,7 @@ from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 
 CRLF = "\r\n"
+MAX_LINE = 78  # RFC 5322's recommended limit for a header line
 
 
 class HeaderInjection(ValueError):
@@ -33,6 +35,8 @@ def _encode_text(name: str, value: str) -> str:
     """Header text as it goes on the wire, folded under 78 characters a line: ASCII as it
     is, anything else as encoded words."""
     _check_header_value(name, value)
+    if value.isascii() and len(name) + 2 + len(value) <= MAX_LINE:
+        return value  # the common case needs neither encoding nor folding
     charset = "us-ascii" if value.isascii() else "utf-8"
     return Header(value, charset, header_name=name).encode(linesep=CRLF)
 
@@ -45,6 +49,7 @@ def address_for_transport(address: str) -> tuple[str, bool]:
     return f"{local}@{domain}", not local.isascii()
 
 
+@functools.lru_cache(maxsize=64)  # the same From and Reply-To on every email
 def _encode_address(name: str, value: str) -> str:
     """An address header: display names are encoded, addresses are never touched."""
     _check_header_value(name, value)
@@ -53,6 +58,16 @@ def _encode_address(name: str, value: str) -> str:
     if not display:
         return address
     return formataddr((display, address), charset="utf-8")
+
+
+@functools.lru_cache(maxsize=16)  # a pass stamps its emails with few distinct times
+def _date_header(moment: datetime) -> str:
+    return format_datetime(moment)
+
+
+@functools.lru_cache(maxsize=64)
+def _envelope_address(value: str) -> str:
+    return address_for_transport(parseaddr(value)[1])[0]
 
 
 def _qp(text: str) -> str:
@@ -79,7 +94,7 @@ class Message:
 
     @property
     def envelope_from(self) -> str:
-        return address_for_transport(parseaddr(self.sender)[1])[0]
+        return _envelope_address(self.sender)
 
     @property
     def envelope_to(self) -> str:
@@ -99,7 +114,7 @@ class Message:
             f"From: {_encode_address('From', self.sender)}",
             f"To: {_check_header_value('To', to)}",
             f"Subject: {_encode_text('Subject', self.subject)}",
-            f"Date: {format_datetime(self.date)}",
+            f"Date: {_date_header(self.date)}",
             f"Message-ID: {_check_header_value('Message-ID', self.message_id)}",
         ]
         if self.reply_to:

@@ -45,6 +45,59 @@ def _reply_text(reply: bytes | str) -> str:
     return " ".join(text.split())[:500]
 
 
+def _send_pipelined(
+    connection: smtplib.SMTP, sender: str, recipient: str, data: bytes, options: list[str]
+) -> None:
+    """One transaction with RFC 2920 PIPELINING: MAIL, RCPT and DATA go in one write and
+    their replies are read in order, so an email costs two round trips instead of four.
+
+    Failures raise the same smtplib exceptions as SMTP.sendmail, and leave the connection
+    ready for the next email (or closed, after a 421), as sendmail does.
+    """
+    if connection.does_esmtp and connection.has_extn("size"):
+        options = [*options, f"SIZE={len(data)}"]
+    if any(option.upper() == "SMTPUTF8" for option in options):
+        connection.command_encoding = "utf-8"
+    mail = f"MAIL FROM:{smtplib.quoteaddr(sender)}" + "".join(f" {o}" for o in options)
+    connection.send(f"{mail}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n")
+    replies = [connection.getreply() for _ in range(3)]
+    (mail_code, mail_reply), (rcpt_code, rcpt_reply), (data_code, data_reply) = replies
+    if any(code == SERVICE_CLOSING for code, _ in replies):
+        connection.close()
+    if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
+        # The server expects a message we must not send: end it at once, empty.
+        connection.send(b".\r\n")
+        connection.getreply()
+    if mail_code != 250:
+        _reset(connection, mail_code)
+        raise smtplib.SMTPSenderRefused(mail_code, mail_reply, sender)
+    if rcpt_code not in (250, 251):
+        _reset(connection, rcpt_code)
+        raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
+    if data_code != 354:
+        _reset(connection, data_code)
+        raise smtplib.SMTPDataError(data_code, data_reply)
+    body = smtplib._quote_periods(data)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    connection.send(body + b".\r\n")
+    code, reply = connection.getreply()
+    if code != 250:
+        if code == SERVICE_CLOSING:
+            connection.close()
+        else:
+            _reset(connection, code)
+        raise smtplib.SMTPDataError(code, reply)
+
+
+def _reset(connection: smtplib.SMTP, code: int) -> None:
+    if code == SERVICE_CLOSING or connection.sock is None:
+        connection.close()
+        return
+    with contextlib.suppress(smtplib.SMTPServerDisconnected):
+        connection.rset()
+
+
 class SMTPMailer:
     """Sends through one SMTP server, connecting on first use and again after a drop."""
 
@@ -124,9 +177,14 @@ class SMTPMailer:
         recipient = message.envelope_to
         options = ["SMTPUTF8"] if message.needs_smtputf8 else []
         try:
-            connection.sendmail(
-                message.envelope_from, [recipient], message.as_bytes(), mail_options=options
-            )
+            if connection.has_extn("pipelining"):
+                _send_pipelined(
+                    connection, message.envelope_from, recipient, message.as_bytes(), options
+                )
+            else:
+                connection.sendmail(
+                    message.envelope_from, [recipient], message.as_bytes(), mail_options=options
+                )
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = exc.recipients.get(recipient, (0, b""))
             raise self._classify(code, reply, at="RCPT") from exc

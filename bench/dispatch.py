@@ -1,0 +1,331 @@
+"""Draining a backlog of due sequence steps through one scheduler pass, against a plain
+smtplib loop into the same SMTP server, measured in the same run.
+
+    .venv/bin/python bench/dispatch.py [--readers 20000] [--database sqlite|postgresql|both]
+                                       [--sink smtp-sink|aiosmtpd|both]
+
+For each SMTP sink (Postfix's `smtp-sink`, Debian package `postfix`, written in C; and
+aiosmtpd, in its own process) and each database:
+- baseline: one prebuilt email sent N times over one connection with smtplib;
+- the pass: N confirmed readers whose first step is due, moved into the outbox and sent
+  by one call of the scheduler's tick (plan, render, sign links, build MIME, send, record).
+Prints emails/s for each and the ratio, and checks every row ended up sent.
+Goal: the pass at least 0.5 of the baseline, and at least 1,000 emails/s on SQLite.
+
+Also prints the cost of building one email's MIME with service.mail.Message and with the
+standard library's EmailMessage (modern policy), and of rendering per reader against
+rendering once and filling in each reader's fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scheduler.__main__ import tick  # noqa: E402
+from service import migrate  # noqa: E402
+from service.config import load_settings  # noqa: E402
+from service.models import (  # noqa: E402
+    Enrollment,
+    EnrollmentStatus,
+    OutboxMessage,
+    OutboxStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+from service.services import Services  # noqa: E402
+
+MORNING = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def start_sink(kind: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    if kind == "smtp-sink":
+        command = ["smtp-sink", "-u", "postfix", f"127.0.0.1:{port}", "256"]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-c",
+            "aiosmtpd.handlers.Sink",
+        ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return process, port
+
+
+def baseline(port: int, message: bytes, count: int) -> float:
+    """Emails/s for one prebuilt email sent `count` times over one smtplib connection."""
+    connection = smtplib.SMTP("127.0.0.1", port)
+    connection.ehlo()
+    started = time.perf_counter()
+    for _ in range(count):
+        connection.sendmail("hello@news.example.com", ["reader@example.com"], message)
+    elapsed = time.perf_counter() - started
+    connection.quit()
+    return count / elapsed
+
+
+def fresh_database(kind: str, workdir: Path) -> str:
+    if kind == "sqlite":
+        url = f"sqlite:///{workdir / 'bench.db'}"
+    else:
+        admin_url = os.environ.get(
+            "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        )
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                "DROP DATABASE IF EXISTS newsletter_bench_dispatch WITH (FORCE)"
+            )
+            connection.exec_driver_sql("CREATE DATABASE newsletter_bench_dispatch")
+        admin.dispose()
+        url = (
+            sa.engine.make_url(admin_url)
+            .set(database="newsletter_bench_dispatch")
+            .render_as_string(False)
+        )
+    migrate.upgrade(url)
+    return url
+
+
+def add_due_readers(services: Services, count: int) -> None:
+    """`count` confirmed readers whose first step ('2 days') is due at MORNING."""
+    confirmed = MORNING - timedelta(days=3)
+    with services.database.begin() as session:
+        session.execute(
+            sa.insert(Subscriber),
+            [
+                {
+                    "email": f"reader{n}@example.com",
+                    "email_key": f"reader{n}@example.com",
+                    "first_name": f"Reader{n}" if n % 3 else None,
+                    "status": SubscriberStatus.CONFIRMED,
+                    "time_zone": "UTC",
+                    "source": "bench",
+                    "created_at": confirmed,
+                    "confirmed_at": confirmed,
+                }
+                for n in range(count)
+            ],
+        )
+        ids = session.scalars(sa.select(Subscriber.id)).all()
+        session.execute(
+            sa.insert(Enrollment),
+            [
+                {
+                    "subscriber_id": subscriber_id,
+                    "sequence": services.sequence.name,
+                    "enrolled_at": confirmed,
+                    "status": EnrollmentStatus.ACTIVE,
+                    "steps_passed": [],
+                    "next_due_at": confirmed,
+                }
+                for subscriber_id in ids
+            ],
+        )
+
+
+def one_pass(
+    database: str, port: int, count: int, workdir: Path, batch: int | None = None
+) -> tuple[float, str]:
+    settings = load_settings(
+        {
+            "APP_ENV": "testing",
+            "SECRET_KEY": "benchmark-secret-key-0123456789",
+            "DATABASE_URL": database,
+            "INSTANCE_DIR": str(workdir),
+            "MAIL_URL": f"smtp://127.0.0.1:{port}",
+            "BASE_URL": "https://news.example.com",
+            "MAIL_FROM": "Low Back Relief <hello@news.example.com>",
+            "OWNER_POSTAL_ADDRESS": "1 Bench Street, Benchtown",
+            "LOG_LEVEL": "WARNING",
+            **({"SEND_BATCH_SIZE": batch} if batch else {}),
+        },
+        environ={},
+    )
+    services = Services.from_settings(settings)
+    services.clock = lambda: MORNING
+    add_due_readers(services, count)
+    dispatcher = services.make_dispatcher("bench")
+    started = time.perf_counter()
+    report = tick(
+        services, dispatcher, started_at=MORNING, clock=services.clock, stop=threading.Event()
+    )
+    elapsed = time.perf_counter() - started
+    with services.database.read() as session:
+        sent = session.scalar(
+            sa.select(sa.func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.status == OutboxStatus.SENT, OutboxMessage.kind == "sequence")
+        )
+    services.database.dispose()
+    check = (
+        "all sent" if sent == count == report.sent else f"ONLY {sent} of {count} SENT ({report})"
+    )
+    return count / elapsed, check
+
+
+def sample_message(services: Services):
+    row = OutboxMessage(
+        id=1,
+        to_address="reader@example.com",
+        kind="sequence",
+        template=services.sequence.steps[0].template,
+        context={"sequence": services.sequence.name, "step": services.sequence.steps[0].id},
+        sequence_step=services.sequence.steps[0].id,
+    )
+    reader = Subscriber(id=1, email="reader@example.com", first_name="Ann")
+    return services.make_dispatcher("bench").compose(row, reader, now=MORNING), row, reader
+
+
+def micro(services: Services) -> None:
+    """What building MIME and rendering cost per email."""
+    message, row, reader = sample_message(services)
+
+    def per_call(fn, n: int = 2000) -> float:
+        fn()
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - started) / n * 1e6
+
+    def stdlib() -> bytes:
+        email = EmailMessage(policy=SMTP_POLICY)
+        email["From"] = message.sender
+        email["To"] = message.to
+        email["Subject"] = message.subject
+        email["Date"] = message.date
+        email["Message-ID"] = message.message_id
+        for name, value in message.headers.items():
+            email[name] = value
+        email.set_content(message.text)
+        email.add_alternative(message.html, subtype="html")
+        return email.as_bytes()
+
+    ours = per_call(message.as_bytes)
+    theirs = per_call(stdlib)
+    print(
+        f"MIME for one email: service.mail.Message {ours:.0f} us, "
+        f"email.message.EmailMessage {theirs:.0f} us ({theirs / ours:.1f}x slower)"
+    )
+    dispatcher = services.make_dispatcher("bench")
+    context = {
+        "sequence": services.sequence.name,
+        "step": services.sequence.steps[0].id,
+        **services.sequence.context(),
+    }
+    values = {
+        "first_name": "Ann",
+        "unsubscribe_url": "https://news.example.com/unsubscribe/x",
+        "download_url": "https://news.example.com/download/x",
+        "confirm_url": "https://news.example.com/confirm/x",
+    }
+    full = per_call(lambda: services.renderer.render(row.template, {**context, **values}), 500)
+    skeleton = services.renderer.skeleton(row.template, context, has_first_name=True)
+    filled = per_call(lambda: skeleton.fill(values))
+    whole = per_call(lambda: dispatcher.compose(row, reader, now=MORNING))
+    print(
+        f"rendering one email: in full {full:.0f} us, filled in once rendered {filled:.0f} us "
+        f"({full / filled:.0f}x); a whole email (render, sign links, headers) {whole:.0f} us"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--readers", type=int, default=20_000)
+    parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--sink", choices=["smtp-sink", "aiosmtpd", "both"], default="both")
+    parser.add_argument("--batch", type=int, help="SEND_BATCH_SIZE (default: the setting's)")
+    args = parser.parse_args()
+    sinks = ["smtp-sink", "aiosmtpd"] if args.sink == "both" else [args.sink]
+    if "smtp-sink" in sinks and shutil.which("smtp-sink") is None:
+        print("smtp-sink not found (apt-get install postfix); using aiosmtpd only")
+        sinks = ["aiosmtpd"]
+    databases = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
+
+    workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
+    services = Services.from_settings(
+        load_settings(
+            {
+                "APP_ENV": "testing",
+                "DATABASE_URL": "sqlite://",
+                "BASE_URL": "https://news.example.com",
+                "MAIL_FROM": "Low Back Relief <hello@news.example.com>",
+            },
+            environ={},
+        )
+    )
+    prebuilt = sample_message(services)[0].as_bytes()
+    print(
+        f"{args.readers} readers with a due step; {os.cpu_count()} CPUs; one email is "
+        f"{len(prebuilt)} bytes\n"
+    )
+    micro(services)
+    print(f"\n{'sink':<11}{'database':<12}{'baseline/s':>12}{'pass/s':>10}{'ratio':>8}  check")
+    failed = False
+    for sink in sinks:
+        for database in databases:
+            process, port = start_sink(sink)
+            try:
+                base = baseline(port, prebuilt, args.readers)
+                run_dir = workdir / f"{sink}-{database}"
+                run_dir.mkdir()
+                rate, check = one_pass(
+                    fresh_database(database, run_dir), port, args.readers, run_dir
+                )
+            finally:
+                process.terminate()
+                process.wait(timeout=10)
+            ratio = rate / base
+            print(f"{sink:<11}{database:<12}{base:>12.0f}{rate:>10.0f}{ratio:>8.2f}  {check}")
+            failed |= check != "all sent" or ratio < 0.5 or (database == "sqlite" and rate < 1000)
+    print(
+        "\ngoal: the pass >= 0.5 x baseline and >= 1,000 emails/s on SQLite:",
+        "NOT MET" if failed else "met",
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
