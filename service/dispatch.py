@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from . import outbox, subscriptions
 from .db import Database
-from .emails import PERSONAL_FIELDS, EmailRenderer
+from .emails import PERSONAL_FIELDS, EmailRenderer, Skeleton
 from .links import Links
 from .mail import (
     MailerUnavailable,
@@ -154,6 +154,7 @@ class Dispatcher:
         self.policy = policy
         self._message_id_key = hashlib.sha256(f"message-id:{secret_key}".encode()).digest()
         self._message_id_domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+        self._skeletons: dict[tuple[Any, ...], Skeleton | None] = {}
 
     def drain(
         self,
@@ -386,9 +387,13 @@ class Dispatcher:
         context = dict(row.context)
         if row.kind == SEQUENCE_KIND:
             context.update(self.sequence.context())
-        skeleton = self.renderer.skeleton(
-            row.template, context, has_first_name=bool(subscriber.first_name)
-        )
+        # The row's own context is small; the sequence's part is the same for every row.
+        key = (row.template, tuple(sorted(row.context.items())), bool(subscriber.first_name))
+        if key not in self._skeletons:
+            self._skeletons[key] = self.renderer.skeleton(
+                row.template, context, has_first_name=bool(subscriber.first_name)
+            )
+        skeleton = self._skeletons[key]
         fields = PERSONAL_FIELDS if skeleton is None else skeleton.fields | {"unsubscribe_url"}
         values = self._personal_values(subscriber, fields, now=now)
         if skeleton is None:

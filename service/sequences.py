@@ -30,6 +30,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .db import insert_ignoring_conflicts
@@ -487,8 +488,7 @@ def advance_due(
         updates.append({"id": entry.enrollment_id, **changes})
         if email is not None:
             outbox_rows.append(email)
-    for row in outbox_rows:
-        _queue_step(session, row)
+    _queue_steps(session, outbox_rows, now=now)
     if updates:
         session.execute(update(Enrollment), updates)
     return report
@@ -606,24 +606,23 @@ def _finished(now: datetime) -> dict[str, Any]:
     }
 
 
-def _queue_step(session: Session, row: dict[str, Any]) -> None:
-    """One row per (subscriber, step), ever. A row cancelled by a pause is revived on
-    resume; a row already sent is never sent again."""
-    if insert_ignoring_conflicts(session, OutboxMessage.__table__, row):
+def _queue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime) -> None:
+    """One row per (subscriber, step), ever: inserted all at once, a conflict left alone.
+    A row cancelled by a pause is revived on resume; a row already sent is never sent
+    again."""
+    if not rows:
         return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.connection().execute(insert(OutboxMessage.__table__).on_conflict_do_nothing(), rows)
     session.execute(
         update(OutboxMessage)
         .where(
-            OutboxMessage.dedupe_key == row["dedupe_key"],
+            OutboxMessage.dedupe_key.in_([row["dedupe_key"] for row in rows]),
             OutboxMessage.status == OutboxStatus.CANCELLED,
         )
         .values(
-            status=OutboxStatus.QUEUED,
-            attempts=0,
-            due_at=row["due_at"],
-            claimed_by=None,
-            last_error=None,
-            to_address=row["to_address"],
+            status=OutboxStatus.QUEUED, attempts=0, due_at=now, claimed_by=None, last_error=None
         )
         .execution_options(synchronize_session=False)
     )
