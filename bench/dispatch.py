@@ -39,8 +39,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import free_port, fresh_database  # noqa: E402
+
 from scheduler.__main__ import tick  # noqa: E402
-from service import migrate  # noqa: E402
 from service.config import load_settings  # noqa: E402
 from service.models import (  # noqa: E402
     Enrollment,
@@ -53,12 +54,6 @@ from service.models import (  # noqa: E402
 from service.services import Services  # noqa: E402
 
 MORNING = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 15) -> None:
@@ -103,29 +98,6 @@ def baseline(port: int, message: bytes, count: int) -> float:
     elapsed = time.perf_counter() - started
     connection.quit()
     return count / elapsed
-
-
-def fresh_database(kind: str, workdir: Path) -> str:
-    if kind == "sqlite":
-        url = f"sqlite:///{workdir / 'bench.db'}"
-    else:
-        admin_url = os.environ.get(
-            "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        )
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.exec_driver_sql(
-                "DROP DATABASE IF EXISTS newsletter_bench_dispatch WITH (FORCE)"
-            )
-            connection.exec_driver_sql("CREATE DATABASE newsletter_bench_dispatch")
-        admin.dispose()
-        url = (
-            sa.engine.make_url(admin_url)
-            .set(database="newsletter_bench_dispatch")
-            .render_as_string(False)
-        )
-    migrate.upgrade(url)
-    return url
 
 
 def add_due_readers(services: Services, count: int) -> None:
@@ -313,7 +285,11 @@ def main() -> int:
                 run_dir = workdir / f"{sink}-{database}"
                 run_dir.mkdir()
                 rate, check = one_pass(
-                    fresh_database(database, run_dir), port, args.readers, run_dir, args.batch
+                    fresh_database(database, run_dir, "newsletter_bench_dispatch"),
+                    port,
+                    args.readers,
+                    run_dir,
+                    args.batch,
                 )
             finally:
                 process.terminate()

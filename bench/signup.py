@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import migrate  # noqa: E402
+from common import free_port, fresh_database  # noqa: E402
 
 REPORT_LUA = """
 done = function(summary, latency, requests)
@@ -93,12 +92,6 @@ end
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -133,18 +126,6 @@ def run_wrk(script: str, url: str, *, connections: int, duration: int, threads: 
     return result
 
 
-def postgres_database() -> str:
-    admin_url = os.environ.get(
-        "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql("DROP DATABASE IF EXISTS newsletter_bench WITH (FORCE)")
-        connection.exec_driver_sql("CREATE DATABASE newsletter_bench")
-    admin.dispose()
-    return sa.engine.make_url(admin_url).set(database="newsletter_bench").render_as_string(False)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connections", type=int, default=32)
@@ -158,11 +139,7 @@ def main() -> int:
         sys.exit("wrk is not installed: apt-get install wrk")
 
     workdir = Path(tempfile.mkdtemp(prefix="signup-bench-"))
-    if args.database == "sqlite":
-        database_url = f"sqlite:///{workdir / 'bench.db'}"
-    else:
-        database_url = postgres_database()
-    migrate.upgrade(database_url)
+    database_url = fresh_database(args.database, workdir, "newsletter_bench_signup")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {

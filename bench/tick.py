@@ -12,7 +12,6 @@ Goal: the idle tick under 20 ms; with 1,000 due, the claim query under 50 ms.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -26,35 +25,16 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import fresh_database  # noqa: E402
+
 from scheduler.__main__ import tick  # noqa: E402
-from service import migrate, outbox, sequences  # noqa: E402
+from service import outbox, sequences  # noqa: E402
 from service.config import load_settings  # noqa: E402
 from service.models import Enrollment, EnrollmentStatus, Subscriber, SubscriberStatus  # noqa: E402
 from service.services import Services  # noqa: E402
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 CHUNK = 20_000
-
-
-def fresh_database(kind: str, workdir: Path) -> str:
-    if kind == "sqlite":
-        url = f"sqlite:///{workdir / 'tick.db'}"
-    else:
-        admin_url = os.environ.get(
-            "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        )
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.exec_driver_sql("DROP DATABASE IF EXISTS newsletter_bench_tick WITH (FORCE)")
-            connection.exec_driver_sql("CREATE DATABASE newsletter_bench_tick")
-        admin.dispose()
-        url = (
-            sa.engine.make_url(admin_url)
-            .set(database="newsletter_bench_tick")
-            .render_as_string(False)
-        )
-    migrate.upgrade(url)
-    return url
 
 
 def services_for(database: str, workdir: Path) -> Services:
@@ -130,7 +110,7 @@ def median_ms(fn, runs: int = 21) -> float:
 
 def measure(kind: str, count: int) -> tuple[float, float, float, int]:
     workdir = Path(tempfile.mkdtemp(prefix="tick-bench-"))
-    services = services_for(fresh_database(kind, workdir), workdir)
+    services = services_for(fresh_database(kind, workdir, "newsletter_bench_tick"), workdir)
     started = time.perf_counter()
     fill(services, count)
     print(

@@ -106,7 +106,13 @@ class StopSignals:
     def install(self) -> StopSignals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._handle)
+        # Saying so is left to a thread of its own: the handler must not touch logging.
+        threading.Thread(target=self._announce, name="stop-announcer", daemon=True).start()
         return self
+
+    def _announce(self) -> None:
+        self.stop.wait()
+        logger.info("%s: finishing the message in flight, then stopping", self.name)
 
     def _handle(self, signum: int, _frame: object) -> None:
         if self.stop.is_set():
@@ -147,7 +153,6 @@ def run_forever(
 
     def shut_down_when_asked() -> None:
         signals.stop.wait()
-        logger.info("%s: finishing the message in flight, then stopping", signals.name)
         scheduler.shutdown(wait=True)
 
     stopper = threading.Thread(target=shut_down_when_asked, name="stopper", daemon=True)

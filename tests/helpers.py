@@ -46,3 +46,37 @@ def link_path(text: str, prefix: str) -> str:
         if path.startswith(prefix):
             return path
     raise AssertionError(f"no {prefix} link in:\n{text}")
+
+
+def make_subscriber(session, email: str, *, now, status=None, **fields) -> Subscriber:
+    """A subscriber row, flushed so it has an id (a plain factory, no signup flow)."""
+    from service.models import SubscriberStatus
+
+    subscriber = Subscriber(
+        email=email,
+        email_key=email.lower(),
+        status=status or SubscriberStatus.PENDING,
+        time_zone=fields.pop("time_zone", "UTC"),
+        source=fields.pop("source", "test"),
+        created_at=now,
+        **fields,
+    )
+    session.add(subscriber)
+    session.flush()
+    return subscriber
+
+
+def add_pending(app, count: int, *, due_offsets=None) -> None:
+    """`count` pending subscribers r0@... r{count-1}@..., each with a confirmation queued
+    (due now, or at now + due_offsets[n])."""
+    from service import outbox as outbox_module
+
+    services = services_of(app)
+    now = services.clock()
+    with services.database.begin() as session:
+        for n in range(count):
+            subscriber = make_subscriber(session, f"r{n}@example.com", now=now)
+            due = now + due_offsets[n] if due_offsets else now
+            outbox_module.enqueue(
+                session, subscriber, kind="confirm", template="confirm", now=now, due_at=due
+            )

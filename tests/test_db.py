@@ -189,24 +189,15 @@ def test_a_writer_that_never_finishes_makes_others_fail_not_hang(sqlite_url, mon
 
 def test_sqlite_never_reuses_a_deleted_subscribers_id(sqlite_url):
     """Ids are in signed links: a new subscriber must not inherit a deleted one's."""
-    from service.models import Subscriber, SubscriberStatus
+    from service.models import Subscriber
+    from tests.helpers import make_subscriber
 
     database = Database.connect(sqlite_url)
     now = datetime.now(UTC)
 
     def add(email: str) -> int:
         with database.begin() as session:
-            subscriber = Subscriber(
-                email=email,
-                email_key=email,
-                status=SubscriberStatus.PENDING,
-                time_zone="UTC",
-                source="test",
-                created_at=now,
-            )
-            session.add(subscriber)
-            session.flush()
-            return subscriber.id
+            return make_subscriber(session, email, now=now).id
 
     first = add("first@example.com")
     with database.begin() as session:

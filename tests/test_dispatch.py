@@ -13,7 +13,15 @@ from sqlalchemy import update
 from service import outbox as outbox_module
 from service import subscriptions
 from service.models import OutboxMessage, OutboxStatus, SubscriberStatus
-from tests.helpers import get_subscriber, link_path, outbox, run_pass, services_of, sign_up
+from tests.helpers import (
+    add_pending,
+    get_subscriber,
+    link_path,
+    outbox,
+    run_pass,
+    services_of,
+    sign_up,
+)
 
 
 @pytest.fixture
@@ -246,21 +254,7 @@ def test_a_row_that_keeps_crashing_its_scheduler_is_given_up(make_app, smtp, clo
 
 def test_two_dispatchers_at_once_send_every_row_exactly_once(app, smtp):
     services = services_of(app)
-    with services.database.begin() as session:
-        for n in range(120):
-            subscriber = subscriptions.Subscriber(
-                email=f"r{n}@example.com",
-                email_key=f"r{n}@example.com",
-                status=SubscriberStatus.PENDING,
-                time_zone="UTC",
-                source="test",
-                created_at=services.clock(),
-            )
-            session.add(subscriber)
-            session.flush()
-            outbox_module.enqueue(
-                session, subscriber, kind="confirm", template="confirm", now=services.clock()
-            )
+    add_pending(app, 120)
     reports = {}
 
     def drain(worker: str) -> None:

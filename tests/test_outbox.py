@@ -8,32 +8,10 @@ from datetime import timedelta
 import pytest
 
 from service import outbox
-from service.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
-from tests.helpers import services_of
+from service.models import OutboxMessage, OutboxStatus, Subscriber
+from tests.helpers import add_pending, services_of
 
 LEASE = timedelta(minutes=5)
-
-
-def add_subscribers(app, count: int, *, due_offsets=None) -> None:
-    """`count` pending subscribers with a confirmation queued; due times may be offset."""
-    services = services_of(app)
-    now = services.clock()
-    with services.database.begin() as session:
-        for n in range(count):
-            subscriber = Subscriber(
-                email=f"r{n}@example.com",
-                email_key=f"r{n}@example.com",
-                status=SubscriberStatus.PENDING,
-                time_zone="UTC",
-                source="test",
-                created_at=now,
-            )
-            session.add(subscriber)
-            session.flush()
-            due = now + due_offsets[n] if due_offsets else now
-            outbox.enqueue(
-                session, subscriber, kind="confirm", template="confirm", now=now, due_at=due
-            )
 
 
 def rows(app) -> list[OutboxMessage]:
@@ -52,7 +30,7 @@ def claim(app, worker: str, *, limit: int = 100, now=None):
 
 def test_a_claim_takes_at_most_its_limit_the_earliest_due(app, clock):
     # Ids run one way, due times the other: the claim must follow the due times.
-    add_subscribers(app, 6, due_offsets=[timedelta(seconds=-n) for n in range(6)])
+    add_pending(app, 6, due_offsets=[timedelta(seconds=-n) for n in range(6)])
     claimed = claim(app, "A", limit=4)
     assert {r.to_address for r in claimed} == {f"r{n}@example.com" for n in (5, 4, 3, 2)}
     assert [r.status for r in rows(app)].count(OutboxStatus.SENDING) == 4
@@ -60,12 +38,12 @@ def test_a_claim_takes_at_most_its_limit_the_earliest_due(app, clock):
 
 
 def test_rows_not_yet_due_are_not_claimed(app, clock):
-    add_subscribers(app, 2, due_offsets=[timedelta(0), timedelta(seconds=1)])
+    add_pending(app, 2, due_offsets=[timedelta(0), timedelta(seconds=1)])
     assert len(claim(app, "A")) == 1
 
 
 def test_a_claim_holds_until_its_lease_runs_out(app, clock):
-    add_subscribers(app, 1)
+    add_pending(app, 1)
     assert len(claim(app, "A")) == 1
     assert claim(app, "B", now=clock() + LEASE - timedelta(seconds=1)) == []
     [taken] = claim(app, "B", now=clock() + LEASE)
@@ -73,7 +51,7 @@ def test_a_claim_holds_until_its_lease_runs_out(app, clock):
 
 
 def test_renewing_fails_once_the_lease_has_lapsed_or_the_row_is_cancelled(app, clock):
-    add_subscribers(app, 2)
+    add_pending(app, 2)
     first, second = claim(app, "A")
     services = services_of(app)
     with services.database.begin() as session:
@@ -87,7 +65,7 @@ def test_renewing_fails_once_the_lease_has_lapsed_or_the_row_is_cancelled(app, c
 
 
 def test_a_cancelled_row_being_sent_is_still_recorded_as_sent(app, clock):
-    add_subscribers(app, 1)
+    add_pending(app, 1)
     [row] = claim(app, "A")
     services = services_of(app)
     with services.database.begin() as session:
@@ -99,7 +77,7 @@ def test_a_cancelled_row_being_sent_is_still_recorded_as_sent(app, clock):
 
 
 def test_release_gives_the_attempt_back(app, clock):
-    add_subscribers(app, 2)
+    add_pending(app, 2)
     claimed = claim(app, "A")
     services = services_of(app)
     with services.database.begin() as session:
@@ -113,7 +91,7 @@ def test_release_gives_the_attempt_back(app, clock):
 
 
 def test_outcomes_are_only_recorded_by_the_claim_holder(app, clock):
-    add_subscribers(app, 1)
+    add_pending(app, 1)
     [row] = claim(app, "A")
     services = services_of(app)
     with services.database.begin() as session:
@@ -124,7 +102,7 @@ def test_outcomes_are_only_recorded_by_the_claim_holder(app, clock):
 
 
 def test_a_dedupe_key_allows_one_row(app, clock):
-    add_subscribers(app, 1)
+    add_pending(app, 1)
     services = services_of(app)
     with services.database.begin() as session:
         subscriber = session.get(Subscriber, 1)
@@ -156,7 +134,7 @@ def test_postgres_claims_skip_rows_another_claim_holds(app, clock):
 
     (SQLite has no row locks: its claims take turns through BEGIN IMMEDIATE.)
     """
-    add_subscribers(app, 10)
+    add_pending(app, 10)
     services = services_of(app)
     with services.database.begin() as first:
         held = outbox.claim(first, worker="A", now=clock(), limit=5, lease=LEASE)
@@ -203,7 +181,7 @@ def test_the_claim_statement_uses_the_due_index_on_sqlite(sqlite_url, clock):
 def test_the_fast_path_writes_times_exactly_as_sqlalchemy_does(app, clock):
     """renew_claim and mark_sent run on the DBAPI cursor; their times must be stored as
     SQLAlchemy stores them, or comparisons with other rows go wrong (SQLite compares text)."""
-    add_subscribers(app, 2)
+    add_pending(app, 2)
     first, second = claim(app, "A")
     services = services_of(app)
     later = clock() + timedelta(seconds=30, microseconds=5)

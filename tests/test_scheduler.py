@@ -18,7 +18,7 @@ from service import outbox as outbox_module
 from service.config import DEV_SECRET_KEY, PROJECT_ROOT
 from service.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from tests.conftest import TEST_SECRET
-from tests.helpers import outbox, services_of
+from tests.helpers import add_pending, make_subscriber, outbox, services_of
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +58,17 @@ def run_scheduler(env: dict[str, str], *args: str) -> subprocess.CompletedProces
     )
 
 
+def wait_for_line(process: subprocess.Popen, text: str) -> str:
+    """Read the process's output until a line contains `text` (it says so when it has
+    acted on a signal); return what was read."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"the process ended without saying {text!r}:\n{''.join(seen)}")
+
+
 def start_scheduler(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "scheduler", *args],
@@ -67,27 +78,6 @@ def start_scheduler(env: dict[str, str], *args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def add_pending(app, count: int, *, due=None) -> None:
-    """`count` pending subscribers, each with a confirmation email queued."""
-    services = services_of(app)
-    now = services.clock()
-    with services.database.begin() as session:
-        for n in range(count):
-            subscriber = Subscriber(
-                email=f"r{n}@example.com",
-                email_key=f"r{n}@example.com",
-                status=SubscriberStatus.PENDING,
-                time_zone="UTC",
-                source="test",
-                created_at=now,
-            )
-            session.add(subscriber)
-            session.flush()
-            outbox_module.enqueue(
-                session, subscriber, kind="confirm", template="confirm", now=now, due_at=due
-            )
 
 
 def test_once_sends_what_is_due_at_the_given_time(app, smtp, database_url, tmp_path, clock):
@@ -154,8 +144,9 @@ def test_sigterm_finishes_the_message_in_flight_and_hands_back_the_rest(
     try:
         assert smtp.handler.in_data.wait(timeout=30), "the scheduler never started sending"
         process.send_signal(signal.SIGTERM)
-        smtp.handler.gate.set()  # the server answers the message in flight
-        output, _ = process.communicate(timeout=30)
+        output = wait_for_line(process, "finishing the message in flight")
+        smtp.handler.gate.set()  # only now does the server answer the message in flight
+        output += process.communicate(timeout=30)[0]
     finally:
         if process.poll() is None:
             process.kill()
@@ -194,8 +185,9 @@ def test_sigterm_in_a_once_pass_hands_back_the_rest(app, smtp, database_url, tmp
     try:
         assert smtp.handler.in_data.wait(timeout=30), "the pass never started sending"
         process.send_signal(signal.SIGTERM)
+        output = wait_for_line(process, "finishing the message in flight")
         smtp.handler.gate.set()
-        output, _ = process.communicate(timeout=30)
+        output += process.communicate(timeout=30)[0]
     finally:
         if process.poll() is None:
             process.kill()
@@ -214,9 +206,7 @@ def test_a_second_signal_stops_at_once(app, smtp, database_url, tmp_path):
         assert smtp.handler.in_data.wait(timeout=30)
         process.send_signal(signal.SIGTERM)
         # Signals sent back to back can merge into one: wait until the first was handled.
-        for line in process.stdout:
-            if "finishing the message in flight" in line:
-                break
+        wait_for_line(process, "finishing the message in flight")
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
     finally:
@@ -242,17 +232,13 @@ def add_due_readers(app, count: int) -> None:
     confirmed = MORNING - timedelta(days=3)
     with services.database.begin() as session:
         for n in range(count):
-            reader = Subscriber(
-                email=f"r{n}@example.com",
-                email_key=f"r{n}@example.com",
+            reader = make_subscriber(
+                session,
+                f"r{n}@example.com",
+                now=confirmed,
                 status=SubscriberStatus.CONFIRMED,
-                time_zone="UTC",
-                source="test",
-                created_at=confirmed,
                 confirmed_at=confirmed,
             )
-            session.add(reader)
-            session.flush()
             session.add(
                 Enrollment(
                     subscriber_id=reader.id,
