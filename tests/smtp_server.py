@@ -231,3 +231,35 @@ class GreetingServer:
 
     def __exit__(self, *exc_info) -> None:
         self.socket.close()
+
+
+class HangUpServer:
+    """Greets and answers EHLO like a pipelining server, then answers the first command
+    after it with `reply` and hangs up (as Postfix does after a 421)."""
+
+    def __init__(self, reply: str = "421 4.3.2 Service shutting down") -> None:
+        self.reply = reply
+
+    def __enter__(self) -> HangUpServer:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(8)
+        self.port = self.socket.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            with connection, connection.makefile("rb") as lines:
+                connection.sendall(b"220 hang-up ready\r\n")
+                lines.readline()  # EHLO
+                connection.sendall(b"250-hang-up\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                lines.readline()  # MAIL FROM (the rest of the pipeline is never answered)
+                connection.sendall(self.reply.encode() + b"\r\n")
+
+    def __exit__(self, *exc_info) -> None:
+        self.socket.close()

@@ -19,7 +19,15 @@ from service.mail import (
     mailer_from_url,
 )
 from service.mail.smtp import SMTPMailer
-from tests.smtp_server import GreetingServer, SilentServer, SMTPServer
+from tests.smtp_server import GreetingServer, HangUpServer, SilentServer, SMTPServer
+
+
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def smtp(request):
+    """The loopback server, with and without RFC 2920 PIPELINING: every test here runs
+    against both, since the mailer takes a different path for each."""
+    with SMTPServer(pipelining=request.param) as server:
+        yield server
 
 
 def message(to: str = "reader@example.org", n: int = 0) -> Message:
@@ -268,3 +276,42 @@ def test_implicit_tls_smtps(tmp_path):
         assert len(handler.wait_for(1)) == 1
     finally:
         controller.stop()
+
+
+def test_a_421_then_a_hang_up_means_come_back_later():
+    """With pipelining, the rest of the replies never come: the 421 is still the answer."""
+    with HangUpServer() as server:
+        mailer = SMTPMailer("127.0.0.1", server.port, timeout=5)
+        with pytest.raises(ServerBusy):
+            mailer.send(message())
+
+
+def test_an_international_address_on_a_server_without_smtputf8_fails_only_that_email():
+    with SMTPServer(pipelining=True) as server:
+        mailer = SMTPMailer("127.0.0.1", server.port, timeout=5)
+        # aiosmtpd offers SMTPUTF8 here; take it away as a server without it would.
+        mailer.send(message())
+        mailer._connection.esmtp_features.pop("smtputf8", None)
+        with pytest.raises(MessageRejected, match="SMTPUTF8"):
+            mailer.send(message(to="zoë@example.org"))
+        mailer.send(message(n=2))  # the connection carries on
+        mailer.close()
+        assert len(server.handler.wait_for(2)) == 2
+
+
+def test_a_pipelining_server_gets_pipelined_transactions(monkeypatch):
+    """When PIPELINING is offered, smtplib's one-command-at-a-time sendmail is not used."""
+    import smtplib
+
+    def one_by_one(*args, **kwargs):
+        raise AssertionError("sendmail used despite PIPELINING")
+
+    monkeypatch.setattr(smtplib.SMTP, "sendmail", one_by_one)
+    with SMTPServer(pipelining=True) as server:
+        mailer = mailer_for(server)
+        for n in range(3):
+            mailer.send(message(n=n))
+        mailer.close()
+        assert len(server.handler.wait_for(3)) == 3
+    with SMTPServer(pipelining=False) as server, pytest.raises(AssertionError, match="sendmail"):
+        mailer_for(server).send(message())  # without PIPELINING, sendmail is the way

@@ -54,13 +54,23 @@ def _send_pipelined(
     Failures raise the same smtplib exceptions as SMTP.sendmail, and leave the connection
     ready for the next email (or closed, after a 421), as sendmail does.
     """
+    if any(option.upper() == "SMTPUTF8" for option in options):
+        if not connection.has_extn("smtputf8"):  # as smtplib.SMTP.mail() checks
+            raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
+        connection.command_encoding = "utf-8"
     if connection.does_esmtp and connection.has_extn("size"):
         options = [*options, f"SIZE={len(data)}"]
-    if any(option.upper() == "SMTPUTF8" for option in options):
-        connection.command_encoding = "utf-8"
     mail = f"MAIL FROM:{smtplib.quoteaddr(sender)}" + "".join(f" {o}" for o in options)
     connection.send(f"{mail}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n")
-    replies = [connection.getreply() for _ in range(3)]
+    replies: list[tuple[int, bytes]] = []
+    for _ in range(3):
+        try:
+            replies.append(connection.getreply())
+        except smtplib.SMTPServerDisconnected:
+            # Servers hang up after a 421 (Postfix does, at once): that is the answer.
+            if replies and replies[0][0] == SERVICE_CLOSING:
+                raise smtplib.SMTPSenderRefused(*replies[0], sender) from None
+            raise
     (mail_code, mail_reply), (rcpt_code, rcpt_reply), (data_code, data_reply) = replies
     if any(code == SERVICE_CLOSING for code, _ in replies):
         connection.close()
