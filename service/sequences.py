@@ -327,17 +327,54 @@ def enroll(session: Session, subscriber: Subscriber, *, now: datetime, sequence:
     return result.rowcount == 1
 
 
-def stop(session: Session, subscriber_id: int, *, now: datetime) -> None:
-    """End a subscriber's sequences (they unsubscribed or bounced); sent steps stay sent."""
-    session.execute(
-        update(Enrollment)
+def _take_back_steps(
+    session: Session,
+    enrollment: Enrollment,
+    *,
+    states: tuple[OutboxStatus, ...],
+    reason: str,
+) -> None:
+    """Cancel the enrollment's steps that are in the outbox but not sent, and count them as
+    not passed, so they come again if the sequence carries on."""
+    taken_back = session.scalars(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.dedupe_key.startswith(
+                _dedupe_key(enrollment.sequence, enrollment.subscriber_id, "")
+            ),
+            OutboxMessage.status.in_(states),
+        )
+        .values(status=OutboxStatus.CANCELLED, last_error=reason)
+        .returning(OutboxMessage.sequence_step)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if taken_back:
+        enrollment.steps_passed = [s for s in enrollment.steps_passed if s not in taken_back]
+
+
+def stop(session: Session, subscriber_id: int, *, now: datetime, reason: str) -> None:
+    """End a subscriber's sequences (they unsubscribed or bounced), including a step
+    already claimed for sending. Sent steps stay sent; unsent ones are not counted as
+    passed, so a reader who comes back gets them.
+
+    Locking the enrollments first waits for a tick that is moving them on, so a step it
+    has just queued is cancelled here too.
+    """
+    enrollments = session.scalars(
+        select(Enrollment)
         .where(
             Enrollment.subscriber_id == subscriber_id,
             Enrollment.status.in_([EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED]),
         )
-        .values(status=EnrollmentStatus.STOPPED, stopped_at=now, next_due_at=None)
-        .execution_options(synchronize_session=False)
-    )
+        .with_for_update()
+    ).all()
+    for enrollment in enrollments:
+        _take_back_steps(
+            session, enrollment, states=(OutboxStatus.QUEUED, OutboxStatus.SENDING), reason=reason
+        )
+        enrollment.status = EnrollmentStatus.STOPPED
+        enrollment.stopped_at = now
+        enrollment.next_due_at = None
 
 
 def _enrollment(session: Session, subscriber_id: int, sequence: str) -> Enrollment | None:
@@ -349,26 +386,15 @@ def _enrollment(session: Session, subscriber_id: int, sequence: str) -> Enrollme
 
 
 def pause(session: Session, subscriber_id: int, *, sequence: str, now: datetime) -> bool:
-    """Hold a subscriber's sequence; a step already queued but not sent is taken back."""
+    """Hold a subscriber's sequence. A step queued but not sent is taken back; one already
+    on its way to the mail server goes."""
     enrollment = _enrollment(session, subscriber_id, sequence)
     if enrollment is None or enrollment.status is not EnrollmentStatus.ACTIVE:
         return False
-    taken_back = session.scalars(
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.subscriber_id == subscriber_id,
-            OutboxMessage.kind == SEQUENCE_KIND,
-            OutboxMessage.status.in_([OutboxStatus.QUEUED, OutboxStatus.SENDING]),
-        )
-        .values(status=OutboxStatus.CANCELLED, last_error="sequence paused")
-        .returning(OutboxMessage.sequence_step)
-        .execution_options(synchronize_session=False)
-    ).all()
+    _take_back_steps(session, enrollment, states=(OutboxStatus.QUEUED,), reason="sequence paused")
     enrollment.status = EnrollmentStatus.PAUSED
     enrollment.paused_at = now
     enrollment.next_due_at = None
-    if taken_back:
-        enrollment.steps_passed = [s for s in enrollment.steps_passed if s not in taken_back]
     return True
 
 

@@ -227,7 +227,9 @@ def _asked_recently(subscriber: Subscriber, *, cooldown: timedelta, now: datetim
 
 def _find(session: Session, email: str) -> Subscriber | None:
     return session.scalar(
-        select(Subscriber).where(Subscriber.email_key == email_key(email)).with_for_update()
+        select(Subscriber)
+        .where(Subscriber.email_key == email_key(email))
+        .with_for_update(key_share=True)
     )
 
 
@@ -319,7 +321,10 @@ def subscribe(
 
 def get_subscriber(session: Session, subscriber_id: int, *, for_update: bool = False) -> Subscriber:
     """The subscriber with that id, or UnknownSubscriber."""
-    subscriber = session.get(Subscriber, subscriber_id, with_for_update=for_update)
+    # FOR NO KEY UPDATE (key_share): a tick inserting outbox rows for this subscriber takes
+    # a KEY SHARE lock for the foreign key; a plain FOR UPDATE would deadlock with it.
+    lock = {"key_share": True} if for_update else None
+    subscriber = session.get(Subscriber, subscriber_id, with_for_update=lock)
     if subscriber is None:
         raise UnknownSubscriber(subscriber_id)
     return subscriber
@@ -377,8 +382,10 @@ def confirm(
 
 
 def _stop_mail(session: Session, subscriber: Subscriber, reason: str, now: datetime) -> None:
+    # The sequence first: it waits for a tick that is queueing a step for this subscriber,
+    # so the cancelling below sees that step as well.
+    sequences.stop(session, subscriber.id, now=now, reason=reason)
     outbox.cancel_for_subscriber(session, subscriber.id, reason=reason)
-    sequences.stop(session, subscriber.id, now=now)
 
 
 def unsubscribe(

@@ -676,3 +676,106 @@ def test_smtp_faults_in_the_middle_of_a_batch_of_steps(seq_app, clock, smtp):
         if not received.message["Subject"].startswith("Your Glute"):
             per_reader[received.rcpt_tos[0]] = per_reader.get(received.rcpt_tos[0], 0) + 1
     assert per_reader == {f"r{n}@example.com": 2 for n in (0, 1, 2, 4)}
+
+
+def wait_until_a_backend_waits_for_a_lock(app) -> None:
+    """Watch PostgreSQL until some session of this database waits for a row lock."""
+    import time
+
+    deadline = time.monotonic() + 30
+    with services_of(app).database.engine.connect() as watcher:
+        while time.monotonic() < deadline:
+            waiting = watcher.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).scalar()
+            watcher.rollback()
+            if waiting:
+                return
+    raise AssertionError("no session ever waited for a lock")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_unsubscribe_during_a_tick_waits_for_it_then_cancels_the_step(seq_app, clock):
+    """The tick holds the reader's enrollment while it queues a step; the unsubscribe must
+    neither deadlock with it nor let that step out."""
+    app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day")))
+    clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    reader = confirm_reader(app, "reader@example.com")
+    run_tick(app)
+    clock.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    services = services_of(app)
+    outcome: dict[str, object] = {}
+
+    def unsubscribe() -> None:
+        try:
+            with services.database.begin() as session:
+                subscriptions.unsubscribe(session, reader, via="test", now=clock())
+            outcome["unsubscribe"] = "done"
+        except Exception as exc:  # a deadlock would land here
+            outcome["unsubscribe"] = exc
+
+    with services.database.begin() as session:
+        assert sequences.due_enrollments(session, services.sequence, now=clock(), limit=10)
+        thread = threading.Thread(target=unsubscribe)
+        thread.start()
+        wait_until_a_backend_waits_for_a_lock(app)
+        report = sequences.advance_due(
+            session, services.sequence, now=clock(), default_zone=UTC_ZONE
+        )
+        assert report.queued == 1
+    thread.join(timeout=30)
+    assert outcome == {"unsubscribe": "done"}
+    with services.database.read() as session:
+        step_rows = session.scalars(
+            select(OutboxMessage.status).where(OutboxMessage.kind == "sequence")
+        ).all()
+    assert step_rows == [OutboxStatus.CANCELLED]
+    run_until(app, clock, clock() + timedelta(days=5))
+    assert sent_steps(app, reader) == []
+
+
+def test_a_step_queued_when_the_reader_left_comes_when_they_return(seq_app, clock):
+    app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day"), ("c", "1 day")))
+    clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    reader = confirm_reader(app, "reader@example.com")
+    run_tick(app)
+    clock.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    services = services_of(app)
+    with services.database.begin() as session:  # step a is queued, not yet sent ...
+        sequences.advance_due(session, services.sequence, now=clock(), default_zone=UTC_ZONE)
+    with services.database.begin() as session:  # ... when the reader leaves
+        subscriptions.unsubscribe(session, reader, via="test", now=clock())
+    assert enrollment(app, reader).steps_passed == []
+    clock.advance(days=3)
+    confirm_reader(app, "reader@example.com")
+    run_until(app, clock, clock() + timedelta(days=10))
+    assert [s for s, _ in sent_steps(app, reader)] == ["a", "b", "c"]
+
+
+def test_an_unsubscribe_stops_a_step_already_claimed_for_sending(seq_app, clock, smtp):
+    from tests.test_dispatch import RecordingMailer
+
+    app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day")))
+    clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    stays = confirm_reader(app, "stays@example.com")
+    leaves = confirm_reader(app, "leaves@example.com")
+    run_tick(app)
+    clock.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    services = services_of(app)
+    with services.database.begin() as session:
+        sequences.advance_due(session, services.sequence, now=clock(), default_zone=UTC_ZONE)
+
+    def leave_after_the_first(message):
+        if message.to == "stays@example.com":
+            with services.database.begin() as session:
+                subscriptions.unsubscribe(session, leaves, via="test", now=clock())
+
+    mailer = RecordingMailer(services.make_mailer(), leave_after_the_first)
+    report = services.make_dispatcher("w").drain(mailer, clock=services.clock)
+    mailer.close()
+    assert report.claimed == 2 and report.sent == 1  # both were claimed in one batch
+    assert [s for s, _ in sent_steps(app, stays)] == ["a"]
+    assert sent_steps(app, leaves) == []
+    assert enrollment(app, leaves).status is EnrollmentStatus.STOPPED
+    assert enrollment(app, leaves).steps_passed == []
