@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
@@ -43,7 +44,7 @@ from .mail import (
     TemporaryFailure,
 )
 from .models import OutboxMessage, OutboxStatus, Subscriber
-from .sequences import SEQUENCE_KIND, DripSequence
+from .sequences import SEQUENCE_KIND, DripSequence, sending_window_opens, zone_of
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Dispatcher:
         links: Links,
         *,
         sequence: DripSequence,
+        default_zone: ZoneInfo,
         sender: str,
         reply_to: str,
         worker: str,
@@ -148,6 +150,7 @@ class Dispatcher:
         self.renderer = renderer
         self.links = links
         self.sequence = sequence
+        self.default_zone = default_zone
         self.sender = sender
         self.reply_to = reply_to
         self.worker = worker
@@ -230,21 +233,33 @@ class Dispatcher:
         record: Callable[[Connection], None] | None = None
         with self.database.engine.connect() as connection:
             for index, message_id in enumerate(claimed):
+                if record is not None and pacer.interval:
+                    # Never leave a sent email unrecorded while waiting for the pace.
+                    with connection.begin():
+                        record(connection)
+                    record = None
                 pacer.wait()
                 now = clock()
-                with connection.begin():
-                    if record is not None:
-                        record(connection)
-                        record = None
-                    if stop is not None and stop.is_set():
-                        report.released += outbox.release(
-                            connection, list(claimed[index:]), worker=self.worker, due_at=now
+                try:
+                    with connection.begin():
+                        if record is not None:
+                            record(connection)
+                        if stop is not None and stop.is_set():
+                            report.released += outbox.release(
+                                connection, list(claimed[index:]), worker=self.worker, due_at=now
+                            )
+                            report.stopped = "stop requested"
+                            return
+                        prepared = self._prepare(
+                            connection, message_id, readers, now=now, report=report
                         )
-                        report.stopped = "stop requested"
-                        return
-                    prepared = self._prepare(
-                        connection, message_id, readers, now=now, report=report
-                    )
+                except Exception:
+                    # The next row failed; what became of the last email must still stick.
+                    if record is not None:
+                        with connection.begin():
+                            record(connection)
+                    raise
+                record = None
                 if prepared is None:
                     continue
                 row, message = prepared
@@ -344,6 +359,25 @@ class Dispatcher:
             outbox.mark_cancelled(connection, message_id, worker=self.worker, reason=reason)
             report.cancelled += 1
             return None
+        if row.kind == SEQUENCE_KIND:
+            # A step held back by a mail outage still reaches the reader at a sensible hour.
+            opens = sending_window_opens(
+                self.sequence.step(row.sequence_step or ""),
+                now=now,
+                zone=zone_of(reader.time_zone, self.default_zone),
+                sequence=self.sequence,
+            )
+            if opens is not None:
+                outbox.retry_later(
+                    connection,
+                    message_id,
+                    worker=self.worker,
+                    due_at=opens,
+                    error="waits for the reader's sending hours",
+                    count_attempt=False,
+                )
+                report.released += 1
+                return None
         if row.attempts > self.policy.max_attempts:
             outbox.mark_failed(
                 connection,

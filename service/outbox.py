@@ -151,6 +151,7 @@ class Reader:
     email: str
     first_name: str | None
     status: SubscriberStatus
+    time_zone: str
 
 
 _prepared_statements: dict[tuple[int, str, str], PreparedStatement] = {}
@@ -205,7 +206,13 @@ def renew_claim(
 def readers_of(session: Session, message_ids: Sequence[int]) -> dict[int, Reader]:
     """The subscribers of a batch of claimed rows, by subscriber id (one query)."""
     rows = session.execute(
-        select(Subscriber.id, Subscriber.email, Subscriber.first_name, Subscriber.status)
+        select(
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.first_name,
+            Subscriber.status,
+            Subscriber.time_zone,
+        )
         .join(OutboxMessage, OutboxMessage.subscriber_id == Subscriber.id)
         .where(OutboxMessage.id.in_(list(message_ids)))
     )

@@ -82,6 +82,7 @@ class Services:
             self.renderer,
             self.links,
             sequence=self.sequence,
+            default_zone=s.default_zone,
             sender=s.MAIL_FROM,
             reply_to=s.MAIL_REPLY_TO,
             worker=worker,

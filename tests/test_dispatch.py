@@ -563,3 +563,46 @@ def test_the_per_second_limit_spaces_the_emails(app, client, smtp):
     mailer.close()
     assert report.sent == 5
     assert slept == [0.25] * 4  # the first goes at once, then one every quarter second
+
+
+def test_a_database_error_on_the_next_row_keeps_the_last_email_recorded(
+    app, client, smtp, monkeypatch
+):
+    """The outcome of an email is committed with the next row's lease renewal; if that
+    renewal fails, the outcome must still be committed, or the email goes out twice."""
+    for n in range(2):
+        sign_up(client, f"r{n}@example.com")
+    calls = []
+    real_renew = outbox_module.renew_claim
+
+    def failing_second_renewal(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        return real_renew(*args, **kwargs)
+
+    monkeypatch.setattr(outbox_module, "renew_claim", failing_second_renewal)
+    with pytest.raises(RuntimeError, match="went away"):
+        run_pass(app)
+    rows = outbox(app)
+    assert rows[0].status is OutboxStatus.SENT  # delivered, and recorded as such
+    assert rows[1].status is OutboxStatus.SENDING  # its lease will bring it back
+    assert [r.rcpt_tos for r in smtp.handler.wait_for(1)] == [["r0@example.com"]]
+
+
+def test_with_a_pace_each_email_is_recorded_before_the_wait(app, client, smtp):
+    from service.dispatch import Pacer
+
+    for n in range(2):
+        sign_up(client, f"r{n}@example.com")
+    statuses_while_waiting = []
+
+    def sleep(seconds: float) -> None:
+        statuses_while_waiting.append([r.status for r in outbox(app)])
+
+    pacer = Pacer(1, monotonic=lambda: 0.0, sleep=sleep)
+    services = services_of(app)
+    mailer = services.make_mailer()
+    services.make_dispatcher("w").drain(mailer, clock=services.clock, pacer=pacer)
+    mailer.close()
+    assert statuses_while_waiting == [[OutboxStatus.SENT, OutboxStatus.SENDING]]

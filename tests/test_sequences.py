@@ -779,3 +779,16 @@ def test_an_unsubscribe_stops_a_step_already_claimed_for_sending(seq_app, clock,
     assert sent_steps(app, leaves) == []
     assert enrollment(app, leaves).status is EnrollmentStatus.STOPPED
     assert enrollment(app, leaves).steps_passed == []
+
+
+def test_a_step_held_back_by_a_mail_outage_still_arrives_in_the_morning(seq_app, clock, smtp):
+    app = seq_app(steps_toml(("a", "1 day")), **HOURLY_RETRIES)
+    clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    reader = confirm_reader(app, "reader@example.com", zone="Europe/Berlin")
+    run_tick(app)
+    smtp.faults.mail = "421 4.3.2 Down for maintenance"
+    run_until(app, clock, datetime(2026, 11, 26, 0, 30, tzinfo=UTC))  # 01:30 in Berlin
+    assert sent_steps(app, reader) == []
+    smtp.faults.mail = None  # back at 01:30 Berlin time: the step must wait for 08:00
+    run_until(app, clock, datetime(2026, 11, 27, tzinfo=UTC))
+    assert sent_steps(app, reader) == [("a", datetime(2026, 11, 26, 7, 0, tzinfo=UTC))]
