@@ -280,20 +280,31 @@ class PreparedStatement:
         return tuple(named[name] for name in self._order) if self._order is not None else named
 
     def _cursor(self, connection: Any, values: dict[str, Any]) -> Any:
+        parameters = self._parameters(values)
         cursor = connection.connection.dbapi_connection.cursor()
-        cursor.execute(self.sql, self._parameters(values))
+        try:
+            cursor.execute(self.sql, parameters)
+        except Exception as exc:
+            cursor.close()
+            dbapi_error = connection.dialect.loaded_dbapi.Error
+            if isinstance(exc, dbapi_error):  # raised as SQLAlchemy would raise it
+                raise exc_types.DBAPIError.instance(self.sql, parameters, exc, dbapi_error) from exc
+            raise
         return cursor
 
     def rowcount(self, connection: Any, values: dict[str, Any]) -> int:
         cursor = self._cursor(connection, values)
-        count = cursor.rowcount
-        cursor.close()
-        return count
+        try:
+            return cursor.rowcount
+        finally:
+            cursor.close()
 
     def first(self, connection: Any, values: dict[str, Any]) -> tuple[Any, ...] | None:
         cursor = self._cursor(connection, values)
-        row = cursor.fetchone()
-        cursor.close()
+        try:
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
         if row is None:
             return None
         return tuple(

@@ -6,9 +6,12 @@ The owner's own templates (CONTENT_DIR/emails) win over the shipped ones, name b
 
 Sending thousands of copies of one email, the service renders it once (a Skeleton, with
 markers where the personal fields go) and fills in each reader's name and links. Filling
-escapes for HTML exactly as Jinja would, so the result is the same as a full render; a
-template that does more with a personal field than print it, or test whether the first
-name is set, is found out when the skeleton is built and rendered in full every time.
+escapes for HTML exactly as Jinja would, so the result is the same as a full render.
+Templates may print the personal fields and test whether first_name is set (both ways are
+rendered); a template that changes a field (its case, its length) is found out when the
+skeleton is built and is then rendered in full for every reader. Comparing a field with a
+fixed value (`first_name == "Ann"`) is not found out: don't. Skeletons are kept until the
+process restarts, so restart the scheduler after editing an email.
 """
 
 from __future__ import annotations

@@ -111,13 +111,14 @@ class DripSequence:
         index = self.position(step_id)
         return None if index is None else self.steps[index]
 
-    def next_step(self, passed: Sequence[str]) -> Step | None:
-        """The step after the furthest step passed that is still in the file.
+    def lost(self, passed: Sequence[str]) -> bool:
+        """True when none of the steps a subscriber passed is in the file any more (a step
+        id renamed by mistake, say): where they stand is unknown."""
+        return bool(passed) and all(self.position(s) is None for s in passed)
 
-        None when the subscriber is at the end, and also when none of the steps they passed
-        is in the file any more: where they stand is then unknown, and sending nothing is
-        safer than starting them again from the top.
-        """
+    def next_step(self, passed: Sequence[str]) -> Step | None:
+        """The step after the furthest step passed that is still in the file; None at the
+        end, or when the subscriber is lost (see `lost`)."""
         positions = [p for p in (self.position(s) for s in passed) if p is not None]
         if not passed:
             return self.steps[0] if self.steps else None
@@ -545,6 +546,8 @@ def _previous_emails(
 
 # How soon to look again at a subscriber whose previous step has not gone out yet.
 PREVIOUS_PENDING_RECHECK = timedelta(hours=1)
+# ... and at one whose steps are all gone from the file.
+LOST_RECHECK = timedelta(days=1)
 
 
 def _advance_one(
@@ -568,6 +571,15 @@ def _advance_one(
     ):
         return Outcome.PLANNED, {"next_due_at": now + PREVIOUS_PENDING_RECHECK}, None
     zone = zone_of(due.time_zone, default_zone)
+    if sequence.lost(due.passed):
+        # Sending nothing beats starting them from the top; look again tomorrow, in case
+        # the file is put right.
+        logger.warning(
+            "subscriber %d passed steps %s, none of which is in the sequence now",
+            due.subscriber_id,
+            ", ".join(due.passed),
+        )
+        return Outcome.PLANNED, {"next_step": None, "next_due_at": now + LOST_RECHECK}, None
     step = sequence.next_step(due.passed)
     if step is None:
         return Outcome.FINISHED, _finished(now), None

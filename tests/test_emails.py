@@ -83,7 +83,7 @@ def test_hostile_first_name_is_escaped_in_html(renderer, name):
     if name != "confirm":
         assert "&lt;script&gt;" in email.html
     # Owner links with & and < stay intact in text and escaped in HTML.
-    if "foam_roller" in name:
+    if name == "sequence/06_choosing_a_roller":
         assert "ref=x&y=<z>" in email.text
         assert "ref=x&amp;y=&lt;z&gt;" in email.html
 

@@ -792,3 +792,18 @@ def test_a_step_held_back_by_a_mail_outage_still_arrives_in_the_morning(seq_app,
     smtp.faults.mail = None  # back at 01:30 Berlin time: the step must wait for 08:00
     run_until(app, clock, datetime(2026, 11, 27, tzinfo=UTC))
     assert sent_steps(app, reader) == [("a", datetime(2026, 11, 26, 7, 0, tzinfo=UTC))]
+
+
+def test_readers_whose_steps_all_left_the_file_wait_instead_of_finishing(seq_app, clock, caplog):
+    app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day")))
+    reader = confirm_reader(app, "reader@example.com")
+    advance_past_first_step(app, clock, reader)
+    app = seq_app(steps_toml(("a-renamed", "1 day"), ("b", "1 day")))  # a typo in an id
+    with caplog.at_level("WARNING", logger="service.sequences"):
+        run_until(app, clock, clock() + timedelta(days=3))
+    assert "none of which is in the sequence" in caplog.text
+    assert enrollment(app, reader).status is EnrollmentStatus.ACTIVE
+    assert [s for s, _ in sent_steps(app, reader)] == ["a"]
+    app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day")))  # the owner puts it right
+    run_until(app, clock, clock() + timedelta(days=5))
+    assert [s for s, _ in sent_steps(app, reader)] == ["a", "b"]
