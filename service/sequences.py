@@ -19,6 +19,7 @@ is simply no longer there to send. Subscribers who finished stay finished.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import re
 import tomllib
@@ -101,11 +102,12 @@ class DripSequence:
     links: Mapping[str, str] = field(default_factory=dict)
     videos: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Looked up for every email sent: a dict, not a scan.
+        object.__setattr__(self, "_positions", {step.id: i for i, step in enumerate(self.steps)})
+
     def position(self, step_id: str) -> int | None:
-        for index, step in enumerate(self.steps):
-            if step.id == step_id:
-                return index
-        return None
+        return self._positions.get(step_id)
 
     def step(self, step_id: str) -> Step | None:
         index = self.position(step_id)
@@ -215,10 +217,16 @@ def load(path: Path, *, template_exists: Any = None) -> DripSequence:
 
 
 def zone_of(name: str, default: ZoneInfo) -> ZoneInfo:
+    """The reader's zone, or `default` for a name the zone database does not know."""
+    return _zone(name) or default
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo | None:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        return default
+        return None
 
 
 def _at_hour(day: date, hour: int, zone: ZoneInfo) -> datetime:

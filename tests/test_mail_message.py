@@ -115,3 +115,28 @@ def test_long_subjects_are_folded_and_read_back_whole(subject):
     headers = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
     assert max(len(line) for line in headers) <= 78
     assert parse(make(subject=subject))["Subject"] == subject
+
+
+@pytest.mark.parametrize(
+    "text,encoding",
+    [
+        ("Plain ASCII, short lines.\nTwo of them.", "7bit"),
+        ("Zoë's stretch", "quoted-printable"),
+        ("x" * 999, "quoted-printable"),  # longer than SMTP allows a line to be
+        ("nul\0inside", "quoted-printable"),
+    ],
+)
+def test_bodies_go_unencoded_only_when_that_is_safe(text, encoding):
+    parsed = parse(make(text=text, html="<p>" + text + "</p>"))
+    plain, rich = parsed.iter_parts()
+    assert plain["Content-Transfer-Encoding"] == rich["Content-Transfer-Encoding"] == encoding
+    assert plain.get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n")
+    raw = make(text=text).as_bytes()
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+
+
+def test_a_boundary_found_in_the_content_is_replaced():
+    message = make(text="--=_abc\nlooks like a boundary")
+    raw = message.as_bytes(boundary="=_abc")
+    assert b'boundary="=_abc"' not in raw
+    assert parse(message).get_body(preferencelist=("plain",)).get_content().startswith("--=_abc")

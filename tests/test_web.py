@@ -252,7 +252,7 @@ def test_tokens_cannot_be_used_for_another_purpose(app, client, clock):
 
 
 @pytest.mark.parametrize("path", ["/confirm/", "/download/", "/unsubscribe/", "/confirmed/"])
-@pytest.mark.parametrize("token", ["garbage", "WzEsMTc5NTU1MjE5Ml0.forged-signature", "a" * 500])
+@pytest.mark.parametrize("token", ["garbage", "1.1795552192.forged-signature", "a" * 500])
 def test_forged_tokens_get_a_friendly_page_not_a_500(client, path, token):
     response = client.get(path + token)
     assert response.status_code == 404
