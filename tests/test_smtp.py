@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import smtplib
 import ssl
 import time
 from datetime import UTC, datetime
 
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.mail import (
     MailerUnavailable,
@@ -18,7 +21,7 @@ from service.mail import (
     TemporaryFailure,
     mailer_from_url,
 )
-from service.mail.smtp import SMTPMailer
+from service.mail.smtp import SMTPMailer, _angle_address, _dot_stuffed
 from tests.smtp_server import GreetingServer, HangUpServer, SilentServer, SMTPServer
 
 
@@ -315,3 +318,35 @@ def test_a_pipelining_server_gets_pipelined_transactions(monkeypatch):
         assert len(server.handler.wait_for(3)) == 3
     with SMTPServer(pipelining=False) as server, pytest.raises(AssertionError, match="sendmail"):
         mailer_for(server).send(message())  # without PIPELINING, sendmail is the way
+
+
+def test_lines_starting_with_a_dot_arrive_intact(smtp):
+    """Dot-stuffing (RFC 5321 4.5.2): a line of '.' alone would otherwise end the message."""
+    text = ".\n.. two dots\nplain line\n.last\n"
+    mailer = mailer_for(smtp)
+    mailer.send(
+        Message(
+            sender="Low Back Relief <hello@example.com>",
+            to="reader@example.org",
+            subject="Dots",
+            text=text,
+            html="<p>.</p>",
+            date=datetime(2026, 11, 24, tzinfo=UTC),
+            message_id="<dots@example.com>",
+        )
+    )
+    mailer.close()
+    (received,) = smtp.handler.wait_for(1)
+    assert received.part("plain").replace("\r\n", "\n") == text
+
+
+@given(
+    st.binary(max_size=300) | st.lists(st.sampled_from([b".", b"\r\n", b"\n", b"a"])).map(b"".join)
+)
+def test_dot_stuffing_matches_smtplib(data):
+    assert _dot_stuffed(data) == smtplib._quote_periods(data)
+
+
+@given(st.emails() | st.text(max_size=40))
+def test_envelope_addresses_match_smtplib(address):
+    assert _angle_address(address) == smtplib.quoteaddr(address)

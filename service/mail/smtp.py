@@ -38,11 +38,29 @@ SERVICE_CLOSING = 421
 BAD_MAILBOX_CODES = frozenset({550, 551, 553})
 ENHANCED_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 OUR_FAULT_WORDS = ("relay", "authenticat", "not permitted to send", "sender")
+# A bare addr-spec, as email-validator leaves it: nothing to quote or parse.
+PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"]+@[^\s<>()\[\]\\,;:\"]+")
 
 
 def _reply_text(reply: bytes | str) -> str:
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
     return " ".join(text.split())[:500]
+
+
+def _angle_address(address: str) -> str:
+    """`<address>` for the envelope. smtplib.quoteaddr parses every address it is given,
+    which costs more than the rest of the envelope; a plain one needs no parsing."""
+    if PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The message with lines starting with '.' doubled (RFC 5321 4.5.2); most have none,
+    and looking costs a tenth of rewriting."""
+    if data.startswith(b".") or b"\n." in data:
+        return smtplib._quote_periods(data)
+    return data
 
 
 def _send_pipelined(
@@ -60,8 +78,8 @@ def _send_pipelined(
         connection.command_encoding = "utf-8"
     if connection.does_esmtp and connection.has_extn("size"):
         options = [*options, f"SIZE={len(data)}"]
-    mail = f"MAIL FROM:{smtplib.quoteaddr(sender)}" + "".join(f" {o}" for o in options)
-    connection.send(f"{mail}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n")
+    mail = f"MAIL FROM:{_angle_address(sender)}" + "".join(f" {o}" for o in options)
+    connection.send(f"{mail}\r\nRCPT TO:{_angle_address(recipient)}\r\nDATA\r\n")
     replies: list[tuple[int, bytes]] = []
     for _ in range(3):
         try:
@@ -87,7 +105,7 @@ def _send_pipelined(
     if data_code != 354:
         _reset(connection, data_code)
         raise smtplib.SMTPDataError(data_code, data_reply)
-    body = smtplib._quote_periods(data)
+    body = _dot_stuffed(data)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     connection.send(body + b".\r\n")
