@@ -42,6 +42,8 @@ run: db guide
 	@echo
 	@echo "  Web app:  http://$(HOST):$(PORT)/"
 	@echo "  Emails:   printed in this terminal (set MAIL_URL to send them for real)"
+	@echo "  Admin:    http://$(HOST):$(PORT)/admin"
+	@$(FLASK) admin hint
 	@echo
 	@HOST=$(HOST) PORT_WEB=$(PORT) $(VENV)/bin/honcho -f Procfile.dev start
 

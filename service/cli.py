@@ -1,8 +1,10 @@
 """Commands: `flask --app wsgi db ...`, `guide build`, `embed-snippet`, `emails ...`,
-`sequence ...`."""
+`sequence ...`, `admin ...`, `subscribers ...`."""
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,9 +13,9 @@ from flask import Flask, current_app, render_template
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from . import guide, migrate, sequences
+from . import admins, audience, guide, migrate, sequences
 from .mail import DeliveryError
-from .models import OutboxMessage, Subscriber
+from .models import OutboxMessage, Subscriber, SubscriberStatus
 from .services import Services
 
 
@@ -231,9 +233,115 @@ def sequence_resume(address: str) -> None:
     click.echo("resumed" if resumed else "not resumed: the sequence is not paused for them")
 
 
+@click.group("admin", cls=AppGroup)
+def admin_group() -> None:
+    """Accounts for the owner's pages at /admin."""
+
+
+@admin_group.command("create")
+@click.argument("email")
+def admin_create(email: str) -> None:
+    """Create an admin account. The password is asked for, or read from ADMIN_PASSWORD."""
+    password = os.environ.get("ADMIN_PASSWORD") or click.prompt(
+        "Password (at least 12 characters)", hide_input=True, confirmation_prompt=True
+    )
+    services = _services()
+    try:
+        with services.database.begin() as session:
+            admin = admins.create(session, email, password, now=services.clock())
+            address = admin.email
+    except admins.AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"admin account {address} created; sign in at {services.settings.BASE_URL}/admin")
+
+
+@admin_group.command("hint")
+def admin_hint() -> None:
+    """Say how to create the first account, if there is none yet."""
+    with _services().database.read() as session:
+        if admins.count(session):
+            return
+    click.echo("  Admin:    no account yet; create one with")
+    click.echo("            .venv/bin/flask --app wsgi admin create you@example.com")
+
+
+@click.group("subscribers", cls=AppGroup)
+def subscribers_group() -> None:
+    """The subscriber list."""
+
+
+@subscribers_group.command("export")
+@click.option(
+    "--status", type=click.Choice([s.value for s in SubscriberStatus]), help="Only this status."
+)
+@click.option("--source", default="", help="Only subscribers from this signup source.")
+@click.option("--since", help="Signed up on or after this day (YYYY-MM-DD).")
+@click.option("--until", help="Signed up on or before this day (YYYY-MM-DD).")
+@click.option("--step", default="", help="At this sequence step (or 'finished', 'none').")
+@click.option("--query", default="", help="Email or name contains this.")
+@click.option("--bom", is_flag=True, help="Start with a UTF-8 byte order mark (for Excel).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file (default: standard output).",
+)
+def subscribers_export(
+    status: str | None,
+    source: str,
+    since: str | None,
+    until: str | None,
+    step: str,
+    query: str,
+    bom: bool,
+    output: Path | None,
+) -> None:
+    """Export subscribers as CSV, oldest first, in flat memory however long the list."""
+    services = _services()
+    try:
+        wanted = audience.SubscriberFilter.parse(
+            {
+                "status": status,
+                "source": source,
+                "from": since,
+                "to": until,
+                "step": step,
+                "q": query,
+            },
+            sequence=services.sequence.name,
+        )
+    except audience.InvalidFilter as exc:
+        raise click.ClickException(str(exc)) from None
+    rows = audience.export_rows(services.database.read, wanted)
+    count = 0
+
+    def counted():
+        nonlocal count
+        for row in rows:
+            count += 1
+            yield row
+
+    if output is None:
+        stream = sys.stdout.buffer  # UTF-8 whatever the terminal's locale says
+        for piece in audience.csv_chunks(counted(), bom=bom):
+            stream.write(piece.encode("utf-8"))
+        stream.flush()
+        return
+    partial = output.with_name(output.name + ".partial")
+    # Written beside the target and renamed at the end: a failed export leaves no
+    # half-written file under the name asked for.
+    with partial.open("w", encoding="utf-8", newline="") as file:
+        for piece in audience.csv_chunks(counted(), bom=bom):
+            file.write(piece)
+    partial.replace(output)
+    click.echo(f"{count} subscribers written to {output}", err=True)
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(db_group)
     app.cli.add_command(guide_group)
     app.cli.add_command(embed_snippet)
     app.cli.add_command(emails_group)
     app.cli.add_command(sequence_group)
+    app.cli.add_command(admin_group)
+    app.cli.add_command(subscribers_group)

@@ -27,6 +27,10 @@ DEV_POSTAL_ADDRESS = "100 Example Street, Springfield, ST 00000, USA (set OWNER_
 ENVIRONMENTS = ("development", "testing", "production")
 
 
+def _is_off(limit: str) -> bool:
+    return limit.strip().lower() in ("", "off", "none")
+
+
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the setting."""
 
@@ -119,6 +123,14 @@ class Settings:
         default="5 per minute;30 per hour",
         metadata={"help": "Signups allowed per client IP (Flask-Limiter syntax)."},
     )
+    ADMIN_LOGIN_RATE_LIMIT: str = field(
+        default="10 per minute;50 per hour",
+        metadata={"help": "Admin login attempts allowed per client IP, and per account name."},
+    )
+    ADMIN_SESSION_HOURS: int = field(
+        default=12,
+        metadata={"help": "An admin session ends after this long without a visit."},
+    )
     RATELIMIT_STORAGE_URI: str = field(
         default="memory://",
         metadata={
@@ -209,7 +221,11 @@ class Settings:
 
     @property
     def signup_limits_disabled(self) -> bool:
-        return self.SIGNUP_RATE_LIMIT.strip().lower() in ("", "off", "none")
+        return _is_off(self.SIGNUP_RATE_LIMIT)
+
+    @property
+    def login_limits_disabled(self) -> bool:
+        return _is_off(self.ADMIN_LOGIN_RATE_LIMIT)
 
     def check(self) -> None:
         """Refuse settings that are unsafe or invalid; raise ConfigError naming the setting."""

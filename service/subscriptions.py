@@ -19,12 +19,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from . import outbox, sequences
 from .db import insert_ignoring_conflicts, insert_row
-from .models import ConsentRecord, Event, Subscriber, SubscriberStatus
+from .models import (
+    ConsentRecord,
+    Enrollment,
+    Event,
+    OutboxMessage,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+)
 
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 100
@@ -423,6 +431,53 @@ def mark_bounced(
     _stop_mail(session, subscriber, reason="address bounced", now=now)
     record_event(session, subscriber.id, "bounced", now=now, detail={"reason": reason[:500]})
     return subscriber
+
+
+def suppression_hash(email: str) -> str:
+    """The one-way hash an erased address is remembered by (SHA-256 of its compared form)."""
+    return hashlib.sha256(f"suppressed:{email_key(email)}".encode()).hexdigest()
+
+
+def is_suppressed(session: Session, email: str) -> bool:
+    """Whether `email` belongs to someone who was erased (and so must not be imported)."""
+    return session.get(Suppression, suppression_hash(email)) is not None
+
+
+def erase(session: Session, subscriber_id: int, *, now: datetime) -> str:
+    """Remove a subscriber's personal data from every table (GDPR erasure); irreversible.
+
+    What stays: a hash of the address in `suppressions`, so an import cannot bring them
+    back; their events and sent emails without anything that says whose they were, so the
+    dashboard's counts still add up. Returns the erased address, for the owner's message.
+    """
+    subscriber = get_subscriber(session, subscriber_id, for_update=True)
+    address = subscriber.email
+    _stop_mail(session, subscriber, reason="erased", now=now)
+    insert_ignoring_conflicts(
+        session,
+        Suppression.__table__,
+        {"email_hash": suppression_hash(address), "reason": "erased", "created_at": now},
+    )
+    session.execute(
+        update(Event)
+        .where(Event.subscriber_id == subscriber_id)
+        .values(subscriber_id=None, detail=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.subscriber_id == subscriber_id)
+        .values(subscriber_id=None, to_address="", context={}, last_error=None)
+        .execution_options(synchronize_session=False)
+    )
+    record_event(session, None, "erased", now=now)
+    # Deleted explicitly rather than left to ON DELETE CASCADE, which SQLite applies only
+    # with foreign keys switched on.
+    session.execute(delete(ConsentRecord).where(ConsentRecord.subscriber_id == subscriber_id))
+    session.execute(delete(Enrollment).where(Enrollment.subscriber_id == subscriber_id))
+    session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
+    session.expunge(subscriber)
+    return address
 
 
 def record_download(session: Session, subscriber_id: int, *, now: datetime) -> Subscriber:

@@ -67,10 +67,8 @@ def _signup_limit_off() -> bool:
     return services().settings.signup_limits_disabled
 
 
-def _limit_signups(app: Flask) -> None:
-    """One limiter per app (its counters live where RATELIMIT_STORAGE_URI says), with one
-    budget per client address shared by every signup endpoint."""
-    limiter = Limiter(key_func=get_remote_address, app=app)
+def _limit_signups(app: Flask, limiter: Limiter) -> None:
+    """One budget per client address shared by every signup endpoint."""
     shared = limiter.shared_limit(_signup_limit, scope="signup", exempt_when=_signup_limit_off)
     for endpoint in SIGNUP_ENDPOINTS:
         app.view_functions[endpoint] = shared(app.view_functions[endpoint])
@@ -134,14 +132,18 @@ def _register_error_handlers(app: Flask) -> None:
 
 def init_app(app: Flask) -> None:
     """Register blueprints, the limiter, error handlers and headers on `app`."""
-    from . import api, public
+    from . import admin, api, public
 
     proxies = services_of(app).settings.TRUSTED_PROXIES
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
-    _limit_signups(app)
+    app.register_blueprint(admin.bp)
+    # One limiter per app: its counters live where RATELIMIT_STORAGE_URI says.
+    limiter = Limiter(key_func=get_remote_address, app=app)
+    _limit_signups(app, limiter)
+    admin.init_app(app, limiter)
     _register_error_handlers(app)
     app.after_request(_security_headers)
 

@@ -1,0 +1,421 @@
+"""The owner's view of the list: finding subscribers, their history, their data, exports.
+
+Lists are paged by keyset (`id < cursor`, newest first), never OFFSET: page 2,000 costs
+what page 1 costs. Exports read in keyset chunks, each in its own short transaction, so
+a million rows stream in flat memory and no transaction stays open for the whole file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from .models import (
+    ConsentRecord,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    OutboxMessage,
+    Subscriber,
+    SubscriberStatus,
+)
+
+PAGE_SIZE = 50
+EXPORT_CHUNK = 5000
+MAX_QUERY_LENGTH = 200
+
+# Sequence positions a filter can ask for besides a step id.
+FINISHED = "finished"
+NOT_ENROLLED = "none"
+
+# A cell a spreadsheet would run as a formula starts with one of these (OWASP, "CSV
+# injection"); a leading apostrophe makes Excel and LibreOffice show it as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class InvalidFilter(ValueError):
+    """A filter value that makes no sense; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class SubscriberFilter:
+    """What the owner is looking for. Empty fields do not filter."""
+
+    query: str = ""  # part of the email address or first name
+    status: SubscriberStatus | None = None
+    source: str = ""
+    signed_up_from: date | None = None
+    signed_up_to: date | None = None  # inclusive
+    step: str = ""  # a step id, FINISHED or NOT_ENROLLED
+    sequence: str = ""  # the sequence `step` refers to
+
+    @classmethod
+    def parse(cls, args: Any, *, sequence: str) -> SubscriberFilter:
+        """From a query string (or any mapping of str); InvalidFilter if a value is bad."""
+
+        def day(name: str) -> date | None:
+            raw = (args.get(name) or "").strip()
+            if not raw:
+                return None
+            try:
+                return date.fromisoformat(raw)
+            except ValueError:
+                raise InvalidFilter(f"{name}: {raw!r} is not a date (YYYY-MM-DD)") from None
+
+        raw_status = (args.get("status") or "").strip()
+        try:
+            status = SubscriberStatus(raw_status) if raw_status else None
+        except ValueError:
+            raise InvalidFilter(f"status: {raw_status!r} is not a subscriber status") from None
+        return cls(
+            query=" ".join((args.get("q") or "").split())[:MAX_QUERY_LENGTH],
+            status=status,
+            source=(args.get("source") or "").strip()[:100],
+            signed_up_from=day("from"),
+            signed_up_to=day("to"),
+            step=(args.get("step") or "").strip()[:64],
+            sequence=sequence,
+        )
+
+    def as_args(self) -> dict[str, str]:
+        """The filter as query-string arguments (for links to the next page and exports)."""
+        args = {
+            "q": self.query,
+            "status": self.status.value if self.status else "",
+            "source": self.source,
+            "from": self.signed_up_from.isoformat() if self.signed_up_from else "",
+            "to": self.signed_up_to.isoformat() if self.signed_up_to else "",
+            "step": self.step,
+        }
+        return {name: value for name, value in args.items() if value}
+
+    def apply(self, statement: Select) -> Select:
+        """`statement` (over subscribers, with enrollments outer-joined) narrowed down."""
+        if self.query:
+            needle = self.query.lower()
+            statement = statement.where(
+                or_(
+                    Subscriber.email_key.contains(needle, autoescape=True),
+                    func.lower(Subscriber.first_name).contains(needle, autoescape=True),
+                )
+            )
+        if self.status is not None:
+            statement = statement.where(Subscriber.status == self.status)
+        if self.source:
+            statement = statement.where(Subscriber.source == self.source)
+        if self.signed_up_from:
+            statement = statement.where(Subscriber.created_at >= _midnight(self.signed_up_from))
+        if self.signed_up_to:
+            next_day = _midnight(self.signed_up_to + timedelta(days=1))
+            statement = statement.where(Subscriber.created_at < next_day)
+        if self.step == NOT_ENROLLED:
+            statement = statement.where(Enrollment.id.is_(None))
+        elif self.step == FINISHED:
+            statement = statement.where(Enrollment.status == EnrollmentStatus.FINISHED)
+        elif self.step:
+            statement = statement.where(
+                Enrollment.next_step == self.step,
+                Enrollment.status.in_([EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED]),
+            )
+        return statement
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def _with_enrollment(statement: Select, sequence: str) -> Select:
+    return statement.outerjoin(
+        Enrollment,
+        (Enrollment.subscriber_id == Subscriber.id) & (Enrollment.sequence == sequence),
+    )
+
+
+@dataclass(frozen=True)
+class ListedSubscriber:
+    id: int
+    email: str
+    first_name: str | None
+    status: SubscriberStatus
+    source: str
+    created_at: datetime
+    enrollment_status: EnrollmentStatus | None
+    next_step: str | None
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[ListedSubscriber]
+    next_cursor: int | None  # pass as `before` for the next page; None on the last
+
+
+def find(
+    session: Session, wanted: SubscriberFilter, *, before: int | None = None, size: int = PAGE_SIZE
+) -> Page:
+    """One page of subscribers matching `wanted`, newest first, starting below `before`."""
+    statement = _with_enrollment(
+        select(
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.first_name,
+            Subscriber.status,
+            Subscriber.source,
+            Subscriber.created_at,
+            Enrollment.status,
+            Enrollment.next_step,
+        ),
+        wanted.sequence,
+    )
+    statement = wanted.apply(statement).order_by(Subscriber.id.desc()).limit(size + 1)
+    if before is not None:
+        statement = statement.where(Subscriber.id < before)
+    rows = [ListedSubscriber(*row) for row in session.execute(statement)]
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(rows, rows[-1].id if more and rows else None)
+
+
+def sources(session: Session) -> list[str]:
+    """Every signup source on the list, for the filter's menu."""
+    return list(session.scalars(select(Subscriber.source).distinct().order_by(Subscriber.source)))
+
+
+# --- one subscriber ---------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """Everything we hold about one subscriber, for their page and their data export."""
+
+    subscriber: Subscriber
+    consents: list[ConsentRecord]
+    events: list[Event]
+    emails: list[OutboxMessage]
+    enrollments: list[Enrollment] = field(default_factory=list)
+
+
+def history(session: Session, subscriber_id: int) -> History | None:
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return None
+    return History(
+        subscriber=subscriber,
+        consents=list(
+            session.scalars(
+                select(ConsentRecord)
+                .where(ConsentRecord.subscriber_id == subscriber_id)
+                .order_by(ConsentRecord.id)
+            )
+        ),
+        events=list(
+            session.scalars(
+                select(Event).where(Event.subscriber_id == subscriber_id).order_by(Event.id)
+            )
+        ),
+        emails=list(
+            session.scalars(
+                select(OutboxMessage)
+                .where(OutboxMessage.subscriber_id == subscriber_id)
+                .order_by(OutboxMessage.id)
+            )
+        ),
+        enrollments=list(
+            session.scalars(
+                select(Enrollment)
+                .where(Enrollment.subscriber_id == subscriber_id)
+                .order_by(Enrollment.id)
+            )
+        ),
+    )
+
+
+def _stamp(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def personal_data(record: History) -> dict[str, Any]:
+    """What we hold about a subscriber, as JSON-ready data (a GDPR access request)."""
+    subscriber = record.subscriber
+    return {
+        "subscriber": {
+            "email": subscriber.email,
+            "first_name": subscriber.first_name,
+            "status": subscriber.status.value,
+            "time_zone": subscriber.time_zone,
+            "source": subscriber.source,
+            "signed_up_at": _stamp(subscriber.created_at),
+            "confirmed_at": _stamp(subscriber.confirmed_at),
+            "unsubscribed_at": _stamp(subscriber.unsubscribed_at),
+            "bounced_at": _stamp(subscriber.bounced_at),
+        },
+        "consents": [
+            {
+                "action": consent.action,
+                "at": _stamp(consent.at),
+                "ip": consent.ip,
+                "user_agent": consent.user_agent,
+                "source": consent.source,
+                "text": consent.text,
+                "text_version": consent.text_version,
+            }
+            for consent in record.consents
+        ],
+        "events": [
+            {"kind": event.kind, "at": _stamp(event.at), "detail": event.detail}
+            for event in record.events
+        ],
+        "emails": [
+            {
+                "kind": email.kind,
+                "template": email.template,
+                "sequence_step": email.sequence_step,
+                "status": email.status.value,
+                "queued_at": _stamp(email.created_at),
+                "sent_at": _stamp(email.sent_at),
+            }
+            for email in record.emails
+        ],
+        "sequences": [
+            {
+                "sequence": enrollment.sequence,
+                "status": enrollment.status.value,
+                "enrolled_at": _stamp(enrollment.enrolled_at),
+                "steps_received": list(enrollment.steps_passed),
+                "next_step": enrollment.next_step,
+                "next_due_at": _stamp(enrollment.next_due_at),
+            }
+            for enrollment in record.enrollments
+        ],
+    }
+
+
+# --- CSV export -------------------------------------------------------------------------
+
+EXPORT_COLUMNS = (
+    "email",
+    "first_name",
+    "status",
+    "source",
+    "time_zone",
+    "signed_up_utc",
+    "confirmed_utc",
+    "unsubscribed_utc",
+    "consent_ip",
+    "consent_text_version",
+    "sequence_step",
+    "last_email_sent_utc",
+)
+
+
+def neutralize(cell: str) -> str:
+    """A cell a spreadsheet shows as text, never runs as a formula."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def _spreadsheet_time(value: datetime | None) -> str:
+    # ISO 8601 with a space: Excel and LibreOffice both read it as a date and time.
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+def _export_statement(wanted: SubscriberFilter) -> Select:
+    consents = aliased(ConsentRecord)
+    latest_consent = (
+        select(func.max(consents.id))
+        .where(consents.subscriber_id == Subscriber.id)
+        .correlate(Subscriber)
+        .scalar_subquery()
+    )
+    last_sent = (
+        select(func.max(OutboxMessage.sent_at))
+        .where(OutboxMessage.subscriber_id == Subscriber.id)
+        .scalar_subquery()
+    )
+    statement = _with_enrollment(
+        select(
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.first_name,
+            Subscriber.status,
+            Subscriber.source,
+            Subscriber.time_zone,
+            Subscriber.created_at,
+            Subscriber.confirmed_at,
+            Subscriber.unsubscribed_at,
+            ConsentRecord.ip,
+            ConsentRecord.text_version,
+            Enrollment.status,
+            Enrollment.next_step,
+            last_sent,
+        ),
+        wanted.sequence,
+    ).outerjoin(ConsentRecord, ConsentRecord.id == latest_consent)
+    return wanted.apply(statement).order_by(Subscriber.id)
+
+
+def _step_label(enrollment_status: EnrollmentStatus | None, next_step: str | None) -> str:
+    if enrollment_status is None:
+        return ""
+    if enrollment_status in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
+        suffix = " (paused)" if enrollment_status is EnrollmentStatus.PAUSED else ""
+        return (next_step or "starting") + suffix
+    return enrollment_status.value
+
+
+def export_rows(
+    read: Callable[[], Any], wanted: SubscriberFilter, *, chunk: int = EXPORT_CHUNK
+) -> Iterator[tuple[str, ...]]:
+    """The filtered subscribers as CSV cells, oldest first, read `chunk` rows at a time.
+
+    `read` opens a read-only session (Database.read); each chunk gets its own.
+    """
+    statement = _export_statement(wanted).limit(chunk)
+    after = 0
+    while True:
+        with read() as session:
+            rows = session.execute(statement.where(Subscriber.id > after)).all()
+        for row in rows:
+            yield (
+                neutralize(row[1]),
+                neutralize(row[2] or ""),
+                row[3].value,
+                neutralize(row[4]),
+                row[5],
+                _spreadsheet_time(row[6]),
+                _spreadsheet_time(row[7]),
+                _spreadsheet_time(row[8]),
+                row[9] or "",
+                row[10] or "",
+                neutralize(_step_label(row[11], row[12])),
+                _spreadsheet_time(row[13]),
+            )
+        if len(rows) < chunk:
+            return
+        after = rows[-1][0]
+
+
+def csv_chunks(
+    rows: Iterator[Sequence[str]], *, bom: bool = False, per_chunk: int = 1000
+) -> Iterator[str]:
+    """CSV text (RFC 4180, CRLF line ends) in pieces of `per_chunk` rows, header first."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if bom:
+        buffer.write("\ufeff")  # makes Excel read the file as UTF-8
+    writer.writerow(EXPORT_COLUMNS)
+    pending = 0
+    for row in rows:
+        writer.writerow(row)
+        pending += 1
+        if pending >= per_chunk:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            pending = 0
+    yield buffer.getvalue()

@@ -1,0 +1,196 @@
+"""What the owner sees at a glance: growth per day, the funnel, each step's results, and
+whether mail is flowing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Date, and_, case, cast, distinct, func, select, text
+from sqlalchemy.orm import Session
+
+from . import health
+from .models import (
+    OUTBOX_DUE_STATES,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    OutboxMessage,
+    OutboxStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+from .sequences import SEQUENCE_KIND, DripSequence
+
+DAILY_KINDS = ("signed_up", "confirmed", "unsubscribed")
+
+
+@dataclass(frozen=True)
+class Day:
+    day: date
+    counts: dict[str, int]
+
+
+def daily_counts(session: Session, *, now: datetime, days: int = 90) -> list[Day]:
+    """Signups, confirmations and unsubscribes per UTC day, oldest first, zeros included."""
+    first = now.date() - timedelta(days=days - 1)
+    if session.get_bind().dialect.name == "postgresql":
+        day = cast(func.timezone("UTC", Event.at), Date)
+    else:
+        day = func.date(Event.at)  # stored as naive UTC text
+    rows = session.execute(
+        select(day, Event.kind, func.count())
+        .where(
+            Event.kind.in_(DAILY_KINDS),
+            Event.at >= datetime.combine(first, datetime.min.time(), tzinfo=now.tzinfo),
+        )
+        .group_by(day, Event.kind)
+    ).all()
+    found: dict[date, Counter[str]] = {}
+    for when, kind, count in rows:
+        when = date.fromisoformat(when) if isinstance(when, str) else when
+        found.setdefault(when, Counter())[kind] += count
+    return [
+        Day(
+            first + timedelta(days=n),
+            {k: found.get(first + timedelta(days=n), Counter())[k] for k in DAILY_KINDS},
+        )
+        for n in range(days)
+    ]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    count: int
+    of_previous: float | None  # share of the stage before, None for the first
+    of_signups: float | None
+
+
+def funnel(session: Session, *, sequence: str) -> list[Stage]:
+    """Signed up -> confirmed -> downloaded the guide -> finished the sequence, all time."""
+    signed_up = session.scalar(select(func.count()).select_from(Subscriber))
+    confirmed = session.scalar(
+        select(func.count()).select_from(Subscriber).where(Subscriber.confirmed_at.is_not(None))
+    )
+    downloaded = session.scalar(
+        select(func.count(distinct(Event.subscriber_id))).where(
+            Event.kind == "downloaded", Event.subscriber_id.is_not(None)
+        )
+    )
+    finished = session.scalar(
+        select(func.count())
+        .select_from(Enrollment)
+        .where(Enrollment.sequence == sequence, Enrollment.status == EnrollmentStatus.FINISHED)
+    )
+    stages = []
+    previous = None
+    for name, count in (
+        ("Signed up", signed_up),
+        ("Confirmed", confirmed),
+        ("Downloaded the guide", downloaded),
+        ("Finished the sequence", finished),
+    ):
+        stages.append(
+            Stage(
+                name,
+                count,
+                None if previous is None else _share(count, previous),
+                None if previous is None else _share(count, signed_up),
+            )
+        )
+        previous = count
+    return stages
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+@dataclass
+class StepResults:
+    step_id: str
+    template: str
+    sent: int = 0
+    failed: int = 0
+    unsubscribed_after: int = 0
+    clicks: int = 0
+
+
+def step_results(session: Session, sequence: DripSequence) -> list[StepResults]:
+    """Per step: emails sent and failed, and readers who unsubscribed with it as their last."""
+    results = {step.id: StepResults(step.id, step.template) for step in sequence.steps}
+    for step_id, status, count in session.execute(
+        select(OutboxMessage.sequence_step, OutboxMessage.status, func.count())
+        .where(
+            OutboxMessage.kind == SEQUENCE_KIND,
+            OutboxMessage.status.in_([OutboxStatus.SENT, OutboxStatus.FAILED]),
+        )
+        .group_by(OutboxMessage.sequence_step, OutboxMessage.status)
+    ):
+        if step_id in results:
+            if status is OutboxStatus.SENT:
+                results[step_id].sent = count
+            else:
+                results[step_id].failed = count
+    # Readers who left mid-sequence: their last step is the one that preceded leaving.
+    left = session.scalars(
+        select(Enrollment.steps_passed)
+        .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
+        .where(
+            Enrollment.sequence == sequence.name,
+            Enrollment.status == EnrollmentStatus.STOPPED,
+            Subscriber.status == SubscriberStatus.UNSUBSCRIBED,
+        )
+    )
+    for passed in left:
+        if passed and passed[-1] in results:
+            results[passed[-1]].unsubscribed_after += 1
+    return list(results.values())
+
+
+@dataclass
+class OutboxHealth:
+    queued: int = 0
+    due: int = 0
+    retrying: int = 0
+    sending: int = 0
+    failed_24h: int = 0
+    last_tick_at: datetime | None = None
+    seconds_since_tick: float | None = None
+    late: bool = True
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def outbox_health(session: Session, *, now: datetime, late_after: timedelta) -> OutboxHealth:
+    report = OutboxHealth()
+
+    def how_many(*conditions) -> Any:
+        return func.coalesce(func.sum(case((and_(*conditions), 1), else_=0)), 0)
+
+    queued = OutboxMessage.status == OutboxStatus.QUEUED
+    row = session.execute(
+        select(
+            how_many(queued),
+            how_many(queued, OutboxMessage.due_at <= now),
+            how_many(queued, OutboxMessage.attempts > 0),
+            how_many(OutboxMessage.status == OutboxStatus.SENDING),
+        ).where(text(OUTBOX_DUE_STATES))
+    ).one()
+    report.queued, report.due, report.retrying, report.sending = (int(n) for n in row)
+    report.failed_24h = session.scalar(
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(
+            OutboxMessage.status == OutboxStatus.FAILED,
+            OutboxMessage.created_at >= now - timedelta(hours=24),
+        )
+    )
+    last = health.last_tick(session)
+    report.last_tick_at = last
+    if last is not None:
+        report.seconds_since_tick = max(0.0, (now - last).total_seconds())
+        report.late = report.seconds_since_tick > late_after.total_seconds()
+    return report

@@ -1,0 +1,331 @@
+"""The owner's desk at /admin: sign-in, the dashboard, subscribers and their data.
+
+Every view here is behind sign-in (`_require_admin`, checked before any view runs) and
+every form carries a CSRF token (Flask-WTF, checked before any POST). Pages hold personal
+data, so nothing here may be cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
+from flask_wtf.csrf import CSRFProtect
+
+from .. import admins, audience, dashboard, sequences, subscriptions
+from . import now, services
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+csrf = CSRFProtect()
+
+# Reachable without an admin session.
+OPEN_ENDPOINTS = frozenset({"admin.login"})
+CHART_WIDTH, CHART_HEIGHT = 720, 200
+SERIES = (
+    ("signed_up", "Signups"),
+    ("confirmed", "Confirmations"),
+    ("unsubscribed", "Unsubscribes"),
+)
+
+
+@bp.before_request
+def _require_admin():
+    """Sign-in first, then the CSRF token of any form sent."""
+    with services().database.read() as db:
+        admin = admins.for_session(db, session.get("admin_id"), session.get("admin_epoch"))
+        if admin is not None:
+            db.expunge(admin)
+    g.admin = admin
+    if admin is None and request.endpoint not in OPEN_ENDPOINTS:
+        session.pop("admin_id", None)
+        if request.method == "GET":
+            return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
+        abort(401)
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        csrf.protect()
+    return None
+
+
+@bp.after_request
+def _never_cache(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after signing in: only a path inside /admin, never another site."""
+    if target and target.startswith("/admin") and "\\" not in target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc:
+            return target
+    return url_for("admin.dashboard_page")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """Sign in with email and password."""
+    if request.method == "GET":
+        if g.admin is not None:
+            return redirect(_safe_next(request.args.get("next")))
+        return render_template("admin/login.html", error=None, email="")
+    email = request.form.get("email", "")
+    with services().database.begin() as db:
+        admin = admins.authenticate(db, email, request.form.get("password", ""), now=now())
+        if admin is not None:
+            admin_id, epoch = admin.id, admin.session_epoch
+    if admin is None:
+        logger.warning("failed admin sign-in for %r from %s", email[:100], request.remote_addr)
+        return render_template(
+            "admin/login.html", error="That email and password do not match.", email=email
+        ), 401
+    session.clear()  # nothing from before the sign-in carries over
+    session.permanent = True
+    session["admin_id"] = admin_id
+    session["admin_epoch"] = epoch
+    return redirect(_safe_next(request.args.get("next")), 303)
+
+
+@bp.post("/logout")
+def logout():
+    """Sign out of this browser."""
+    session.clear()
+    return redirect(url_for("admin.login"), 303)
+
+
+@bp.route("/account", methods=["GET", "POST"])
+def account():
+    """Change the password; every other session ends."""
+    error = None
+    if request.method == "POST":
+        try:
+            with services().database.begin() as db:
+                admin = admins.change_password(
+                    db,
+                    g.admin.id,
+                    request.form.get("current_password", ""),
+                    request.form.get("new_password", ""),
+                    now=now(),
+                )
+                epoch = admin.session_epoch
+        except admins.AdminError as exc:
+            error = str(exc)
+        else:
+            session["admin_epoch"] = epoch
+            flash("Password changed. Every other session has been signed out.")
+            return redirect(url_for("admin.account"), 303)
+    return render_template("admin/account.html", error=error), 422 if error else 200
+
+
+def _chart(days: list[dashboard.Day]) -> dict:
+    """Coordinates for the daily chart, drawn as inline SVG by the template."""
+    peak = max([1, *(max(day.counts.values()) for day in days)])
+    step = CHART_WIDTH / max(1, len(days) - 1)
+
+    def y(value: int) -> float:
+        return round(CHART_HEIGHT - value / peak * CHART_HEIGHT, 1)
+
+    lines = [
+        {
+            "kind": kind,
+            "label": label,
+            "points": " ".join(
+                f"{round(i * step, 1)},{y(d.counts[kind])}" for i, d in enumerate(days)
+            ),
+            "total": sum(d.counts[kind] for d in days),
+        }
+        for kind, label in SERIES
+    ]
+    ticks = [
+        {"x": round(i * step, 1), "label": days[i].day.strftime("%b %d")}
+        for i in range(0, len(days), 15)
+    ]
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "peak": peak,
+        "lines": lines,
+        "ticks": ticks,
+        "days": days,
+    }
+
+
+@bp.get("/")
+def dashboard_page():
+    """Growth, the funnel, each step's results, and whether mail is flowing."""
+    settings = services().settings
+    sequence = services().sequence
+    with services().database.read() as db:
+        days = dashboard.daily_counts(db, now=now())
+        funnel = dashboard.funnel(db, sequence=sequence.name)
+        steps = dashboard.step_results(db, sequence)
+        outbox = dashboard.outbox_health(
+            db, now=now(), late_after=timedelta(seconds=settings.SCHEDULER_LATE_SECONDS)
+        )
+    return render_template(
+        "admin/dashboard.html", chart=_chart(days), funnel=funnel, steps=steps, outbox=outbox
+    )
+
+
+def _filter() -> audience.SubscriberFilter:
+    try:
+        return audience.SubscriberFilter.parse(request.args, sequence=services().sequence.name)
+    except audience.InvalidFilter as exc:
+        abort(400, description=str(exc))
+
+
+@bp.get("/subscribers")
+def subscribers():
+    """Search and filter the list, newest first, a page at a time."""
+    wanted = _filter()
+    before = request.args.get("before", type=int)
+    with services().database.read() as db:
+        page = audience.find(db, wanted, before=before)
+        sources = audience.sources(db)
+    return render_template(
+        "admin/subscribers.html",
+        page=page,
+        wanted=wanted,
+        args=wanted.as_args(),
+        sources=sources,
+        statuses=[s.value for s in subscriptions.SubscriberStatus],
+        steps=[step.id for step in services().sequence.steps],
+        first_page=before is None,
+    )
+
+
+@bp.get("/subscribers/export.csv")
+def export_csv():
+    """The filtered list as CSV, streamed: the first rows leave before the last are read."""
+    wanted = _filter()
+    bom = request.args.get("bom") == "1"
+    stamp = now().strftime("%Y%m%d-%H%M")
+    logger.info("subscriber export by %s: %s", g.admin.email, wanted.as_args())
+    rows = audience.export_rows(services().database.read, wanted)
+    return Response(
+        stream_with_context(audience.csv_chunks(rows, bom=bom)),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="subscribers-{stamp}.csv"',
+            # Proxies must pass it on as it comes, not buffer a million rows.
+            "X-Accel-Buffering": "no",
+        },
+    )
+
+
+def _history(subscriber_id: int) -> audience.History:
+    with services().database.read() as db:
+        record = audience.history(db, subscriber_id)
+        if record is None:
+            abort(404, description="No such subscriber (or they were erased).")
+        db.expunge_all()
+    return record
+
+
+@bp.get("/subscribers/<int:subscriber_id>")
+def subscriber(subscriber_id: int):
+    """One subscriber's history, and what the owner can do about them."""
+    record = _history(subscriber_id)
+    return render_template(
+        "admin/subscriber.html",
+        record=record,
+        sequence=services().sequence,
+    )
+
+
+@bp.get("/subscribers/<int:subscriber_id>/data.json")
+def subscriber_data(subscriber_id: int):
+    """Everything held about the subscriber, as a JSON file (a GDPR access request)."""
+    data = audience.personal_data(_history(subscriber_id))
+    return Response(
+        json.dumps(data, indent=2, ensure_ascii=False),
+        mimetype="application/json",
+        headers={"Content-Disposition": f'attachment; filename="subscriber-{subscriber_id}.json"'},
+    )
+
+
+@bp.post("/subscribers/<int:subscriber_id>/<any(pause, resume):action>")
+def sequence_action(subscriber_id: int, action: str):
+    """Pause or resume the subscriber's drip sequence."""
+    change = {"pause": sequences.pause, "resume": sequences.resume}[action]
+    with services().database.begin() as db:
+        done = change(db, subscriber_id, sequence=services().sequence.name, now=now())
+    flash(
+        f"Sequence {action}d."
+        if done
+        else f"Nothing to {action}: the sequence is not "
+        f"{'running' if action == 'pause' else 'paused'}."
+    )
+    return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
+
+
+@bp.post("/subscribers/<int:subscriber_id>/unsubscribe")
+def unsubscribe(subscriber_id: int):
+    """Unsubscribe on the subscriber's behalf (they asked by reply, say)."""
+    with services().database.begin() as db:
+        done = subscriptions.unsubscribe(db, subscriber_id, via="admin", now=now())
+    if done is None:
+        abort(404)
+    flash("Unsubscribed. Nothing more will be sent to them.")
+    return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
+
+
+@bp.post("/subscribers/<int:subscriber_id>/erase")
+def erase(subscriber_id: int):
+    """Erase every personal detail (GDPR); asks for the address typed out as confirmation."""
+    with services().database.begin() as db:
+        record = audience.history(db, subscriber_id)
+        if record is None:
+            abort(404)
+        typed = request.form.get("confirm_email", "").strip().lower()
+        if typed != record.subscriber.email_key:
+            flash("Not erased: type the subscriber's email address to confirm.")
+            return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
+        subscriptions.erase(db, subscriber_id, now=now())
+    logger.info("subscriber %d erased by %s", subscriber_id, g.admin.email)
+    flash("Erased. Only a one-way hash of the address is kept, so they are never re-imported.")
+    return redirect(url_for("admin.subscribers"), 303)
+
+
+def init_app(app, limiter) -> None:
+    """CSRF protection for the admin forms, and the sign-in rate limit."""
+    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # checked in _require_admin
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # valid for the session's life
+    csrf.init_app(app)
+    settings = services_of(app).settings
+    app.permanent_session_lifetime = timedelta(hours=settings.ADMIN_SESSION_HOURS)
+
+    def disabled() -> bool:
+        return settings.login_limits_disabled
+
+    limit = "1 per second" if settings.login_limits_disabled else settings.ADMIN_LOGIN_RATE_LIMIT
+    view = app.view_functions["admin.login"]
+    view = limiter.limit(limit, methods=["POST"], exempt_when=disabled, scope="login-ip")(view)
+    view = limiter.limit(
+        limit,
+        methods=["POST"],
+        exempt_when=disabled,
+        key_func=lambda: "account:" + request.form.get("email", "").strip().lower()[:320],
+        scope="login-account",
+    )(view)
+    app.view_functions["admin.login"] = view
+
+
+def services_of(app):
+    return app.extensions["newsletter"]

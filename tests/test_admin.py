@@ -1,0 +1,499 @@
+"""The owner's desk at /admin: sign-in, sessions, CSRF, the dashboard and subscribers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+import sqlalchemy as sa
+
+from service import admins, audience, subscriptions
+from service.models import (
+    Base,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    OutboxMessage,
+    SubscriberStatus,
+    Suppression,
+)
+from service.web.admin import OPEN_ENDPOINTS
+from tests.helpers import get_subscriber, make_subscriber, services_of, sign_up
+
+PASSWORD = "correct horse battery staple"
+HOSTILE_NAME = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+def create_admin(app, email: str = "owner@example.com", password: str = PASSWORD) -> None:
+    services = services_of(app)
+    with services.database.begin() as session:
+        admins.create(session, email, password, now=services.clock())
+
+
+def csrf_token(client, path: str = "/admin/login") -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def sign_in(client, email: str = "owner@example.com", password: str = PASSWORD):
+    return client.post(
+        "/admin/login",
+        data={"email": email, "password": password, "csrf_token": csrf_token(client)},
+    )
+
+
+@pytest.fixture
+def admin_client(app, client):
+    create_admin(app)
+    response = sign_in(client)
+    assert response.status_code == 303
+    return client
+
+
+def post(client, path: str, **data: str):
+    """A form post from a signed-in page, with that page's CSRF token."""
+    return client.post(path, data={"csrf_token": csrf_token(client, "/admin/account"), **data})
+
+
+def _sample_url(rule) -> str:
+    values = {}
+    for name, converter in rule._converters.items():
+        if hasattr(converter, "items"):  # any(...): its first choice
+            values[name] = sorted(converter.items)[0] if converter.items else "x"
+        elif type(converter).__name__ == "IntegerConverter":
+            values[name] = 1
+        else:
+            values[name] = "x"
+    return rule.build(values)[1]
+
+
+def test_every_admin_page_is_behind_sign_in(app, client):
+    """Walk the URL map: nothing under admin answers without a session."""
+    rules = [
+        rule
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith("admin.") and rule.endpoint not in OPEN_ENDPOINTS
+    ]
+    assert len(rules) >= 9  # the walk covers the real pages, not an empty list
+    for rule in rules:
+        url = _sample_url(rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = client.open(url, method=method)
+            if method == "GET":
+                assert response.status_code == 302, (method, url)
+                assert response.headers["Location"].startswith("/admin/login"), url
+            else:
+                assert response.status_code == 401, (method, url)
+
+
+def test_sign_in_shows_the_dashboard_and_sign_out_ends_it(app, client):
+    create_admin(app)
+    response = sign_in(client)
+    assert response.status_code == 303
+    assert client.get("/admin/").status_code == 200
+    assert post(client, "/admin/logout").status_code == 303
+    assert client.get("/admin/").status_code == 302
+
+
+def test_a_wrong_password_and_an_unknown_account_get_the_same_answer(app, client):
+    create_admin(app)
+    wrong = sign_in(client, password="not the password at all")
+    unknown = sign_in(client, email="nobody@example.com")
+    assert wrong.status_code == unknown.status_code == 401
+    assert "do not match" in wrong.get_data(as_text=True)
+    assert "do not match" in unknown.get_data(as_text=True)
+    assert client.get("/admin/").status_code == 302
+
+
+def test_the_session_cookie_is_httponly_and_samesite(app, client):
+    create_admin(app)
+    response = sign_in(client)
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_the_session_cookie_is_secure_behind_https(make_app):
+    app = make_app(BASE_URL="https://news.example.com")
+    create_admin(app)
+    response = sign_in(app.test_client())
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_passwords_are_stored_hashed_with_scrypt(app):
+    create_admin(app)
+    with services_of(app).database.read() as session:
+        stored = session.scalar(sa.text("SELECT password_hash FROM admin_users"))
+    assert stored.startswith("scrypt:") and PASSWORD not in stored
+
+
+def test_forms_without_a_csrf_token_are_refused(app, admin_client):
+    with services_of(app).database.begin() as session:
+        subscriber = make_subscriber(
+            session,
+            "r@example.com",
+            now=services_of(app).clock(),
+            status=SubscriberStatus.CONFIRMED,
+        )
+    response = admin_client.post(f"/admin/subscribers/{subscriber.id}/unsubscribe")
+    assert response.status_code == 400
+    assert get_subscriber(app, "r@example.com").status is SubscriberStatus.CONFIRMED
+    # The same form with its token works.
+    assert post(admin_client, f"/admin/subscribers/{subscriber.id}/unsubscribe").status_code == 303
+    assert get_subscriber(app, "r@example.com").status is SubscriberStatus.UNSUBSCRIBED
+
+
+def test_sign_in_itself_needs_the_csrf_token(app, client):
+    create_admin(app)
+    response = client.post(
+        "/admin/login", data={"email": "owner@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 400
+    assert client.get("/admin/").status_code == 302
+
+
+def test_sign_in_attempts_are_rate_limited(make_app):
+    app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
+    create_admin(app)
+    client = app.test_client()
+    codes = [sign_in(client, password="wrong password guess").status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    # Reading the page stays possible; only attempts count.
+    assert client.get("/admin/login").status_code == 200
+
+
+def test_changing_the_password_ends_every_other_session(app):
+    create_admin(app)
+    here, elsewhere = app.test_client(), app.test_client()
+    sign_in(here)
+    sign_in(elsewhere)
+    assert elsewhere.get("/admin/").status_code == 200
+    response = post(
+        here,
+        "/admin/account",
+        current_password=PASSWORD,
+        new_password="a brand new long passphrase",
+    )
+    assert response.status_code == 303
+    assert here.get("/admin/").status_code == 200
+    assert elsewhere.get("/admin/").status_code == 302
+    assert sign_in(elsewhere).status_code == 401
+    assert sign_in(elsewhere, password="a brand new long passphrase").status_code == 303
+
+
+def test_a_weak_new_password_is_refused_with_the_reason(app, admin_client):
+    response = post(admin_client, "/admin/account", current_password=PASSWORD, new_password="short")
+    assert response.status_code == 422
+    assert "at least 12 characters" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "target", ["//evil.example/admin", "https://evil.example/admin", "/\\evil.example", "/public"]
+)
+def test_after_sign_in_only_admin_paths_are_followed(app, client, target):
+    create_admin(app)
+    token = csrf_token(client)
+    response = client.post(
+        "/admin/login?next=" + target,
+        data={"email": "owner@example.com", "password": PASSWORD, "csrf_token": token},
+    )
+    assert response.headers["Location"] == "/admin/"
+
+
+def test_the_page_asked_for_opens_after_sign_in(app, client):
+    create_admin(app)
+    response = client.get("/admin/subscribers?status=confirmed")
+    assert response.status_code == 302
+    login = response.headers["Location"]
+    token = csrf_token(client, login)
+    response = client.post(
+        login, data={"email": "owner@example.com", "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.headers["Location"] == "/admin/subscribers?status=confirmed"
+
+
+def test_admin_pages_are_never_cached_and_carry_the_csp(admin_client):
+    response = admin_client.get("/admin/")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def test_cli_creates_the_first_account(app, monkeypatch):
+    runner = app.test_cli_runner()
+    assert "admin create" in runner.invoke(args=["admin", "hint"]).output
+    monkeypatch.setenv("ADMIN_PASSWORD", PASSWORD)
+    result = runner.invoke(args=["admin", "create", "Owner@Example.com"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(args=["admin", "hint"]).output == ""
+    again = runner.invoke(args=["admin", "create", "owner@example.com"])
+    assert again.exit_code != 0 and "already" in again.output
+    monkeypatch.setenv("ADMIN_PASSWORD", "short")
+    weak = runner.invoke(args=["admin", "create", "two@example.com"])
+    assert weak.exit_code != 0 and "at least 12" in weak.output
+    client = app.test_client()
+    assert sign_in(client).status_code == 303
+
+
+def test_cli_asks_for_the_password_when_none_is_set(app, monkeypatch):
+    monkeypatch.delenv("ADMIN_PASSWORD", raising=False)
+    result = app.test_cli_runner().invoke(
+        args=["admin", "create", "owner@example.com"], input=f"{PASSWORD}\n{PASSWORD}\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert PASSWORD not in result.output
+
+
+# --- subscribers ------------------------------------------------------------------------
+
+
+def add_subscribers(app, count: int, **fields) -> list[int]:
+    services = services_of(app)
+    ids = []
+    with services.database.begin() as session:
+        for n in range(count):
+            subscriber = make_subscriber(
+                session,
+                f"reader{n:04d}@example.com",
+                now=services.clock(),
+                first_name=f"Reader{n:04d}",
+                **fields,
+            )
+            ids.append(subscriber.id)
+    return ids
+
+
+def listed_emails(html: str) -> list[str]:
+    return re.findall(r'/admin/subscribers/\d+">([^<]+)</a>', html)
+
+
+def test_the_list_pages_by_keyset_newest_first(app, admin_client):
+    add_subscribers(app, 120)
+    first = admin_client.get("/admin/subscribers").get_data(as_text=True)
+    emails = listed_emails(first)
+    assert emails[0] == "reader0119@example.com" and len(emails) == 50
+    seen = list(emails)
+    page = first
+    while (match := re.search(r'rel="next" href="([^"]+)"', page)) is not None:
+        page = admin_client.get(match.group(1).replace("&amp;", "&")).get_data(as_text=True)
+        seen += listed_emails(page)
+    assert seen == [f"reader{n:04d}@example.com" for n in reversed(range(120))]
+
+
+def test_search_and_filters_narrow_the_list(app, admin_client):
+    add_subscribers(app, 5, source="blog")
+    services = services_of(app)
+    with services.database.begin() as session:
+        make_subscriber(
+            session,
+            "zoe@example.org",
+            now=services.clock(),
+            first_name="Zoë",
+            source="import",
+            status=SubscriberStatus.CONFIRMED,
+        )
+
+    def emails(query: str) -> list[str]:
+        response = admin_client.get("/admin/subscribers?" + query)
+        assert response.status_code == 200
+        return listed_emails(response.get_data(as_text=True))
+
+    assert emails("q=ZOË") == ["zoe@example.org"]  # by name, any case
+    assert emails("q=example.org") == ["zoe@example.org"]  # by address
+    assert emails("q=reader0003") == ["reader0003@example.com"]
+    assert emails("q=%25") == []  # LIKE wildcards are searched for, not used
+    assert emails("status=confirmed") == ["zoe@example.org"]
+    assert len(emails("source=blog")) == 5
+    assert emails("step=none&status=confirmed") == ["zoe@example.org"]
+    assert len(emails("from=2026-11-24&to=2026-11-24")) == 6
+    assert emails("from=2026-11-25") == []
+    assert admin_client.get("/admin/subscribers?from=yesterday").status_code == 400
+
+
+def test_a_hostile_name_stays_inert_in_the_admin_pages(app, admin_client):
+    services = services_of(app)
+    with services.database.begin() as session:
+        subscriber = make_subscriber(
+            session, "x@example.com", now=services.clock(), first_name=HOSTILE_NAME
+        )
+        subscriptions.record_event(
+            session, subscriber.id, "bounced", now=services.clock(), detail={"reason": HOSTILE_NAME}
+        )
+    for path in ("/admin/subscribers", f"/admin/subscribers/{subscriber.id}"):
+        html = admin_client.get(path).get_data(as_text=True)
+        assert "<script>alert" not in html and "<img src=x" not in html
+        assert "&lt;script&gt;alert" in html
+
+
+def confirmed_reader(app, client, email: str = "reader@example.com", name: str = "Ann") -> int:
+    """A reader who signed up through the form and confirmed (enrolled in the sequence)."""
+    sign_up(client, email, first_name=name)
+    services = services_of(app)
+    subscriber = get_subscriber(app, email)
+    with services.database.begin() as session:
+        subscriptions.confirm(
+            session,
+            subscriber.id,
+            subscriptions.Origin(ip="203.0.113.9", user_agent="test"),
+            token_issued_at=services.clock(),
+            consent_text="Yes, send me the guide.",
+            sequence=services.sequence.name,
+            now=services.clock(),
+        )
+    return subscriber.id
+
+
+def test_the_subscriber_page_shows_the_history_and_pauses_the_sequence(app, client, admin_client):
+    subscriber_id = confirmed_reader(app, client)
+    page = admin_client.get(f"/admin/subscribers/{subscriber_id}").get_data(as_text=True)
+    assert "signed up" in page and "confirmed" in page
+    assert "203.0.113.9" in page  # the consent record
+    assert "welcome" in page  # the email queued on confirming
+    assert post(admin_client, f"/admin/subscribers/{subscriber_id}/pause").status_code == 303
+    with services_of(app).database.read() as session:
+        enrollment = session.scalar(sa.select(Enrollment))
+        assert enrollment.status is EnrollmentStatus.PAUSED
+    assert post(admin_client, f"/admin/subscribers/{subscriber_id}/resume").status_code == 303
+    with services_of(app).database.read() as session:
+        assert session.scalar(sa.select(Enrollment.status)) is EnrollmentStatus.ACTIVE
+
+
+def test_the_subscribers_data_export_holds_everything_about_them(app, client, admin_client):
+    subscriber_id = confirmed_reader(app, client)
+    response = admin_client.get(f"/admin/subscribers/{subscriber_id}/data.json")
+    assert response.status_code == 200
+    assert "attachment" in response.headers["Content-Disposition"]
+    data = json.loads(response.get_data(as_text=True))
+    assert data["subscriber"]["email"] == "reader@example.com"
+    assert data["subscriber"]["first_name"] == "Ann"
+    assert [c["action"] for c in data["consents"]] == ["signup", "confirm"]
+    assert {"signed_up", "confirmed"} <= {e["kind"] for e in data["events"]}
+    assert {"confirm", "welcome"} <= {e["kind"] for e in data["emails"]}
+    assert data["sequences"][0]["status"] == "active"
+
+
+def test_erasing_removes_personal_data_from_every_table(app, client, admin_client):
+    subscriber_id = confirmed_reader(app, client, email="Erase.Me@Example.com", name="Eraseme")
+    refused = post(admin_client, f"/admin/subscribers/{subscriber_id}/erase", confirm_email="no")
+    assert refused.status_code == 303
+    assert get_subscriber(app, "erase.me@example.com") is not None
+    response = post(
+        admin_client,
+        f"/admin/subscribers/{subscriber_id}/erase",
+        confirm_email="erase.me@example.com",
+    )
+    assert response.status_code == 303
+    services = services_of(app)
+    with services.database.read() as session:
+        for table in Base.metadata.sorted_tables:
+            for row in session.execute(sa.select(table)):
+                text = " ".join(str(value) for value in row).lower()
+                assert "erase.me" not in text and "eraseme" not in text, table.name
+                assert "203.0.113.9" not in text, table.name
+        assert session.scalar(sa.select(sa.func.count()).select_from(Suppression)) == 1
+        assert subscriptions.is_suppressed(session, "ERASE.ME@example.com")
+        # The counts survive without saying whose they were.
+        kinds = session.scalars(sa.select(Event.kind)).all()
+        assert {"signed_up", "confirmed", "erased"} <= set(kinds)
+        assert session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)) == 2
+    assert admin_client.get(f"/admin/subscribers/{subscriber_id}").status_code == 404
+
+
+# --- export -----------------------------------------------------------------------------
+
+
+HOSTILE_CELLS = ['=HYPERLINK("http://x")', "+1+1", "-2", "@SUM(A1)", "\tTab", "\rCR"]
+
+
+def read_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_the_csv_export_streams_the_filtered_list_and_defuses_formulas(app, admin_client):
+    services = services_of(app)
+    with services.database.begin() as session:
+        for n, name in enumerate(HOSTILE_CELLS):
+            make_subscriber(
+                session,
+                f"h{n}@example.com",
+                now=services.clock(),
+                first_name=name,
+                status=SubscriberStatus.CONFIRMED,
+            )
+        make_subscriber(session, "=cmd@example.com", now=services.clock(), first_name="Öla")
+    response = admin_client.get("/admin/subscribers/export.csv?status=confirmed")
+    assert response.status_code == 200
+    assert response.is_streamed
+    assert response.mimetype == "text/csv"
+    assert "attachment" in response.headers["Content-Disposition"]
+    rows = read_csv(response.get_data(as_text=True))
+    assert [row["email"] for row in rows] == [f"h{n}@example.com" for n in range(6)]
+    assert [row["first_name"] for row in rows] == ["'" + cell for cell in HOSTILE_CELLS]
+    assert rows[0]["signed_up_utc"] == "2026-11-24 15:00:00"
+    everyone = read_csv(admin_client.get("/admin/subscribers/export.csv").get_data(as_text=True))
+    assert everyone[-1]["email"] == "'=cmd@example.com" and everyone[-1]["first_name"] == "Öla"
+
+
+def test_the_excel_export_starts_with_a_byte_order_mark(app, admin_client):
+    add_subscribers(app, 1)
+    body = admin_client.get("/admin/subscribers/export.csv?bom=1").get_data()
+    assert body.startswith(b"\xef\xbb\xbfemail,first_name,")
+    plain = admin_client.get("/admin/subscribers/export.csv").get_data()
+    assert plain.startswith(b"email,first_name,")
+
+
+def test_the_export_has_every_column_the_owner_needs(app, client, admin_client):
+    confirmed_reader(app, client)
+    (row,) = read_csv(admin_client.get("/admin/subscribers/export.csv").get_data(as_text=True))
+    assert row["email"] == "reader@example.com"
+    assert row["status"] == "confirmed"
+    assert row["source"] == "form"
+    assert row["confirmed_utc"] == "2026-11-24 15:00:00"
+    assert row["consent_ip"] == "203.0.113.9"
+    assert len(row["consent_text_version"]) > 4
+    assert row["sequence_step"]  # enrolled: planning its first step
+    assert row["last_email_sent_utc"] == ""  # nothing has gone out yet
+
+
+def test_the_cli_export_writes_the_same_rows_in_chunks(app, admin_client, tmp_path, monkeypatch):
+    monkeypatch.setattr(audience, "EXPORT_CHUNK", 7)  # many chunks, to test the keyset walk
+    add_subscribers(app, 30)
+    target = tmp_path / "out.csv"
+    result = app.test_cli_runner().invoke(args=["subscribers", "export", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "30 subscribers" in result.output
+    from_cli = target.read_bytes().decode("utf-8")
+    from_web = admin_client.get("/admin/subscribers/export.csv").get_data(as_text=True)
+    assert from_cli == from_web
+    assert len(read_csv(from_cli)) == 30
+    assert not (tmp_path / "out.csv.partial").exists()
+
+
+def test_the_cli_export_filters_and_refuses_bad_dates(app):
+    add_subscribers(app, 3)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["subscribers", "export", "--status", "confirmed"])
+    assert result.exit_code == 0
+    assert result.output.strip().splitlines() == [",".join(audience.EXPORT_COLUMNS)]
+    bad = runner.invoke(args=["subscribers", "export", "--since", "last week"])
+    assert bad.exit_code != 0 and "YYYY-MM-DD" in bad.output
+
+
+# --- dashboard --------------------------------------------------------------------------
+
+
+def test_the_dashboard_counts_the_funnel_and_warns_of_a_silent_scheduler(app, client, admin_client):
+    confirmed_reader(app, client, "a@example.com")
+    sign_up(client, "b@example.com")
+    sign_up(client, "c@example.com")
+    page = admin_client.get("/admin/").get_data(as_text=True)
+    funnel = re.search(r'<table id="funnel">(.*?)</table>', page, re.S).group(1)
+    cells = [re.sub(r"\s+", " ", c).strip() for c in re.findall(r"<td>(.*?)</td>", funnel, re.S)]
+    assert cells[:2] == ["Signed up", "3"]
+    assert cells[4:8] == ["Confirmed", "1", "33.3%", "33.3%"]
+    assert "Signups: 3" in page and "Confirmations: 1" in page
+    assert "<polyline" in page
+    assert "never run" in page  # no heartbeat yet
