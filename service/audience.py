@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, String, case, func, literal, or_, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
 from .models import (
@@ -319,12 +319,41 @@ def neutralize(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
-def _spreadsheet_time(value: datetime | None) -> str:
-    # ISO 8601 with a space: Excel and LibreOffice both read it as a date and time.
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+# The export does its formatting in SQL: the rows arrive as the strings the file needs, and
+# Python only writes them. Converting each value to a datetime or an enum and back would
+# cost more than everything else together (see bench/export.py).
 
 
-def _export_statement(wanted: SubscriberFilter) -> Select:
+def _defused(text: ColumnElement[Any]) -> ColumnElement[str]:
+    """`text` as neutralize() would return it, computed by the database."""
+    return case(
+        (func.substr(text, 1, 1).in_(FORMULA_STARTS), literal("'", String) + text),
+        else_=text,
+    )
+
+
+def _utc_text(column: Any, dialect: str) -> ColumnElement[str]:
+    """A UTC datetime as `YYYY-MM-DD HH:MM:SS` (ISO 8601 with a space, which Excel and
+    LibreOffice both read as a date and time), or ''."""
+    if dialect == "postgresql":
+        text = func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS")
+    else:  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC
+        text = func.substr(type_coerce(column, String), 1, 19)
+    return func.coalesce(text, "")
+
+
+def _step_text() -> ColumnElement[str]:
+    """Where the subscriber is in the sequence: the next step (paused or not), finished,
+    stopped, or '' if they never joined."""
+    next_step = func.coalesce(Enrollment.next_step, "starting")
+    return case(
+        (Enrollment.status == EnrollmentStatus.ACTIVE, next_step),
+        (Enrollment.status == EnrollmentStatus.PAUSED, next_step + literal(" (paused)", String)),
+        else_=func.coalesce(type_coerce(Enrollment.status, String), ""),
+    )
+
+
+def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
     consents = aliased(ConsentRecord)
     latest_consent = (
         select(func.max(consents.id))
@@ -332,90 +361,70 @@ def _export_statement(wanted: SubscriberFilter) -> Select:
         .correlate(Subscriber)
         .scalar_subquery()
     )
+    # Not max(): ORDER BY ... LIMIT 1 reads one entry of ix_outbox_subscriber_sent.
     last_sent = (
-        select(func.max(OutboxMessage.sent_at))
-        .where(OutboxMessage.subscriber_id == Subscriber.id)
+        select(OutboxMessage.sent_at)
+        .where(OutboxMessage.subscriber_id == Subscriber.id, OutboxMessage.sent_at.is_not(None))
+        .order_by(OutboxMessage.sent_at.desc())
+        .limit(1)
         .scalar_subquery()
     )
     statement = _with_enrollment(
         select(
             Subscriber.id,
-            Subscriber.email,
-            Subscriber.first_name,
-            Subscriber.status,
-            Subscriber.source,
+            _defused(Subscriber.email),
+            _defused(func.coalesce(Subscriber.first_name, "")),
+            type_coerce(Subscriber.status, String),
+            _defused(Subscriber.source),
             Subscriber.time_zone,
-            Subscriber.created_at,
-            Subscriber.confirmed_at,
-            Subscriber.unsubscribed_at,
-            ConsentRecord.ip,
-            ConsentRecord.text_version,
-            Enrollment.status,
-            Enrollment.next_step,
-            last_sent,
+            _utc_text(Subscriber.created_at, dialect),
+            _utc_text(Subscriber.confirmed_at, dialect),
+            _utc_text(Subscriber.unsubscribed_at, dialect),
+            func.coalesce(ConsentRecord.ip, ""),
+            func.coalesce(ConsentRecord.text_version, ""),
+            _defused(_step_text()),
+            _utc_text(last_sent, dialect),
         ),
         wanted.sequence,
     ).outerjoin(ConsentRecord, ConsentRecord.id == latest_consent)
     return wanted.apply(statement).order_by(Subscriber.id)
 
 
-def _step_label(enrollment_status: EnrollmentStatus | None, next_step: str | None) -> str:
-    if enrollment_status is None:
-        return ""
-    if enrollment_status in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
-        suffix = " (paused)" if enrollment_status is EnrollmentStatus.PAUSED else ""
-        return (next_step or "starting") + suffix
-    return enrollment_status.value
+def export_chunks(
+    read: Callable[[], Any], wanted: SubscriberFilter, *, chunk: int | None = None
+) -> Iterator[list[Sequence[str]]]:
+    """The filtered subscribers as CSV cells, oldest first, `chunk` rows at a time.
 
-
-def export_rows(
-    read: Callable[[], Any], wanted: SubscriberFilter, *, chunk: int = EXPORT_CHUNK
-) -> Iterator[tuple[str, ...]]:
-    """The filtered subscribers as CSV cells, oldest first, read `chunk` rows at a time.
-
-    `read` opens a read-only session (Database.read); each chunk gets its own.
+    `read` opens a read-only session (Database.read); each chunk gets its own, walking the
+    list by id (keyset), so no transaction stays open for the whole export.
     """
-    statement = _export_statement(wanted).limit(chunk)
+    size = chunk or EXPORT_CHUNK
     after = 0
+    statement: Select | None = None
     while True:
         with read() as session:
-            rows = session.execute(statement.where(Subscriber.id > after)).all()
-        for row in rows:
-            yield (
-                neutralize(row[1]),
-                neutralize(row[2] or ""),
-                row[3].value,
-                neutralize(row[4]),
-                row[5],
-                _spreadsheet_time(row[6]),
-                _spreadsheet_time(row[7]),
-                _spreadsheet_time(row[8]),
-                row[9] or "",
-                row[10] or "",
-                neutralize(_step_label(row[11], row[12])),
-                _spreadsheet_time(row[13]),
-            )
-        if len(rows) < chunk:
+            if statement is None:
+                dialect = session.get_bind().dialect.name
+                statement = _export_statement(wanted, dialect).limit(size)
+            # On the Core connection: the ORM's row handling would cost more than the query.
+            rows = session.connection().execute(statement.where(Subscriber.id > after)).all()
+        if rows:
+            yield [row[1:] for row in rows]
+        if len(rows) < size:
             return
         after = rows[-1][0]
 
 
-def csv_chunks(
-    rows: Iterator[Sequence[str]], *, bom: bool = False, per_chunk: int = 1000
-) -> Iterator[str]:
-    """CSV text (RFC 4180, CRLF line ends) in pieces of `per_chunk` rows, header first."""
+def csv_chunks(chunks: Iterator[list[Sequence[str]]], *, bom: bool = False) -> Iterator[str]:
+    """CSV text (RFC 4180, CRLF line ends): the header at once, then one piece per chunk."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     if bom:
         buffer.write("\ufeff")  # makes Excel read the file as UTF-8
     writer.writerow(EXPORT_COLUMNS)
-    pending = 0
-    for row in rows:
-        writer.writerow(row)
-        pending += 1
-        if pending >= per_chunk:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-            pending = 0
     yield buffer.getvalue()
+    for rows in chunks:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerows(rows)
+        yield buffer.getvalue()

@@ -13,7 +13,7 @@ from flask import Flask, current_app, render_template
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from . import admins, audience, guide, migrate, sequences
+from . import admins, audience, guide, sequences
 from .mail import DeliveryError
 from .models import OutboxMessage, Subscriber, SubscriberStatus
 from .services import Services
@@ -32,6 +32,8 @@ def db_group() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create the database or migrate it to the current schema."""
+    from . import migrate  # Alembic is loaded only by the commands that need it
+
     url = _services().settings.database_url
     migrate.upgrade(url, revision)
     click.echo(f"database at revision {migrate.current_revision(_services().database.engine)}")
@@ -40,6 +42,8 @@ def db_upgrade(revision: str) -> None:
 @db_group.command("current")
 def db_current() -> None:
     """Print the database's schema revision and the newest one."""
+    from . import migrate
+
     current = migrate.current_revision(_services().database.engine)
     click.echo(f"database: {current or 'empty'}; newest: {migrate.head_revision()}")
 
@@ -312,14 +316,14 @@ def subscribers_export(
         )
     except audience.InvalidFilter as exc:
         raise click.ClickException(str(exc)) from None
-    rows = audience.export_rows(services.database.read, wanted)
+    chunks = audience.export_chunks(services.database.read, wanted)
     count = 0
 
     def counted():
         nonlocal count
-        for row in rows:
-            count += 1
-            yield row
+        for rows in chunks:
+            count += len(rows)
+            yield rows
 
     if output is None:
         stream = sys.stdout.buffer  # UTF-8 whatever the terminal's locale says

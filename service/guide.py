@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 
 import markdown
-from fpdf import FPDF, FontFace
 
 from .config import PROJECT_ROOT
 
@@ -43,16 +42,19 @@ class GuideSourceError(ValueError):
     """The guide's source cannot be typeset (for example a character the font lacks)."""
 
 
-class _GuidePDF(FPDF):
-    def __init__(self, footer_text: str) -> None:
-        super().__init__(format="A4")
-        self.footer_text = footer_text
+def _guide_pdf(footer_text: str):
+    # fpdf2 is imported here, not at the top: it costs ~30 MB, and only `guide build` and
+    # the first download need it, not every web worker and command.
+    from fpdf import FPDF
 
-    def footer(self) -> None:
-        self.set_y(-15)
-        self.set_font("Helvetica", size=8)
-        self.set_text_color(*MUTED)
-        self.cell(0, 10, f"{self.footer_text}   |   page {self.page_no()}", align="C")
+    class GuidePDF(FPDF):
+        def footer(self) -> None:
+            self.set_y(-15)
+            self.set_font("Helvetica", size=8)
+            self.set_text_color(*MUTED)
+            self.cell(0, 10, f"{footer_text}   |   page {self.page_no()}", align="C")
+
+    return GuidePDF(format="A4")
 
 
 def render_pdf(source: str, *, site_name: str) -> bytes:
@@ -67,7 +69,9 @@ def render_pdf(source: str, *, site_name: str) -> bytes:
             f"line {line}: the character {bad!r} cannot be typeset in the PDF's font"
         ) from exc
     html = markdown.markdown(text, extensions=["sane_lists"])
-    pdf = _GuidePDF(f"{site_name}  -  general information, not medical advice")
+    from fpdf import FontFace
+
+    pdf = _guide_pdf(f"{site_name}  -  general information, not medical advice")
     pdf.set_title(GUIDE_TITLE)
     pdf.set_author(site_name)
     pdf.set_margins(20, 20, 20)

@@ -160,13 +160,15 @@ class OutboxMessage(Base):
             sqlite_where=text(OUTBOX_DUE_STATES),
             postgresql_where=text(OUTBOX_DUE_STATES),
         ),
+        # A subscriber's emails, and the last one sent from the index alone (the export).
+        Index("ix_outbox_subscriber_sent", "subscriber_id", "sent_at"),
         # Ids are in Message-IDs: never reused, even after rows are deleted.
         {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int | None] = mapped_column(
-        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+        ForeignKey("subscribers.id", ondelete="SET NULL")
     )
     to_address: Mapped[str] = mapped_column(String(320))
     kind: Mapped[str] = mapped_column(String(32))  # confirm, welcome, guide, ...

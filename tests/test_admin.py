@@ -497,3 +497,32 @@ def test_the_dashboard_counts_the_funnel_and_warns_of_a_silent_scheduler(app, cl
     assert "Signups: 3" in page and "Confirmations: 1" in page
     assert "<polyline" in page
     assert "never run" in page  # no heartbeat yet
+
+
+# --- the development outbox -------------------------------------------------------------
+
+
+def test_the_dev_outbox_shows_each_email_as_its_reader_gets_it(app, client, admin_client):
+    sign_up(client, "reader@example.com", first_name="Ann")
+    listing = admin_client.get("/admin/outbox").get_data(as_text=True)
+    assert "reader@example.com" in listing
+    (message_id,) = re.findall(r"/admin/outbox/(\d+)", listing)
+    page = admin_client.get(f"/admin/outbox/{message_id}")
+    html = page.get_data(as_text=True)
+    assert "Confirm" in html and "List-Unsubscribe" in html
+    assert "/confirm/" in html  # the plain-text part, with the reader's own link
+    assert "frame-src 'self'" in page.headers["Content-Security-Policy"]
+    frame = admin_client.get(f"/admin/outbox/{message_id}/html")
+    assert frame.mimetype == "text/html" and "<html" in frame.get_data(as_text=True).lower()
+    policy = frame.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script" not in policy
+    assert frame.headers["X-Frame-Options"] == "SAMEORIGIN"
+
+
+def test_the_dev_outbox_is_not_there_with_a_real_mail_server(make_app):
+    app = make_app(MAIL_URL="smtp://127.0.0.1:2525")
+    create_admin(app)
+    client = app.test_client()
+    sign_in(client)
+    assert client.get("/admin/outbox").status_code == 404
+    assert "/admin/outbox" not in client.get("/admin/").get_data(as_text=True)

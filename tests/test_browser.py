@@ -151,3 +151,56 @@ def test_embedded_form_on_another_site_signs_up(live_app, page, tmp_path):
     subscriber = get_subscriber(app, "reader@example.com")
     assert subscriber.source == "blog-embed"
     assert subscriber.time_zone == "America/Vancouver"
+
+
+def test_owner_signs_in_finds_a_reader_and_exports_the_list(live_app, page, tmp_path):
+    from service import admins
+    from tests.helpers import make_subscriber
+
+    app, base = live_app
+    services = app.extensions["newsletter"]
+    with services.database.begin() as session:
+        admins.create(session, "owner@example.com", "a long enough password", now=services.clock())
+        make_subscriber(
+            session,
+            "zoe@example.com",
+            now=services.clock(),
+            first_name='<img src=x onerror="window.pwned=1">',
+            status=SubscriberStatus.CONFIRMED,
+        )
+        make_subscriber(session, "other@example.com", now=services.clock(), first_name="Bo")
+
+    page.goto(base + "/admin/subscribers")
+    page.wait_for_url(base + "/admin/login**")
+    page.fill("#email", "owner@example.com")
+    page.fill("#password", "a long enough password")
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(base + "/admin/subscribers")
+
+    page.fill('input[name="q"]', "zoe")
+    page.click("button:has-text('Filter')")
+    page.wait_for_url(base + "/admin/subscribers?q=zoe**")
+    rows = page.locator("#subscriber-list tbody tr")
+    assert rows.count() == 1
+    assert "zoe@example.com" in rows.first.inner_text()
+    # The hostile name is shown as text, never run.
+    assert '<img src=x onerror="window.pwned=1">' in rows.first.inner_text()
+    assert page.evaluate("window.pwned") is None
+
+    with page.expect_download() as download_info:
+        page.click("#export-csv")
+    saved = tmp_path / "export.csv"
+    download_info.value.save_as(saved)
+    lines = saved.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("email,first_name,status")
+    assert len(lines) == 2 and lines[1].startswith("zoe@example.com,")
+
+    page.click("#subscriber-list a:has-text('zoe@example.com')")
+    page.wait_for_url(base + "/admin/subscribers/*")
+    assert "History" in page.inner_text("main")
+
+    page.goto(base + "/admin/")
+    assert page.locator("svg.chart polyline").count() == 3
+    assert "Finished the sequence" in page.inner_text("#funnel")
+    # The admin pages satisfy the Content-Security-Policy: no violations, no script errors.
+    assert page.problems == []

@@ -26,9 +26,11 @@ from flask import (
     url_for,
 )
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import select
 
 from .. import admins, audience, dashboard, sequences, subscriptions
-from . import now, services
+from ..models import OutboxMessage, Subscriber
+from . import CONTENT_SECURITY_POLICY, now, services
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +219,9 @@ def export_csv():
     bom = request.args.get("bom") == "1"
     stamp = now().strftime("%Y%m%d-%H%M")
     logger.info("subscriber export by %s: %s", g.admin.email, wanted.as_args())
-    rows = audience.export_rows(services().database.read, wanted)
+    chunks = audience.export_chunks(services().database.read, wanted)
     return Response(
-        stream_with_context(audience.csv_chunks(rows, bom=bom)),
+        stream_with_context(audience.csv_chunks(chunks, bom=bom)),
         mimetype="text/csv",
         headers={
             "Content-Disposition": f'attachment; filename="subscribers-{stamp}.csv"',
@@ -303,12 +305,78 @@ def erase(subscriber_id: int):
     return redirect(url_for("admin.subscribers"), 303)
 
 
+# --- the development outbox -----------------------------------------------------------
+
+DEV_MAIL_SCHEMES = ("file:", "console:")
+EMAIL_FRAME_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        "style-src 'unsafe-inline'",  # emails carry their styles inline
+        "img-src https: http: data:",
+        "frame-ancestors 'self'",
+    ]
+)
+
+
+def _dev_mail_only() -> None:
+    if not services().settings.MAIL_URL.startswith(DEV_MAIL_SCHEMES):
+        abort(404, description="The outbox page is there only with the development mail backend.")
+
+
+def _composed(message_id: int):
+    """The outbox row and the email as its reader gets it (rendered the way dispatch does)."""
+    with services().database.read() as db:
+        row = db.get(OutboxMessage, message_id)
+        if row is None or row.subscriber_id is None:
+            abort(404)
+        reader = db.get(Subscriber, row.subscriber_id)
+        if reader is None:
+            abort(404)
+        message = services().make_dispatcher("preview").compose(row, reader, now=now())
+        db.expunge_all()
+    return row, message
+
+
+@bp.get("/outbox")
+def outbox_list():
+    """The latest emails queued and sent (development mail backend only)."""
+    _dev_mail_only()
+    with services().database.read() as db:
+        rows = db.scalars(select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(100)).all()
+        db.expunge_all()
+    return render_template("admin/outbox.html", rows=rows)
+
+
+@bp.get("/outbox/<int:message_id>")
+def outbox_email(message_id: int):
+    """One email: its headers, its plain text, and its HTML in a sandboxed frame."""
+    _dev_mail_only()
+    row, message = _composed(message_id)
+    response = Response(render_template("admin/outbox_email.html", row=row, message=message))
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.replace(
+        "default-src 'none'", "default-src 'none'; frame-src 'self'"
+    )
+    return response
+
+
+@bp.get("/outbox/<int:message_id>/html")
+def outbox_email_html(message_id: int):
+    """The HTML part alone, for the frame: no script runs, nothing but images loads."""
+    _dev_mail_only()
+    _, message = _composed(message_id)
+    response = Response(message.html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = EMAIL_FRAME_POLICY
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
 def init_app(app, limiter) -> None:
     """CSRF protection for the admin forms, and the sign-in rate limit."""
     app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # checked in _require_admin
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # valid for the session's life
     csrf.init_app(app)
     settings = services_of(app).settings
+    app.config["DEV_OUTBOX"] = settings.MAIL_URL.startswith(DEV_MAIL_SCHEMES)
     app.permanent_session_lifetime = timedelta(hours=settings.ADMIN_SESSION_HOURS)
 
     def disabled() -> bool:

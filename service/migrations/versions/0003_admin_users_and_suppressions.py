@@ -1,4 +1,4 @@
-"""admin users and suppressions
+"""admin users, suppressions, and the outbox indexed for a subscriber's last email
 
 Revision ID: 0003
 Revises: 0002
@@ -37,8 +37,14 @@ def upgrade() -> None:
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('email_hash'),
     )
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_subscriber_sent', ['subscriber_id', 'sent_at'], unique=False)
+        batch_op.drop_index('ix_outbox_subscriber_id')
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_subscriber_id', ['subscriber_id'], unique=False)
+        batch_op.drop_index('ix_outbox_subscriber_sent')
     op.drop_table('suppressions')
     op.drop_table('admin_users')
