@@ -24,7 +24,7 @@ from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from service import health, sequences
+from service import broadcasts, health, sequences
 from service.config import ConfigError, load_settings
 from service.dispatch import Dispatcher, PassReport
 from service.services import Services, configure_logging, worker_name
@@ -70,8 +70,8 @@ def tick(
     clock: Callable[[], datetime],
     stop: threading.Event,
 ) -> PassReport:
-    """One tick: queue the sequence steps that are due, then send everything due, noting
-    the heartbeat before and after each batch."""
+    """One tick: queue the sequence steps and newsletters that are due, then send
+    everything due, noting the heartbeat before and after each batch."""
 
     def heartbeat(now: datetime) -> None:
         with services.database.begin() as session:
@@ -81,11 +81,18 @@ def tick(
     steps = advance_sequence(services, clock=clock, stop=stop)
     if steps.total:
         logger.info("sequence: %s", steps)
+    with services.database.begin() as session:
+        for broadcast_id, queued in broadcasts.start_due(
+            session, now=clock(), sequence=services.sequence.name
+        ):
+            logger.info("newsletter %d: %d emails queued", broadcast_id, queued)
     mailer = services.make_mailer()
     try:
         report = dispatcher.drain(mailer, clock=clock, stop=stop, after_batch=heartbeat)
     finally:
         mailer.close()
+    with services.database.begin() as session:
+        broadcasts.finish_done(session, now=clock())
     if report.claimed or report.stopped:
         logger.info("pass: %s", report)
     return report

@@ -8,9 +8,10 @@ session at its next request.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -18,7 +19,8 @@ from .models import AdminUser
 from .subscriptions import email_key, normalize_email
 
 MIN_PASSWORD_LENGTH = 12
-MAX_PASSWORD_LENGTH = 1024  # hashing a megabyte of "password" is a denial of service
+MAX_PASSWORD_LENGTH = 1024
+MAX_EMAIL_KEY = 320  # hashing a megabyte of "password" is a denial of service
 
 
 @functools.cache
@@ -73,27 +75,49 @@ def create(session: Session, email: str, password: str, *, now: datetime) -> Adm
     return admin
 
 
-def authenticate(session: Session, email: str, password: str, *, now: datetime) -> AdminUser | None:
-    """The account if the password is right, else None (the same time either way)."""
-    password = password[:MAX_PASSWORD_LENGTH]
+def account_key(email: str) -> str:
+    """The form an account name is looked up and rate-limited by: `Owner@EXAMPLE.com`, the
+    same with full-width letters (IDNA folds them) and `owner@example.com` are one account,
+    and so one budget of attempts."""
     try:
-        key = email_key(normalize_email(email))
+        return email_key(normalize_email(email))
     except ValueError:
-        key = None
-    admin = session.scalar(select(AdminUser).where(AdminUser.email_key == key)) if key else None
+        return email.strip().lower()[:MAX_EMAIL_KEY]
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """Who signed in, and the epoch their session starts in."""
+
+    admin_id: int
+    email: str
+    session_epoch: int
+
+
+def authenticate(session: Session, email: str, password: str) -> SignIn | None:
+    """The account if the password is right, else None (the same time either way).
+
+    Only reads: scrypt takes ~50 ms, too long to hold SQLite's write lock. The caller
+    records the sign-in (`record_sign_in`) in a short write of its own.
+    """
+    password = password[:MAX_PASSWORD_LENGTH]
+    admin = session.scalar(select(AdminUser).where(AdminUser.email_key == account_key(email)))
     if admin is None:
         check_password_hash(_dummy_hash(), password)
         return None
     if not check_password_hash(admin.password_hash, password):
         return None
-    admin.last_login_at = now
-    return admin
+    return SignIn(admin.id, admin.email, admin.session_epoch)
 
 
-def change_password(
-    session: Session, admin_id: int, current: str, new: str, *, now: datetime
-) -> AdminUser:
-    """Set a new password and end every other session; AdminError says what was wrong."""
+def record_sign_in(session: Session, admin_id: int, *, now: datetime) -> None:
+    session.execute(update(AdminUser).where(AdminUser.id == admin_id).values(last_login_at=now))
+
+
+def new_password_hash(session: Session, admin_id: int, current: str, new: str) -> str:
+    """The hash to store for `new`, once `current` is proven right (reads only; both
+    scrypt runs happen here, outside any write transaction). AdminError says what was
+    wrong."""
     admin = session.get(AdminUser, admin_id)
     if admin is None:
         raise AdminError("That account no longer exists.")
@@ -102,10 +126,18 @@ def change_password(
     problem = password_problem(new)
     if problem:
         raise AdminError(problem)
-    admin.password_hash = generate_password_hash(new)
+    return generate_password_hash(new)
+
+
+def set_password_hash(session: Session, admin_id: int, password_hash: str, *, now: datetime) -> int:
+    """Store a new password hash and end every other session; returns the new epoch."""
+    admin = session.get(AdminUser, admin_id, with_for_update=True)
+    if admin is None:
+        raise AdminError("That account no longer exists.")
+    admin.password_hash = password_hash
     admin.password_changed_at = now
     admin.session_epoch += 1
-    return admin
+    return admin.session_epoch
 
 
 def for_session(session: Session, admin_id: object, epoch: object) -> AdminUser | None:

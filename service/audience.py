@@ -65,9 +65,12 @@ class SubscriberFilter:
             if not raw:
                 return None
             try:
-                return date.fromisoformat(raw)
+                value = date.fromisoformat(raw)
             except ValueError:
                 raise InvalidFilter(f"{name}: {raw!r} is not a date (YYYY-MM-DD)") from None
+            if not 1900 <= value.year <= 9000:
+                raise InvalidFilter(f"{name}: {raw!r} is too far from today")
+            return value
 
         raw_status = (args.get("status") or "").strip()
         try:
@@ -96,14 +99,17 @@ class SubscriberFilter:
         }
         return {name: value for name, value in args.items() if value}
 
-    def apply(self, statement: Select) -> Select:
+    def apply(self, statement: Select, dialect: str) -> Select:
         """`statement` (over subscribers, with enrollments outer-joined) narrowed down."""
         if self.query:
             needle = self.query.lower()
+            lower = func.lower
+            if dialect == "sqlite" and not needle.isascii():
+                lower = func.unicode_lower  # see service.db: SQLite's lower() is ASCII only
             statement = statement.where(
                 or_(
-                    Subscriber.email_key.contains(needle, autoescape=True),
-                    func.lower(Subscriber.first_name).contains(needle, autoescape=True),
+                    Subscriber.email_key.contains(needle, autoescape=True),  # lowered already
+                    lower(Subscriber.first_name).contains(needle, autoescape=True),
                 )
             )
         if self.status is not None:
@@ -173,7 +179,8 @@ def find(
         ),
         wanted.sequence,
     )
-    statement = wanted.apply(statement).order_by(Subscriber.id.desc()).limit(size + 1)
+    dialect = session.get_bind().dialect.name
+    statement = wanted.apply(statement, dialect).order_by(Subscriber.id.desc()).limit(size + 1)
     if before is not None:
         statement = statement.where(Subscriber.id < before)
     rows = [ListedSubscriber(*row) for row in session.execute(statement)]
@@ -376,18 +383,19 @@ def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
             _defused(func.coalesce(Subscriber.first_name, "")),
             type_coerce(Subscriber.status, String),
             _defused(Subscriber.source),
-            Subscriber.time_zone,
+            _defused(Subscriber.time_zone),
             _utc_text(Subscriber.created_at, dialect),
             _utc_text(Subscriber.confirmed_at, dialect),
             _utc_text(Subscriber.unsubscribed_at, dialect),
-            func.coalesce(ConsentRecord.ip, ""),
-            func.coalesce(ConsentRecord.text_version, ""),
+            # From a header a misconfigured proxy may pass through: defused like the rest.
+            _defused(func.coalesce(ConsentRecord.ip, "")),
+            _defused(func.coalesce(ConsentRecord.text_version, "")),
             _defused(_step_text()),
             _utc_text(last_sent, dialect),
         ),
         wanted.sequence,
     ).outerjoin(ConsentRecord, ConsentRecord.id == latest_consent)
-    return wanted.apply(statement).order_by(Subscriber.id)
+    return wanted.apply(statement, dialect).order_by(Subscriber.id)
 
 
 def export_chunks(

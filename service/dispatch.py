@@ -31,7 +31,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from . import outbox, subscriptions
+from . import broadcasts, outbox, subscriptions
+from .broadcasts import BROADCAST_KIND, TEST_KIND
 from .db import Database
 from .emails import PERSONAL_FIELDS, EmailRenderer, Skeleton
 from .links import Links
@@ -43,7 +44,7 @@ from .mail import (
     ServerBusy,
     TemporaryFailure,
 )
-from .models import OutboxMessage, OutboxStatus, Subscriber
+from .models import Broadcast, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from .sequences import SEQUENCE_KIND, DripSequence, sending_window_opens, zone_of
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class Dispatcher:
         self._message_id_key = hashlib.sha256(f"message-id:{secret_key}".encode()).digest()
         self._message_id_domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
         self._skeletons: dict[tuple[Any, ...], Skeleton | None] = {}
+        self._newsletters: dict[int, broadcasts.Content] = {}
 
     def drain(
         self,
@@ -350,6 +352,14 @@ class Dispatcher:
                 logger.warning("outbox %d: the claim lapsed before its turn", message_id)
             return None
         reader = readers.get(row.subscriber_id) if row.subscriber_id is not None else None
+        if reader is None and row.kind in outbox.TO_THE_OWNER:
+            reader = outbox.Reader(
+                id=0,
+                email=row.to_address,
+                first_name=None,
+                status=SubscriberStatus.CONFIRMED,
+                time_zone="UTC",
+            )
         reason = None
         if not outbox.may_receive(row.kind, reader):
             reason = "recipient may not receive it"
@@ -421,13 +431,20 @@ class Dispatcher:
         context = dict(row.context)
         if row.kind == SEQUENCE_KIND:
             context.update(self.sequence.context())
+        elif row.kind in (BROADCAST_KIND, TEST_KIND):
+            context["broadcast"] = self._newsletter(
+                row.context["broadcast_id"], fresh=row.kind == TEST_KIND
+            )
         # The row's own context is small; the sequence's part is the same for every row.
         key = (row.template, tuple(sorted(row.context.items())), bool(subscriber.first_name))
-        if key not in self._skeletons:
-            self._skeletons[key] = self.renderer.skeleton(
-                row.template, context, has_first_name=bool(subscriber.first_name)
-            )
-        skeleton = self._skeletons[key]
+        if row.kind == TEST_KIND:
+            skeleton = None  # a draft's test: it may have changed since the last one
+        else:
+            if key not in self._skeletons:
+                self._skeletons[key] = self.renderer.skeleton(
+                    row.template, context, has_first_name=bool(subscriber.first_name)
+                )
+            skeleton = self._skeletons[key]
         fields = PERSONAL_FIELDS if skeleton is None else skeleton.fields | {"unsubscribe_url"}
         values = self._personal_values(subscriber, fields, now=now)
         if skeleton is None:
@@ -449,6 +466,17 @@ class Dispatcher:
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             },
         )
+
+    def _newsletter(self, broadcast_id: int, *, fresh: bool) -> broadcasts.Content:
+        """A newsletter's content, read once per pass (a draft's test reads it every time:
+        drafts change)."""
+        if fresh or broadcast_id not in self._newsletters:
+            with self.database.read() as session:
+                found = session.get(Broadcast, broadcast_id)
+                if found is None:
+                    raise LookupError(f"newsletter {broadcast_id} no longer exists")
+                self._newsletters[broadcast_id] = broadcasts.content_of(found.subject, found.body)
+        return self._newsletters[broadcast_id]
 
     def _personal_values(
         self,

@@ -185,6 +185,10 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # Indexed for the hourly sending limit (how many went out in the last hour).
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # For kind "broadcast": the newsletter it belongs to (progress, pause, cancel).
+    broadcast_id: Mapped[int | None] = mapped_column(
+        ForeignKey("broadcasts.id", ondelete="SET NULL"), index=True
+    )
 
     def __repr__(self) -> str:
         return f"<OutboxMessage {self.id} {self.kind} {self.status.value}>"
@@ -271,3 +275,34 @@ class Suppression(Base):
     email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     reason: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BroadcastStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"  # waits for scheduled_at; the scheduler then queues its emails
+    SENDING = "sending"  # one outbox row per recipient exists
+    PAUSED = "paused"  # its queued emails are held
+    SENT = "sent"  # nothing of it is left to send
+    CANCELLED = "cancelled"
+
+
+class Broadcast(Base):
+    """A one-off newsletter to all confirmed subscribers or a part of them."""
+
+    __tablename__ = "broadcasts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)  # Markdown
+    status: Mapped[BroadcastStatus] = mapped_column(
+        _enum(BroadcastStatus), default=BroadcastStatus.DRAFT, index=True
+    )
+    # Who gets it: confirmed subscribers, narrowed by these (empty: no narrowing).
+    audience_source: Mapped[str] = mapped_column(String(100), default="")
+    audience_sequence: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)

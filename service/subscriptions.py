@@ -467,7 +467,8 @@ def erase(session: Session, subscriber_id: int, *, now: datetime) -> str:
     session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.subscriber_id == subscriber_id)
-        .values(subscriber_id=None, to_address="", context={}, last_error=None)
+        # The dedupe key names the subscriber's id, which would tie these rows together.
+        .values(subscriber_id=None, to_address="", context={}, last_error=None, dedupe_key=None)
         .execution_options(synchronize_session=False)
     )
     record_event(session, None, "erased", now=now)

@@ -204,3 +204,17 @@ def test_sqlite_never_reuses_a_deleted_subscribers_id(sqlite_url):
         session.execute(sa.delete(Subscriber).where(Subscriber.id == first))
     assert add("second@example.com") > first
     database.dispose()
+
+
+def test_migrated_sqlite_tables_keep_autoincrement(sqlite_url):
+    """Rebuilding a table (Alembic's batch mode on SQLite) must not drop AUTOINCREMENT from
+    tables whose ids leave the database (links, Message-IDs)."""
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as connection:
+        tables = set(
+            connection.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%AUTOINCREMENT%'"
+            ).scalars()
+        )
+    engine.dispose()
+    assert {"subscribers", "outbox"} <= tables

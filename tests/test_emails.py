@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import sequences
+from service import broadcasts, sequences
 from service.emails import SHIPPED_EMAILS, EmailRenderer, TemplateProblem, email_directories
 
 SITE = {
@@ -51,6 +51,10 @@ def context_for(name: str, **overrides):
     context = {**CONTEXT, **overrides}
     if name.startswith("sequence/"):
         context.update(SEQUENCE_CONTEXT)
+    if name == "broadcast":
+        context["broadcast"] = broadcasts.content_of(
+            "Rolling, week two", "Three times a week, **not more**. <b>raw</b>"
+        )
     return context
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from flask import (
@@ -28,8 +28,9 @@ from flask import (
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import select
 
-from .. import admins, audience, dashboard, sequences, subscriptions
-from ..models import OutboxMessage, Subscriber
+from .. import admins, audience, broadcasts, dashboard, sequences, subscriptions
+from .. import outbox as outbox_module
+from ..models import Broadcast, OutboxMessage, Subscriber, SubscriberStatus
 from . import CONTENT_SECURITY_POLICY, now, services
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,20 @@ def _require_admin():
 @bp.after_request
 def _never_cache(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
+    # Flask-WTF checks that a form posted over https comes from this site by its Referer;
+    # the public pages send none at all (their links carry tokens), these send it home only.
+    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 
 def _safe_next(target: str | None) -> str:
     """Where to go after signing in: only a path inside /admin, never another site."""
-    if target and target.startswith("/admin") and "\\" not in target:
+    if (
+        target
+        and target.startswith("/admin")
+        and "\\" not in target
+        and not any(ch.isspace() or ord(ch) < 32 for ch in target)
+    ):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc:
             return target
@@ -88,19 +97,19 @@ def login():
             return redirect(_safe_next(request.args.get("next")))
         return render_template("admin/login.html", error=None, email="")
     email = request.form.get("email", "")
-    with services().database.begin() as db:
-        admin = admins.authenticate(db, email, request.form.get("password", ""), now=now())
-        if admin is not None:
-            admin_id, epoch = admin.id, admin.session_epoch
-    if admin is None:
-        logger.warning("failed admin sign-in for %r from %s", email[:100], request.remote_addr)
+    with services().database.read() as db:
+        signed_in = admins.authenticate(db, email, request.form.get("password", ""))
+    if signed_in is None:
+        logger.warning("failed admin sign-in from %s", request.remote_addr)
         return render_template(
             "admin/login.html", error="That email and password do not match.", email=email
         ), 401
+    with services().database.begin() as db:
+        admins.record_sign_in(db, signed_in.admin_id, now=now())
     session.clear()  # nothing from before the sign-in carries over
     session.permanent = True
-    session["admin_id"] = admin_id
-    session["admin_epoch"] = epoch
+    session["admin_id"] = signed_in.admin_id
+    session["admin_epoch"] = signed_in.session_epoch
     return redirect(_safe_next(request.args.get("next")), 303)
 
 
@@ -117,15 +126,15 @@ def account():
     error = None
     if request.method == "POST":
         try:
-            with services().database.begin() as db:
-                admin = admins.change_password(
+            with services().database.read() as db:
+                password_hash = admins.new_password_hash(
                     db,
                     g.admin.id,
                     request.form.get("current_password", ""),
                     request.form.get("new_password", ""),
-                    now=now(),
                 )
-                epoch = admin.session_epoch
+            with services().database.begin() as db:
+                epoch = admins.set_password_hash(db, g.admin.id, password_hash, now=now())
         except admins.AdminError as exc:
             error = str(exc)
         else:
@@ -197,6 +206,8 @@ def subscribers():
     """Search and filter the list, newest first, a page at a time."""
     wanted = _filter()
     before = request.args.get("before", type=int)
+    if before is not None and not 0 < before < 2**63:
+        abort(400, description="That page does not exist.")
     with services().database.read() as db:
         page = audience.find(db, wanted, before=before)
         sources = audience.sources(db)
@@ -218,7 +229,8 @@ def export_csv():
     wanted = _filter()
     bom = request.args.get("bom") == "1"
     stamp = now().strftime("%Y%m%d-%H%M")
-    logger.info("subscriber export by %s: %s", g.admin.email, wanted.as_args())
+    # Which filters, not their values: a search term can be someone's address.
+    logger.info("subscriber export by %s, filtered by %s", g.admin.email, sorted(wanted.as_args()))
     chunks = audience.export_chunks(services().database.read, wanted)
     return Response(
         stream_with_context(audience.csv_chunks(chunks, bom=bom)),
@@ -300,9 +312,167 @@ def erase(subscriber_id: int):
             flash("Not erased: type the subscriber's email address to confirm.")
             return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
         subscriptions.erase(db, subscriber_id, now=now())
-    logger.info("subscriber %d erased by %s", subscriber_id, g.admin.email)
+    logger.info("a subscriber was erased by %s", g.admin.email)
     flash("Erased. Only a one-way hash of the address is kept, so they are never re-imported.")
     return redirect(url_for("admin.subscribers"), 303)
+
+
+# --- newsletters ------------------------------------------------------------------------
+
+
+def _sample_email(broadcast_id: int, to: str):
+    """The newsletter as a reader called Alex would get it (rendered like the real ones)."""
+    row = OutboxMessage(
+        id=0,
+        kind=broadcasts.TEST_KIND,
+        template=broadcasts.TEMPLATE,
+        context={"broadcast_id": broadcast_id, "test": True},
+        to_address=to,
+    )
+    reader = outbox_module.Reader(
+        id=0, email=to, first_name="Alex", status=SubscriberStatus.CONFIRMED, time_zone="UTC"
+    )
+    return services().make_dispatcher("preview").compose(row, reader, now=now())
+
+
+def _broadcast_or_404(db, broadcast_id: int) -> Broadcast:
+    broadcast = db.get(Broadcast, broadcast_id)
+    if broadcast is None:
+        abort(404)
+    return broadcast
+
+
+@bp.get("/newsletters")
+def newsletters():
+    """Every newsletter, newest first, with how far each has gone."""
+    with services().database.read() as db:
+        rows = db.scalars(select(Broadcast).order_by(Broadcast.id.desc()).limit(200)).all()
+        progress = {row.id: broadcasts.progress(db, row.id) for row in rows}
+        db.expunge_all()
+    return render_template("admin/newsletters.html", rows=rows, progress=progress)
+
+
+@bp.route("/newsletters/new", methods=["GET", "POST"], defaults={"broadcast_id": None})
+@bp.route("/newsletters/<int:broadcast_id>", methods=["GET", "POST"])
+def newsletter(broadcast_id: int | None):
+    """Write or change a draft; see it as readers will; send a test, send or schedule."""
+    error = None
+    form = request.form
+    if request.method == "POST":
+        try:
+            with services().database.begin() as db:
+                saved = broadcasts.save_draft(
+                    db,
+                    broadcast_id,
+                    subject=form.get("subject", ""),
+                    body=form.get("body", ""),
+                    audience_source=form.get("audience_source", ""),
+                    audience_sequence=form.get("audience_sequence", ""),
+                    now=now(),
+                )
+                saved_id = saved.id
+        except broadcasts.BroadcastError as exc:
+            error = str(exc)
+            if request.headers.get("X-Requested-With") == "fetch":
+                return {"error": error}, 422
+        else:
+            if request.headers.get("X-Requested-With") == "fetch":
+                return {"saved": saved_id}
+            return redirect(url_for("admin.newsletter", broadcast_id=saved_id), 303)
+    with services().database.read() as db:
+        broadcast = _broadcast_or_404(db, broadcast_id) if broadcast_id else None
+        recipients = None
+        if broadcast is not None:
+            recipients = broadcasts.audience_size(db, broadcast, sequence=services().sequence.name)
+            progress = broadcasts.progress(db, broadcast.id)
+        else:
+            progress = None
+        sources = audience.sources(db)
+        db.expunge_all()
+    sample = _sample_email(broadcast.id, g.admin.email) if broadcast else None
+    return render_template(
+        "admin/newsletter.html",
+        broadcast=broadcast,
+        values=form if error else None,
+        error=error,
+        recipients=recipients,
+        progress=progress,
+        sources=sources,
+        sequence_choices=broadcasts.SEQUENCE_CHOICES,
+        sample=sample,
+        zone=services().settings.DEFAULT_TIME_ZONE,
+    ), 422 if error else 200
+
+
+@bp.get("/newsletters/<int:broadcast_id>/preview.html")
+def newsletter_preview(broadcast_id: int):
+    """The newsletter's HTML as readers get it, for the preview frame."""
+    with services().database.read() as db:
+        _broadcast_or_404(db, broadcast_id)
+    response = Response(_sample_email(broadcast_id, g.admin.email).html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = EMAIL_FRAME_POLICY
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+@bp.get("/newsletters/<int:broadcast_id>/preview.txt")
+def newsletter_preview_text(broadcast_id: int):
+    """The plain-text part, for the preview."""
+    with services().database.read() as db:
+        _broadcast_or_404(db, broadcast_id)
+    return Response(_sample_email(broadcast_id, g.admin.email).text, mimetype="text/plain")
+
+
+@bp.post("/newsletters/<int:broadcast_id>/test")
+def newsletter_test(broadcast_id: int):
+    """Queue a copy to the signed-in owner; the scheduler sends it within a tick."""
+    with services().database.begin() as db:
+        broadcast = _broadcast_or_404(db, broadcast_id)
+        broadcasts.queue_test(db, broadcast, to=g.admin.email, now=now())
+    flash(f"A test copy is on its way to {g.admin.email}.")
+    return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
+
+
+def _send_time() -> datetime:
+    """When to send: now, or the form's local date and time in the default time zone."""
+    if request.form.get("when") != "later":
+        return now()
+    raw = request.form.get("send_at", "")
+    try:
+        local = datetime.fromisoformat(raw)
+    except ValueError:
+        abort(400, description="Pick a date and time to send it at.")
+    if local.tzinfo is None:
+        local = local.replace(tzinfo=services().settings.default_zone)
+    return local.astimezone(UTC)
+
+
+@bp.post("/newsletters/<int:broadcast_id>/send")
+def newsletter_send(broadcast_id: int):
+    """Send now or at a set time; a second click finds it already on its way."""
+    at = _send_time()
+    with services().database.begin() as db:
+        _broadcast_or_404(db, broadcast_id)
+        scheduled = broadcasts.schedule(db, broadcast_id, at=at, now=now())
+    if not scheduled:
+        flash("This newsletter was already sent or scheduled; nothing changed.")
+    elif at <= now():
+        flash("Sending: the scheduler queues it for every recipient at its next tick.")
+    else:
+        flash(f"Scheduled for {at.strftime('%Y-%m-%d %H:%M UTC')}.")
+    return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
+
+
+@bp.post("/newsletters/<int:broadcast_id>/<any(pause, resume, cancel):action>")
+def newsletter_action(broadcast_id: int, action: str):
+    """Pause, resume or cancel a newsletter being sent."""
+    change = {"pause": broadcasts.pause, "resume": broadcasts.resume, "cancel": broadcasts.cancel}
+    with services().database.begin() as db:
+        _broadcast_or_404(db, broadcast_id)
+        done = change[action](db, broadcast_id, now=now())
+    past = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
+    flash(f"Newsletter {past}." if done else f"Nothing to {action} in its present state.")
+    return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
 
 
 # --- the development outbox -----------------------------------------------------------
@@ -312,8 +482,11 @@ EMAIL_FRAME_POLICY = "; ".join(
     [
         "default-src 'none'",
         "style-src 'unsafe-inline'",  # emails carry their styles inline
-        "img-src https: http: data:",
+        "img-src https: data:",
+        "form-action 'none'",
+        "base-uri 'none'",
         "frame-ancestors 'self'",
+        "sandbox",  # no script and its own origin, even if opened outside the frame
     ]
 )
 
@@ -383,16 +556,27 @@ def init_app(app, limiter) -> None:
         return settings.login_limits_disabled
 
     limit = "1 per second" if settings.login_limits_disabled else settings.ADMIN_LOGIN_RATE_LIMIT
+
+    def refused(response: Response) -> bool:
+        # Only wrong passwords use up the budget: the owner signing in costs nothing.
+        return response.status_code in (401, 422)
+
+    def account() -> str:
+        return "account:" + admins.account_key(request.form.get("email", ""))
+
+    def session_account() -> str:
+        return f"admin:{session.get('admin_id')}"
+
+    common = {"methods": ["POST"], "exempt_when": disabled, "deduct_when": refused}
     view = app.view_functions["admin.login"]
-    view = limiter.limit(limit, methods=["POST"], exempt_when=disabled, scope="login-ip")(view)
-    view = limiter.limit(
-        limit,
-        methods=["POST"],
-        exempt_when=disabled,
-        key_func=lambda: "account:" + request.form.get("email", "").strip().lower()[:320],
-        scope="login-account",
-    )(view)
+    view = limiter.limit(limit, scope="login-ip", **common)(view)
+    view = limiter.limit(limit, key_func=account, scope="login-account", **common)(view)
     app.view_functions["admin.login"] = view
+    # Guessing the current password with a stolen session is guessing a password too.
+    view = app.view_functions["admin.account"]
+    view = limiter.limit(limit, scope="login-ip", **common)(view)
+    view = limiter.limit(limit, key_func=session_account, scope="password", **common)(view)
+    app.view_functions["admin.account"] = view
 
 
 def services_of(app):

@@ -1,0 +1,317 @@
+"""Newsletters (broadcasts): written in Markdown, sent once to every confirmed subscriber
+or a part of them, through the same outbox and scheduler as every other email.
+
+A broadcast goes draft -> scheduled -> sending -> sent. Scheduling is one conditional
+UPDATE, so a double click cannot send it twice; when it is due, the scheduler writes one
+outbox row per recipient in a single INSERT ... SELECT whose dedupe key
+(`broadcast:<id>:<subscriber>`) is unique, so no reader can get it twice either. Pausing
+holds its queued rows (due at HELD_UNTIL); resuming makes them due again; cancelling
+cancels them. Someone who unsubscribes meanwhile loses their row like any other email.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import markdown
+from sqlalchemy import String, cast, func, literal, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .models import (
+    Broadcast,
+    BroadcastStatus,
+    Enrollment,
+    EnrollmentStatus,
+    OutboxMessage,
+    OutboxStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+
+BROADCAST_KIND = "broadcast"
+TEST_KIND = "broadcast_test"  # a test to the owner: no subscriber behind it
+TEMPLATE = "broadcast"
+# Far enough ahead that no scheduler claims a held row.
+HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
+MAX_SUBJECT_LENGTH = 200
+MAX_BODY_LENGTH = 100_000
+SEQUENCE_CHOICES = {
+    "": "everyone confirmed",
+    "finished": "only those who finished the sequence",
+    "not_finished": "only those still in the sequence (or never in it)",
+}
+_MARKDOWN_LINK = re.compile(r"\[([^\]]+)\]\((\S+?)\)")
+
+
+class BroadcastError(ValueError):
+    """The newsletter cannot be saved or changed that way; the message says why."""
+
+
+@dataclass(frozen=True)
+class Content:
+    """A newsletter as its email template needs it."""
+
+    subject: str
+    body_html: str
+    body_text: str
+
+
+def content_of(subject: str, body: str) -> Content:
+    """The Markdown body as HTML (raw HTML in it is shown as text, not run) and as text."""
+    rendered = markdown.markdown(html.escape(body, quote=False), extensions=["sane_lists"])
+    text = _MARKDOWN_LINK.sub(r"\1 (\2)", body)
+    return Content(subject=subject, body_html=rendered, body_text=text)
+
+
+def _checked(subject: str, body: str, sequence_choice: str) -> tuple[str, str]:
+    subject = " ".join(subject.split())
+    if not subject:
+        raise BroadcastError("Give the newsletter a subject.")
+    if len(subject) > MAX_SUBJECT_LENGTH:
+        raise BroadcastError(f"Keep the subject under {MAX_SUBJECT_LENGTH} characters.")
+    body = body.replace("\r\n", "\n").strip()
+    if not body:
+        raise BroadcastError("Write something in the body.")
+    if len(body) > MAX_BODY_LENGTH:
+        raise BroadcastError(f"Keep the body under {MAX_BODY_LENGTH:,} characters.")
+    if sequence_choice not in SEQUENCE_CHOICES:
+        raise BroadcastError(f"Unknown audience choice {sequence_choice!r}.")
+    return subject, body
+
+
+def save_draft(
+    session: Session,
+    broadcast_id: int | None,
+    *,
+    subject: str,
+    body: str,
+    audience_source: str = "",
+    audience_sequence: str = "",
+    now: datetime,
+) -> Broadcast:
+    """Create a draft, or change one; a newsletter that left the drafts cannot change."""
+    subject, body = _checked(subject, body, audience_sequence)
+    if broadcast_id is None:
+        broadcast = Broadcast(status=BroadcastStatus.DRAFT, created_at=now, recipients=0)
+        session.add(broadcast)
+    else:
+        broadcast = get(session, broadcast_id)
+        if broadcast.status is not BroadcastStatus.DRAFT:
+            raise BroadcastError("This newsletter is no longer a draft; it cannot change.")
+    broadcast.subject = subject
+    broadcast.body = body
+    broadcast.audience_source = audience_source.strip()[:100]
+    broadcast.audience_sequence = audience_sequence
+    broadcast.updated_at = now
+    session.flush()
+    return broadcast
+
+
+def get(session: Session, broadcast_id: int) -> Broadcast:
+    broadcast = session.get(Broadcast, broadcast_id)
+    if broadcast is None:
+        raise BroadcastError("No such newsletter.")
+    return broadcast
+
+
+def schedule(session: Session, broadcast_id: int, *, at: datetime, now: datetime) -> bool:
+    """Send the draft at `at` (now or later). False if it is not a draft any more: the
+    second click of a double click, or a second tab, changes nothing."""
+    result = session.execute(
+        update(Broadcast)
+        .where(Broadcast.id == broadcast_id, Broadcast.status == BroadcastStatus.DRAFT)
+        .values(status=BroadcastStatus.SCHEDULED, scheduled_at=max(at, now), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def _recipients(broadcast: Broadcast, sequence: str):
+    """Confirmed subscribers the broadcast is for, as (subscriber id, address) rows."""
+    query = select(Subscriber.id, Subscriber.email).where(
+        Subscriber.status == SubscriberStatus.CONFIRMED
+    )
+    if broadcast.audience_source:
+        query = query.where(Subscriber.source == broadcast.audience_source)
+    if broadcast.audience_sequence:
+        finished = (
+            select(Enrollment.id)
+            .where(
+                Enrollment.subscriber_id == Subscriber.id,
+                Enrollment.sequence == sequence,
+                Enrollment.status == EnrollmentStatus.FINISHED,
+            )
+            .exists()
+        )
+        query = query.where(finished if broadcast.audience_sequence == "finished" else ~finished)
+    return query
+
+
+def audience_size(session: Session, broadcast: Broadcast, *, sequence: str) -> int:
+    """How many would get it if it went now."""
+    return session.scalar(
+        select(func.count()).select_from(_recipients(broadcast, sequence).subquery())
+    )
+
+
+def start_due(session: Session, *, now: datetime, sequence: str) -> list[tuple[int, int]]:
+    """Queue the emails of every scheduled broadcast whose time has come, one row per
+    recipient; returns (broadcast id, rows queued) for each. Run by the scheduler."""
+    due = select(Broadcast).where(
+        Broadcast.status == BroadcastStatus.SCHEDULED, Broadcast.scheduled_at <= now
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    started = []
+    for broadcast in session.scalars(due).all():
+        recipients = _recipients(broadcast, sequence).subquery()
+        key = literal(f"{BROADCAST_KIND}:{broadcast.id}:", String) + cast(recipients.c.id, String)
+        rows = select(
+            recipients.c.id,
+            recipients.c.email,
+            literal(BROADCAST_KIND, String),
+            literal(TEMPLATE, String),
+            literal({"broadcast_id": broadcast.id}, OutboxMessage.context.type),
+            key,
+            literal(OutboxStatus.QUEUED.value, String),
+            literal(0),
+            literal(now, OutboxMessage.due_at.type),
+            literal(now, OutboxMessage.created_at.type),
+            literal(broadcast.id),
+        ).where(true())  # SQLite reads "SELECT ... ON CONFLICT" as a join without a WHERE
+        columns = [
+            "subscriber_id",
+            "to_address",
+            "kind",
+            "template",
+            "context",
+            "dedupe_key",
+            "status",
+            "attempts",
+            "due_at",
+            "created_at",
+            "broadcast_id",
+        ]
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        statement = (
+            dialect.insert(OutboxMessage.__table__)
+            .from_select(columns, rows)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
+        session.execute(statement)
+        broadcast.status = BroadcastStatus.SENDING
+        broadcast.started_at = now
+        broadcast.recipients = session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.broadcast_id == broadcast.id)
+        )
+        started.append((broadcast.id, broadcast.recipients))
+    return started
+
+
+def finish_done(session: Session, *, now: datetime) -> int:
+    """Mark sending broadcasts with nothing left to send as sent; returns how many."""
+    pending = (
+        select(OutboxMessage.id)
+        .where(
+            OutboxMessage.broadcast_id == Broadcast.id,
+            OutboxMessage.status.in_([OutboxStatus.QUEUED, OutboxStatus.SENDING]),
+        )
+        .exists()
+    )
+    result = session.execute(
+        update(Broadcast)
+        .where(Broadcast.status == BroadcastStatus.SENDING, ~pending)
+        .values(status=BroadcastStatus.SENT, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def _queued_rows(broadcast_id: int):
+    return update(OutboxMessage).where(
+        OutboxMessage.broadcast_id == broadcast_id,
+        OutboxMessage.status == OutboxStatus.QUEUED,
+    )
+
+
+def pause(session: Session, broadcast_id: int, *, now: datetime) -> bool:
+    """Hold what is not sent yet (a message already on the wire still goes)."""
+    broadcast = get(session, broadcast_id)
+    if broadcast.status is not BroadcastStatus.SENDING:
+        return False
+    session.execute(
+        _queued_rows(broadcast_id)
+        .values(due_at=HELD_UNTIL)
+        .execution_options(synchronize_session=False)
+    )
+    broadcast.status = BroadcastStatus.PAUSED
+    broadcast.updated_at = now
+    return True
+
+
+def resume(session: Session, broadcast_id: int, *, now: datetime) -> bool:
+    broadcast = get(session, broadcast_id)
+    if broadcast.status is not BroadcastStatus.PAUSED:
+        return False
+    session.execute(
+        _queued_rows(broadcast_id).values(due_at=now).execution_options(synchronize_session=False)
+    )
+    broadcast.status = BroadcastStatus.SENDING
+    broadcast.updated_at = now
+    return True
+
+
+def cancel(session: Session, broadcast_id: int, *, now: datetime) -> bool:
+    """Stop it for good: nothing more of it goes out."""
+    broadcast = get(session, broadcast_id)
+    if broadcast.status not in (
+        BroadcastStatus.SCHEDULED,
+        BroadcastStatus.SENDING,
+        BroadcastStatus.PAUSED,
+    ):
+        return False
+    session.execute(
+        _queued_rows(broadcast_id)
+        .values(status=OutboxStatus.CANCELLED, last_error="newsletter cancelled")
+        .execution_options(synchronize_session=False)
+    )
+    broadcast.status = BroadcastStatus.CANCELLED
+    broadcast.finished_at = now
+    broadcast.updated_at = now
+    return True
+
+
+def progress(session: Session, broadcast_id: int) -> dict[str, int]:
+    """Its emails by outbox status: sent, failed, queued, sending, cancelled."""
+    counts: Counter[str] = Counter()
+    for status, count in session.execute(
+        select(OutboxMessage.status, func.count())
+        .where(OutboxMessage.broadcast_id == broadcast_id)
+        .group_by(OutboxMessage.status)
+    ):
+        counts[status.value] += count
+    return {state.value: counts[state.value] for state in OutboxStatus}
+
+
+def queue_test(session: Session, broadcast: Broadcast, *, to: str, now: datetime) -> None:
+    """Queue a copy for the owner to look at; the scheduler sends it like any email."""
+    session.add(
+        OutboxMessage(
+            subscriber_id=None,
+            to_address=to,
+            kind=TEST_KIND,
+            template=TEMPLATE,
+            context={"broadcast_id": broadcast.id, "test": True},
+            status=OutboxStatus.QUEUED,
+            attempts=0,
+            due_at=now,
+            created_at=now,
+        )
+    )

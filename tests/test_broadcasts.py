@@ -1,0 +1,302 @@
+"""Newsletters: written by the owner, sent once per reader through the outbox, to a real
+SMTP server on loopback."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler.__main__ import tick
+from service import broadcasts, subscriptions
+from service.models import (
+    Broadcast,
+    BroadcastStatus,
+    Enrollment,
+    EnrollmentStatus,
+    OutboxMessage,
+    OutboxStatus,
+    SubscriberStatus,
+)
+from tests.helpers import make_subscriber, run_pass, services_of
+from tests.test_admin import create_admin, csrf_token, sign_in
+
+BODY = "Roll **slowly**, about three times a week.\n\n- one\n- two\n\n[The course](https://example.com/course)"
+
+
+@pytest.fixture
+def app(smtp_app):
+    return smtp_app
+
+
+@pytest.fixture
+def owner(app):
+    create_admin(app)
+    client = app.test_client()
+    sign_in(client)
+    return client
+
+
+def readers(app, count: int = 3, **fields) -> list[int]:
+    services = services_of(app)
+    with services.database.begin() as session:
+        return [
+            make_subscriber(
+                session,
+                f"{fields.get('source', 'r')}{n}@example.com",
+                now=services.clock(),
+                status=fields.get("status", SubscriberStatus.CONFIRMED),
+                source=fields.get("source", "form"),
+                first_name=f"Reader{n}",
+            ).id
+            for n in range(count)
+        ]
+
+
+def draft(app, subject: str = "Foam rolling, week two", body: str = BODY, **audience) -> int:
+    services = services_of(app)
+    with services.database.begin() as session:
+        return broadcasts.save_draft(
+            session, None, subject=subject, body=body, now=services.clock(), **audience
+        ).id
+
+
+def send_now(app, broadcast_id: int) -> bool:
+    services = services_of(app)
+    with services.database.begin() as session:
+        return broadcasts.schedule(session, broadcast_id, at=services.clock(), now=services.clock())
+
+
+def start(app) -> list[tuple[int, int]]:
+    services = services_of(app)
+    with services.database.begin() as session:
+        return broadcasts.start_due(session, now=services.clock(), sequence=services.sequence.name)
+
+
+def finish(app) -> None:
+    services = services_of(app)
+    with services.database.begin() as session:
+        broadcasts.finish_done(session, now=services.clock())
+
+
+def status_of(app, broadcast_id: int) -> BroadcastStatus:
+    with services_of(app).database.read() as session:
+        return session.get(Broadcast, broadcast_id).status
+
+
+def newsletter_rows(app) -> list[OutboxMessage]:
+    with services_of(app).database.read() as session:
+        return list(
+            session.scalars(
+                sa.select(OutboxMessage)
+                .where(OutboxMessage.kind == broadcasts.BROADCAST_KIND)
+                .order_by(OutboxMessage.id)
+            )
+        )
+
+
+def test_a_newsletter_reaches_every_confirmed_reader_once(app, smtp):
+    readers(app, 3)
+    readers(app, 1, status=SubscriberStatus.PENDING, source="pending")
+    readers(app, 1, status=SubscriberStatus.UNSUBSCRIBED, source="gone")
+    broadcast_id = draft(app)
+    assert send_now(app, broadcast_id)
+    assert start(app) == [(broadcast_id, 3)]
+    assert start(app) == []  # started once only
+    report = run_pass(app)
+    assert report.sent == 3
+    finish(app)
+    assert status_of(app, broadcast_id) is BroadcastStatus.SENT
+    received = smtp.handler.wait_for(3)
+    assert sorted(r.rcpt_tos[0] for r in received) == [f"r{n}@example.com" for n in range(3)]
+    email = received[0]
+    assert email.message["Subject"] == "Foam rolling, week two"
+    assert email.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    html, text = email.part("html"), email.part("plain")
+    assert "<strong>slowly</strong>" in html and "<li>one</li>" in html
+    assert 'href="https://example.com/course"' in html
+    assert "The course (https://example.com/course)" in text
+    for part in (html, text):
+        assert "consult your physician" in part.lower()
+        assert "12 Test Lane" in part
+        assert "/unsubscribe/" in part
+    assert re.search(r"Hi Reader\d", text)
+
+
+def test_a_double_click_sends_nothing_twice(app, owner):
+    readers(app, 2)
+    broadcast_id = draft(app)
+    path = f"/admin/newsletters/{broadcast_id}"
+    token = csrf_token(owner, path)
+    first = owner.post(path + "/send", data={"csrf_token": token, "when": "now"})
+    second = owner.post(path + "/send", data={"csrf_token": token, "when": "now"})
+    assert first.status_code == second.status_code == 303
+    page = owner.get(path).get_data(as_text=True)
+    assert "already sent or scheduled" in page
+    start(app)
+    # Even a broadcast started again cannot queue a second row for anyone.
+    services = services_of(app)
+    with services.database.begin() as session:
+        session.execute(
+            sa.update(Broadcast)
+            .where(Broadcast.id == broadcast_id)
+            .values(status=BroadcastStatus.SCHEDULED)
+        )
+    start(app)
+    assert len(newsletter_rows(app)) == 2
+
+
+def test_a_reader_who_leaves_during_a_send_gets_nothing_more(app, smtp):
+    ids = readers(app, 3)
+    broadcast_id = draft(app)
+    send_now(app, broadcast_id)
+    start(app)
+    services = services_of(app)
+    with services.database.begin() as session:
+        subscriptions.unsubscribe(session, ids[1], via="page", now=services.clock())
+    assert run_pass(app).sent == 2
+    assert "r1@example.com" not in [r.rcpt_tos[0] for r in smtp.handler.wait_for(2)]
+    finish(app)
+    with services.database.read() as session:
+        assert broadcasts.progress(session, broadcast_id)["cancelled"] == 1
+    assert status_of(app, broadcast_id) is BroadcastStatus.SENT
+
+
+def test_pause_holds_the_rest_and_resume_sends_it(app, smtp, owner):
+    readers(app, 3)
+    broadcast_id = draft(app)
+    send_now(app, broadcast_id)
+    start(app)
+    path = f"/admin/newsletters/{broadcast_id}"
+    token = csrf_token(owner, path)
+    assert owner.post(path + "/pause", data={"csrf_token": token}).status_code == 303
+    assert status_of(app, broadcast_id) is BroadcastStatus.PAUSED
+    assert run_pass(app).sent == 0
+    finish(app)
+    assert status_of(app, broadcast_id) is BroadcastStatus.PAUSED
+    owner.post(path + "/resume", data={"csrf_token": token})
+    assert run_pass(app).sent == 3
+    finish(app)
+    assert status_of(app, broadcast_id) is BroadcastStatus.SENT
+    page = owner.get(path).get_data(as_text=True)
+    assert re.search(r"<dt>Sent</dt><dd>3</dd>", page)
+
+
+def test_cancel_stops_what_is_not_sent(app, owner):
+    readers(app, 3)
+    broadcast_id = draft(app)
+    send_now(app, broadcast_id)
+    start(app)
+    path = f"/admin/newsletters/{broadcast_id}"
+    owner.post(path + "/cancel", data={"csrf_token": csrf_token(owner, path)})
+    assert run_pass(app).sent == 0
+    assert {row.status for row in newsletter_rows(app)} == {OutboxStatus.CANCELLED}
+    assert status_of(app, broadcast_id) is BroadcastStatus.CANCELLED
+
+
+def test_the_audience_can_be_narrowed_by_source_and_sequence(app):
+    readers(app, 2, source="blog")
+    ids = readers(app, 2, source="form")
+    services = services_of(app)
+    with services.database.begin() as session:
+        session.add(
+            Enrollment(
+                subscriber_id=ids[0],
+                sequence=services.sequence.name,
+                status=EnrollmentStatus.FINISHED,
+                enrolled_at=services.clock(),
+                steps_passed=[],
+            )
+        )
+    for audience, expected in (
+        ({"audience_source": "blog"}, {"blog0@example.com", "blog1@example.com"}),
+        ({"audience_sequence": "finished"}, {"form0@example.com"}),
+        ({"audience_sequence": "not_finished", "audience_source": "form"}, {"form1@example.com"}),
+    ):
+        broadcast_id = draft(app, **audience)
+        send_now(app, broadcast_id)
+        start(app)
+        got = {r.to_address for r in newsletter_rows(app) if r.broadcast_id == broadcast_id}
+        assert got == expected, audience
+
+
+def test_a_scheduled_newsletter_waits_for_its_time(app, clock):
+    readers(app, 1)
+    broadcast_id = draft(app)
+    services = services_of(app)
+    with services.database.begin() as session:
+        broadcasts.schedule(session, broadcast_id, at=clock.now.replace(hour=18), now=clock.now)
+    assert start(app) == []
+    clock.advance(hours=3)
+    assert start(app) == [(broadcast_id, 1)]
+
+
+def test_the_owner_composes_previews_tests_and_sends(app, smtp, owner, clock):
+    readers(app, 2)
+    token = csrf_token(owner, "/admin/newsletters/new")
+    response = owner.post(
+        "/admin/newsletters/new",
+        data={"csrf_token": token, "subject": "Stretch daily", "body": "Hold it **30 s**."},
+    )
+    assert response.status_code == 303
+    path = response.headers["Location"]
+    page = owner.get(path).get_data(as_text=True)
+    assert 'It goes to <strong id="recipient-count">2</strong>' in page
+    preview = owner.get(path + "/preview.html")
+    assert "<strong>30 s</strong>" in preview.get_data(as_text=True)
+    assert "default-src 'none'" in preview.headers["Content-Security-Policy"]
+    # Autosave, as the editor's script does it.
+    saved = owner.post(
+        path,
+        data={"csrf_token": token, "subject": "Stretch daily", "body": "Hold it **45 s**."},
+        headers={"X-Requested-With": "fetch"},
+    )
+    assert saved.get_json() == {"saved": int(path.rsplit("/", 1)[1])}
+    assert "45 s" in owner.get(path + "/preview.txt").get_data(as_text=True)
+    # A test copy to the owner, sent by the scheduler like any email.
+    owner.post(path + "/test", data={"csrf_token": token})
+    assert run_pass(app).sent == 1
+    (test_copy,) = smtp.handler.wait_for(1)
+    assert test_copy.rcpt_tos == ["owner@example.com"]
+    assert "45 s" in test_copy.part("plain")
+    # Then for real, through the scheduler's own tick.
+    owner.post(path + "/send", data={"csrf_token": token, "when": "now"})
+    services = services_of(app)
+    report = tick(
+        services,
+        services.make_dispatcher("tick"),
+        started_at=clock(),
+        clock=clock,
+        stop=threading.Event(),
+    )
+    assert report.sent == 2
+    assert len(smtp.handler.wait_for(3)) == 3
+    assert "<dt>Sent</dt><dd>2</dd>" in owner.get(path).get_data(as_text=True).replace("\n", "")
+    # A sent newsletter cannot be edited.
+    changed = owner.post(path, data={"csrf_token": token, "subject": "x", "body": "y"})
+    assert changed.status_code == 422
+
+
+def test_html_in_the_body_is_shown_not_run(app, smtp):
+    readers(app, 1)
+    broadcast_id = draft(
+        app, body='<script>alert(1)</script> <img src=x onerror="alert(2)"> & more'
+    )
+    send_now(app, broadcast_id)
+    start(app)
+    run_pass(app)
+    (email,) = smtp.handler.wait_for(1)
+    html = email.part("html")
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;" in html
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "problem"),
+    [("", "text", "subject"), ("Hi", "   ", "body"), ("x" * 201, "text", "under 200")],
+)
+def test_a_draft_needs_a_subject_and_a_body(app, subject, body, problem):
+    with pytest.raises(broadcasts.BroadcastError, match=problem):
+        draft(app, subject=subject, body=body)
