@@ -204,3 +204,69 @@ def test_owner_signs_in_finds_a_reader_and_exports_the_list(live_app, page, tmp_
     assert "Finished the sequence" in page.inner_text("#funnel")
     # The admin pages satisfy the Content-Security-Policy: no violations, no script errors.
     assert page.problems == []
+
+
+def test_owner_writes_previews_and_sends_a_newsletter(make_app, page, smtp):
+    """Compose with the live preview, then send to a real SMTP server on loopback."""
+    import threading as _threading
+
+    from scheduler.__main__ import tick
+    from service import admins
+    from tests.helpers import make_subscriber
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = make_app(BASE_URL=base, MAIL_URL=smtp.url)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    _threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        services = app.extensions["newsletter"]
+        with services.database.begin() as session:
+            admins.create(
+                session, "owner@example.com", "a long enough password", now=services.clock()
+            )
+            for n in range(2):
+                make_subscriber(
+                    session,
+                    f"reader{n}@example.com",
+                    now=services.clock(),
+                    status=SubscriberStatus.CONFIRMED,
+                )
+        page.goto(base + "/admin/login")
+        page.fill("#email", "owner@example.com")
+        page.fill("#password", "a long enough password")
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url(base + "/admin/")
+        page.click("text=Newsletters")
+        page.click("text=Write a newsletter")
+        page.fill("#subject", "Rolling, week two")
+        page.fill("#body", "Roll **slowly**.")
+        page.click("button:has-text('Save draft')")
+        page.wait_for_url(base + "/admin/newsletters/*")
+        frame = page.frame_locator("#preview-frame")
+        assert frame.locator(".newsletter strong").inner_text() == "slowly"
+        # Typing updates the draft and the preview without a click (admin.js).
+        page.fill("#body", "Roll **gently**, three times a week.")
+        from playwright.sync_api import expect
+
+        expect(page.locator("#preview-text")).to_contain_text("gently")
+        expect(frame.locator(".newsletter strong")).to_have_text("gently")
+        assert page.inner_text("#recipient-count") == "2"
+        page.click("#send-button")
+        page.wait_for_url(base + "/admin/newsletters/*")
+        assert "Sending" in page.inner_text(".flash")
+        tick(
+            services,
+            services.make_dispatcher("browser-test"),
+            started_at=services.clock(),
+            clock=services.clock,
+            stop=_threading.Event(),
+        )
+        received = smtp.handler.wait_for(2)
+        assert {r.rcpt_tos[0] for r in received} == {"reader0@example.com", "reader1@example.com"}
+        assert "gently" in received[0].part("plain")
+        page.reload()
+        assert page.inner_text("#progress dl").replace("\n", " ").count("Sent 2") == 1
+        assert page.problems == []
+    finally:
+        server.shutdown()

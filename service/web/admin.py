@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 csrf = CSRFProtect()
 
+# The public policy, plus previews in frames and the editor's autosave (fetch) to here.
+ADMIN_CONTENT_SECURITY_POLICY = CONTENT_SECURITY_POLICY + "; frame-src 'self'; connect-src 'self'"
 # Reachable without an admin session.
 OPEN_ENDPOINTS = frozenset({"admin.login"})
 CHART_WIDTH, CHART_HEIGHT = 720, 200
@@ -72,6 +74,8 @@ def _never_cache(response: Response) -> Response:
     # Flask-WTF checks that a form posted over https comes from this site by its Referer;
     # the public pages send none at all (their links carry tokens), these send it home only.
     response.headers["Referrer-Policy"] = "same-origin"
+    # Email previews carry their own, stricter policy and a sandbox.
+    response.headers.setdefault("Content-Security-Policy", ADMIN_CONTENT_SECURITY_POLICY)
     return response
 
 
@@ -525,11 +529,7 @@ def outbox_email(message_id: int):
     """One email: its headers, its plain text, and its HTML in a sandboxed frame."""
     _dev_mail_only()
     row, message = _composed(message_id)
-    response = Response(render_template("admin/outbox_email.html", row=row, message=message))
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.replace(
-        "default-src 'none'", "default-src 'none'; frame-src 'self'"
-    )
-    return response
+    return render_template("admin/outbox_email.html", row=row, message=message)
 
 
 @bp.get("/outbox/<int:message_id>/html")
