@@ -13,7 +13,7 @@ from flask import Flask, current_app, render_template
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from . import admins, audience, guide, sequences
+from . import admins, audience, guide, importer, sequences
 from .mail import DeliveryError
 from .models import OutboxMessage, Subscriber, SubscriberStatus
 from .services import Services
@@ -339,6 +339,53 @@ def subscribers_export(
             file.write(piece)
     partial.replace(output)
     click.echo(f"{count} subscribers written to {output}", err=True)
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--consent", default="", help="Where these people gave their consent (required).")
+@click.option(
+    "--mode",
+    type=click.Choice([m.value for m in importer.Mode]),
+    help="confirmed: they opted in already; confirm: send each a confirmation email.",
+)
+@click.option("--join-sequence", is_flag=True, help="Confirmed people start the drip sequence.")
+@click.option("--dry-run", is_flag=True, help="Only say what would happen.")
+def subscribers_import(
+    file: Path, consent: str, mode: str | None, join_sequence: bool, dry_run: bool
+) -> None:
+    """Import subscribers from a CSV file: every row, or none if anything fails."""
+    services = _services()
+    data = file.read_bytes()
+    try:
+        with services.database.begin() as session:
+            plan = importer.read_plan(
+                session, data, default_time_zone=services.settings.DEFAULT_TIME_ZONE
+            )
+            click.echo(", ".join(f"{name} {count}" for name, count in plan.counts.items()))
+            for row in plan.issues[: importer.MAX_ISSUES_SHOWN]:
+                click.echo(
+                    f"line {row.line}: {row.outcome.value}: {row.email} {row.reason}".rstrip()
+                )
+            if dry_run:
+                return
+            if mode is None:
+                raise click.UsageError("--mode confirmed or --mode confirm is required")
+            done = importer.apply_plan(
+                session,
+                plan,
+                consent_text=consent,
+                mode=importer.Mode(mode),
+                join_sequence=join_sequence,
+                sequence=services.sequence.name,
+                now=services.clock(),
+            )
+    except importer.ImportProblem as exc:
+        raise click.ClickException(f"nothing imported: {exc}") from None
+    click.echo(
+        f"imported {done.created} new ({done.confirmations_queued} asked to confirm, "
+        f"{done.enrolled} started the sequence), {done.updated} updated"
+    )
 
 
 def init_app(app: Flask) -> None:

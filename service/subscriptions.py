@@ -91,7 +91,7 @@ class SignupResult(enum.StrEnum):
 
 
 @functools.cache
-def _known_time_zones() -> frozenset[str]:
+def known_time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
@@ -121,7 +121,7 @@ def email_key(email: str) -> str:
     return email.lower()
 
 
-def _clean_name(raw: str) -> str | None:
+def clean_name(raw: str) -> str | None:
     name = " ".join(unicodedata.normalize("NFC", raw).split())
     if not name:
         return None
@@ -159,14 +159,14 @@ def parse_signup(data: Mapping[str, Any], *, default_time_zone: str, default_sou
     raw_name = text("first_name")
     if "first_name" not in errors:
         try:
-            first_name = _clean_name(raw_name)
+            first_name = clean_name(raw_name)
         except ValueError as exc:
             errors["first_name"] = str(exc)
 
     # The browser reports the zone; a missing or unknown one is not the reader's problem.
     time_zone = text("time_zone").strip()
     errors.pop("time_zone", None)
-    if time_zone not in _known_time_zones():
+    if time_zone not in known_time_zones():
         time_zone = default_time_zone
 
     source = text("source").strip() or default_source
@@ -185,7 +185,7 @@ def consent_version(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def _record_consent(
+def record_consent(
     session: Session,
     subscriber_id: int,
     *,
@@ -242,7 +242,7 @@ def _find(session: Session, email: str) -> Subscriber | None:
 
 
 @dataclass(frozen=True)
-class _NewSubscriber:
+class NewSubscriber:
     id: int
     email: str
 
@@ -281,7 +281,7 @@ def subscribe(
         returning=Subscriber.id,
     )
     if new_id is not None:
-        _record_consent(
+        record_consent(
             session,
             new_id,
             action="signup",
@@ -293,7 +293,7 @@ def subscribe(
         record_event(session, new_id, "signed_up", now=now, detail={"source": signup.source})
         outbox.enqueue(
             session,
-            _NewSubscriber(new_id, signup.email),
+            NewSubscriber(new_id, signup.email),
             kind="confirm",
             template="confirm",
             now=now,
@@ -313,7 +313,7 @@ def subscribe(
         return subscriber.id, SignupResult.GUIDE_SENT
 
     # Pending, unsubscribed or bounced: they may come (back) in, by confirming again.
-    _record_consent(
+    record_consent(
         session,
         subscriber.id,
         action="signup",
@@ -367,7 +367,7 @@ def confirm(
     subscriber.confirmed_at = now
     subscriber.unsubscribed_at = None
     subscriber.bounced_at = None
-    _record_consent(
+    record_consent(
         session,
         subscriber.id,
         action="confirm",

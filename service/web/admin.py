@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import (
@@ -28,7 +31,7 @@ from flask import (
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import select
 
-from .. import admins, audience, broadcasts, dashboard, sequences, subscriptions
+from .. import admins, audience, broadcasts, dashboard, importer, sequences, subscriptions
 from .. import outbox as outbox_module
 from ..models import Broadcast, OutboxMessage, Subscriber, SubscriberStatus
 from . import CONTENT_SECURITY_POLICY, now, services
@@ -64,6 +67,9 @@ def _require_admin():
             return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
         abort(401)
     if request.method not in ("GET", "HEAD", "OPTIONS"):
+        if request.endpoint == "admin.import_upload":
+            # The one place a large body is welcome; read before the CSRF check reads it.
+            request.max_content_length = importer.MAX_IMPORT_BYTES + 64 * 1024
         csrf.protect()
     return None
 
@@ -318,6 +324,96 @@ def erase(subscriber_id: int):
         subscriptions.erase(db, subscriber_id, now=now())
     logger.info("a subscriber was erased by %s", g.admin.email)
     flash("Erased. Only a one-way hash of the address is kept, so they are never re-imported.")
+    return redirect(url_for("admin.subscribers"), 303)
+
+
+# --- import -----------------------------------------------------------------------------
+
+
+def _import_path(token: str) -> Path:
+    return Path(services().settings.INSTANCE_DIR) / "imports" / f"{token}.csv"
+
+
+@bp.errorhandler(413)
+def too_large(_error):
+    limit = importer.MAX_IMPORT_BYTES // 1_000_000
+    return render_template(
+        "admin/import.html",
+        error=f"The file is larger than {limit} MB. Split it and import the parts.",
+        plan=None,
+    ), 413
+
+
+@bp.route("/subscribers/import", methods=["GET", "POST"])
+def import_upload():
+    """Upload a CSV file and see what importing it would do; nothing is written yet."""
+    if request.method == "GET":
+        return render_template("admin/import.html", error=None, plan=None)
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        return render_template("admin/import.html", error="Choose a CSV file.", plan=None), 422
+    data = upload.read()
+    try:
+        with services().database.read() as db:
+            plan = importer.read_plan(
+                db, data, default_time_zone=services().settings.DEFAULT_TIME_ZONE
+            )
+    except importer.ImportProblem as exc:
+        return render_template("admin/import.html", error=str(exc), plan=None), 422
+    # Kept on disk (not in the cookie) until the owner confirms or uploads another.
+    token = secrets.token_hex(16)
+    path = _import_path(token)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    previous = session.get("import_token")
+    if previous:
+        _import_path(previous).unlink(missing_ok=True)
+    session["import_token"] = token
+    return render_template(
+        "admin/import.html",
+        error=None,
+        plan=plan,
+        shown=importer.MAX_ISSUES_SHOWN,
+        filename=upload.filename,
+    )
+
+
+@bp.post("/subscribers/import/apply")
+def import_apply():
+    """Import the file just previewed: every row or, if anything fails, none."""
+    token = session.get("import_token", "")
+    path = _import_path(token) if re.fullmatch(r"[0-9a-f]{32}", token) else None
+    if path is None or not path.is_file():
+        flash("That import is gone (already done, or another file was uploaded since).")
+        return redirect(url_for("admin.import_upload"), 303)
+    try:
+        mode = importer.Mode(request.form.get("mode", ""))
+    except ValueError:
+        abort(400, description="Choose whether they are confirmed or get a confirmation email.")
+    try:
+        with services().database.begin() as db:
+            plan = importer.read_plan(
+                db, path.read_bytes(), default_time_zone=services().settings.DEFAULT_TIME_ZONE
+            )
+            done = importer.apply_plan(
+                db,
+                plan,
+                consent_text=request.form.get("consent", ""),
+                mode=mode,
+                join_sequence=request.form.get("join_sequence") == "yes",
+                sequence=services().sequence.name,
+                now=now(),
+            )
+    except importer.ImportProblem as exc:
+        flash(f"Nothing was imported: {exc}")
+        return redirect(url_for("admin.import_upload"), 303)
+    path.unlink(missing_ok=True)
+    session.pop("import_token", None)
+    logger.info("import by %s: %s", g.admin.email, done)
+    flash(
+        f"Imported {done.created} new subscribers ({done.confirmations_queued} asked to "
+        f"confirm, {done.enrolled} started the sequence); {done.updated} updated."
+    )
     return redirect(url_for("admin.subscribers"), 303)
 
 

@@ -1,0 +1,328 @@
+"""Importing subscribers from a CSV file: a preview first, then all of it or nothing.
+
+`read_plan` checks every row and says what would happen to it (new, updated, unchanged,
+invalid with the reason and line number, duplicate, skipped) without writing anything.
+`apply_plan` carries the plan out in the caller's transaction, so a failure leaves nothing
+half-imported. Where consent came from is required: it becomes each new subscriber's
+consent record. New subscribers are either confirmed already (consent given elsewhere) or
+sent a confirmation email (double opt-in), as the owner chooses; unsubscribed and bounced
+people in the file are imported as such and never mailed.
+
+The file may be our own export: its apostrophe-defused cells, status and dates come back
+as they went out.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import outbox, sequences, subscriptions
+from .audience import FORMULA_STARTS
+from .db import insert_ignoring_conflicts
+from .models import Subscriber, SubscriberStatus
+
+MAX_IMPORT_BYTES = 50 * 1024 * 1024
+MAX_ISSUES_SHOWN = 200
+IMPORT_SOURCE = "import"
+
+# Header names we recognize for each field (compared lowercased, spaces and dashes as _).
+COLUMNS = {
+    "email": ("email", "email_address", "e_mail", "mail"),
+    "first_name": ("first_name", "firstname", "name", "given_name"),
+    "time_zone": ("time_zone", "timezone", "tz"),
+    "source": ("source",),
+    "status": ("status",),
+    "signed_up": ("signed_up_utc", "signed_up", "created_at"),
+    "confirmed": ("confirmed_utc", "confirmed_at"),
+    "unsubscribed": ("unsubscribed_utc", "unsubscribed_at"),
+}
+LEFT = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED)
+
+
+class ImportProblem(ValueError):
+    """The file cannot be imported at all; the message says why, for the owner."""
+
+
+class Mode(enum.StrEnum):
+    CONFIRMED = "confirmed"  # they opted in elsewhere: confirmed now, with that consent
+    CONFIRM = "confirm"  # send each a confirmation email first (double opt-in)
+
+
+class Outcome(enum.StrEnum):
+    NEW = "new"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    SKIPPED = "skipped"  # erased on request: never imported again
+
+
+@dataclass
+class Row:
+    line: int
+    outcome: Outcome
+    email: str = ""
+    first_name: str | None = None
+    time_zone: str = ""
+    source: str = IMPORT_SOURCE
+    status: SubscriberStatus | None = None
+    signed_up: datetime | None = None
+    confirmed: datetime | None = None
+    unsubscribed: datetime | None = None
+    reason: str = ""
+    existing_id: int | None = None
+
+
+@dataclass
+class Plan:
+    rows: list[Row] = field(default_factory=list)
+    columns: dict[str, str] = field(default_factory=dict)  # field -> header in the file
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for row in self.rows if row.outcome is outcome)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {outcome.value: self.count(outcome) for outcome in Outcome}
+
+    @property
+    def issues(self) -> list[Row]:
+        """Rows that will not be imported, with why, in file order."""
+        problems = (Outcome.INVALID, Outcome.DUPLICATE, Outcome.SKIPPED)
+        return [row for row in self.rows if row.outcome in problems]
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ImportProblem(
+            f"The file is not UTF-8 text (line {line} has a byte that is not). Save it "
+            "from your spreadsheet as 'CSV UTF-8' and upload it again."
+        ) from None
+
+
+def _header_map(header: list[str]) -> dict[str, int]:
+    names = [h.strip().lstrip("\ufeff").lower().replace(" ", "_").replace("-", "_") for h in header]
+    found = {}
+    for name, aliases in COLUMNS.items():
+        for alias in aliases:
+            if alias in names:
+                found[name] = names.index(alias)
+                break
+    return found
+
+
+def _undefused(cell: str) -> str:
+    """A cell as it was before an export put an apostrophe before a formula character."""
+    cell = cell.strip()
+    if cell.startswith("'") and cell[1:2] and cell[1:].startswith(FORMULA_STARTS):
+        return cell[1:]
+    return cell
+
+
+def _when(cell: str, column: str) -> datetime | None:
+    if not cell:
+        return None
+    try:
+        value = datetime.fromisoformat(cell)
+    except ValueError:
+        raise ValueError(
+            f"{column} {cell!r} is not a date and time (YYYY-MM-DD HH:MM:SS)"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for cells in reader:
+            yield reader.line_num, cells
+    except csv.Error as exc:
+        raise ImportProblem(f"Line {reader.line_num}: the file is not valid CSV ({exc}).") from None
+
+
+def read_plan(session: Session, data: bytes, *, default_time_zone: str) -> Plan:
+    """What importing `data` would do, row by row; ImportProblem if it cannot be read."""
+    if len(data) > MAX_IMPORT_BYTES:
+        raise ImportProblem(
+            f"The file is {len(data) / 1e6:.0f} MB; the most that can be imported at once is "
+            f"{MAX_IMPORT_BYTES / 1e6:.0f} MB. Split it and import the parts."
+        )
+    rows = _rows(_decode(data))
+    try:
+        _, header = next(rows)
+    except StopIteration:
+        raise ImportProblem("The file is empty.") from None
+    columns = _header_map(header)
+    if "email" not in columns:
+        raise ImportProblem(
+            "No email column: the first line must name the columns, one of them 'email' "
+            f"(found: {', '.join(h for h in header if h.strip()) or 'nothing'})."
+        )
+    plan = Plan(columns={name: header[index] for name, index in columns.items()})
+    seen: dict[str, int] = {}
+    known_zones = subscriptions.known_time_zones()
+    for line, cells in rows:
+        if not any(cell.strip() for cell in cells):
+            continue  # blank lines are not rows
+
+        given = {
+            name: _undefused(cells[index]) if index < len(cells) else ""
+            for name, index in columns.items()
+        }
+        cell = given.get
+        row = Row(line=line, outcome=Outcome.NEW)
+        plan.rows.append(row)
+        try:
+            row.email = cell("email", "")[:320]  # as typed, for the preview if it is invalid
+            row.email = subscriptions.normalize_email(row.email)
+            row.first_name = subscriptions.clean_name(cell("first_name", ""))
+            zone = cell("time_zone", "")
+            if zone and zone not in known_zones:
+                raise ValueError(f"time zone {zone!r} is not one we know")
+            row.time_zone = zone or default_time_zone
+            source = cell("source", "") or IMPORT_SOURCE
+            if not subscriptions.SOURCE_PATTERN.fullmatch(source):
+                raise ValueError(f"source {source!r} may only hold letters, digits and ._:/-")
+            row.source = source
+            status = cell("status", "").lower()
+            if status and status not in SubscriberStatus._value2member_map_:
+                raise ValueError(f"status {status!r} is not one of pending, confirmed, ...")
+            row.status = SubscriberStatus(status) if status else None
+            row.signed_up = _when(cell("signed_up", ""), "signed up")
+            row.confirmed = _when(cell("confirmed", ""), "confirmed")
+            row.unsubscribed = _when(cell("unsubscribed", ""), "unsubscribed")
+        except ValueError as exc:
+            row.outcome = Outcome.INVALID
+            row.reason = str(exc) or "not a valid row"
+            continue
+        key = subscriptions.email_key(row.email)
+        if key in seen:
+            row.outcome = Outcome.DUPLICATE
+            row.reason = f"the same address as line {seen[key]}"
+            continue
+        seen[key] = line
+    _compare_with_the_list(session, plan)
+    return plan
+
+
+def _compare_with_the_list(session: Session, plan: Plan) -> None:
+    """New or known? Known ones are updated only where the file adds a first name."""
+    candidates = {
+        subscriptions.email_key(row.email): row for row in plan.rows if row.outcome is Outcome.NEW
+    }
+    keys = list(candidates)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        for subscriber_id, key, first_name in session.execute(
+            select(Subscriber.id, Subscriber.email_key, Subscriber.first_name).where(
+                Subscriber.email_key.in_(chunk)
+            )
+        ):
+            row = candidates[key]
+            row.existing_id = subscriber_id
+            adds_name = row.first_name and not first_name
+            row.outcome = Outcome.UPDATED if adds_name else Outcome.UNCHANGED
+    for row in candidates.values():
+        if row.outcome is Outcome.NEW and subscriptions.is_suppressed(session, row.email):
+            row.outcome = Outcome.SKIPPED
+            row.reason = "erased on their request; they can only sign up again themselves"
+
+
+@dataclass
+class Applied:
+    created: int = 0
+    updated: int = 0
+    confirmations_queued: int = 0
+    enrolled: int = 0
+
+
+def apply_plan(
+    session: Session,
+    plan: Plan,
+    *,
+    consent_text: str,
+    mode: Mode,
+    join_sequence: bool,
+    sequence: str,
+    now: datetime,
+) -> Applied:
+    """Carry out `plan` in the caller's transaction (all rows or, on any error, none)."""
+    consent_text = " ".join(consent_text.split())
+    if not consent_text:
+        raise ImportProblem("Say where these people gave their consent; it is kept as proof.")
+    done = Applied()
+    origin = subscriptions.Origin(ip=None, user_agent=None)
+    for row in plan.rows:
+        if row.outcome is Outcome.UPDATED and row.existing_id is not None:
+            subscriber = session.get(Subscriber, row.existing_id)
+            if subscriber is not None and not subscriber.first_name:
+                subscriber.first_name = row.first_name
+                done.updated += 1
+            continue
+        if row.outcome is not Outcome.NEW:
+            continue
+        status = row.status
+        if status not in LEFT:
+            status = (
+                SubscriberStatus.CONFIRMED if mode is Mode.CONFIRMED else SubscriberStatus.PENDING
+            )
+        signed_up = row.signed_up or now
+        values = {
+            "email": row.email,
+            "email_key": subscriptions.email_key(row.email),
+            "first_name": row.first_name,
+            "status": status,
+            "time_zone": row.time_zone,
+            "source": row.source,
+            "created_at": signed_up,
+            # Kept from the file even for those who left since: it is their history.
+            "confirmed_at": row.confirmed
+            or (now if status is SubscriberStatus.CONFIRMED else None),
+            "unsubscribed_at": (row.unsubscribed or now)
+            if status is SubscriberStatus.UNSUBSCRIBED
+            else None,
+            "bounced_at": now if status is SubscriberStatus.BOUNCED else None,
+        }
+        subscriber_id = insert_ignoring_conflicts(
+            session, Subscriber.__table__, values, returning=Subscriber.id
+        )
+        if subscriber_id is None:
+            continue  # signed up meanwhile: the form's own record stands
+        done.created += 1
+        subscriptions.record_consent(
+            session,
+            subscriber_id,
+            action="import",
+            origin=origin,
+            source=row.source,
+            consent_text=consent_text,
+            now=now,
+        )
+        subscriptions.record_event(
+            session, subscriber_id, "imported", now=now, detail={"status": status.value}
+        )
+        if status is SubscriberStatus.PENDING:
+            outbox.enqueue(
+                session,
+                subscriptions.NewSubscriber(subscriber_id, row.email),
+                kind="confirm",
+                template="confirm",
+                now=now,
+            )
+            done.confirmations_queued += 1
+        elif status is SubscriberStatus.CONFIRMED and join_sequence:
+            stand_in = subscriptions.NewSubscriber(subscriber_id, row.email)
+            if sequences.enroll(session, stand_in, now=now, sequence=sequence):
+                done.enrolled += 1
+    return done
