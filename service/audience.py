@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, String, case, func, literal, or_, 
 from sqlalchemy.orm import Session, aliased
 
 from .models import (
+    Click,
     ConsentRecord,
     Enrollment,
     EnrollmentStatus,
@@ -25,6 +26,7 @@ from .models import (
     OutboxMessage,
     Subscriber,
     SubscriberStatus,
+    TrackedLink,
 )
 
 PAGE_SIZE = 50
@@ -206,6 +208,7 @@ class History:
     events: list[Event]
     emails: list[OutboxMessage]
     enrollments: list[Enrollment] = field(default_factory=list)
+    clicks: list[tuple[str, datetime]] = field(default_factory=list)  # (link target, when)
 
 
 def history(session: Session, subscriber_id: int) -> History | None:
@@ -240,6 +243,15 @@ def history(session: Session, subscriber_id: int) -> History | None:
                 .order_by(Enrollment.id)
             )
         ),
+        clicks=[
+            (url, at)
+            for url, at in session.execute(
+                select(TrackedLink.url, Click.at)
+                .join(Click, Click.link_id == TrackedLink.id)
+                .where(Click.subscriber_id == subscriber_id)
+                .order_by(Click.id)
+            )
+        ],
     )
 
 
@@ -289,6 +301,7 @@ def personal_data(record: History) -> dict[str, Any]:
             }
             for email in record.emails
         ],
+        "clicks": [{"link": url, "at": _stamp(at)} for url, at in record.clicks],
         "sequences": [
             {
                 "sequence": enrollment.sequence,

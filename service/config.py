@@ -131,6 +131,12 @@ class Settings:
         default=12,
         metadata={"help": "An admin session ends after this long without a visit."},
     )
+    TRACK_LINKS: bool = field(
+        default=True,
+        metadata={
+            "help": "Count clicks on links in sequence emails and newsletters (through /l/...)."
+        },
+    )
     RATELIMIT_STORAGE_URI: str = field(
         default="memory://",
         metadata={
@@ -293,6 +299,13 @@ class Settings:
 def _coerce(name: str, kind: type, raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
+    if kind is bool:
+        flag = raw.strip().lower()
+        if flag in ("1", "true", "yes", "on"):
+            return True
+        if flag in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name} must be on or off, not {raw!r}")
     try:
         if kind is int:
             return int(raw)
@@ -320,7 +333,7 @@ def load_settings(
         from_file = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
     overrides = dict(overrides or {})
     values: dict[str, Any] = {}
-    types = {"int": int, "float": float, "str": str}
+    types = {"int": int, "float": float, "str": str, "bool": bool}
     for f in fields(Settings):
         for source in (overrides, environ, from_file):
             if f.name in source:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from . import health
 from .models import (
     OUTBOX_DUE_STATES,
+    Click,
     Enrollment,
     EnrollmentStatus,
     Event,
@@ -21,6 +22,7 @@ from .models import (
     OutboxStatus,
     Subscriber,
     SubscriberStatus,
+    TrackedLink,
 )
 from .sequences import SEQUENCE_KIND, DripSequence
 
@@ -135,6 +137,14 @@ def step_results(session: Session, sequence: DripSequence) -> list[StepResults]:
                 results[step_id].sent = count
             else:
                 results[step_id].failed = count
+    for step_id, count in session.execute(
+        select(OutboxMessage.sequence_step, func.count(Click.id))
+        .join(Click, Click.outbox_id == OutboxMessage.id)
+        .where(OutboxMessage.kind == SEQUENCE_KIND)
+        .group_by(OutboxMessage.sequence_step)
+    ):
+        if step_id in results:
+            results[step_id].clicks = count
     # Readers who left mid-sequence: their last step is the one that preceded leaving.
     left = session.scalars(
         select(Enrollment.steps_passed)
@@ -194,3 +204,20 @@ def outbox_health(session: Session, *, now: datetime, late_after: timedelta) -> 
         report.seconds_since_tick = max(0.0, (now - last).total_seconds())
         report.late = report.seconds_since_tick > late_after.total_seconds()
     return report
+
+
+def link_clicks(session: Session, *, broadcast_id: int | None = None) -> list[tuple[str, int, int]]:
+    """(target, clicks, distinct readers) per link, most clicked first; for one newsletter
+    if `broadcast_id` is given."""
+    query = (
+        select(TrackedLink.url, func.count(Click.id), func.count(distinct(Click.subscriber_id)))
+        .join(Click, Click.link_id == TrackedLink.id)
+        .group_by(TrackedLink.url)
+        .order_by(func.count(Click.id).desc())
+        .limit(50)
+    )
+    if broadcast_id is not None:
+        query = query.join(OutboxMessage, OutboxMessage.id == Click.outbox_id).where(
+            OutboxMessage.broadcast_id == broadcast_id
+        )
+    return [(url, clicks, readers) for url, clicks, readers in session.execute(query)]

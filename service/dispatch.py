@@ -15,6 +15,7 @@ a batch that runs longer than its lease can never send a row another scheduler h
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -46,6 +47,7 @@ from .mail import (
 )
 from .models import Broadcast, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from .sequences import SEQUENCE_KIND, DripSequence, sending_window_opens, zone_of
+from .tracking import TRACKED_KINDS, LinkTracker
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +148,7 @@ class Dispatcher:
         worker: str,
         policy: DeliveryPolicy,
         secret_key: str,
+        tracker: LinkTracker | None = None,
     ) -> None:
         self.database = database
         self.renderer = renderer
@@ -156,6 +159,7 @@ class Dispatcher:
         self.reply_to = reply_to
         self.worker = worker
         self.policy = policy
+        self.tracker = tracker
         self._message_id_key = hashlib.sha256(f"message-id:{secret_key}".encode()).digest()
         self._message_id_domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
         self._skeletons: dict[tuple[Any, ...], Skeleton | None] = {}
@@ -399,7 +403,7 @@ class Dispatcher:
             return None
         assert reader is not None  # may_receive() is False without one
         try:
-            return row, self.compose(row, reader, now=now)
+            return row, self.compose(row, reader, now=now, connection=connection)
         except Exception as exc:
             error = f"template {row.template!r} failed: {exc!r}"
             logger.error("outbox %d: %s", message_id, error)
@@ -422,11 +426,13 @@ class Dispatcher:
         subscriber: Subscriber | outbox.Reader,
         *,
         now: datetime,
+        connection: Connection | None = None,
     ) -> Message:
         """Render the row's template for its subscriber into a Message.
 
         The email is rendered once for all its readers where the template allows (see
-        service.emails.Skeleton), and only the links it shows are signed.
+        service.emails.Skeleton), and only the links it shows are signed. Links it tracks
+        are stored in `connection`'s transaction when given (the sending loop's).
         """
         context = dict(row.context)
         if row.kind == SEQUENCE_KIND:
@@ -437,20 +443,30 @@ class Dispatcher:
             )
         # The row's own context is small; the sequence's part is the same for every row.
         key = (row.template, tuple(sorted(row.context.items())), bool(subscriber.first_name))
+        tracked = self.tracker is not None and row.kind in TRACKED_KINDS
         if row.kind == TEST_KIND:
             skeleton = None  # a draft's test: it may have changed since the last one
         else:
             if key not in self._skeletons:
-                self._skeletons[key] = self.renderer.skeleton(
+                skeleton = self.renderer.skeleton(
                     row.template, context, has_first_name=bool(subscriber.first_name)
                 )
+                if skeleton is not None and tracked:
+                    html = self.tracker.rewrite(skeleton.html, now=now, connection=connection)
+                    skeleton = dataclasses.replace(skeleton, html=html)
+                self._skeletons[key] = skeleton
             skeleton = self._skeletons[key]
         fields = PERSONAL_FIELDS if skeleton is None else skeleton.fields | {"unsubscribe_url"}
         values = self._personal_values(subscriber, fields, now=now)
         if skeleton is None:
             rendered = self.renderer.render(row.template, {**context, **values})
+            if tracked:
+                html = self.tracker.rewrite(rendered.html, now=now, connection=connection)
+                rendered = dataclasses.replace(rendered, html=html)
         else:
             rendered = skeleton.fill(values)
+        if tracked:
+            rendered = dataclasses.replace(rendered, html=self.tracker.stamp(rendered.html, row.id))
         return Message(
             sender=self.sender,
             to=row.to_address,

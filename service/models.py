@@ -306,3 +306,32 @@ class Broadcast(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     recipients: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TrackedLink(Base):
+    """A link in an email, stored here: the redirect looks it up by id and goes only to a
+    target stored by us (never an open redirect)."""
+
+    __tablename__ = "links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    url_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of url
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Click(Base):
+    """One click on a tracked link in one email."""
+
+    __tablename__ = "clicks"
+    __table_args__ = (Index("ix_clicks_link_outbox", "link_id", "outbox_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    link_id: Mapped[int] = mapped_column(ForeignKey("links.id", ondelete="CASCADE"))
+    outbox_id: Mapped[int | None] = mapped_column(
+        ForeignKey("outbox.id", ondelete="SET NULL"), index=True
+    )
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

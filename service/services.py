@@ -22,6 +22,7 @@ from .emails import EmailRenderer, email_directories, sequence_file
 from .links import Links
 from .mail import mailer_from_url
 from .tokens import Tokens
+from .tracking import LinkTracker
 
 
 def utc_now() -> datetime:
@@ -42,6 +43,7 @@ class Services:
     links: Links
     renderer: EmailRenderer
     sequence: sequences.DripSequence
+    tracker: LinkTracker
     clock: Callable[[], datetime] = field(default=utc_now)
 
     @classmethod
@@ -62,13 +64,17 @@ class Services:
         except sequences.SequenceError as exc:
             raise ConfigError(f"the drip sequence: {exc}") from exc
         _check_step_templates(renderer, sequence)
+        database = Database.connect(settings.database_url)
         return cls(
             settings=settings,
-            database=Database.connect(settings.database_url),
+            database=database,
             tokens=tokens,
             links=Links(settings.BASE_URL, tokens),
             renderer=renderer,
             sequence=sequence,
+            tracker=LinkTracker(
+                database, base_url=settings.BASE_URL, secret_key=settings.SECRET_KEY
+            ),
         )
 
     def make_mailer(self) -> Mailer:
@@ -87,6 +93,7 @@ class Services:
             reply_to=s.MAIL_REPLY_TO,
             worker=worker,
             secret_key=s.SECRET_KEY,
+            tracker=self.tracker if s.TRACK_LINKS else None,
             policy=DeliveryPolicy(
                 batch_size=s.SEND_BATCH_SIZE,
                 lease=timedelta(seconds=s.SEND_LEASE_SECONDS),

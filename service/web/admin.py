@@ -199,8 +199,14 @@ def dashboard_page():
         outbox = dashboard.outbox_health(
             db, now=now(), late_after=timedelta(seconds=settings.SCHEDULER_LATE_SECONDS)
         )
+        links = dashboard.link_clicks(db)
     return render_template(
-        "admin/dashboard.html", chart=_chart(days), funnel=funnel, steps=steps, outbox=outbox
+        "admin/dashboard.html",
+        chart=_chart(days),
+        funnel=funnel,
+        steps=steps,
+        outbox=outbox,
+        links=links,
     )
 
 
@@ -485,8 +491,10 @@ def newsletter(broadcast_id: int | None):
         if broadcast is not None:
             recipients = broadcasts.audience_size(db, broadcast, sequence=services().sequence.name)
             progress = broadcasts.progress(db, broadcast.id)
+            links = dashboard.link_clicks(db, broadcast_id=broadcast.id)
         else:
             progress = None
+            links = []
         sources = audience.sources(db)
         db.expunge_all()
     sample = _sample_email(broadcast.id, g.admin.email) if broadcast else None
@@ -497,6 +505,7 @@ def newsletter(broadcast_id: int | None):
         error=error,
         recipients=recipients,
         progress=progress,
+        links=links,
         sources=sources,
         sequence_choices=broadcasts.SEQUENCE_CHOICES,
         sample=sample,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from flask import Blueprint, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, abort, redirect, render_template, request, send_file, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import guide, health, subscriptions
+from .. import guide, health, subscriptions, tracking
 from ..tokens import ExpiredToken, Purpose, TokenData
 from . import ExpiredLink, now, services
 
@@ -182,6 +182,23 @@ def unsubscribe(token: str):
     if one_click:
         return "Unsubscribed.\n", 200, {"Content-Type": "text/plain; charset=utf-8"}
     return render_template("unsubscribed.html")
+
+
+@bp.get("/l/<int:link_id>/<token>")
+def follow_link(link_id: int, token: str):
+    """Count a click on a link in an email, then go where the link points. Only targets
+    stored by us are reachable; a token that does not check out still gets the reader
+    there, uncounted."""
+    with services().database.begin() as session:
+        url = tracking.target(session, link_id)
+        if url is None:
+            abort(404)
+        outbox_id, _, signature = token.partition(".")
+        counted = outbox_id.isdigit() and services().tracker.valid(int(outbox_id), signature)
+        tracking.record_click(session, link_id, int(outbox_id) if counted else None, now=now())
+    response = redirect(url, 302)
+    response.headers["Cache-Control"] = "no-store"  # every click reaches us
+    return response
 
 
 @bp.get("/healthz")
