@@ -7,16 +7,27 @@ a million rows stream in flat memory and no transaction stays open for the whole
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, String, case, func, literal, or_, select, type_coerce
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    type_coerce,
+)
+from sqlalchemy.orm import Session
 
+from .db import PreparedStatement
 from .models import (
     Click,
     ConsentRecord,
@@ -344,12 +355,14 @@ def neutralize(cell: str) -> str:
 # cost more than everything else together (see bench/export.py).
 
 
-def _defused(text: ColumnElement[Any]) -> ColumnElement[str]:
+def _defused(text: ColumnElement[Any], dialect: str) -> ColumnElement[str]:
     """`text` as neutralize() would return it, computed by the database."""
-    return case(
-        (func.substr(text, 1, 1).in_(FORMULA_STARTS), literal("'", String) + text),
-        else_=text,
-    )
+    # One position lookup in a string of the formula characters: cheaper than an IN list
+    # or six comparisons, each of which would take the first character again.
+    position = func.strpos if dialect == "postgresql" else func.instr
+    first = func.substr(text, 1, 1)
+    starts_a_formula = and_(text != "", position(literal("".join(FORMULA_STARTS)), first) > 0)
+    return case((starts_a_formula, literal("'", String) + text), else_=text)
 
 
 def _utc_text(column: Any, dialect: str) -> ColumnElement[str]:
@@ -373,14 +386,28 @@ def _step_text() -> ColumnElement[str]:
     )
 
 
+def _quoted(text: ColumnElement[Any]) -> ColumnElement[str]:
+    """A CSV field in double quotes, quotes inside doubled (RFC 4180): safe for any text,
+    commas and line breaks included."""
+    return literal('"', String) + func.replace(text, '"', '""') + literal('"', String)
+
+
 def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
-    consents = aliased(ConsentRecord)
-    latest_consent = (
-        select(func.max(consents.id))
-        .where(consents.subscriber_id == Subscriber.id)
-        .correlate(Subscriber)
-        .scalar_subquery()
-    )
+    """(id, the subscriber's whole CSV line) for subscribers after id `:after`. The line is
+    built by the database: handing Python one string per row instead of twelve halves the
+    export's time."""
+
+    def latest_consent(column: Any) -> ColumnElement[Any]:
+        # A scalar subquery per value: an index lookup per row on both databases (a join
+        # on the latest id let PostgreSQL hash every consent there is, for every chunk).
+        return (
+            select(column)
+            .where(ConsentRecord.subscriber_id == Subscriber.id)
+            .order_by(ConsentRecord.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+
     # Not max(): ORDER BY ... LIMIT 1 reads one entry of ix_outbox_subscriber_sent.
     last_sent = (
         select(OutboxMessage.sent_at)
@@ -389,63 +416,72 @@ def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
         .limit(1)
         .scalar_subquery()
     )
-    statement = _with_enrollment(
-        select(
-            Subscriber.id,
-            _defused(Subscriber.email),
-            _defused(func.coalesce(Subscriber.first_name, "")),
-            type_coerce(Subscriber.status, String),
-            _defused(Subscriber.source),
-            _defused(Subscriber.time_zone),
-            _utc_text(Subscriber.created_at, dialect),
-            _utc_text(Subscriber.confirmed_at, dialect),
-            _utc_text(Subscriber.unsubscribed_at, dialect),
-            # From a header a misconfigured proxy may pass through: defused like the rest.
-            _defused(func.coalesce(ConsentRecord.ip, "")),
-            _defused(func.coalesce(ConsentRecord.text_version, "")),
-            _defused(_step_text()),
-            _utc_text(last_sent, dialect),
-        ),
-        wanted.sequence,
-    ).outerjoin(ConsentRecord, ConsentRecord.id == latest_consent)
+    # In EXPORT_COLUMNS order. Free text is defused and quoted; the rest is made of
+    # letters, digits and "-:/_+ ()" only (dates, states, zone names, step ids, hex).
+    fields = [
+        _quoted(_defused(Subscriber.email, dialect)),
+        _quoted(_defused(func.coalesce(Subscriber.first_name, ""), dialect)),
+        type_coerce(Subscriber.status, String),
+        _quoted(_defused(Subscriber.source, dialect)),
+        Subscriber.time_zone,
+        _utc_text(Subscriber.created_at, dialect),
+        _utc_text(Subscriber.confirmed_at, dialect),
+        _utc_text(Subscriber.unsubscribed_at, dialect),
+        # From a header a misconfigured proxy may pass through: defused like the rest.
+        _quoted(_defused(func.coalesce(latest_consent(ConsentRecord.ip), ""), dialect)),
+        func.coalesce(latest_consent(ConsentRecord.text_version), ""),
+        _step_text(),
+        _utc_text(last_sent, dialect),
+    ]
+    line = fields[0]
+    for field_ in fields[1:]:
+        line = line + literal(",", String) + field_
+    after = bindparam("after")
+    statement = (
+        select(Subscriber.id, line)
+        .outerjoin(
+            Enrollment,
+            (Enrollment.subscriber_id == Subscriber.id)
+            & (Enrollment.sequence == wanted.sequence)
+            # Implied by the line above, but PostgreSQL's merge join would otherwise read
+            # the enrollments from the first one for every chunk.
+            & (Enrollment.subscriber_id > after),
+        )
+        .where(Subscriber.id > after)
+    )
     return wanted.apply(statement, dialect).order_by(Subscriber.id)
 
 
 def export_chunks(
     read: Callable[[], Any], wanted: SubscriberFilter, *, chunk: int | None = None
-) -> Iterator[list[Sequence[str]]]:
-    """The filtered subscribers as CSV cells, oldest first, `chunk` rows at a time.
+) -> Iterator[list[str]]:
+    """The filtered subscribers as CSV lines (no line end), oldest first, `chunk` at a time.
 
     `read` opens a read-only session (Database.read); each chunk gets its own, walking the
     list by id (keyset), so no transaction stays open for the whole export.
     """
     size = chunk or EXPORT_CHUNK
     after = 0
-    statement: Select | None = None
+    prepared: PreparedStatement | None = None
     while True:
         with read() as session:
-            if statement is None:
-                dialect = session.get_bind().dialect.name
-                statement = _export_statement(wanted, dialect).limit(size)
-            # On the Core connection: the ORM's row handling would cost more than the query.
-            rows = session.connection().execute(statement.where(Subscriber.id > after)).all()
+            connection = session.connection()
+            if prepared is None:
+                dialect = connection.dialect
+                statement = _export_statement(wanted, dialect.name).limit(size)
+                # Compiled once and read straight from the driver: the line is text already.
+                prepared = PreparedStatement(statement, dialect, server_side_prepare=False)
+            rows = prepared.rows(connection, {"after": after})
         if rows:
-            yield [row[1:] for row in rows]
+            yield [line for _, line in rows]
         if len(rows) < size:
             return
         after = rows[-1][0]
 
 
-def csv_chunks(chunks: Iterator[list[Sequence[str]]], *, bom: bool = False) -> Iterator[str]:
+def csv_chunks(chunks: Iterator[list[str]], *, bom: bool = False) -> Iterator[str]:
     """CSV text (RFC 4180, CRLF line ends): the header at once, then one piece per chunk."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    if bom:
-        buffer.write("\ufeff")  # makes Excel read the file as UTF-8
-    writer.writerow(EXPORT_COLUMNS)
-    yield buffer.getvalue()
-    for rows in chunks:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerows(rows)
-        yield buffer.getvalue()
+    header = ",".join(EXPORT_COLUMNS) + "\r\n"
+    yield ("\ufeff" + header) if bom else header  # the BOM makes Excel read UTF-8
+    for lines in chunks:
+        yield "\r\n".join(lines) + "\r\n"

@@ -262,8 +262,14 @@ class PreparedStatement:
     transaction of the Connection it is given.
     """
 
-    def __init__(self, statement: Any, dialect: Any) -> None:
+    def __init__(self, statement: Any, dialect: Any, *, server_side_prepare: bool = True) -> None:
         compiled = statement.compile(dialect=dialect)
+        # psycopg prepares a statement on the server after a few runs; PostgreSQL may then
+        # pick one generic plan, which for some queries (the export's) is several times
+        # slower than planning each run with its values.
+        self._execute_options = (
+            {} if server_side_prepare or dialect.name != "postgresql" else {"prepare": False}
+        )
         self.sql = compiled.string
         self._compiled = compiled
         self._order = list(compiled.positiontup) if compiled.positional else None
@@ -289,7 +295,7 @@ class PreparedStatement:
         parameters = self._parameters(values)
         cursor = connection.connection.dbapi_connection.cursor()
         try:
-            cursor.execute(self.sql, parameters)
+            cursor.execute(self.sql, parameters, **self._execute_options)
         except Exception as exc:
             cursor.close()
             dbapi_error = connection.dialect.loaded_dbapi.Error
@@ -317,3 +323,11 @@ class PreparedStatement:
             value if processor is None else processor(value)
             for value, processor in zip(row, self._result_processors, strict=True)
         )
+
+    def rows(self, connection: Any, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row as the driver returns it (for text columns that need no processing)."""
+        cursor = self._cursor(connection, values)
+        try:
+            return cursor.fetchall()
+        finally:
+            cursor.close()

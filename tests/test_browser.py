@@ -193,7 +193,7 @@ def test_owner_signs_in_finds_a_reader_and_exports_the_list(live_app, page, tmp_
     download_info.value.save_as(saved)
     lines = saved.read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("email,first_name,status")
-    assert len(lines) == 2 and lines[1].startswith("zoe@example.com,")
+    assert len(lines) == 2 and lines[1].startswith('"zoe@example.com",')
 
     page.click("#subscriber-list a:has-text('zoe@example.com')")
     page.wait_for_url(base + "/admin/subscribers/*")
