@@ -14,8 +14,15 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # Four processes per core measured best (a request spends part of its time waiting).
 worker_class = "sync"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 4))
+# A worker silent for this long is restarted. A long streamed response (a CSV export of a
+# million subscribers) is not silent: it reports in after every chunk (post_worker_init).
 timeout = 30
 graceful_timeout = 30
 accesslog = "-"
 # X-Forwarded-* is handled by the app itself (TRUSTED_PROXIES), not by gunicorn.
 forwarded_allow_ips = "127.0.0.1"
+
+
+def post_worker_init(worker):
+    """Let long streamed responses tell the arbiter this worker is alive (see timeout)."""
+    worker.wsgi.config["WORKER_HEARTBEAT"] = worker.notify

@@ -611,3 +611,15 @@ def test_the_database_defuses_cells_as_neutralize_does(app, cell):
         assert session.scalar(sa.select(audience._defused(sa.literal(cell), dialect))) == (
             audience.neutralize(cell)
         )
+
+
+def test_a_long_export_reports_in_to_the_server_after_every_chunk(app, admin_client, monkeypatch):
+    """Under gunicorn a response longer than the worker timeout would get its worker
+    killed; the export tells the arbiter it is alive (gunicorn.conf.py) chunk by chunk."""
+    monkeypatch.setattr(audience, "EXPORT_CHUNK", 7)
+    add_subscribers(app, 30)
+    beats = []
+    app.config["WORKER_HEARTBEAT"] = lambda: beats.append(1)
+    rows = read_csv(admin_client.get("/admin/subscribers/export.csv").get_data(as_text=True))
+    assert len(rows) == 30
+    assert len(beats) == 5  # 7 + 7 + 7 + 7 + 2

@@ -19,6 +19,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     flash,
     g,
     redirect,
@@ -247,7 +248,7 @@ def export_csv():
     stamp = now().strftime("%Y%m%d-%H%M")
     # Which filters, not their values: a search term can be someone's address.
     logger.info("subscriber export by %s, filtered by %s", g.admin.email, sorted(wanted.as_args()))
-    chunks = audience.export_chunks(services().database.read, wanted)
+    chunks = _reporting_in(audience.export_chunks(services().database.read, wanted))
     return Response(
         stream_with_context(audience.csv_chunks(chunks, bom=bom)),
         mimetype="text/csv",
@@ -257,6 +258,16 @@ def export_csv():
             "X-Accel-Buffering": "no",
         },
     )
+
+
+def _reporting_in(chunks):
+    """`chunks`, telling the server after each that this worker is busy, not hung: under
+    gunicorn (gunicorn.conf.py) a streamed export may take longer than the worker timeout."""
+    heartbeat = current_app.config.get("WORKER_HEARTBEAT")
+    for chunk in chunks:
+        yield chunk
+        if heartbeat is not None:
+            heartbeat()
 
 
 def _history(subscriber_id: int) -> audience.History:
