@@ -427,9 +427,16 @@ def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
         _utc_text(Subscriber.created_at, dialect),
         _utc_text(Subscriber.confirmed_at, dialect),
         _utc_text(Subscriber.unsubscribed_at, dialect),
-        # From a header a misconfigured proxy may pass through: defused like the rest.
-        _quoted(_defused(func.coalesce(latest_consent(ConsentRecord.ip), ""), dialect)),
-        func.coalesce(latest_consent(ConsentRecord.text_version), ""),
+        # Both consent fields from one lookup. The IP comes from a header a misconfigured
+        # proxy may pass through: defused like the rest.
+        func.coalesce(
+            latest_consent(
+                _quoted(_defused(func.coalesce(ConsentRecord.ip, ""), dialect))
+                + literal(",", String)
+                + ConsentRecord.text_version
+            ),
+            literal('"",', String),
+        ),
         _step_text(),
         _utc_text(last_sent, dialect),
     ]
