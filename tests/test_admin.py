@@ -568,6 +568,7 @@ def test_the_dashboard_counts_the_funnel_and_warns_of_a_silent_scheduler(app, cl
     assert "Signups: 3" in page and "Confirmations: 1" in page
     assert "<polyline" in page
     assert "never run" in page  # no heartbeat yet
+    assert "<title>Dashboard | Low Back Relief</title>" in page
 
 
 # --- the development outbox -------------------------------------------------------------
