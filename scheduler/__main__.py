@@ -81,18 +81,22 @@ def tick(
     steps = advance_sequence(services, clock=clock, stop=stop)
     if steps.total:
         logger.info("sequence: %s", steps)
-    with services.database.begin() as session:
-        for broadcast_id, queued in broadcasts.start_due(
-            session, now=clock(), sequence=services.sequence.name
-        ):
-            logger.info("newsletter %d: %d emails queued", broadcast_id, queued)
+    with services.database.read() as session:
+        newsletters = broadcasts.in_progress(session)
+    if newsletters:
+        with services.database.begin() as session:
+            for broadcast_id, queued in broadcasts.start_due(
+                session, now=clock(), sequence=services.sequence.name
+            ):
+                logger.info("newsletter %d: %d emails queued", broadcast_id, queued)
     mailer = services.make_mailer()
     try:
         report = dispatcher.drain(mailer, clock=clock, stop=stop, after_batch=heartbeat)
     finally:
         mailer.close()
-    with services.database.begin() as session:
-        broadcasts.finish_done(session, now=clock())
+    if newsletters:
+        with services.database.begin() as session:
+            broadcasts.finish_done(session, now=clock())
     if report.claimed or report.stopped:
         logger.info("pass: %s", report)
     return report

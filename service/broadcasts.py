@@ -159,6 +159,15 @@ def audience_size(session: Session, broadcast: Broadcast, *, sequence: str) -> i
     )
 
 
+def in_progress(session: Session) -> bool:
+    """Whether any newsletter is scheduled or being sent (a read: a tick with nothing to do
+    for newsletters need not take the write lock)."""
+    busy = (BroadcastStatus.SCHEDULED, BroadcastStatus.SENDING)
+    return (
+        session.scalar(select(Broadcast.id).where(Broadcast.status.in_(busy)).limit(1)) is not None
+    )
+
+
 def start_due(session: Session, *, now: datetime, sequence: str) -> list[tuple[int, int]]:
     """Queue the emails of every scheduled broadcast whose time has come, one row per
     recipient; returns (broadcast id, rows queued) for each. Run by the scheduler."""

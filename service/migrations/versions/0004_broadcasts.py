@@ -37,14 +37,14 @@ def upgrade() -> None:
     # SQLite rebuilds the table to add a foreign key: keep AUTOINCREMENT (ids in Message-IDs).
     with op.batch_alter_table('outbox', schema=None, table_kwargs={'sqlite_autoincrement': True}) as batch_op:
         batch_op.add_column(sa.Column('broadcast_id', sa.Integer(), nullable=True))
-        batch_op.create_index(batch_op.f('ix_outbox_broadcast_id'), ['broadcast_id'], unique=False)
+        batch_op.create_index('ix_outbox_broadcast', ['broadcast_id'], unique=False, sqlite_where=sa.text('broadcast_id IS NOT NULL'), postgresql_where=sa.text('broadcast_id IS NOT NULL'))
         batch_op.create_foreign_key('fk_outbox_broadcast_id_broadcasts', 'broadcasts', ['broadcast_id'], ['id'], ondelete='SET NULL')
 
 
 def downgrade() -> None:
     with op.batch_alter_table('outbox', schema=None, table_kwargs={'sqlite_autoincrement': True}) as batch_op:
         batch_op.drop_constraint('fk_outbox_broadcast_id_broadcasts', type_='foreignkey')
-        batch_op.drop_index(batch_op.f('ix_outbox_broadcast_id'))
+        batch_op.drop_index('ix_outbox_broadcast', sqlite_where=sa.text('broadcast_id IS NOT NULL'), postgresql_where=sa.text('broadcast_id IS NOT NULL'))
         batch_op.drop_column('broadcast_id')
     op.drop_index(op.f('ix_broadcasts_status'), table_name='broadcasts')
     op.drop_table('broadcasts')
