@@ -140,6 +140,15 @@ def set_password_hash(session: Session, admin_id: int, password_hash: str, *, no
     return admin.session_epoch
 
 
+def end_all_sessions(session: Session, admin_id: int) -> int:
+    """Sign the account out everywhere (a lost laptop); returns the new epoch."""
+    admin = session.get(AdminUser, admin_id, with_for_update=True)
+    if admin is None:
+        raise AdminError("That account no longer exists.")
+    admin.session_epoch += 1
+    return admin.session_epoch
+
+
 def for_session(session: Session, admin_id: object, epoch: object) -> AdminUser | None:
     """The account a session cookie speaks for, if that session is still valid."""
     if not isinstance(admin_id, int) or not isinstance(epoch, int):

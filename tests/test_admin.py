@@ -242,6 +242,17 @@ def test_changing_the_password_ends_every_other_session(app):
     assert sign_in(elsewhere, password="a brand new long passphrase").status_code == 303
 
 
+def test_signing_out_everywhere_ends_every_session(app):
+    create_admin(app)
+    here, elsewhere = app.test_client(), app.test_client()
+    sign_in(here)
+    sign_in(elsewhere)
+    assert post(here, "/admin/sign-out-everywhere").status_code == 303
+    assert here.get("/admin/").status_code == 302
+    assert elsewhere.get("/admin/").status_code == 302
+    assert sign_in(elsewhere).status_code == 303  # the password still works
+
+
 def test_a_weak_new_password_is_refused_with_the_reason(app, admin_client):
     response = post(admin_client, "/admin/account", current_password=PASSWORD, new_password="short")
     assert response.status_code == 422

@@ -131,6 +131,16 @@ def logout():
     return redirect(url_for("admin.login"), 303)
 
 
+@bp.post("/sign-out-everywhere")
+def sign_out_everywhere():
+    """End every session of this account, this one included."""
+    with services().database.begin() as db:
+        admins.end_all_sessions(db, g.admin.id)
+    session.clear()
+    flash("Signed out everywhere. Sign in again to continue.")
+    return redirect(url_for("admin.login"), 303)
+
+
 @bp.route("/account", methods=["GET", "POST"])
 def account():
     """Change the password; every other session ends."""
