@@ -211,30 +211,38 @@ def _subscriber_id(address: str) -> int:
     return subscriber_id
 
 
+def _change_sequence(address: str, change, *, done: str, not_done: str) -> None:
+    services = _services()
+    subscriber_id = _subscriber_id(address)
+    with services.database.begin() as session:
+        changed = change(
+            session, subscriber_id, sequence=services.sequence.name, now=services.clock()
+        )
+    click.echo(done if changed else not_done)
+
+
 @sequence_group.command("pause")
 @click.argument("address")
 def sequence_pause(address: str) -> None:
     """Hold a subscriber's sequence (a step queued but not sent is taken back)."""
-    services = _services()
-    subscriber_id = _subscriber_id(address)
-    with services.database.begin() as session:
-        paused = sequences.pause(
-            session, subscriber_id, sequence=services.sequence.name, now=services.clock()
-        )
-    click.echo("paused" if paused else "not paused: the sequence is not running for them")
+    _change_sequence(
+        address,
+        sequences.pause,
+        done="paused",
+        not_done="not paused: the sequence is not running for them",
+    )
 
 
 @sequence_group.command("resume")
 @click.argument("address")
 def sequence_resume(address: str) -> None:
     """Carry on with the next step, timed from now."""
-    services = _services()
-    subscriber_id = _subscriber_id(address)
-    with services.database.begin() as session:
-        resumed = sequences.resume(
-            session, subscriber_id, sequence=services.sequence.name, now=services.clock()
-        )
-    click.echo("resumed" if resumed else "not resumed: the sequence is not paused for them")
+    _change_sequence(
+        address,
+        sequences.resume,
+        done="resumed",
+        not_done="not resumed: the sequence is not paused for them",
+    )
 
 
 @click.group("admin", cls=AppGroup)

@@ -233,8 +233,10 @@ def _compare_with_the_list(session: Session, plan: Plan) -> None:
             row.existing_id = subscriber_id
             adds_name = row.first_name and not first_name
             row.outcome = Outcome.UPDATED if adds_name else Outcome.UNCHANGED
-    for row in candidates.values():
-        if row.outcome is Outcome.NEW and subscriptions.is_suppressed(session, row.email):
+    new = [row for row in candidates.values() if row.outcome is Outcome.NEW]
+    erased = subscriptions.suppressed(session, [row.email for row in new])
+    for row in new:
+        if row.email in erased:
             row.outcome = Outcome.SKIPPED
             row.reason = "erased on their request; they can only sign up again themselves"
 

@@ -440,7 +440,23 @@ def suppression_hash(email: str) -> str:
 
 def is_suppressed(session: Session, email: str) -> bool:
     """Whether `email` belongs to someone who was erased (and so must not be imported)."""
-    return session.get(Suppression, suppression_hash(email)) is not None
+    return bool(suppressed(session, [email]))
+
+
+def suppressed(session: Session, emails: list[str]) -> set[str]:
+    """Those of `emails` that belong to someone who was erased (one query per 500)."""
+    by_hash = {suppression_hash(email): email for email in emails}
+    hashes = list(by_hash)
+    found: set[str] = set()
+    for start in range(0, len(hashes), 500):
+        found.update(
+            session.scalars(
+                select(Suppression.email_hash).where(
+                    Suppression.email_hash.in_(hashes[start : start + 500])
+                )
+            )
+        )
+    return {by_hash[digest] for digest in found}
 
 
 def erase(session: Session, subscriber_id: int, *, now: datetime) -> str:

@@ -97,11 +97,13 @@ def record_click(session: Session, link_id: int, outbox_id: int | None, *, now: 
     """Count a click on `link_id` in email `outbox_id` (None: the email is unknown)."""
     subscriber_id = None
     if outbox_id is not None:
-        subscriber_id = session.scalar(
+        email = session.execute(
             select(OutboxMessage.subscriber_id).where(OutboxMessage.id == outbox_id)
-        )
-        if subscriber_id is None and session.get(OutboxMessage, outbox_id) is None:
-            outbox_id = None
+        ).first()
+        if email is None:
+            outbox_id = None  # deleted since: the click still counts for the link
+        else:
+            subscriber_id = email.subscriber_id
     insert_row(
         session,
         Click.__table__,

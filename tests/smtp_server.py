@@ -185,39 +185,18 @@ class SMTPServer:
         return self.handler.faults
 
 
-class SilentServer:
-    """Accepts TCP connections and never says a word (no SMTP greeting)."""
+class RawServer:
+    """A TCP listener on loopback; subclasses say what each connection gets (`answer`).
 
-    def __enter__(self) -> SilentServer:
+    Without `answer`, connections are accepted by the kernel and never spoken to."""
+
+    def __enter__(self):
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
         self.socket.listen(8)
         self.port = self.socket.getsockname()[1]
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.socket.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class GreetingServer:
-    """Answers every connection with one fixed greeting line (e.g. 421) and hangs up."""
-
-    def __init__(self, greeting: str) -> None:
-        self.greeting = greeting
-
-    def __enter__(self) -> GreetingServer:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(8)
-        self.port = self.socket.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        if type(self).answer is not RawServer.answer:
+            threading.Thread(target=self._serve, daemon=True).start()
         return self
 
     def _serve(self) -> None:
@@ -227,39 +206,46 @@ class GreetingServer:
             except OSError:
                 return
             with connection:
-                connection.sendall(self.greeting.encode() + b"\r\n")
+                self.answer(connection)
+
+    def answer(self, connection: socket.socket) -> None:
+        """What one connection gets (the connection is closed afterwards)."""
 
     def __exit__(self, *exc_info) -> None:
         self.socket.close()
 
 
-class HangUpServer:
+class SilentServer(RawServer):
+    """Accepts TCP connections and never says a word (no SMTP greeting)."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class GreetingServer(RawServer):
+    """Answers every connection with one fixed greeting line (e.g. 421) and hangs up."""
+
+    def __init__(self, greeting: str) -> None:
+        self.greeting = greeting
+
+    def answer(self, connection: socket.socket) -> None:
+        connection.sendall(self.greeting.encode() + b"\r\n")
+
+
+class HangUpServer(RawServer):
     """Greets and answers EHLO like a pipelining server, then answers the first command
     after it with `reply` and hangs up (as Postfix does after a 421)."""
 
     def __init__(self, reply: str = "421 4.3.2 Service shutting down") -> None:
         self.reply = reply
 
-    def __enter__(self) -> HangUpServer:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(8)
-        self.port = self.socket.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-        return self
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                return
-            with connection, connection.makefile("rb") as lines:
-                connection.sendall(b"220 hang-up ready\r\n")
-                lines.readline()  # EHLO
-                connection.sendall(b"250-hang-up\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
-                lines.readline()  # MAIL FROM (the rest of the pipeline is never answered)
-                connection.sendall(self.reply.encode() + b"\r\n")
-
-    def __exit__(self, *exc_info) -> None:
-        self.socket.close()
+    def answer(self, connection: socket.socket) -> None:
+        with connection.makefile("rb") as lines:
+            connection.sendall(b"220 hang-up ready\r\n")
+            lines.readline()  # EHLO
+            connection.sendall(b"250-hang-up\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            lines.readline()  # MAIL FROM (the rest of the pipeline is never answered)
+            connection.sendall(self.reply.encode() + b"\r\n")

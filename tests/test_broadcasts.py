@@ -300,3 +300,15 @@ def test_html_in_the_body_is_shown_not_run(app, smtp):
 def test_a_draft_needs_a_subject_and_a_body(app, subject, body, problem):
     with pytest.raises(broadcasts.BroadcastError, match=problem):
         draft(app, subject=subject, body=body)
+
+
+def test_a_hostile_newsletter_stays_inert_in_the_admin_pages(app, owner):
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    broadcast_id = draft(app, subject="Tips " + hostile, body=hostile)
+    for path in ("/admin/newsletters", f"/admin/newsletters/{broadcast_id}"):
+        html = owner.get(path).get_data(as_text=True)
+        assert "<script>alert" not in html and "<img src=x" not in html, path
+        assert "&lt;script&gt;alert" in html, path
+    preview = owner.get(f"/admin/newsletters/{broadcast_id}/preview.html")
+    assert "<script>" not in preview.get_data(as_text=True)
+    assert "sandbox" in preview.headers["Content-Security-Policy"]

@@ -35,7 +35,7 @@ from sqlalchemy import select
 from .. import admins, audience, broadcasts, dashboard, importer, sequences, subscriptions
 from .. import outbox as outbox_module
 from ..models import Broadcast, OutboxMessage, Subscriber, SubscriberStatus
-from . import CONTENT_SECURITY_POLICY, now, services
+from . import CONTENT_SECURITY_POLICY, now, services, services_of
 
 logger = logging.getLogger(__name__)
 
@@ -474,7 +474,7 @@ def newsletters():
     """Every newsletter, newest first, with how far each has gone."""
     with services().database.read() as db:
         rows = db.scalars(select(Broadcast).order_by(Broadcast.id.desc()).limit(200)).all()
-        progress = {row.id: broadcasts.progress(db, row.id) for row in rows}
+        progress = broadcasts.progress_of(db, [row.id for row in rows])
         db.expunge_all()
     return render_template("admin/newsletters.html", rows=rows, progress=progress)
 
@@ -703,7 +703,3 @@ def init_app(app, limiter) -> None:
     view = limiter.limit(limit, scope="login-ip", **common)(view)
     view = limiter.limit(limit, key_func=session_account, scope="password", **common)(view)
     app.view_functions["admin.account"] = view
-
-
-def services_of(app):
-    return app.extensions["newsletter"]
