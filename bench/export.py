@@ -139,8 +139,14 @@ def fill(database: str, workdir: Path, count: int) -> None:
                     for n, at in zip(numbers, signed_up, strict=True)
                 ],
             )
-    with services.database.engine.begin() as connection:
-        connection.exec_driver_sql("ANALYZE")
+    # As a list that has been live for a while looks: statistics gathered and, on
+    # PostgreSQL, vacuumed (the first read of new rows would otherwise write every page
+    # to set hint bits, and only our export, which runs first, would pay for it).
+    engine = services.database.engine
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql(
+            "VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE"
+        )
     services.database.dispose()
     print(f"filled {count} subscribers (4 tables) in {time.perf_counter() - started:.0f} s")
 

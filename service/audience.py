@@ -1,13 +1,15 @@
 """The owner's view of the list: finding subscribers, their history, their data, exports.
 
 Lists are paged by keyset (`id < cursor`, newest first), never OFFSET: page 2,000 costs
-what page 1 costs. Exports read in keyset chunks, each in its own short transaction, so
-a million rows stream in flat memory and no transaction stays open for the whole file.
+what page 1 costs. Exports read ranges of ids, each in its own short transaction, so a
+million rows stream in flat memory and no transaction stays open for the whole file.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -17,6 +19,7 @@ from sqlalchemy import (
     Select,
     String,
     and_,
+    any_,
     bindparam,
     case,
     func,
@@ -25,6 +28,7 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
+from sqlalchemy.dialects.postgresql import array, distinct_on
 from sqlalchemy.orm import Session
 
 from .db import PreparedStatement
@@ -41,7 +45,8 @@ from .models import (
 )
 
 PAGE_SIZE = 50
-EXPORT_CHUNK = 5000
+EXPORT_SPAN = 5_000  # subscriber ids per piece of an export
+EXPORT_READERS = 2  # pieces of an export read at once
 MAX_QUERY_LENGTH = 200
 
 # Sequence positions a filter can ask for besides a step id.
@@ -343,6 +348,10 @@ EXPORT_COLUMNS = (
     "sequence_step",
     "last_email_sent_utc",
 )
+# Free text: always quoted, and defused. The other columns hold letters, digits and
+# "-:/_+ ()" only (states, zone names, step ids, hex versions, dates), written as they are.
+_TEXT_COLUMNS = ("email", "first_name", "source", "consent_ip")
+_DATE_COLUMNS = ("signed_up_utc", "confirmed_utc", "unsubscribed_utc", "last_email_sent_utc")
 
 
 def neutralize(cell: str) -> str:
@@ -350,145 +359,237 @@ def neutralize(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
-# The export does its formatting in SQL: the rows arrive as the strings the file needs, and
-# Python only writes them. Converting each value to a datetime or an enum and back would
-# cost more than everything else together (see bench/export.py).
+# The database writes the CSV. On SQLite each row arrives as its line, made by one printf()
+# call; on PostgreSQL, COPY writes the rows as CSV and hands over bytes. Converting each
+# value to a datetime or an enum and back in Python, or gluing a line together with two
+# dozen `||`, would cost more than everything else together (see bench/export.py).
+
+# The characters that start a formula, as a GLOB class ('-' first, so it is not a range)
+# and as the code points PostgreSQL's ascii() returns.
+_FORMULA_GLOB = "[-" + "".join(c for c in FORMULA_STARTS if c != "-") + "]*"
+_FORMULA_CODES = [ord(c) for c in FORMULA_STARTS]
 
 
-def _defused(text: ColumnElement[Any], dialect: str) -> ColumnElement[str]:
-    """`text` as neutralize() would return it, computed by the database."""
-    # One position lookup in a string of the formula characters: cheaper than an IN list
-    # or six comparisons, each of which would take the first character again.
-    position = func.strpos if dialect == "postgresql" else func.instr
-    first = func.substr(text, 1, 1)
-    starts_a_formula = and_(text != "", position(literal("".join(FORMULA_STARTS)), first) > 0)
-    return case((starts_a_formula, literal("'", String) + text), else_=text)
+def _csv_line(values: dict[str, Any]) -> ColumnElement[str]:
+    """SQLite: the values (by EXPORT_COLUMNS name) as one CSV line, without its line end.
+    NULL is written as ''."""
+    template: list[str] = []
+    arguments: list[Any] = []
+    for name, value in values.items():
+        if name in _TEXT_COLUMNS:
+            # printf's %w doubles the quotes inside (RFC 4180) but writes NULL as '(NULL)'.
+            starts_a_formula = value.op("GLOB")(literal(_FORMULA_GLOB))  # '' matches nothing
+            template.append('"%s%w"')
+            arguments += [
+                case((starts_a_formula, literal("'", String)), else_=""),
+                func.coalesce(value, ""),
+            ]
+        elif name in _DATE_COLUMNS:
+            # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: the first 19 characters.
+            template.append("%.19s")
+            arguments.append(type_coerce(value, String))
+        else:
+            template.append("%s")
+            arguments.append(value)
+    return func.printf(literal(",".join(template), String), *arguments, type_=String)
 
 
-def _utc_text(column: Any, dialect: str) -> ColumnElement[str]:
-    """A UTC datetime as `YYYY-MM-DD HH:MM:SS` (ISO 8601 with a space, which Excel and
-    LibreOffice both read as a date and time), or ''."""
-    if dialect == "postgresql":
-        text = func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS")
-    else:  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC
-        text = func.substr(type_coerce(column, String), 1, 19)
-    return func.coalesce(text, "")
+def _csv_columns(values: dict[str, Any]) -> list[ColumnElement[Any]]:
+    """PostgreSQL: the values as the columns COPY writes (COPY quotes the text ones)."""
+    columns = []
+    for name, value in values.items():
+        if name in _TEXT_COLUMNS:
+            text = func.coalesce(value, "")
+            starts_a_formula = func.ascii(text) == any_(array(_FORMULA_CODES))  # ascii('') is 0
+            value = case((starts_a_formula, literal("'", String) + text), else_=text)
+        elif name in _DATE_COLUMNS:
+            # Written as `YYYY-MM-DD HH:MM:SS` in the ISO DateStyle (set for each chunk).
+            value = func.date_trunc("second", func.timezone("UTC", value))
+        columns.append(value.label(name))
+    return columns
+
+
+_COPY_OPTIONS = f"FORMAT csv, FORCE_QUOTE ({', '.join(_TEXT_COLUMNS)})"
 
 
 def _step_text() -> ColumnElement[str]:
     """Where the subscriber is in the sequence: the next step (paused or not), finished,
-    stopped, or '' if they never joined."""
+    stopped, or NULL if they never joined."""
     next_step = func.coalesce(Enrollment.next_step, "starting")
     return case(
         (Enrollment.status == EnrollmentStatus.ACTIVE, next_step),
         (Enrollment.status == EnrollmentStatus.PAUSED, next_step + literal(" (paused)", String)),
-        else_=func.coalesce(type_coerce(Enrollment.status, String), ""),
+        else_=type_coerce(Enrollment.status, String),
     )
 
 
-def _quoted(text: ColumnElement[Any]) -> ColumnElement[str]:
-    """A CSV field in double quotes, quotes inside doubled (RFC 4180): safe for any text,
-    commas and line breaks included."""
-    return literal('"', String) + func.replace(text, '"', '""') + literal('"', String)
-
-
 def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
-    """(id, the subscriber's whole CSV line) for subscribers after id `:after`. The line is
-    built by the database: handing Python one string per row instead of twelve halves the
-    export's time."""
+    """The filtered subscribers with `:after` < id <= `:upto`, in id order: on SQLite one
+    CSV line each, on PostgreSQL the columns for COPY.
 
-    def latest_consent(column: Any) -> ColumnElement[Any]:
-        # A scalar subquery per value: an index lookup per row on both databases (a join
-        # on the latest id let PostgreSQL hash every consent there is, for every chunk).
-        return (
-            select(column)
+    Each statement covers a bounded range of ids, so whatever plan the database picks,
+    a chunk costs what its range holds, not what the table holds.
+    """
+    after, upto = bindparam("after"), bindparam("upto")
+
+    def in_range(column: Any) -> ColumnElement[bool]:
+        return and_(column > after, column <= upto)
+
+    if dialect == "postgresql":
+        # Joined as whole ranges: PostgreSQL merges them with the subscribers in one pass,
+        # where a subquery per row costs it a sub-plan each time (bench/export.py).
+        consent = (
+            select(ConsentRecord.subscriber_id, ConsentRecord.ip, ConsentRecord.text_version)
+            .where(in_range(ConsentRecord.subscriber_id))
+            .order_by(ConsentRecord.subscriber_id, ConsentRecord.id.desc())
+            .ext(distinct_on(ConsentRecord.subscriber_id))
+            .subquery("latest_consent")
+        )
+        consent_joined = consent.c.subscriber_id == Subscriber.id
+        sent = (
+            select(
+                OutboxMessage.subscriber_id,
+                func.max(OutboxMessage.sent_at).label("last_sent"),
+            )
+            .where(in_range(OutboxMessage.subscriber_id), OutboxMessage.sent_at.is_not(None))
+            .group_by(OutboxMessage.subscriber_id)
+            .subquery("last_sent")
+        )
+        last_sent = sent.c.last_sent
+    else:
+        # SQLite runs a subquery per row as one index lookup: faster there than the joins.
+        consent = ConsentRecord.__table__.alias("latest_consent")
+        consent_joined = consent.c.id == (
+            select(ConsentRecord.id)
             .where(ConsentRecord.subscriber_id == Subscriber.id)
             .order_by(ConsentRecord.id.desc())
             .limit(1)
             .scalar_subquery()
         )
-
-    # Not max(): ORDER BY ... LIMIT 1 reads one entry of ix_outbox_subscriber_sent.
-    last_sent = (
-        select(OutboxMessage.sent_at)
-        .where(OutboxMessage.subscriber_id == Subscriber.id, OutboxMessage.sent_at.is_not(None))
-        .order_by(OutboxMessage.sent_at.desc())
-        .limit(1)
-        .scalar_subquery()
+        sent = None
+        # Not max(): ORDER BY ... LIMIT 1 reads one entry of ix_outbox_subscriber_sent.
+        last_sent = (
+            select(OutboxMessage.sent_at)
+            .where(OutboxMessage.subscriber_id == Subscriber.id, OutboxMessage.sent_at.is_not(None))
+            .order_by(OutboxMessage.sent_at.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+    values = dict(
+        zip(
+            EXPORT_COLUMNS,
+            [
+                Subscriber.email,
+                Subscriber.first_name,
+                type_coerce(Subscriber.status, String),
+                Subscriber.source,
+                Subscriber.time_zone,
+                Subscriber.created_at,
+                Subscriber.confirmed_at,
+                Subscriber.unsubscribed_at,
+                # From a header a misconfigured proxy may pass through: free text.
+                consent.c.ip,
+                consent.c.text_version,
+                _step_text(),
+                last_sent,
+            ],
+            strict=True,
+        )
     )
-    # In EXPORT_COLUMNS order. Free text is defused and quoted; the rest is made of
-    # letters, digits and "-:/_+ ()" only (dates, states, zone names, step ids, hex).
-    fields = [
-        _quoted(_defused(Subscriber.email, dialect)),
-        _quoted(_defused(func.coalesce(Subscriber.first_name, ""), dialect)),
-        type_coerce(Subscriber.status, String),
-        _quoted(_defused(Subscriber.source, dialect)),
-        Subscriber.time_zone,
-        _utc_text(Subscriber.created_at, dialect),
-        _utc_text(Subscriber.confirmed_at, dialect),
-        _utc_text(Subscriber.unsubscribed_at, dialect),
-        # Both consent fields from one lookup. The IP comes from a header a misconfigured
-        # proxy may pass through: defused like the rest.
-        func.coalesce(
-            latest_consent(
-                _quoted(_defused(func.coalesce(ConsentRecord.ip, ""), dialect))
-                + literal(",", String)
-                + ConsentRecord.text_version
-            ),
-            literal('"",', String),
-        ),
-        _step_text(),
-        _utc_text(last_sent, dialect),
-    ]
-    line = fields[0]
-    for field_ in fields[1:]:
-        line = line + literal(",", String) + field_
-    after = bindparam("after")
+    columns = _csv_columns(values) if dialect == "postgresql" else [_csv_line(values)]
     statement = (
-        select(Subscriber.id, line)
+        select(*columns)
+        .select_from(Subscriber)
         .outerjoin(
             Enrollment,
             (Enrollment.subscriber_id == Subscriber.id)
             & (Enrollment.sequence == wanted.sequence)
-            # Implied by the line above, but PostgreSQL's merge join would otherwise read
-            # the enrollments from the first one for every chunk.
-            & (Enrollment.subscriber_id > after),
+            & in_range(Enrollment.subscriber_id),  # implied, but it bounds the merge join
         )
-        .where(Subscriber.id > after)
+        .outerjoin(consent, consent_joined)
+        .where(in_range(Subscriber.id))
     )
+    if sent is not None:
+        statement = statement.outerjoin(sent, sent.c.subscriber_id == Subscriber.id)
     return wanted.apply(statement, dialect).order_by(Subscriber.id)
 
 
-def export_chunks(
-    read: Callable[[], Any], wanted: SubscriberFilter, *, chunk: int | None = None
-) -> Iterator[list[str]]:
-    """The filtered subscribers as CSV lines (no line end), oldest first, `chunk` at a time.
+@dataclass(frozen=True)
+class ExportPiece:
+    """A piece of the CSV file: `rows` subscribers in `data` (UTF-8, CRLF line ends)."""
 
-    `read` opens a read-only session (Database.read); each chunk gets its own, walking the
-    list by id (keyset), so no transaction stays open for the whole export.
+    rows: int
+    data: bytes
+
+
+def export_csv(
+    read: Callable[[], Any],
+    wanted: SubscriberFilter,
+    *,
+    bom: bool = False,
+    span: int | None = None,
+) -> Iterator[ExportPiece]:
+    """The filtered subscribers as a CSV file (RFC 4180), oldest first: the header at once,
+    then one piece per range of `span` ids.
+
+    `read` opens a read-only session (Database.read); each range gets its own, so no
+    transaction stays open for the whole export. EXPORT_READERS ranges are read at once,
+    each on its own connection: the database does most of the work, and this way it does
+    it on more than one core. A piece may hold no rows (a filter that matches little): it
+    comes all the same, so the caller hears from the export at a steady pace. Subscribers
+    who sign up while the export runs are not in it.
     """
-    size = chunk or EXPORT_CHUNK
-    after = 0
-    prepared: PreparedStatement | None = None
-    while True:
+    header = ",".join(EXPORT_COLUMNS) + "\r\n"
+    # The byte order mark makes Excel read the file as UTF-8.
+    yield ExportPiece(0, (("\ufeff" if bom else "") + header).encode())
+    size = span or EXPORT_SPAN
+    with read() as session:
+        first, last = session.execute(
+            select(func.min(Subscriber.id), func.max(Subscriber.id))
+        ).one()
+        dialect = session.get_bind().dialect
+    if first is None:
+        return
+    # Compiled once and run straight on the driver: the database writes the CSV itself.
+    statement = _export_statement(wanted, dialect.name)
+    prepared = PreparedStatement(statement, dialect, server_side_prepare=False)
+
+    def piece(after: int, upto: int) -> ExportPiece:
+        values = {"after": after, "upto": upto}
         with read() as session:
             connection = session.connection()
-            if prepared is None:
-                dialect = connection.dialect
-                statement = _export_statement(wanted, dialect.name).limit(size)
-                # Compiled once and read straight from the driver: the line is text already.
-                prepared = PreparedStatement(statement, dialect, server_side_prepare=False)
-            rows = prepared.rows(connection, {"after": after})
-        if rows:
-            yield [line for _, line in rows]
-        if len(rows) < size:
-            return
-        after = rows[-1][0]
+            if dialect.name == "postgresql":
+                connection.exec_driver_sql("SET LOCAL DateStyle = 'ISO, YMD'")
+                rows, data = prepared.copy_out(connection, values, options=_COPY_OPTIONS)
+                return ExportPiece(rows, _with_crlf(data, rows))
+            lines = [line for (line,) in prepared.rows(connection, values)]
+        text = "\r\n".join(lines) + "\r\n" if lines else ""
+        return ExportPiece(len(lines), text.encode())
+
+    pool = ThreadPoolExecutor(max_workers=EXPORT_READERS, thread_name_prefix="export")
+    coming: deque[Future[ExportPiece]] = deque()
+    try:
+        for after in range(first - 1, last, size):
+            coming.append(pool.submit(piece, after, min(after + size, last)))
+            if len(coming) > EXPORT_READERS:
+                yield coming.popleft().result()
+        while coming:
+            yield coming.popleft().result()
+    finally:  # the reader went away (or a range failed): read no further
+        for future in coming:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
-def csv_chunks(chunks: Iterator[list[str]], *, bom: bool = False) -> Iterator[str]:
-    """CSV text (RFC 4180, CRLF line ends): the header at once, then one piece per chunk."""
-    header = ",".join(EXPORT_COLUMNS) + "\r\n"
-    yield ("\ufeff" + header) if bom else header  # the BOM makes Excel read UTF-8
-    for lines in chunks:
-        yield "\r\n".join(lines) + "\r\n"
+def _with_crlf(data: bytes, rows: int) -> bytes:
+    """COPY's CSV, whose rows end with LF, with rows ending in CRLF as RFC 4180 says."""
+    if data.count(b"\n") == rows:  # no line break inside a field: each LF ends a row
+        return data.replace(b"\n", b"\r\n")
+    # A field holds a line break (none of our forms lets one in, but the data may have
+    # come from elsewhere): an LF ends a row only after an even number of quotes.
+    written = bytearray()
+    quotes = 0
+    for line in data.split(b"\n")[:-1]:  # the data ends with the last row's LF
+        quotes += line.count(b'"')
+        written += line + (b"\n" if quotes % 2 else b"\r\n")
+    return bytes(written)

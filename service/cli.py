@@ -324,27 +324,21 @@ def subscribers_export(
         )
     except audience.InvalidFilter as exc:
         raise click.ClickException(str(exc)) from None
-    chunks = audience.export_chunks(services.database.read, wanted)
-    count = 0
-
-    def counted():
-        nonlocal count
-        for rows in chunks:
-            count += len(rows)
-            yield rows
-
+    pieces = audience.export_csv(services.database.read, wanted, bom=bom)
     if output is None:
         stream = sys.stdout.buffer  # UTF-8 whatever the terminal's locale says
-        for piece in audience.csv_chunks(counted(), bom=bom):
-            stream.write(piece.encode("utf-8"))
+        for piece in pieces:
+            stream.write(piece.data)
         stream.flush()
         return
+    count = 0
     partial = output.with_name(output.name + ".partial")
     # Written beside the target and renamed at the end: a failed export leaves no
     # half-written file under the name asked for.
-    with partial.open("w", encoding="utf-8", newline="") as file:
-        for piece in audience.csv_chunks(counted(), bom=bom):
-            file.write(piece)
+    with partial.open("wb") as file:
+        for piece in pieces:
+            file.write(piece.data)
+            count += piece.rows
     partial.replace(output)
     click.echo(f"{count} subscribers written to {output}", err=True)
 

@@ -331,3 +331,23 @@ class PreparedStatement:
             return cursor.fetchall()
         finally:
             cursor.close()
+
+    def copy_out(
+        self, connection: Any, values: dict[str, Any], *, options: str
+    ) -> tuple[int, bytes]:
+        """PostgreSQL: `COPY (statement) TO STDOUT WITH (options)`, as (rows, the bytes).
+
+        The server writes the rows in the format asked for (CSV, say), so no row becomes
+        a Python object at all.
+        """
+        parameters = self._parameters(values)
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            with cursor.copy(f"COPY ({self.sql}) TO STDOUT WITH ({options})", parameters) as copy:
+                data = b"".join(copy)
+            return cursor.rowcount, data
+        except connection.dialect.loaded_dbapi.Error as exc:
+            dbapi_error = connection.dialect.loaded_dbapi.Error
+            raise exc_types.DBAPIError.instance(self.sql, parameters, exc, dbapi_error) from exc
+        finally:
+            cursor.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -15,10 +16,12 @@ from hypothesis import strategies as st
 from service import admins, audience, subscriptions
 from service.models import (
     Base,
+    ConsentRecord,
     Enrollment,
     EnrollmentStatus,
     Event,
     OutboxMessage,
+    Subscriber,
     SubscriberStatus,
     Suppression,
 )
@@ -541,7 +544,7 @@ def test_the_export_has_every_column_the_owner_needs(app, client, admin_client):
 
 
 def test_the_cli_export_writes_the_same_rows_in_chunks(app, admin_client, tmp_path, monkeypatch):
-    monkeypatch.setattr(audience, "EXPORT_CHUNK", 7)  # many chunks, to test the keyset walk
+    monkeypatch.setattr(audience, "EXPORT_SPAN", 7)  # many chunks, to test the walk
     add_subscribers(app, 30)
     target = tmp_path / "out.csv"
     result = app.test_cli_runner().invoke(args=["subscribers", "export", "-o", str(target)])
@@ -611,27 +614,96 @@ def test_the_dev_outbox_is_not_there_with_a_real_mail_server(make_app):
     assert "/admin/outbox" not in client.get("/admin/").get_data(as_text=True)
 
 
+def quoted(cell: str) -> str:
+    return '"' + cell.replace('"', '""') + '"'
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(cell=st.text(alphabet=st.sampled_from("=+-@\t\r 'a,é\"\n"), max_size=6))
-def test_the_database_defuses_cells_as_neutralize_does(app, cell):
-    """The export's SQL and the Python rule agree, character for character."""
+@given(
+    name=st.none() | st.text(alphabet=st.sampled_from("=+-@\t\r\n 'a,é\"%w\\"), max_size=6),
+    ip=st.none() | st.text(alphabet=st.sampled_from('=-@\r\n1.:,"'), max_size=4),
+)
+def test_the_database_writes_each_row_as_python_would(app, name, ip):
+    """The CSV the database writes (SQLite's printf, PostgreSQL's COPY) is, byte for byte,
+    the line Python would write: formulas defused, quotes doubled, line breaks inside
+    quotes, CRLF at the end of each row."""
     services = services_of(app)
-    with services.database.read() as session:
-        dialect = session.get_bind().dialect.name
-        assert session.scalar(sa.select(audience._defused(sa.literal(cell), dialect))) == (
-            audience.neutralize(cell)
+    with services.database.begin() as session:
+        session.execute(sa.delete(Subscriber))
+        first = make_subscriber(session, "a@example.com", now=services.clock(), first_name=name)
+        session.add(
+            ConsentRecord(
+                subscriber_id=first.id,
+                action="confirm",
+                at=services.clock(),
+                ip=ip,
+                user_agent="",
+                source="form",
+                text="Yes.",
+                text_version="v1",
+            )
         )
+        make_subscriber(session, "-b@example.com", now=services.clock(), source="=blog")
+    pieces = audience.export_csv(services.database.read, audience.SubscriberFilter(), span=1)
+    data = b"".join(piece.data for piece in pieces).decode()
+    assert data.split("\r\n", 1)[1] == (
+        f"{quoted('a@example.com')},{quoted(audience.neutralize(name or ''))},pending,"
+        f'"test",UTC,2026-11-24 15:00:00,,,{quoted(audience.neutralize(ip or ""))},v1,,\r\n'
+        f'{quoted(audience.neutralize("-b@example.com"))},"",pending,'
+        f'"\'=blog",UTC,2026-11-24 15:00:00,,,"",,,\r\n'
+    )
 
 
 def test_a_long_export_reports_in_to_the_server_after_every_chunk(app, admin_client, monkeypatch):
     """Under gunicorn a response longer than the worker timeout would get its worker
     killed; the export tells the arbiter it is alive (gunicorn.conf.py) chunk by chunk."""
-    monkeypatch.setattr(audience, "EXPORT_CHUNK", 7)
+    monkeypatch.setattr(audience, "EXPORT_SPAN", 7)
     add_subscribers(app, 30)
     beats = []
     app.config["WORKER_HEARTBEAT"] = lambda: beats.append(1)
     rows = read_csv(admin_client.get("/admin/subscribers/export.csv").get_data(as_text=True))
     assert len(rows) == 30
-    assert len(beats) == 5  # 7 + 7 + 7 + 7 + 2
+    assert len(beats) == 6  # the header, then 7 + 7 + 7 + 7 + 2
+
+
+def test_an_export_left_halfway_reads_no_further(app):
+    """A browser that goes away mid-download closes the stream: the ranges being read are
+    finished, the rest are never read."""
+    add_subscribers(app, 30)
+    database = services_of(app).database
+    sessions = []
+
+    @contextlib.contextmanager
+    def read():
+        sessions.append(1)
+        with database.read() as session:
+            yield session
+
+    pieces = audience.export_csv(read, audience.SubscriberFilter(), span=1)
+    taken = [next(pieces) for _ in range(4)]  # the header and three rows
+    pieces.close()
+    assert sum(piece.rows for piece in taken) == 3
+    # One session to find the ids, the three ranges taken, and at most those read ahead.
+    assert 1 + 3 <= len(sessions) <= 1 + 3 + audience.EXPORT_READERS
+
+
+def test_an_export_that_fails_says_so_instead_of_ending_early(app, monkeypatch):
+    """A range that cannot be read ends the export with the error, not with a file that
+    merely looks shorter."""
+    add_subscribers(app, 5)
+    database = services_of(app).database
+    calls = []
+
+    @contextlib.contextmanager
+    def read():
+        calls.append(1)
+        if len(calls) == 4:
+            raise sa.exc.OperationalError("SELECT", {}, Exception("the database went away"))
+        with database.read() as session:
+            yield session
+
+    pieces = audience.export_csv(read, audience.SubscriberFilter(), span=1)
+    with pytest.raises(sa.exc.OperationalError):
+        list(pieces)

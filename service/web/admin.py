@@ -258,9 +258,9 @@ def export_csv():
     stamp = now().strftime("%Y%m%d-%H%M")
     # Which filters, not their values: a search term can be someone's address.
     logger.info("subscriber export by %s, filtered by %s", g.admin.email, sorted(wanted.as_args()))
-    chunks = _reporting_in(audience.export_chunks(services().database.read, wanted))
+    pieces = audience.export_csv(services().database.read, wanted, bom=bom)
     return Response(
-        stream_with_context(audience.csv_chunks(chunks, bom=bom)),
+        stream_with_context(_reporting_in(pieces)),
         mimetype="text/csv",
         headers={
             "Content-Disposition": f'attachment; filename="subscribers-{stamp}.csv"',
@@ -270,12 +270,13 @@ def export_csv():
     )
 
 
-def _reporting_in(chunks):
-    """`chunks`, telling the server after each that this worker is busy, not hung: under
-    gunicorn (gunicorn.conf.py) a streamed export may take longer than the worker timeout."""
+def _reporting_in(pieces):
+    """The pieces' bytes, telling the server after each that this worker is busy, not hung:
+    under gunicorn (gunicorn.conf.py) a streamed export may outlast the worker timeout."""
     heartbeat = current_app.config.get("WORKER_HEARTBEAT")
-    for chunk in chunks:
-        yield chunk
+    for piece in pieces:
+        if piece.data:
+            yield piece.data
         if heartbeat is not None:
             heartbeat()
 
