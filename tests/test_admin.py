@@ -668,42 +668,41 @@ def test_a_long_export_reports_in_to_the_server_after_every_chunk(app, admin_cli
     assert len(beats) == 6  # the header, then 7 + 7 + 7 + 7 + 2
 
 
+def counted_reads(app, *, failing: int = 0):
+    """Database.read for an export, counting the sessions it opens; session number
+    `failing` (from 1) cannot reach the database."""
+    database = services_of(app).database
+    opened = []
+
+    @contextlib.contextmanager
+    def read():
+        opened.append(1)
+        if len(opened) == failing:
+            raise sa.exc.OperationalError("SELECT", {}, Exception("the database went away"))
+        with database.read() as session:
+            yield session
+
+    return read, opened
+
+
 def test_an_export_left_halfway_reads_no_further(app):
     """A browser that goes away mid-download closes the stream: the ranges being read are
     finished, the rest are never read."""
     add_subscribers(app, 30)
-    database = services_of(app).database
-    sessions = []
-
-    @contextlib.contextmanager
-    def read():
-        sessions.append(1)
-        with database.read() as session:
-            yield session
-
+    read, opened = counted_reads(app)
     pieces = audience.export_csv(read, audience.SubscriberFilter(), span=1)
     taken = [next(pieces) for _ in range(4)]  # the header and three rows
     pieces.close()
     assert sum(piece.rows for piece in taken) == 3
     # One session to find the ids, the three ranges taken, and at most those read ahead.
-    assert 1 + 3 <= len(sessions) <= 1 + 3 + audience.EXPORT_READERS
+    assert 1 + 3 <= len(opened) <= 1 + 3 + audience.EXPORT_READERS
 
 
-def test_an_export_that_fails_says_so_instead_of_ending_early(app, monkeypatch):
+def test_an_export_that_fails_says_so_instead_of_ending_early(app):
     """A range that cannot be read ends the export with the error, not with a file that
     merely looks shorter."""
     add_subscribers(app, 5)
-    database = services_of(app).database
-    calls = []
-
-    @contextlib.contextmanager
-    def read():
-        calls.append(1)
-        if len(calls) == 4:
-            raise sa.exc.OperationalError("SELECT", {}, Exception("the database went away"))
-        with database.read() as session:
-            yield session
-
+    read, _ = counted_reads(app, failing=4)
     pieces = audience.export_csv(read, audience.SubscriberFilter(), span=1)
     with pytest.raises(sa.exc.OperationalError):
         list(pieces)
