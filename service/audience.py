@@ -146,7 +146,11 @@ class SubscriberFilter:
         elif self.step:
             statement = statement.where(
                 Enrollment.next_step == self.step,
-                Enrollment.status.in_([EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED]),
+                # Not IN: an expanding parameter, which a PreparedStatement cannot run.
+                or_(
+                    Enrollment.status == EnrollmentStatus.ACTIVE,
+                    Enrollment.status == EnrollmentStatus.PAUSED,
+                ),
             )
         return statement
 
@@ -348,9 +352,18 @@ EXPORT_COLUMNS = (
     "sequence_step",
     "last_email_sent_utc",
 )
-# Free text: always quoted, and defused. The other columns hold letters, digits and
-# "-:/_+ ()" only (states, zone names, step ids, hex versions, dates), written as they are.
-_TEXT_COLUMNS = ("email", "first_name", "source", "consent_ip")
+# Text: always quoted, and defused. Our forms let only tame values into some of these
+# columns (zone names, step ids), but a file must not depend on what was typed into the
+# database by hand. The subscriber's status and the dates are written as they are.
+_TEXT_COLUMNS = (
+    "email",
+    "first_name",
+    "source",
+    "time_zone",
+    "consent_ip",
+    "consent_text_version",
+    "sequence_step",
+)
 _DATE_COLUMNS = ("signed_up_utc", "confirmed_utc", "unsubscribed_utc", "last_email_sent_utc")
 
 
@@ -395,7 +408,8 @@ def _csv_line(values: dict[str, Any]) -> ColumnElement[str]:
 
 
 def _csv_columns(values: dict[str, Any]) -> list[ColumnElement[Any]]:
-    """PostgreSQL: the values as the columns COPY writes (COPY quotes the text ones)."""
+    """PostgreSQL: the values as the columns COPY writes (FORCE_QUOTE quotes the text ones;
+    NULL, which it would leave bare, becomes '' first, as on SQLite)."""
     columns = []
     for name, value in values.items():
         if name in _TEXT_COLUMNS:
@@ -403,7 +417,7 @@ def _csv_columns(values: dict[str, Any]) -> list[ColumnElement[Any]]:
             starts_a_formula = func.ascii(text) == any_(array(_FORMULA_CODES))  # ascii('') is 0
             value = case((starts_a_formula, literal("'", String) + text), else_=text)
         elif name in _DATE_COLUMNS:
-            # Written as `YYYY-MM-DD HH:MM:SS` in the ISO DateStyle (set for each chunk).
+            # Written as `YYYY-MM-DD HH:MM:SS` in the ISO DateStyle (set for each range).
             value = func.date_trunc("second", func.timezone("UTC", value))
         columns.append(value.label(name))
     return columns
@@ -530,7 +544,7 @@ def export_csv(
     span: int | None = None,
 ) -> Iterator[ExportPiece]:
     """The filtered subscribers as a CSV file (RFC 4180), oldest first: the header at once,
-    then one piece per range of `span` ids.
+    then one piece per range of ids holding `span` subscribers (before filtering).
 
     `read` opens a read-only session (Database.read); each range gets its own, so no
     transaction stays open for the whole export. EXPORT_READERS ranges are read at once,
@@ -544,11 +558,9 @@ def export_csv(
     yield ExportPiece(0, (("\ufeff" if bom else "") + header).encode())
     size = span or EXPORT_SPAN
     with read() as session:
-        first, last = session.execute(
-            select(func.min(Subscriber.id), func.max(Subscriber.id))
-        ).one()
+        last = session.scalar(select(func.max(Subscriber.id)))
         dialect = session.get_bind().dialect
-    if first is None:
+    if last is None:
         return
     # Compiled once and run straight on the driver: the database writes the CSV itself.
     statement = _export_statement(wanted, dialect.name)
@@ -559,7 +571,11 @@ def export_csv(
         with read() as session:
             connection = session.connection()
             if dialect.name == "postgresql":
-                connection.exec_driver_sql("SET LOCAL DateStyle = 'ISO, YMD'")
+                # COPY sends its bytes in the client encoding, and its dates in DateStyle.
+                connection.exec_driver_sql(
+                    "SELECT set_config('client_encoding', 'UTF8', true),"
+                    " set_config('DateStyle', 'ISO, YMD', true)"
+                )
                 rows, data = prepared.copy_out(connection, values, options=_COPY_OPTIONS)
                 return ExportPiece(rows, _with_crlf(data, rows))
             lines = [line for (line,) in prepared.rows(connection, values)]
@@ -569,8 +585,8 @@ def export_csv(
     pool = ThreadPoolExecutor(max_workers=EXPORT_READERS, thread_name_prefix="export")
     coming: deque[Future[ExportPiece]] = deque()
     try:
-        for after in range(first - 1, last, size):
-            coming.append(pool.submit(piece, after, min(after + size, last)))
+        for after, upto in _id_ranges(read, last, size):
+            coming.append(pool.submit(piece, after, upto))
             if len(coming) > EXPORT_READERS:
                 yield coming.popleft().result()
         while coming:
@@ -579,6 +595,25 @@ def export_csv(
         for future in coming:
             future.cancel()
         pool.shutdown(wait=True)
+
+
+def _id_ranges(read: Callable[[], Any], last: int, size: int) -> Iterator[tuple[int, int]]:
+    """Ranges of ids (after, upto] up to `last`, each holding `size` subscribers (the last
+    range fewer): gaps in the ids (erasures, numbers a sequence skipped) cost nothing."""
+    boundary = (
+        select(Subscriber.id)
+        .where(Subscriber.id > bindparam("after"), Subscriber.id <= last)
+        .order_by(Subscriber.id)
+        .offset(size - 1)  # walks `size` entries of the primary key
+        .limit(1)
+    )
+    after = 0
+    while after < last:
+        with read() as session:
+            upto = session.scalar(boundary, {"after": after})
+        upto = last if upto is None else upto
+        yield after, upto
+        after = upto
 
 
 def _with_crlf(data: bytes, rows: int) -> bytes:

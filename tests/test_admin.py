@@ -650,9 +650,9 @@ def test_the_database_writes_each_row_as_python_would(app, name, ip):
     data = b"".join(piece.data for piece in pieces).decode()
     assert data.split("\r\n", 1)[1] == (
         f"{quoted('a@example.com')},{quoted(audience.neutralize(name or ''))},pending,"
-        f'"test",UTC,2026-11-24 15:00:00,,,{quoted(audience.neutralize(ip or ""))},v1,,\r\n'
+        f'"test","UTC",2026-11-24 15:00:00,,,{quoted(audience.neutralize(ip or ""))},"v1","",\r\n'
         f'{quoted(audience.neutralize("-b@example.com"))},"",pending,'
-        f'"\'=blog",UTC,2026-11-24 15:00:00,,,"",,,\r\n'
+        f'"\'=blog","UTC",2026-11-24 15:00:00,,,"","","",\r\n'
     )
 
 
@@ -694,8 +694,9 @@ def test_an_export_left_halfway_reads_no_further(app):
     taken = [next(pieces) for _ in range(4)]  # the header and three rows
     pieces.close()
     assert sum(piece.rows for piece in taken) == 3
-    # One session to find the ids, the three ranges taken, and at most those read ahead.
-    assert 1 + 3 <= len(opened) <= 1 + 3 + audience.EXPORT_READERS
+    # One session to find the last id, then two per range (its bounds, its rows): for the
+    # three taken and at most those read ahead.
+    assert 1 + 2 * 3 <= len(opened) <= 1 + 2 * (3 + audience.EXPORT_READERS)
 
 
 def test_an_export_that_fails_says_so_instead_of_ending_early(app):
@@ -706,3 +707,69 @@ def test_an_export_that_fails_says_so_instead_of_ending_early(app):
     pieces = audience.export_csv(read, audience.SubscriberFilter(), span=1)
     with pytest.raises(sa.exc.OperationalError):
         list(pieces)
+
+
+def test_the_export_filters_by_sequence_step(app, admin_client):
+    """A step id, 'finished' and 'none' each select the subscribers at that place."""
+    services = services_of(app)
+    first, second = (step.id for step in services.sequence.steps[:2])
+    ids = add_subscribers(app, 4, status=SubscriberStatus.CONFIRMED)
+    with services.database.begin() as session:
+        for subscriber_id, status, step in (
+            (ids[0], EnrollmentStatus.ACTIVE, first),
+            (ids[1], EnrollmentStatus.PAUSED, first),
+            (ids[2], EnrollmentStatus.ACTIVE, second),
+        ):
+            session.add(
+                Enrollment(
+                    subscriber_id=subscriber_id,
+                    sequence=services.sequence.name,
+                    enrolled_at=services.clock(),
+                    status=status,
+                    steps_passed=[],
+                    next_step=step,
+                )
+            )
+
+    def exported(step: str) -> list[tuple[str, str]]:
+        body = admin_client.get(f"/admin/subscribers/export.csv?step={step}")
+        return [(r["email"], r["sequence_step"]) for r in read_csv(body.get_data(as_text=True))]
+
+    assert exported(first) == [
+        ("reader0000@example.com", first),
+        ("reader0001@example.com", f"{first} (paused)"),
+    ]
+    assert exported(second) == [("reader0002@example.com", second)]
+    assert exported("none") == [("reader0003@example.com", "")]
+    assert exported("finished") == []
+    result = app.test_cli_runner().invoke(args=["subscribers", "export", "--step", second])
+    assert result.exit_code == 0, result.output
+    assert "reader0002@example.com" in result.output
+    assert "reader0000@example.com" not in result.output
+
+
+def test_the_export_is_utf8_whatever_the_connection_speaks(app, admin_client, monkeypatch):
+    """PostgreSQL's COPY writes in the connection's client encoding; a server or role set
+    to LATIN1 must not turn the file into Latin-1 (or fail on a character it lacks)."""
+    services = services_of(app)
+    add_subscribers(app, 1, source="blog")
+    with services.database.begin() as session:
+        session.execute(sa.update(Subscriber).values(first_name="Émile ☃"))
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")  # read by libpq on connecting
+    services.database.dispose()
+    body = admin_client.get("/admin/subscribers/export.csv").get_data()
+    assert '"Émile ☃"'.encode() in body
+
+
+def test_the_export_walks_the_ids_there_are_not_the_gaps_between(app):
+    """Erasures and skipped sequence numbers leave gaps in the ids: each range holds `span`
+    subscribers however far apart their ids are."""
+    services = services_of(app)
+    with services.database.begin() as session:
+        for number in (1, 2, 3, 500, 100_000):
+            make_subscriber(session, f"r{number}@example.com", now=services.clock(), id=number)
+    read = services.database.read
+    assert list(audience._id_ranges(read, 100_000, 2)) == [(0, 2), (2, 500), (500, 100_000)]
+    assert list(audience._id_ranges(read, 3, 2)) == [(0, 2), (2, 3)]  # up to the last id only
+    pieces = audience.export_csv(read, audience.SubscriberFilter(), span=2)
+    assert [piece.rows for piece in pieces] == [0, 2, 2, 1]

@@ -7,6 +7,7 @@ data, so nothing here may be cached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -274,11 +275,12 @@ def _reporting_in(pieces):
     """The pieces' bytes, telling the server after each that this worker is busy, not hung:
     under gunicorn (gunicorn.conf.py) a streamed export may outlast the worker timeout."""
     heartbeat = current_app.config.get("WORKER_HEARTBEAT")
-    for piece in pieces:
-        if piece.data:
-            yield piece.data
-        if heartbeat is not None:
-            heartbeat()
+    with contextlib.closing(pieces):  # a client gone mid-download stops the reading
+        for piece in pieces:
+            if piece.data:
+                yield piece.data
+            if heartbeat is not None:
+                heartbeat()
 
 
 def _history(subscriber_id: int) -> audience.History:
