@@ -352,18 +352,12 @@ EXPORT_COLUMNS = (
     "sequence_step",
     "last_email_sent_utc",
 )
-# Text: always quoted, and defused. Our forms let only tame values into some of these
-# columns (zone names, step ids), but a file must not depend on what was typed into the
-# database by hand. The subscriber's status and the dates are written as they are.
-_TEXT_COLUMNS = (
-    "email",
-    "first_name",
-    "source",
-    "time_zone",
-    "consent_ip",
-    "consent_text_version",
-    "sequence_step",
-)
+# Free text, which people type: quoted and defused.
+_TEXT_COLUMNS = ("email", "first_name", "source", "consent_ip")
+# Names and ids the service checks before storing them (zone names, hex versions, step
+# ids): quoted too, so that a value put into the database by hand cannot break a row.
+_NAME_COLUMNS = ("time_zone", "consent_text_version", "sequence_step")
+# The subscriber's status and the dates are written as they are.
 _DATE_COLUMNS = ("signed_up_utc", "confirmed_utc", "unsubscribed_utc", "last_email_sent_utc")
 
 
@@ -397,6 +391,9 @@ def _csv_line(values: dict[str, Any]) -> ColumnElement[str]:
                 case((starts_a_formula, literal("'", String)), else_=""),
                 func.coalesce(value, ""),
             ]
+        elif name in _NAME_COLUMNS:
+            template.append('"%w"')
+            arguments.append(func.coalesce(value, ""))
         elif name in _DATE_COLUMNS:
             # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: the first 19 characters.
             template.append("%.19s")
@@ -408,14 +405,16 @@ def _csv_line(values: dict[str, Any]) -> ColumnElement[str]:
 
 
 def _csv_columns(values: dict[str, Any]) -> list[ColumnElement[Any]]:
-    """PostgreSQL: the values as the columns COPY writes (FORCE_QUOTE quotes the text ones;
-    NULL, which it would leave bare, becomes '' first, as on SQLite)."""
+    """PostgreSQL: the values as the columns COPY writes (FORCE_QUOTE quotes the text and
+    name ones; NULL, which it would leave bare, becomes '' first, as on SQLite)."""
     columns = []
     for name, value in values.items():
         if name in _TEXT_COLUMNS:
             text = func.coalesce(value, "")
             starts_a_formula = func.ascii(text) == any_(array(_FORMULA_CODES))  # ascii('') is 0
             value = case((starts_a_formula, literal("'", String) + text), else_=text)
+        elif name in _NAME_COLUMNS:
+            value = func.coalesce(value, "")
         elif name in _DATE_COLUMNS:
             # Written as `YYYY-MM-DD HH:MM:SS` in the ISO DateStyle (set for each range).
             value = func.date_trunc("second", func.timezone("UTC", value))
@@ -423,7 +422,7 @@ def _csv_columns(values: dict[str, Any]) -> list[ColumnElement[Any]]:
     return columns
 
 
-_COPY_OPTIONS = f"FORMAT csv, FORCE_QUOTE ({', '.join(_TEXT_COLUMNS)})"
+_COPY_OPTIONS = f"FORMAT csv, FORCE_QUOTE ({', '.join(_TEXT_COLUMNS + _NAME_COLUMNS)})"
 
 
 def _step_text() -> ColumnElement[str]:
