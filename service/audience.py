@@ -16,16 +16,19 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     String,
     and_,
     any_,
     bindparam,
     case,
+    column,
     func,
     literal,
     or_,
     select,
+    table,
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import array, distinct_on
@@ -48,6 +51,11 @@ PAGE_SIZE = 50
 EXPORT_SPAN = 5_000  # subscriber ids per piece of an export
 EXPORT_READERS = 2  # pieces of an export read at once
 MAX_QUERY_LENGTH = 200
+MIN_INDEXED_QUERY = 3  # characters: the search index holds trigrams
+
+# SQLite's search index of addresses and first names (FTS5, trigrams; migration 0006),
+# kept in step with `subscribers` by triggers. Its rowid is the subscriber's id.
+_search_index = table("subscriber_search", column("rowid", Integer), column("subscriber_search"))
 
 # Sequence positions a filter can ask for besides a step id.
 FINISHED = "finished"
@@ -117,9 +125,19 @@ class SubscriberFilter:
         }
         return {name: value for name, value in args.items() if value}
 
-    def apply(self, statement: Select, dialect: str) -> Select:
-        """`statement` (over subscribers, with enrollments outer-joined) narrowed down."""
-        if self.query:
+    def apply(self, statement: Select, dialect: str) -> tuple[Select, ColumnElement[int]]:
+        """`statement` (over subscribers, with enrollments outer-joined) narrowed down, and
+        the column to order and page it by: the subscriber's id, or on SQLite, when the
+        search index finds them, the index's own rowid (the same number, but SQLite walks
+        the index in order, and keeps to a range, only by that column)."""
+        key: ColumnElement[int] = Subscriber.id
+        if self.query and dialect == "sqlite" and len(self.query) >= MIN_INDEXED_QUERY:
+            phrase = '"' + self.query.replace('"', '""') + '"'  # the text as it is, anywhere
+            statement = statement.join(_search_index, _search_index.c.rowid == Subscriber.id)
+            statement = statement.where(_search_index.c.subscriber_search.op("MATCH")(phrase))
+            key = _search_index.c.rowid
+        elif self.query:
+            # pg_trgm indexes serve these on PostgreSQL (migration 0006).
             needle = self.query.lower()
             lower = func.lower
             if dialect == "sqlite" and not needle.isascii():
@@ -152,7 +170,7 @@ class SubscriberFilter:
                     Enrollment.status == EnrollmentStatus.PAUSED,
                 ),
             )
-        return statement
+        return statement, key
 
 
 def _midnight(day: date) -> datetime:
@@ -201,10 +219,10 @@ def find(
         ),
         wanted.sequence,
     )
-    dialect = session.get_bind().dialect.name
-    statement = wanted.apply(statement, dialect).order_by(Subscriber.id.desc()).limit(size + 1)
+    statement, key = wanted.apply(statement, session.get_bind().dialect.name)
+    statement = statement.order_by(key.desc()).limit(size + 1)
     if before is not None:
-        statement = statement.where(Subscriber.id < before)
+        statement = statement.where(key < before)
     rows = [ListedSubscriber(*row) for row in session.execute(statement)]
     more = len(rows) > size
     rows = rows[:size]
@@ -520,11 +538,11 @@ def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
             & in_range(Enrollment.subscriber_id),  # implied, but it bounds the merge join
         )
         .outerjoin(consent, consent_joined)
-        .where(in_range(Subscriber.id))
     )
     if sent is not None:
         statement = statement.outerjoin(sent, sent.c.subscriber_id == Subscriber.id)
-    return wanted.apply(statement, dialect).order_by(Subscriber.id)
+    statement, key = wanted.apply(statement, dialect)
+    return statement.where(in_range(key)).order_by(key)
 
 
 @dataclass(frozen=True)

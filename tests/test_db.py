@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
 
 from service import migrate
 from service.config import PROJECT_ROOT
@@ -93,7 +96,10 @@ def test_naive_datetimes_are_refused(database_url):
 def test_migrations_build_exactly_the_models(database_url):
     engine = sa.create_engine(database_url)
     with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        context = MigrationContext.configure(
+            connection, opts={"include_name": migrate.include_name}
+        )
+        differences = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert differences == []
 
@@ -218,3 +224,41 @@ def test_migrated_sqlite_tables_keep_autoincrement(sqlite_url):
         )
     engine.dispose()
     assert {"subscribers", "outbox"} <= tables
+
+
+def test_without_pg_trgm_the_schema_is_built_all_the_same(postgres_url, caplog):
+    """A role that may create tables but not extensions (a managed database, say) gets the
+    whole schema; only the trigram indexes are missing, and the migration says how to add
+    them."""
+    from tests.conftest import POSTGRES_ADMIN_URL
+
+    suffix = uuid.uuid4().hex[:8]
+    role, name = f"newsletter_plain_{suffix}", f"newsletter_plain_{suffix}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')  # owned by the superuser
+    url = make_url(postgres_url).set(database=name)
+    with sa.create_engine(url.set(username="postgres")).begin() as connection:
+        connection.exec_driver_sql(f'GRANT ALL ON SCHEMA public TO "{role}"')
+    try:
+        with caplog.at_level(logging.WARNING):
+            migrate.upgrade(url.set(username=role).render_as_string(hide_password=False))
+        assert "pg_trgm could not be installed" in caplog.text
+        engine = sa.create_engine(url.set(username=role))
+        indexes = {index["name"] for index in sa.inspect(engine).get_indexes("subscribers")}
+        assert "ix_subscribers_email_key_trgm" not in indexes
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        engine.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            connection.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
+        admin.dispose()
+
+
+def test_with_pg_trgm_the_search_has_its_indexes(postgres_url):
+    engine = sa.create_engine(postgres_url)
+    indexes = {index["name"] for index in sa.inspect(engine).get_indexes("subscribers")}
+    engine.dispose()
+    assert {"ix_subscribers_email_key_trgm", "ix_subscribers_first_name_trgm"} <= indexes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from service import models
+from service import migrate, models
 from service.db import Base, make_engine
 
 config = context.config
@@ -28,6 +28,7 @@ def run_migrations() -> None:
                 render_as_batch=connection.dialect.name == "sqlite",
                 compare_type=True,
                 render_item=render_item,
+                include_name=migrate.include_name,
             )
             with context.begin_transaction():
                 context.run_migrations()
