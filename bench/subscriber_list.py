@@ -103,6 +103,13 @@ def measure(kind: str, count: int) -> None:
             None,
         ),
         (
+            "search many + status, nobody",
+            audience.SubscriberFilter(
+                query="ann", status=SubscriberStatus.BOUNCED, sequence=SEQUENCE
+            ),
+            None,
+        ),
+        (
             "2 letters matching nobody",
             audience.SubscriberFilter(query="zq", sequence=SEQUENCE),
             None,
