@@ -125,13 +125,20 @@ class SubscriberFilter:
         }
         return {name: value for name, value in args.items() if value}
 
-    def apply(self, statement: Select, dialect: str) -> tuple[Select, ColumnElement[int]]:
+    def apply(
+        self, statement: Select, dialect: str, *, search_index: bool = False
+    ) -> tuple[Select, ColumnElement[int]]:
         """`statement` (over subscribers, with enrollments outer-joined) narrowed down, and
         the column to order and page it by: the subscriber's id, or on SQLite, when the
         search index finds them, the index's own rowid (the same number, but SQLite walks
-        the index in order, and keeps to a range, only by that column)."""
+        the index in order, and keeps to a range, only by that column).
+
+        `search_index`: look the query up in SQLite's search index, for a page of the list.
+        An export reads every range of ids anyway, and there a LIKE is the cheaper of the
+        two when many match (19 against 50 ms for 5,000 ids, bench data)."""
         key: ColumnElement[int] = Subscriber.id
-        if self.query and dialect == "sqlite" and len(self.query) >= MIN_INDEXED_QUERY:
+        indexed = search_index and dialect == "sqlite" and len(self.query) >= MIN_INDEXED_QUERY
+        if self.query and indexed:
             phrase = '"' + self.query.replace('"', '""') + '"'  # the text as it is, anywhere
             statement = statement.join(_search_index, _search_index.c.rowid == Subscriber.id)
             statement = statement.where(_search_index.c.subscriber_search.op("MATCH")(phrase))
@@ -219,7 +226,7 @@ def find(
         ),
         wanted.sequence,
     )
-    statement, key = wanted.apply(statement, session.get_bind().dialect.name)
+    statement, key = wanted.apply(statement, session.get_bind().dialect.name, search_index=True)
     statement = statement.order_by(key.desc()).limit(size + 1)
     if before is not None:
         statement = statement.where(key < before)

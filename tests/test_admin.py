@@ -843,6 +843,9 @@ def test_a_search_finds_what_a_substring_test_finds(app, names, query):
         if needle.lower() in f"x{n}.{'ab'[n % 2]}@example.com" or needle.lower() in name.lower()
     ]
     assert searched(app, needle) == expected
+    wanted = audience.SubscriberFilter(query=needle, sequence=services.sequence.name)
+    exported = b"".join(p.data for p in audience.export_csv(services.database.read, wanted))
+    assert [row["email"] for row in read_csv(exported.decode())] == expected[::-1]
 
 
 def test_the_search_pages_and_filters_through_the_index(app):
