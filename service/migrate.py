@@ -16,16 +16,19 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Search indexes made by migration 0006 with SQL the models cannot describe (an FTS5 table
 # and its shadow tables on SQLite, trigram indexes on PostgreSQL): comparisons of the
 # models with a database leave them out.
-SEARCH_INDEX_PREFIXES = (
-    "subscriber_search",
-    "ix_subscribers_email_key_trgm",
-    "ix_subscribers_first_name_trgm",
+SEARCH_INDEX_OBJECTS = frozenset(
+    {
+        "subscriber_search",
+        *(f"subscriber_search_{shadow}" for shadow in ("data", "idx", "docsize", "config")),
+        "ix_subscribers_email_key_trgm",
+        "ix_subscribers_first_name_trgm",
+    }
 )
 
 
 def include_name(name: str | None, type_: str, parent_names: object) -> bool:
     """Alembic's filter for comparing the models with a database."""
-    return not (name or "").startswith(SEARCH_INDEX_PREFIXES)
+    return name not in SEARCH_INDEX_OBJECTS
 
 
 def alembic_config(database_url: str) -> Config:

@@ -10,6 +10,10 @@ people reads the whole table. SQLite gets an FTS5 table with the trigram tokeniz
 in step with `subscribers` by triggers (the table holds no text of its own). PostgreSQL
 gets GIN indexes with pg_trgm, which serve the LIKE the search already runs; where the
 extension cannot be installed, the search still works, reading the table.
+
+A later migration that rebuilds `subscribers` on SQLite (a batch ALTER) drops these
+triggers with the old table and must create them again; the search tests in
+tests/test_admin.py fail if it does not.
 """
 
 from __future__ import annotations
