@@ -264,34 +264,18 @@ def history(session: Session, subscriber_id: int) -> History | None:
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
         return None
+
+    def rows_of(model: Any) -> list[Any]:
+        """The subscriber's rows of a table with a `subscriber_id`, oldest first."""
+        statement = select(model).where(model.subscriber_id == subscriber_id).order_by(model.id)
+        return list(session.scalars(statement))
+
     return History(
         subscriber=subscriber,
-        consents=list(
-            session.scalars(
-                select(ConsentRecord)
-                .where(ConsentRecord.subscriber_id == subscriber_id)
-                .order_by(ConsentRecord.id)
-            )
-        ),
-        events=list(
-            session.scalars(
-                select(Event).where(Event.subscriber_id == subscriber_id).order_by(Event.id)
-            )
-        ),
-        emails=list(
-            session.scalars(
-                select(OutboxMessage)
-                .where(OutboxMessage.subscriber_id == subscriber_id)
-                .order_by(OutboxMessage.id)
-            )
-        ),
-        enrollments=list(
-            session.scalars(
-                select(Enrollment)
-                .where(Enrollment.subscriber_id == subscriber_id)
-                .order_by(Enrollment.id)
-            )
-        ),
+        consents=rows_of(ConsentRecord),
+        events=rows_of(Event),
+        emails=rows_of(OutboxMessage),
+        enrollments=rows_of(Enrollment),
         clicks=[
             (url, at)
             for url, at in session.execute(

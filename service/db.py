@@ -291,16 +291,23 @@ class PreparedStatement:
                 named[name] = processor(named[name])
         return tuple(named[name] for name in self._order) if self._order is not None else named
 
+    @contextmanager
+    def _driver_errors(self, connection: Any, parameters: Any) -> Iterator[None]:
+        """The driver's errors raised as SQLAlchemy would raise them."""
+        dbapi_error = connection.dialect.loaded_dbapi.Error
+        try:
+            yield
+        except dbapi_error as exc:
+            raise exc_types.DBAPIError.instance(self.sql, parameters, exc, dbapi_error) from exc
+
     def _cursor(self, connection: Any, values: dict[str, Any]) -> Any:
         parameters = self._parameters(values)
         cursor = connection.connection.dbapi_connection.cursor()
         try:
-            cursor.execute(self.sql, parameters, **self._execute_options)
-        except Exception as exc:
+            with self._driver_errors(connection, parameters):
+                cursor.execute(self.sql, parameters, **self._execute_options)
+        except BaseException:
             cursor.close()
-            dbapi_error = connection.dialect.loaded_dbapi.Error
-            if isinstance(exc, dbapi_error):  # raised as SQLAlchemy would raise it
-                raise exc_types.DBAPIError.instance(self.sql, parameters, exc, dbapi_error) from exc
             raise
         return cursor
 
@@ -342,16 +349,15 @@ class PreparedStatement:
         """
         parameters = self._parameters(values)
         cursor = connection.connection.dbapi_connection.cursor()
+        data = bytearray()
         try:
-            data = bytearray()
-            with cursor.copy(f"COPY ({self.sql}) TO STDOUT WITH ({options})", parameters) as copy:
-                # A row at a time, as the server sends them. Appending is 2.4 times faster
-                # than b"".join(copy), which first holds a buffer object for every row.
-                for row in copy:
-                    data += row
+            with self._driver_errors(connection, parameters):
+                copy_sql = f"COPY ({self.sql}) TO STDOUT WITH ({options})"
+                with cursor.copy(copy_sql, parameters) as copy:
+                    # A row at a time, as the server sends them. Appending is 2.4 times
+                    # faster than b"".join(copy), which first holds a buffer for every row.
+                    for row in copy:
+                        data += row
             return cursor.rowcount, bytes(data)
-        except connection.dialect.loaded_dbapi.Error as exc:
-            dbapi_error = connection.dialect.loaded_dbapi.Error
-            raise exc_types.DBAPIError.instance(self.sql, parameters, exc, dbapi_error) from exc
         finally:
             cursor.close()
