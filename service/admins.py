@@ -129,11 +129,16 @@ def new_password_hash(session: Session, admin_id: int, current: str, new: str) -
     return generate_password_hash(new)
 
 
-def set_password_hash(session: Session, admin_id: int, password_hash: str, *, now: datetime) -> int:
-    """Store a new password hash and end every other session; returns the new epoch."""
+def _locked(session: Session, admin_id: int) -> AdminUser:
     admin = session.get(AdminUser, admin_id, with_for_update=True)
     if admin is None:
         raise AdminError("That account no longer exists.")
+    return admin
+
+
+def set_password_hash(session: Session, admin_id: int, password_hash: str, *, now: datetime) -> int:
+    """Store a new password hash and end every other session; returns the new epoch."""
+    admin = _locked(session, admin_id)
     admin.password_hash = password_hash
     admin.password_changed_at = now
     admin.session_epoch += 1
@@ -142,9 +147,7 @@ def set_password_hash(session: Session, admin_id: int, password_hash: str, *, no
 
 def end_all_sessions(session: Session, admin_id: int) -> int:
     """Sign the account out everywhere (a lost laptop); returns the new epoch."""
-    admin = session.get(AdminUser, admin_id, with_for_update=True)
-    if admin is None:
-        raise AdminError("That account no longer exists.")
+    admin = _locked(session, admin_id)
     admin.session_epoch += 1
     return admin.session_epoch
 

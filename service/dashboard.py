@@ -4,7 +4,7 @@ whether mail is flowing."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -171,7 +171,6 @@ class OutboxHealth:
     last_tick_at: datetime | None = None
     seconds_since_tick: float | None = None
     late: bool = True
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 def outbox_health(session: Session, *, now: datetime, late_after: timedelta) -> OutboxHealth:

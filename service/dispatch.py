@@ -484,8 +484,8 @@ class Dispatcher:
         )
 
     def _newsletter(self, broadcast_id: int, *, fresh: bool) -> broadcasts.Content:
-        """A newsletter's content, read once per pass (a draft's test reads it every time:
-        drafts change)."""
+        """A newsletter's content, read once for as long as this dispatcher lives (a sending
+        newsletter no longer changes; a draft's test reads it every time: drafts do)."""
         if fresh or broadcast_id not in self._newsletters:
             with self.database.read() as session:
                 found = session.get(Broadcast, broadcast_id)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Update, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from .broadcasts import TEST_KIND
 from .db import PreparedStatement, insert_ignoring_conflicts, insert_row
 from .models import OUTBOX_DUE_STATES, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 
@@ -32,7 +33,7 @@ def _connection(bind: Bind) -> Connection:
 # The kinds of email that may reach someone who has not confirmed yet.
 BEFORE_CONFIRMATION = frozenset({"confirm"})
 # The kinds that go to the owner, not to a subscriber (a newsletter's test copy).
-TO_THE_OWNER = frozenset({"broadcast_test"})
+TO_THE_OWNER = frozenset({TEST_KIND})
 
 
 class Recipient(Protocol):

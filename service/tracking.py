@@ -22,10 +22,12 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
+from .broadcasts import BROADCAST_KIND
 from .db import Database, insert_ignoring_conflicts, insert_row
 from .models import Click, OutboxMessage, TrackedLink
+from .sequences import SEQUENCE_KIND
 
-TRACKED_KINDS = frozenset({"sequence", "broadcast"})
+TRACKED_KINDS = frozenset({SEQUENCE_KIND, BROADCAST_KIND})
 CLICK_PATH = "/l/"
 # Stands in for "<email id>.<signature>" in an email rendered once for all its readers.
 EMAIL_MARKER = "\x1bemail\x1b"

@@ -344,11 +344,11 @@ def unsubscribe(subscriber_id: int):
 def erase(subscriber_id: int):
     """Erase every personal detail (GDPR); asks for the address typed out as confirmation."""
     with services().database.begin() as db:
-        record = audience.history(db, subscriber_id)
-        if record is None:
+        subscriber = db.get(Subscriber, subscriber_id)
+        if subscriber is None:
             abort(404)
         typed = request.form.get("confirm_email", "").strip().lower()
-        if typed != record.subscriber.email_key:
+        if typed != subscriber.email_key:
             flash("Not erased: type the subscriber's email address to confirm.")
             return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
         subscriptions.erase(db, subscriber_id, now=now())
