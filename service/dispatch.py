@@ -260,6 +260,8 @@ class Dispatcher:
                             connection, message_id, readers, now=now, report=report
                         )
                 except Exception:
+                    # Rolled back: a skeleton rendered in it may point at links stored in it.
+                    self._skeletons.clear()
                     # The next row failed; what became of the last email must still stick.
                     if record is not None:
                         with connection.begin():

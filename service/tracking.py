@@ -56,16 +56,20 @@ class LinkTracker:
 
     def link_id(self, url: str, *, now: datetime, connection: Connection | None = None) -> int:
         """The id of the stored link to `url`, storing it the first time: in `connection`'s
-        transaction if one is given (the dispatcher's), else in a transaction of its own."""
-        if url not in self._ids:
-            if connection is not None:
-                with Session(bind=connection) as session:
-                    link_id = self._store(session, url, now)
-            else:
-                with self.database.begin() as session:
-                    link_id = self._store(session, url, now)
-            self._ids[url] = link_id
-        return self._ids[url]
+        transaction if one is given (the dispatcher's), else in a transaction of its own.
+
+        Only ids known to be committed are remembered: one stored in the caller's
+        transaction is gone if that transaction rolls back (and its number may then go to
+        another link)."""
+        if url in self._ids:
+            return self._ids[url]
+        if connection is not None:
+            with Session(bind=connection) as session:
+                return self._store(session, url, now)
+        with self.database.begin() as session:
+            link_id = self._store(session, url, now)
+        self._ids[url] = link_id
+        return link_id
 
     @staticmethod
     def _store(session: Session, url: str, now: datetime) -> int:

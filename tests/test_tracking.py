@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from service import broadcasts, dashboard
+from service.dispatch import Dispatcher
 from service.models import Click, SubscriberStatus, TrackedLink
 from tests.helpers import make_subscriber, run_pass, services_of
 from tests.test_admin import admin_client  # noqa: F401
@@ -21,6 +22,12 @@ def app(smtp_app):
 
 
 def send_newsletter(app, body: str = BODY, readers: int = 2) -> int:
+    broadcast_id = queue_newsletter(app, body, readers)
+    run_pass(app)
+    return broadcast_id
+
+
+def queue_newsletter(app, body: str = BODY, readers: int = 2) -> int:
     services = services_of(app)
     now = services.clock()
     with services.database.begin() as session:
@@ -31,7 +38,6 @@ def send_newsletter(app, body: str = BODY, readers: int = 2) -> int:
         broadcast = broadcasts.save_draft(session, None, subject="Rolling", body=body, now=now)
         broadcasts.schedule(session, broadcast.id, at=now, now=now)
         broadcasts.start_due(session, now=now, sequence=services.sequence.name)
-    run_pass(app)
     return broadcast.id
 
 
@@ -133,3 +139,33 @@ def test_sequence_step_clicks_reach_the_dashboard(make_app, smtp, tmp_path):
             r for r in dashboard.step_results(session, services.sequence) if r.step_id == "course"
         ]
     assert (results.sent, results.clicks) == (1, 1)
+
+
+def test_a_rolled_back_email_leaves_no_link_behind_in_the_caches(app, smtp, client, monkeypatch):
+    """Links are stored in the transaction that prepares an email. If it rolls back (the
+    database fails), no later email from the same long-lived dispatcher (the scheduler's)
+    may point at the link it had stored."""
+    services = services_of(app)
+    dispatcher = services.make_dispatcher("scheduler")
+    prepare = Dispatcher._prepare
+
+    def prepare_then_fail(self, *args, **kwargs):
+        prepare(self, *args, **kwargs)
+        raise sa.exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    queue_newsletter(app, readers=1)
+    mailer = services.make_mailer()
+    try:
+        monkeypatch.setattr(Dispatcher, "_prepare", prepare_then_fail)
+        with pytest.raises(sa.exc.OperationalError):
+            dispatcher.drain(mailer, clock=services.clock)
+        monkeypatch.setattr(Dispatcher, "_prepare", prepare)
+        services.clock.advance(hours=1)  # the failed pass's lease runs out
+        dispatcher.drain(mailer, clock=services.clock)
+    finally:
+        mailer.close()
+    (message,) = smtp.handler.wait_for(1)
+    (path,) = tracked_links(message.part("html"))
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "https://shop.example.com/roller?a=1&b=2"
