@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
@@ -21,8 +22,17 @@ from .mail import mailer_from_url
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
 
+# Once the built-in default key: it is in this project's history, so it signs nothing.
 DEV_SECRET_KEY = "dev-only-insecure-secret-key"
+MIN_SECRET_KEY_LENGTH = 16
+# zxcvbn's estimate of the guesses a key needs, as a power of ten: 10^12 is about 40 bits,
+# out of reach of anyone without the key (64 random hex characters estimate at 10^64).
+MIN_SECRET_KEY_GUESSES_LOG10 = 12
+MIN_POSTAL_ADDRESS_LENGTH = 10
 DEV_POSTAL_ADDRESS = "100 Example Street, Springfield, ST 00000, USA (set OWNER_POSTAL_ADDRESS)"
+MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
+# Mail backends that deliver nothing: they print or store emails, live links included.
+DEV_MAIL_SCHEMES = ("console:", "file:")
 
 ENVIRONMENTS = ("development", "testing", "production")
 
@@ -33,6 +43,20 @@ def _is_off(limit: str) -> bool:
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the setting."""
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` may not sign sessions and links, or None."""
+    if key == DEV_SECRET_KEY:
+        return "it is the old built-in key, which anyone can read in the source"
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        return f"it is shorter than {MIN_SECRET_KEY_LENGTH} characters"
+    from zxcvbn import zxcvbn  # loaded only when a key is checked
+
+    # zxcvbn refuses more than 72 characters; a longer key is at least as strong.
+    if zxcvbn(key[:72])["guesses_log10"] < MIN_SECRET_KEY_GUESSES_LOG10:
+        return "it is easy to guess (repeated characters, a sequence or common words)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,8 +71,11 @@ class Settings:
         },
     )
     SECRET_KEY: str = field(
-        default=DEV_SECRET_KEY,
-        metadata={"help": "Signs tokens and sessions. Required (and secret) in production."},
+        default="",
+        metadata={
+            "help": "Signs tokens and sessions. Unset: a random key is made on first start "
+            "and kept in INSTANCE_DIR/secret_key. Required (and secret) in production."
+        },
     )
     INSTANCE_DIR: str = field(
         default=str(DEFAULT_INSTANCE_DIR),
@@ -239,26 +266,24 @@ class Settings:
             raise ConfigError(
                 f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {self.APP_ENV!r}"
             )
+        if self.SECRET_KEY:
+            problem = key_problem(self.SECRET_KEY)
+            if problem:
+                raise ConfigError(f"SECRET_KEY cannot be used: {problem}; {MAKE_A_KEY}")
+        base = urlsplit(self.BASE_URL)
+        if base.scheme not in ("http", "https") or not base.hostname:
+            raise ConfigError(
+                "BASE_URL must be the web app's public address with its host name, "
+                f"like https://news.example.com (not {self.BASE_URL!r})"
+            )
         if self.APP_ENV == "production":
-            if self.SECRET_KEY in ("", DEV_SECRET_KEY) or len(self.SECRET_KEY) < 16:
-                raise ConfigError(
-                    "SECRET_KEY must be set to a long random value in production "
-                    '(python -c "import secrets; print(secrets.token_hex(32))")'
-                )
-            if self.OWNER_POSTAL_ADDRESS in ("", DEV_POSTAL_ADDRESS):
-                raise ConfigError(
-                    "OWNER_POSTAL_ADDRESS must be your real postal address in production"
-                )
-            if not self.BASE_URL.startswith("https://"):
-                raise ConfigError("BASE_URL must be an https:// address in production")
+            self._check_production()
         try:
             ZoneInfo(self.DEFAULT_TIME_ZONE)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ConfigError(
                 f"DEFAULT_TIME_ZONE {self.DEFAULT_TIME_ZONE!r} is not a known time zone"
             ) from exc
-        if not self.BASE_URL.startswith(("http://", "https://")):
-            raise ConfigError("BASE_URL must start with http:// or https://")
         self._check_mail_url()
         for name in (
             "SEND_BATCH_SIZE",
@@ -278,6 +303,28 @@ class Settings:
             raise ConfigError(
                 "SEND_LEASE_SECONDS must be at least 5 x SMTP_TIMEOUT_SECONDS "
                 f"({self.SEND_LEASE_SECONDS} < 5 x {self.SMTP_TIMEOUT_SECONDS:g})"
+            )
+
+    def _check_production(self) -> None:
+        """What development forgives and production must not: each refusal says what to set."""
+        if not self.SECRET_KEY:
+            raise ConfigError(
+                "SECRET_KEY must be set in production, and kept: every link in every email "
+                f"sent is signed with it; {MAKE_A_KEY}"
+            )
+        address = " ".join(self.OWNER_POSTAL_ADDRESS.split())
+        if address in ("", DEV_POSTAL_ADDRESS) or len(address) < MIN_POSTAL_ADDRESS_LENGTH:
+            raise ConfigError(
+                "OWNER_POSTAL_ADDRESS must be your full postal address in production (street, "
+                "town, postcode, country): anti-spam law wants it in every email"
+            )
+        if not self.BASE_URL.startswith("https://"):
+            raise ConfigError("BASE_URL must be an https:// address in production")
+        if self.MAIL_URL.strip().lower().startswith(DEV_MAIL_SCHEMES):
+            raise ConfigError(
+                "MAIL_URL must name your SMTP server in production, like "
+                "smtp://USER:PASSWORD@smtp.example.com:587 (console: and file: deliver "
+                "nothing, and would write live confirmation links into logs or files)"
             )
 
     def _check_mail_url(self) -> None:

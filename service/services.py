@@ -11,8 +11,9 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from . import sequences
 from .config import ConfigError, Settings
@@ -21,6 +22,7 @@ from .dispatch import DeliveryPolicy, Dispatcher, Mailer
 from .emails import EmailRenderer, email_directories, sequence_file
 from .links import Links
 from .mail import mailer_from_url
+from .secret_key import instance_secret_key
 from .tokens import Tokens
 from .tracking import LinkTracker
 
@@ -48,6 +50,10 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
+        if not settings.SECRET_KEY:
+            # Every process reads the same key from the instance folder (service.secret_key).
+            key = instance_secret_key(Path(settings.INSTANCE_DIR))
+            settings = replace(settings, SECRET_KEY=key)
         tokens = Tokens(settings.SECRET_KEY)
         renderer = EmailRenderer(
             email_directories(settings.CONTENT_DIR),

@@ -494,6 +494,30 @@ def test_every_page_carries_security_headers(client):
     assert "Set-Cookie" not in client.get("/").headers
 
 
+@pytest.mark.parametrize("environment", ["testing", "production"])
+def test_only_base_urls_host_is_served(make_app, environment):
+    """A request for another Host is refused before anything is built from it: the probe's
+    `Host: evil.example` on /admin got a redirect to http://evil.example/admin/."""
+    production = {
+        "APP_ENV": "production",
+        "BASE_URL": "https://newsletter.test",
+        "MAIL_URL": "smtp://user:secret@smtp.example.com:587",
+    }
+    app = make_app(**(production if environment == "production" else {}))
+    client = app.test_client()
+    base = app.extensions["newsletter"].settings.BASE_URL
+    for path in ("/admin", "/", "/healthz", "/unsubscribe/x"):
+        response = client.get(path, headers={"Host": "evil.example"})
+        assert response.status_code == 400, path
+        assert "evil.example" not in response.headers.get("Location", "")
+        assert f"answers at {base} only" in response.get_data(as_text=True)
+    # The host of BASE_URL, with or without its port, is served; redirects name it.
+    response = client.get("/admin", headers={"Host": "newsletter.test"})
+    assert response.status_code == 308
+    assert response.headers["Location"].endswith("newsletter.test/admin/")
+    assert client.get("/", headers={"Host": "newsletter.test:443"}).status_code == 200
+
+
 def test_unknown_page_is_a_friendly_404(client):
     response = client.get("/no-such-page")
     assert response.status_code == 404

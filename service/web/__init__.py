@@ -11,7 +11,7 @@ import logging
 from flask import Flask, Response, current_app, g, render_template, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..services import Services
@@ -115,6 +115,12 @@ def _register_error_handlers(app: Flask) -> None:
         if wants_json():
             return {"error": "Too many signups from your network. Please try again later."}, 429
         return _error_page("too_many.html", 429)
+
+    @app.errorhandler(SecurityError)
+    def untrusted_host(_error):
+        """A Host other than BASE_URL's: no page (its links would be built for that host)."""
+        base = services().settings.BASE_URL
+        return f"This service answers at {base} only.\n", 400, {"Content-Type": "text/plain"}
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
