@@ -1,26 +1,37 @@
-"""The people who run the list: accounts, passwords and the sessions they may hold.
+"""The people who run the list: accounts, passwords and the sessions they hold.
 
-Passwords are hashed with scrypt (Werkzeug's default). A session is valid while its epoch
-matches the account's: changing the password raises the epoch, which ends every other
-session at its next request.
+Passwords are hashed with scrypt (Werkzeug's default) and must not be among those an
+attacker tries first (zxcvbn's estimate). A session is a row in `admin_sessions`, found by
+the hash of the random token in the browser's cookie: signing out deletes the row, so a
+copy of the cookie dies with it; changing the password deletes every other session.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .models import AdminUser
+from .models import AdminSession, AdminUser
 from .subscriptions import email_key, normalize_email
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 MAX_EMAIL_KEY = 320  # hashing a megabyte of "password" is a denial of service
+# zxcvbn's score, 0-4: 3 and up resist an online attack for good and a slow-hash offline
+# one for long (its "safely unguessable"); 0-2 are the passwords tried first.
+MIN_PASSWORD_SCORE = 3
+# zxcvbn takes at most 72 characters; a longer password is at least as strong as its start.
+STRENGTH_CHECKED_LENGTH = 72
+MAX_SESSION_TOKEN_LENGTH = 100
+# A session's last visit is written at most this often (each write takes the write lock).
+SESSION_TOUCH_INTERVAL = timedelta(minutes=1)
 
 
 @functools.cache
@@ -35,14 +46,25 @@ class AdminError(ValueError):
     """A request about admin accounts that cannot be carried out; the message says why."""
 
 
-def password_problem(password: str) -> str | None:
-    """Why `password` is not acceptable, or None."""
+def password_problem(password: str, *, user_inputs: tuple[str, ...] = ()) -> str | None:
+    """Why `password` is not acceptable, or None. `user_inputs` (the account's address,
+    say) are words an attacker would try with it."""
     if len(password) < MIN_PASSWORD_LENGTH:
         return f"Use at least {MIN_PASSWORD_LENGTH} characters."
     if len(password) > MAX_PASSWORD_LENGTH:
         return f"Use at most {MAX_PASSWORD_LENGTH} characters."
     if not password.strip():
         return "A password of spaces only is not a password."
+    from zxcvbn import zxcvbn  # its dictionaries take 30 ms to load; only this needs them
+
+    estimate = zxcvbn(password[:STRENGTH_CHECKED_LENGTH], user_inputs=list(user_inputs))
+    if estimate["score"] < MIN_PASSWORD_SCORE:
+        feedback = estimate["feedback"]
+        hint = " ".join(filter(None, [feedback.get("warning"), *feedback.get("suggestions", [])]))
+        return (
+            "That password is among the first an attacker would try. "
+            + (hint or "Add a few uncommon words.")
+        ).strip()
     return None
 
 
@@ -57,7 +79,7 @@ def create(session: Session, email: str, password: str, *, now: datetime) -> Adm
         address = normalize_email(email)
     except ValueError as exc:
         raise AdminError(str(exc)) from None
-    problem = password_problem(password)
+    problem = password_problem(password, user_inputs=(address,))
     if problem:
         raise AdminError(problem)
     if session.scalar(select(AdminUser.id).where(AdminUser.email_key == email_key(address))):
@@ -66,7 +88,6 @@ def create(session: Session, email: str, password: str, *, now: datetime) -> Adm
         email=address,
         email_key=email_key(address),
         password_hash=generate_password_hash(password),
-        session_epoch=0,
         created_at=now,
         password_changed_at=now,
     )
@@ -87,18 +108,17 @@ def account_key(email: str) -> str:
 
 @dataclass(frozen=True)
 class SignIn:
-    """Who signed in, and the epoch their session starts in."""
+    """Who proved their password."""
 
     admin_id: int
     email: str
-    session_epoch: int
 
 
 def authenticate(session: Session, email: str, password: str) -> SignIn | None:
     """The account if the password is right, else None (the same time either way).
 
     Only reads: scrypt takes ~50 ms, too long to hold SQLite's write lock. The caller
-    records the sign-in (`record_sign_in`) in a short write of its own.
+    then starts the session (`start_session`) in a short write of its own.
     """
     password = password[:MAX_PASSWORD_LENGTH]
     admin = session.scalar(select(AdminUser).where(AdminUser.email_key == account_key(email)))
@@ -107,11 +127,88 @@ def authenticate(session: Session, email: str, password: str) -> SignIn | None:
         return None
     if not check_password_hash(admin.password_hash, password):
         return None
-    return SignIn(admin.id, admin.email, admin.session_epoch)
+    return SignIn(admin.id, admin.email)
 
 
-def record_sign_in(session: Session, admin_id: int, *, now: datetime) -> None:
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(
+    session: Session,
+    admin_id: int,
+    *,
+    ip: str | None,
+    user_agent: str | None,
+    idle: timedelta,
+    now: datetime,
+) -> str:
+    """A new session for the account; returns the token its browser keeps. Sessions of the
+    account idle for longer than `idle` are cleared away on the way."""
+    token = secrets.token_urlsafe(32)
+    session.execute(
+        delete(AdminSession).where(
+            AdminSession.admin_id == admin_id, AdminSession.last_seen_at < now - idle
+        )
+    )
+    session.add(
+        AdminSession(
+            admin_id=admin_id,
+            token_hash=_token_hash(token),
+            created_at=now,
+            last_seen_at=now,
+            ip=ip,
+            user_agent=(user_agent or "")[:200] or None,
+        )
+    )
     session.execute(update(AdminUser).where(AdminUser.id == admin_id).values(last_login_at=now))
+    return token
+
+
+@dataclass(frozen=True)
+class SessionCheck:
+    """The account a session speaks for, and whether its last visit is due to be noted."""
+
+    admin: AdminUser
+    stale: bool
+
+
+def for_session(
+    session: Session, token: object, *, idle: timedelta, now: datetime
+) -> SessionCheck | None:
+    """The account a browser's session token speaks for, if that session is still valid:
+    not signed out, and seen within `idle`."""
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_SESSION_TOKEN_LENGTH:
+        return None
+    row = session.scalar(select(AdminSession).where(AdminSession.token_hash == _token_hash(token)))
+    if row is None or now - row.last_seen_at > idle:
+        return None
+    admin = session.get(AdminUser, row.admin_id)
+    if admin is None:
+        return None
+    return SessionCheck(admin, stale=now - row.last_seen_at >= SESSION_TOUCH_INTERVAL)
+
+
+def touch_session(session: Session, token: str, *, now: datetime) -> None:
+    """Note a visit: the session's idle time starts again."""
+    session.execute(
+        update(AdminSession)
+        .where(AdminSession.token_hash == _token_hash(token))
+        .values(last_seen_at=now)
+    )
+
+
+def end_session(session: Session, token: object) -> None:
+    """Sign one browser out: its session ends wherever its cookie is."""
+    if isinstance(token, str) and token:
+        session.execute(delete(AdminSession).where(AdminSession.token_hash == _token_hash(token)))
+
+
+def sessions_of(session: Session, admin_id: int) -> int:
+    """How many sessions the account has open (signed in and not signed out)."""
+    return session.scalar(
+        select(func.count()).select_from(AdminSession).where(AdminSession.admin_id == admin_id)
+    )
 
 
 def new_password_hash(session: Session, admin_id: int, current: str, new: str) -> str:
@@ -123,7 +220,7 @@ def new_password_hash(session: Session, admin_id: int, current: str, new: str) -
         raise AdminError("That account no longer exists.")
     if not check_password_hash(admin.password_hash, current[:MAX_PASSWORD_LENGTH]):
         raise AdminError("The current password is not right.")
-    problem = password_problem(new)
+    problem = password_problem(new, user_inputs=(admin.email,))
     if problem:
         raise AdminError(problem)
     return generate_password_hash(new)
@@ -136,27 +233,21 @@ def _locked(session: Session, admin_id: int) -> AdminUser:
     return admin
 
 
-def set_password_hash(session: Session, admin_id: int, password_hash: str, *, now: datetime) -> int:
-    """Store a new password hash and end every other session; returns the new epoch."""
+def set_password_hash(
+    session: Session, admin_id: int, password_hash: str, *, keep: str, now: datetime
+) -> None:
+    """Store a new password hash and end every session but `keep` (this browser's token)."""
     admin = _locked(session, admin_id)
     admin.password_hash = password_hash
     admin.password_changed_at = now
-    admin.session_epoch += 1
-    return admin.session_epoch
+    session.execute(
+        delete(AdminSession).where(
+            AdminSession.admin_id == admin_id, AdminSession.token_hash != _token_hash(keep)
+        )
+    )
 
 
 def end_all_sessions(session: Session, admin_id: int) -> int:
-    """Sign the account out everywhere (a lost laptop); returns the new epoch."""
-    admin = _locked(session, admin_id)
-    admin.session_epoch += 1
-    return admin.session_epoch
-
-
-def for_session(session: Session, admin_id: object, epoch: object) -> AdminUser | None:
-    """The account a session cookie speaks for, if that session is still valid."""
-    if not isinstance(admin_id, int) or not isinstance(epoch, int):
-        return None
-    admin = session.get(AdminUser, admin_id)
-    if admin is None or admin.session_epoch != epoch:
-        return None
-    return admin
+    """Sign the account out everywhere (a lost laptop); returns how many sessions ended."""
+    _locked(session, admin_id)
+    return session.execute(delete(AdminSession).where(AdminSession.admin_id == admin_id)).rowcount

@@ -45,10 +45,11 @@ def csrf_token(client, path: str = "/admin/login") -> str:
     return match.group(1)
 
 
-def sign_in(client, email: str = "owner@example.com", password: str = PASSWORD):
+def sign_in(client, email: str = "owner@example.com", password: str = PASSWORD, **request):
     return client.post(
         "/admin/login",
         data={"email": email, "password": password, "csrf_token": csrf_token(client)},
+        **request,
     )
 
 
@@ -115,10 +116,16 @@ def test_a_wrong_password_and_an_unknown_account_get_the_same_answer(app, client
     assert client.get("/admin/").status_code == 302
 
 
+def set_cookie(response, name: str) -> str:
+    """The Set-Cookie header of the cookie called `name`."""
+    (cookie,) = [c for c in response.headers.getlist("Set-Cookie") if c.startswith(f"{name}=")]
+    return cookie
+
+
 def test_the_session_cookie_is_httponly_and_samesite(app, client):
     create_admin(app)
     response = sign_in(client)
-    cookie = response.headers["Set-Cookie"]
+    cookie = set_cookie(response, "session")
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
@@ -126,7 +133,8 @@ def test_the_session_cookie_is_secure_behind_https(make_app):
     app = make_app(BASE_URL="https://news.example.com")
     create_admin(app)
     response = sign_in(app.test_client())
-    assert "Secure" in response.headers["Set-Cookie"]
+    assert "Secure" in set_cookie(response, "session")
+    assert "Secure" in set_cookie(response, "admin_device")
 
 
 def test_passwords_are_stored_hashed_with_scrypt(app):
@@ -260,6 +268,141 @@ def test_a_weak_new_password_is_refused_with_the_reason(app, admin_client):
     response = post(admin_client, "/admin/account", current_password=PASSWORD, new_password="short")
     assert response.status_code == 422
     assert "at least 12 characters" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["password1234", "Password123!", "qwertyuiopasdf", "iloveyou12345", "aaaaaaaaaaaaaaaa"],
+)
+def test_the_passwords_tried_first_are_refused(app, admin_client, password):
+    response = post(
+        admin_client, "/admin/account", current_password=PASSWORD, new_password=password
+    )
+    assert response.status_code == 422
+    assert "among the first an attacker would try" in response.get_data(as_text=True)
+    services = services_of(app)
+    with (
+        pytest.raises(admins.AdminError, match="first an attacker would try"),
+        services.database.begin() as session,
+    ):
+        admins.create(session, "two@example.com", password, now=services.clock())
+
+
+def test_a_password_made_of_the_address_is_refused():
+    assert admins.password_problem("zebrafinch.owner@example.com") is None
+    problem = admins.password_problem(
+        "zebrafinch.owner@example.com", user_inputs=("zebrafinch.owner@example.com",)
+    )
+    assert problem and "first an attacker would try" in problem
+
+
+def test_a_long_password_is_judged_quickly_by_its_start():
+    """zxcvbn refuses more than 72 characters; past that the start is judged."""
+    assert admins.password_problem("correct horse battery staple " * 30) is None
+    assert admins.password_problem("a" * 900) is not None
+
+
+# --- sessions held on the server, device cookies -----------------------------------------
+
+
+def session_cookie(client) -> str:
+    return client.get_cookie("session", domain="newsletter.test").value
+
+
+def with_cookie(app, value: str):
+    client = app.test_client()
+    client.set_cookie("session", value, domain="newsletter.test")
+    return client
+
+
+def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(app):
+    """The probe's finding: a cookie saved before sign-out kept working for 12 hours."""
+    create_admin(app)
+    owner = app.test_client()
+    sign_in(owner)
+    copy = with_cookie(app, session_cookie(owner))
+    assert copy.get("/admin/").status_code == 200  # a copy works while the session lives
+    assert post(owner, "/admin/logout").status_code == 303
+    assert copy.get("/admin/").status_code == 302
+    assert copy.get("/admin/subscribers").headers["Location"].startswith("/admin/login")
+    with services_of(app).database.read() as session:
+        assert admins.sessions_of(session, 1) == 0
+
+
+def test_a_session_lives_while_used_and_ends_when_left_idle(app, clock):
+    create_admin(app)
+    client = app.test_client()
+    sign_in(client)
+    for _ in range(3):  # 33 hours in all, never 12 without a visit
+        clock.advance(hours=11)
+        assert client.get("/admin/").status_code == 200
+    copy = with_cookie(app, session_cookie(client))
+    clock.advance(hours=12, minutes=1)
+    assert copy.get("/admin/").status_code == 302
+    assert client.get("/admin/").status_code == 302
+
+
+def test_the_account_page_counts_the_open_sessions(app):
+    create_admin(app)
+    here, elsewhere = app.test_client(), app.test_client()
+    sign_in(here)
+    sign_in(elsewhere)
+    assert "signed in on 2 browsers" in here.get("/admin/account").get_data(as_text=True)
+    post(elsewhere, "/admin/logout")
+    assert "signed in on 1 browser." in here.get("/admin/account").get_data(as_text=True)
+
+
+def attempt_from(app, address: str, password: str = "wrong password guess") -> int:
+    """A sign-in attempt from a new browser at a client address of its own."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return sign_in(client, password=password).status_code
+
+
+def test_a_known_device_is_not_locked_out_by_failures_from_elsewhere(make_app):
+    app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
+    create_admin(app)
+    owner = app.test_client()
+    response = sign_in(owner)
+    assert response.status_code == 303
+    device = set_cookie(response, "admin_device")
+    assert "HttpOnly" in device and "SameSite=Strict" in device and "Path=/admin/login" in device
+    post(owner, "/admin/logout")
+    codes = [attempt_from(app, f"198.51.100.{n}") for n in range(1, 6)]
+    assert codes == [401, 401, 401, 429, 429]
+    # A browser that never signed in is throttled with the account, the right password too;
+    assert attempt_from(app, "203.0.113.9", password=PASSWORD) == 429
+    # the owner's browser is not.
+    assert sign_in(owner).status_code == 303
+
+
+def test_a_known_device_has_a_budget_of_its_own(make_app):
+    app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
+    create_admin(app)
+    owner = app.test_client()
+    sign_in(owner)
+    post(owner, "/admin/logout")
+    codes = [sign_in(owner, password="typo in the password").status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    # Its failures did not use up the account's budget for other browsers.
+    assert attempt_from(app, "198.51.100.1", password=PASSWORD) == 303
+
+
+def test_a_device_cookie_counts_only_for_its_own_account_and_only_if_ours(make_app):
+    app = make_app(ADMIN_LOGIN_RATE_LIMIT="2 per minute")
+    create_admin(app)
+    create_admin(app, "other@example.com", "another long passphrase here")
+    browser = app.test_client()
+    sign_in(browser, email="other@example.com", password="another long passphrase here")
+    device = browser.get_cookie("admin_device", domain="newsletter.test", path="/admin/login")
+    forged = device.value[:-3] + ("AAA" if not device.value.endswith("AAA") else "BBB")
+    for value in (device.value, forged):  # a cookie for "other", and a mangled one
+        client = app.test_client()
+        client.set_cookie("admin_device", value, domain="newsletter.test", path="/admin/login")
+        client.environ_base["REMOTE_ADDR"] = f"198.51.100.{len(value) % 200}"
+        sign_in(client, password="wrong password guess")
+    # Both attempts were counted with the owner's account: it is now locked for strangers.
+    assert attempt_from(app, "203.0.113.9", password=PASSWORD) == 429
 
 
 @pytest.mark.parametrize(

@@ -270,3 +270,42 @@ def test_owner_writes_previews_and_sends_a_newsletter(make_app, page, smtp):
         assert page.problems == []
     finally:
         server.shutdown()
+
+
+def test_the_owners_browser_signs_in_while_strangers_are_locked_out(live_app, browser):
+    """OWASP's device cookie in a real browser: 30 wrong passwords from 30 addresses lock
+    the account for browsers it has never seen, not for the one the owner signed in with."""
+    from tests.test_admin import PASSWORD, attempt_from, create_admin
+
+    app, base = live_app
+    create_admin(app)
+
+    def sign_in(page) -> None:
+        page.goto(base + "/admin/login")
+        page.fill("#email", "owner@example.com")
+        page.fill("#password", PASSWORD)
+        page.click("button:has-text('Sign in')")
+
+    owners = browser.new_context()
+    owner = owners.new_page()
+    sign_in(owner)
+    owner.wait_for_url(base + "/admin/")
+    cookies = {c["name"]: c for c in owners.cookies()}
+    assert cookies["admin_device"]["httpOnly"] and cookies["admin_device"]["sameSite"] == "Strict"
+    owner.click("button:has-text('Sign out')")
+    owner.wait_for_url(base + "/admin/login")
+
+    codes = [attempt_from(app, f"198.51.100.{n}") for n in range(1, 31)]
+    assert codes.count(401) == 10 and codes[10:] == [429] * 20  # 10 per minute per account
+
+    strangers = browser.new_context()
+    stranger = strangers.new_page()
+    sign_in(stranger)
+    assert "Too many" in stranger.inner_text("body")
+    assert stranger.url.startswith(base + "/admin/login")
+
+    sign_in(owner)
+    owner.wait_for_url(base + "/admin/")
+    assert "Dashboard" in owner.inner_text("nav")
+    owners.close()
+    strangers.close()

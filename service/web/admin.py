@@ -35,8 +35,10 @@ from sqlalchemy import select
 
 from .. import admins, audience, broadcasts, dashboard, importer, sequences, subscriptions
 from .. import outbox as outbox_module
+from ..config import DEV_MAIL_SCHEMES
 from ..models import Broadcast, OutboxMessage, Subscriber, SubscriberStatus
 from . import CONTENT_SECURITY_POLICY, now, services, services_of
+from .devices import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_LIFETIME, DeviceCookies
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +57,24 @@ SERIES = (
 )
 
 
+def _idle_limit() -> timedelta:
+    return timedelta(hours=services().settings.ADMIN_SESSION_HOURS)
+
+
 @bp.before_request
 def _require_admin():
     """Sign-in first, then the CSRF token of any form sent."""
+    token = session.get("admin_session")
     with services().database.read() as db:
-        admin = admins.for_session(db, session.get("admin_id"), session.get("admin_epoch"))
-        if admin is not None:
-            db.expunge(admin)
-    g.admin = admin
+        found = admins.for_session(db, token, idle=_idle_limit(), now=now())
+        if found is not None:
+            db.expunge(found.admin)
+    if found is not None and found.stale:
+        with services().database.begin() as db:
+            admins.touch_session(db, token, now=now())
+    g.admin = admin = found.admin if found is not None else None
     if admin is None and request.endpoint not in OPEN_ENDPOINTS:
-        session.pop("admin_id", None)
+        session.pop("admin_session", None)
         if request.method == "GET":
             return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
         abort(401)
@@ -112,22 +122,61 @@ def login():
     with services().database.read() as db:
         signed_in = admins.authenticate(db, email, request.form.get("password", ""))
     if signed_in is None:
-        logger.warning("failed admin sign-in from %s", request.remote_addr)
+        logger.warning(
+            "failed admin sign-in from %s%s",
+            request.remote_addr,
+            " on a known device" if _known_device() else "",
+        )
         return render_template(
             "admin/login.html", error="That email and password do not match.", email=email
         ), 401
     with services().database.begin() as db:
-        admins.record_sign_in(db, signed_in.admin_id, now=now())
+        token = admins.start_session(
+            db,
+            signed_in.admin_id,
+            ip=request.remote_addr,
+            user_agent=request.user_agent.string,
+            idle=_idle_limit(),
+            now=now(),
+        )
     session.clear()  # nothing from before the sign-in carries over
     session.permanent = True
-    session["admin_id"] = signed_in.admin_id
-    session["admin_epoch"] = signed_in.session_epoch
-    return redirect(_safe_next(request.args.get("next")), 303)
+    session["admin_session"] = token
+    response = redirect(_safe_next(request.args.get("next")), 303)
+    response.set_cookie(
+        DEVICE_COOKIE,
+        _device_cookies().make(admins.account_key(signed_in.email), now=now()),
+        max_age=int(DEVICE_LIFETIME.total_seconds()),
+        path=DEVICE_COOKIE_PATH,
+        secure=current_app.config["SESSION_COOKIE_SECURE"],
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
+
+
+def _device_cookies() -> DeviceCookies:
+    return current_app.extensions["admin_devices"]
+
+
+def _known_device() -> str | None:
+    """The nonce of this browser's device cookie, if it holds one for the account that the
+    sign-in form names (see service.web.devices)."""
+    if "known_device" not in g:
+        g.known_device = _device_cookies().device(
+            request.cookies.get(DEVICE_COOKIE),
+            admins.account_key(request.form.get("email", "")),
+            now=now(),
+        )
+    return g.known_device
 
 
 @bp.post("/logout")
 def logout():
-    """Sign out of this browser."""
+    """Sign out of this browser: the session ends on the server, for every copy of its
+    cookie."""
+    with services().database.begin() as db:
+        admins.end_session(db, session.get("admin_session"))
     session.clear()
     return redirect(url_for("admin.login"), 303)
 
@@ -156,14 +205,19 @@ def account():
                     request.form.get("new_password", ""),
                 )
             with services().database.begin() as db:
-                epoch = admins.set_password_hash(db, g.admin.id, password_hash, now=now())
+                admins.set_password_hash(
+                    db, g.admin.id, password_hash, keep=session["admin_session"], now=now()
+                )
         except admins.AdminError as exc:
             error = str(exc)
         else:
-            session["admin_epoch"] = epoch
             flash("Password changed. Every other session has been signed out.")
             return redirect(url_for("admin.account"), 303)
-    return render_template("admin/account.html", error=error), 422 if error else 200
+    with services().database.read() as db:
+        open_sessions = admins.sessions_of(db, g.admin.id)
+    return render_template(
+        "admin/account.html", error=error, open_sessions=open_sessions
+    ), 422 if error else 200
 
 
 def _chart(days: list[dashboard.Day]) -> dict:
@@ -610,7 +664,6 @@ def newsletter_action(broadcast_id: int, action: str):
 
 # --- the development outbox -----------------------------------------------------------
 
-DEV_MAIL_SCHEMES = ("file:", "console:")
 EMAIL_FRAME_POLICY = "; ".join(
     [
         "default-src 'none'",
@@ -680,6 +733,7 @@ def init_app(app, limiter) -> None:
     settings = services_of(app).settings
     app.config["DEV_OUTBOX"] = settings.MAIL_URL.startswith(DEV_MAIL_SCHEMES)
     app.permanent_session_lifetime = timedelta(hours=settings.ADMIN_SESSION_HOURS)
+    app.extensions["admin_devices"] = DeviceCookies(settings.SECRET_KEY)
 
     def disabled() -> bool:
         return settings.login_limits_disabled
@@ -693,16 +747,24 @@ def init_app(app, limiter) -> None:
     def account() -> str:
         return "account:" + admins.account_key(request.form.get("email", ""))
 
-    def session_account() -> str:
-        return f"admin:{session.get('admin_id')}"
+    def device() -> str:
+        return f"device:{_known_device()}"
+
+    def this_session() -> str:
+        return "session:" + str(session.get("admin_session", ""))[:100]
 
     common = {"methods": ["POST"], "exempt_when": disabled, "deduct_when": refused}
+    # A browser with a device cookie for the account is counted on its own (devices.py);
+    # any other attempt per client address and per account.
+    unknown = {**common, "exempt_when": lambda: disabled() or _known_device() is not None}
+    known = {**common, "exempt_when": lambda: disabled() or _known_device() is None}
     view = app.view_functions["admin.login"]
-    view = limiter.limit(limit, scope="login-ip", **common)(view)
-    view = limiter.limit(limit, key_func=account, scope="login-account", **common)(view)
+    view = limiter.limit(limit, scope="login-ip", **unknown)(view)
+    view = limiter.limit(limit, key_func=account, scope="login-account", **unknown)(view)
+    view = limiter.limit(limit, key_func=device, scope="login-device", **known)(view)
     app.view_functions["admin.login"] = view
     # Guessing the current password with a stolen session is guessing a password too.
     view = app.view_functions["admin.account"]
     view = limiter.limit(limit, scope="login-ip", **common)(view)
-    view = limiter.limit(limit, key_func=session_account, scope="password", **common)(view)
+    view = limiter.limit(limit, key_func=this_session, scope="password", **common)(view)
     app.view_functions["admin.account"] = view
