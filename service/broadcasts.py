@@ -15,7 +15,7 @@ import html
 import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import markdown
 from sqlalchemy import String, cast, func, literal, select, true, update
@@ -38,6 +38,8 @@ TEST_KIND = "broadcast_test"  # a test to the owner: no subscriber behind it
 TEMPLATE = "broadcast"
 # Far enough ahead that no scheduler claims a held row.
 HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
+# How far ahead a newsletter may be scheduled.
+LATEST_SEND = timedelta(days=366)
 MAX_SUBJECT_LENGTH = 200
 MAX_BODY_LENGTH = 100_000
 SEQUENCE_CHOICES = {

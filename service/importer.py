@@ -135,11 +135,13 @@ def _when(cell: str, column: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(cell)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except ValueError:
         raise ValueError(
-            f"{column} {cell!r} is not a date and time (YYYY-MM-DD HH:MM:SS)"
+            f"{column} {cell[:40]!r} is not a date and time (YYYY-MM-DD HH:MM:SS)"
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-05:00 is past the last instant UTC holds
+        raise ValueError(f"{column} {cell[:40]!r} is not a date we can keep") from None
 
 
 def _rows(text: str) -> Iterator[tuple[int, list[str]]]:

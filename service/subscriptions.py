@@ -40,8 +40,13 @@ MAX_SOURCE_LENGTH = 100
 MAX_USER_AGENT_LENGTH = 512
 
 SOURCE_PATTERN = re.compile(rf"[A-Za-z0-9_.:/-]{{1,{MAX_SOURCE_LENGTH}}}")
-# Bidirectional overrides can make a name display as something else in the owner's pages.
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Characters a name never needs: controls (Cc), invisible formatting (Cf: bidirectional
+# marks and overrides, which can make a name display as something else in the owner's
+# pages, zero-width spaces, soft hyphens), lone surrogates (Cs, which no database can
+# store) and private-use code points (Co). The zero-width joiner and non-joiner are Cf
+# too, but Persian and Indic names and emoji sequences are spelled with them.
+NOT_IN_NAMES = frozenset({"Cc", "Cf", "Cs", "Co"})
+NAME_JOINERS = frozenset("\u200c\u200d")
 LINK_PATTERN = re.compile(r"://|\bwww\.|\bhttps?\b|\.(com|net|org|ru|io|xyz|top)\b", re.IGNORECASE)
 
 
@@ -122,14 +127,22 @@ def email_key(email: str) -> str:
 
 
 def clean_name(raw: str) -> str | None:
+    """A first name as it is kept; ValueError with a reader-facing reason.
+
+    Spammers put links in name fields (the confirmation email would carry them): anything
+    that reads as a link is refused, judged on the name's compatibility form (NFKC) so
+    that look-alikes such as `evil\u2024com` (a one-dot leader) or full-width letters
+    count as what they look like.
+    """
+    if any(unicodedata.category(ch) in NOT_IN_NAMES and ch not in NAME_JOINERS for ch in raw):
+        raise ValueError("Your first name can only be one line of plain text.")
     name = " ".join(unicodedata.normalize("NFC", raw).split())
     if not name:
         return None
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"Please keep your first name under {MAX_NAME_LENGTH} characters.")
-    if any(unicodedata.category(ch) == "Cc" or ch in BIDI_CONTROLS for ch in raw):
-        raise ValueError("Your first name can only be one line of plain text.")
-    if LINK_PATTERN.search(name) or "<" in name or ">" in name:
+    looks_like = unicodedata.normalize("NFKC", name)
+    if LINK_PATTERN.search(looks_like) or "<" in looks_like or ">" in looks_like:
         raise ValueError("Please enter just your first name.")
     return name
 
@@ -145,6 +158,12 @@ def parse_signup(data: Mapping[str, Any], *, default_time_zone: str, default_sou
         if not isinstance(value, str):
             errors[field] = "Must be text."
             return ""
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate, from JSON's \\udcff say
+                errors[field] = "Must be text (this holds a character that is not one)."
+                return ""
         return value
 
     email = ""

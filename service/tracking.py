@@ -52,7 +52,8 @@ class LinkTracker:
         return hmac.new(self._key, str(outbox_id).encode(), "sha256").hexdigest()[:16]
 
     def valid(self, outbox_id: int, signature: str) -> bool:
-        return hmac.compare_digest(self.signature(outbox_id), signature)
+        # compare_digest refuses str with non-ASCII characters: such a signature is wrong.
+        return signature.isascii() and hmac.compare_digest(self.signature(outbox_id), signature)
 
     def link_id(self, url: str, *, now: datetime, connection: Connection | None = None) -> int:
         """The id of the stored link to `url`, storing it the first time: in `connection`'s

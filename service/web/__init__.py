@@ -7,18 +7,24 @@ render or redirect. Domain errors become responses in the handlers registered he
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, Response, current_app, g, render_template, request
+from flask.json.provider import DefaultJSONProvider
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
 from ..services import Services
 from ..subscriptions import SupersededToken, UnknownSubscriber
 from ..tokens import InvalidToken, Purpose
 
 logger = logging.getLogger(__name__)
+
+# The largest id a table holds (a signed 64-bit integer on PostgreSQL and SQLite).
+MAX_ID = 2**63 - 1
 
 # Endpoints that share one per-address signup budget (SIGNUP_RATE_LIMIT).
 SIGNUP_ENDPOINTS = ("public.subscribe", "public.resend", "api.create_subscriber")
@@ -34,6 +40,26 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "base-uri 'none'",
     ]
 )
+
+
+class DatabaseId(IntegerConverter):
+    """`<int:...>` in our routes is always a row id: a number past the largest id is no
+    page (404), never a number the database cannot take."""
+
+    def __init__(self, url_map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(url_map, *args, **kwargs)
+
+
+class JSONBodies(DefaultJSONProvider):
+    """Flask's JSON, but a body nested too deep for the parser is broken JSON (400), like
+    any other, rather than a RecursionError."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 class ExpiredLink(Exception):
@@ -143,6 +169,8 @@ def init_app(app: Flask) -> None:
     proxies = services_of(app).settings.TRUSTED_PROXIES
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
+    app.url_map.converters["int"] = DatabaseId  # before any route is added
+    app.json = JSONBodies(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)

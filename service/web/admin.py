@@ -627,11 +627,14 @@ def _send_time() -> datetime:
     raw = request.form.get("send_at", "")
     try:
         local = datetime.fromisoformat(raw)
-    except ValueError:
+        if local.tzinfo is None:
+            local = local.replace(tzinfo=services().settings.default_zone)
+        at = local.astimezone(UTC)
+    except (ValueError, OverflowError):  # not a date; or 9999-12-31, past what UTC can hold
         abort(400, description="Pick a date and time to send it at.")
-    if local.tzinfo is None:
-        local = local.replace(tzinfo=services().settings.default_zone)
-    return local.astimezone(UTC)
+    if at - now() > broadcasts.LATEST_SEND:
+        abort(400, description="Pick a time within a year from now.")
+    return at
 
 
 @bp.post("/newsletters/<int:broadcast_id>/send")

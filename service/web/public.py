@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import guide, health, subscriptions, tracking
 from ..tokens import ExpiredToken, Purpose, TokenData
-from . import ExpiredLink, now, services
+from . import MAX_ID, ExpiredLink, now, services
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,13 @@ def follow_link(link_id: int, token: str):
         if url is None:
             abort(404)
         outbox_id, _, signature = token.partition(".")
-        counted = outbox_id.isdigit() and services().tracker.valid(int(outbox_id), signature)
+        counted = (
+            outbox_id.isascii()
+            and outbox_id.isdecimal()
+            and len(outbox_id) <= len(str(MAX_ID))
+            and int(outbox_id) <= MAX_ID
+            and services().tracker.valid(int(outbox_id), signature)
+        )
         tracking.record_click(session, link_id, int(outbox_id) if counted else None, now=now())
     response = redirect(url, 302)
     response.headers["Cache-Control"] = "no-store"  # every click reaches us
