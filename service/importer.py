@@ -285,6 +285,7 @@ def apply_plan(
         values = {
             "email": row.email,
             "email_key": subscriptions.email_key(row.email),
+            "mailbox_key": subscriptions.mailbox_key(row.email),
             "first_name": row.first_name,
             "status": status,
             "time_zone": row.time_zone,

@@ -76,6 +76,10 @@ class Subscriber(Base):
     email: Mapped[str] = mapped_column(String(320))
     # Case-folded form: one subscriber per address however it is capitalized.
     email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    # The mailbox the address reaches (subscriptions.mailbox_key: no +tag, no dots where the
+    # provider ignores them): the resend cooldown counts per mailbox, so five spellings of
+    # one inbox get one confirmation. Only rows made before it existed lack it.
+    mailbox_key: Mapped[str | None] = mapped_column(String(320), index=True)
     first_name: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[SubscriberStatus] = mapped_column(_enum(SubscriberStatus), index=True)
     time_zone: Mapped[str] = mapped_column(String(64))

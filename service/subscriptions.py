@@ -126,6 +126,23 @@ def email_key(email: str) -> str:
     return email.lower()
 
 
+# Providers that deliver b.o.m.b@ and bomb@ to one inbox, and the domain each is one with.
+DOTS_IGNORED = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def mailbox_key(email: str) -> str:
+    """The inbox an address reaches, as far as can be told from the address: its
+    compatibility form (NFKC: full-width letters are letters), lower case, without a
+    +tag, and without dots where the provider ignores them. Only the resend cooldown uses
+    it; the address is kept, and mailed, as typed."""
+    local, _, domain = unicodedata.normalize("NFKC", email).lower().rpartition("@")
+    untagged = local.split("+", 1)[0] or local
+    if domain in DOTS_IGNORED:
+        domain = DOTS_IGNORED[domain]
+        untagged = untagged.replace(".", "") or untagged
+    return f"{untagged}@{domain}"[:320]
+
+
 def clean_name(raw: str) -> str | None:
     """A first name as it is kept; ValueError with a reader-facing reason.
 
@@ -246,10 +263,31 @@ def record_event(
     )
 
 
-def _asked_recently(subscriber: Subscriber, *, cooldown: timedelta, now: datetime) -> bool:
-    """Whether a request from this address already caused an email within `cooldown`."""
+def _mailbox_asked_recently(
+    session: Session, mailbox: str, *, cooldown: timedelta, now: datetime
+) -> bool:
+    """Whether a request for any spelling of this mailbox caused an email within
+    `cooldown` (one indexed lookup)."""
+    return (
+        session.scalar(
+            select(Subscriber.id)
+            .where(Subscriber.mailbox_key == mailbox, Subscriber.last_requested_at > now - cooldown)
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def _asked_recently(
+    session: Session, subscriber: Subscriber, *, cooldown: timedelta, now: datetime
+) -> bool:
+    """Whether a request for this address, or another spelling of its mailbox, already
+    caused an email within `cooldown`."""
     last = subscriber.last_requested_at
-    return last is not None and now - last < cooldown
+    if last is not None and now - last < cooldown:
+        return True
+    mailbox = subscriber.mailbox_key or mailbox_key(subscriber.email)
+    return _mailbox_asked_recently(session, mailbox, cooldown=cooldown, now=now)
 
 
 def _find(session: Session, email: str) -> Subscriber | None:
@@ -281,7 +319,12 @@ def subscribe(
     on the list; this decides which email (if any) goes out:
     new or not yet confirmed -> a confirmation email; already confirmed -> the guide link
     again; a second request inside `cooldown` -> nothing, so a form cannot flood an inbox.
+    The cooldown counts per mailbox (`mailbox_key`): `bomb+1@`, `b.o.m.b@` at a provider
+    that ignores dots and full-width letters are new subscribers, kept as typed, but no
+    second email goes to the one inbox they all reach.
     """
+    mailbox = mailbox_key(signup.email)
+    cooling_down = _mailbox_asked_recently(session, mailbox, cooldown=cooldown, now=now)
     # New addresses are the common case: one INSERT that yields to an existing row (also
     # one committed by a concurrent request) instead of a SELECT, a savepoint and a retry.
     new_id = insert_ignoring_conflicts(
@@ -290,12 +333,13 @@ def subscribe(
         {
             "email": signup.email,
             "email_key": email_key(signup.email),
+            "mailbox_key": mailbox,
             "first_name": signup.first_name,
             "status": SubscriberStatus.PENDING,
             "time_zone": signup.time_zone,
             "source": signup.source,
             "created_at": now,
-            "last_requested_at": now,
+            "last_requested_at": None if cooling_down else now,
         },
         returning=Subscriber.id,
     )
@@ -310,6 +354,9 @@ def subscribe(
             now=now,
         )
         record_event(session, new_id, "signed_up", now=now, detail={"source": signup.source})
+        if cooling_down:
+            record_event(session, new_id, "signup_suppressed", now=now)
+            return new_id, SignupResult.SUPPRESSED
         outbox.enqueue(
             session,
             NewSubscriber(new_id, signup.email),
@@ -321,7 +368,7 @@ def subscribe(
 
     subscriber = _find(session, signup.email)
     assert subscriber is not None  # the insert found it there
-    if _asked_recently(subscriber, cooldown=cooldown, now=now):
+    if cooling_down or _asked_recently(session, subscriber, cooldown=cooldown, now=now):
         record_event(session, subscriber.id, "signup_suppressed", now=now)
         return subscriber.id, SignupResult.SUPPRESSED
     subscriber.last_requested_at = now
@@ -537,7 +584,7 @@ def _request_again(
     subscriber = get_subscriber(session, subscriber_id, for_update=True)
     if (subscriber.status is SubscriberStatus.CONFIRMED) is not confirmed:
         return False
-    if _asked_recently(subscriber, cooldown=cooldown, now=now):
+    if _asked_recently(session, subscriber, cooldown=cooldown, now=now):
         return False
     subscriber.last_requested_at = now
     outbox.enqueue(session, subscriber, kind=kind, template=template, now=now)

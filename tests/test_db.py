@@ -262,3 +262,37 @@ def test_with_pg_trgm_the_search_has_its_indexes(postgres_url):
     indexes = {index["name"] for index in sa.inspect(engine).get_indexes("subscribers")}
     engine.dispose()
     assert {"ix_subscribers_email_key_trgm", "ix_subscribers_first_name_trgm"} <= indexes
+
+
+def test_upgrading_gives_existing_subscribers_their_mailbox_key(tmp_path):
+    """Migration 0008 fills in the key for rows made before it, and keeps the search
+    triggers of 0006 on the way up and down (a table rebuild on SQLite would drop them)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate.upgrade(url, "0007")
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        for n, email in enumerate(["B.o.m.b+x@gmail.com", "ann@example.com"]):
+            connection.exec_driver_sql(
+                "INSERT INTO subscribers (email, email_key, status, time_zone, source, "
+                "created_at) VALUES (?, ?, 'pending', 'UTC', 'test', ?)",
+                (email, email.lower(), f"2026-01-0{n + 1} 00:00:00"),
+            )
+
+    def triggers() -> int:
+        with engine.connect() as connection:
+            return connection.exec_driver_sql(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+            ).scalar()
+
+    assert triggers() == 3
+    migrate.upgrade(url)
+    with engine.connect() as connection:
+        keys = connection.exec_driver_sql(
+            "SELECT mailbox_key FROM subscribers ORDER BY id"
+        ).scalars()
+        assert list(keys) == ["bomb@gmail.com", "ann@example.com"]
+    assert triggers() == 3
+    migrate.downgrade(url, "0007")
+    assert triggers() == 3
+    migrate.upgrade(url)
+    engine.dispose()

@@ -7,6 +7,7 @@ import unicodedata
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -194,3 +195,75 @@ def test_addresses_that_only_casefold_alike_stay_distinct():
     assert email_key(parse(email="Straße@Example.com").email) == "straße@example.com"
     assert email_key("straße@example.com") != email_key("strasse@example.com")
     assert email_key("Reader@Example.COM") == email_key("reader@example.com")
+
+
+@pytest.mark.parametrize(
+    "address,mailbox",
+    [
+        ("bomb@gmail.com", "bomb@gmail.com"),
+        ("Bomb+1@gmail.com", "bomb@gmail.com"),
+        ("b.o.m.b@gmail.com", "bomb@gmail.com"),
+        ("b.o.m.b+x.y@googlemail.com", "bomb@gmail.com"),
+        ("\uff42\uff4f\uff4d\uff42@gmail.com", "bomb@gmail.com"),
+        ("b.omb@example.com", "b.omb@example.com"),  # dots count at most providers
+        ("bomb+tag@example.com", "bomb@example.com"),
+        ("+only@example.com", "+only@example.com"),
+    ],
+)
+def test_the_mailbox_an_address_reaches(address, mailbox):
+    assert subscriptions.mailbox_key(address) == mailbox
+
+
+def test_five_spellings_of_one_mailbox_get_one_confirmation(database_url, clock):
+    """The probe's finding: each spelling got a confirmation email of its own."""
+    from service.db import Database
+    from service.models import OutboxMessage, Subscriber
+
+    database = Database.connect(database_url)
+    spellings = [
+        "bomb@gmail.com",
+        "bomb+1@gmail.com",
+        "b.o.m.b@gmail.com",
+        "BOMB@googlemail.com",
+        "\uff42\uff4f\uff4d\uff42@gmail.com",
+    ]
+    cooldown = timedelta(hours=1)
+    results = []
+    for address in spellings:
+        with database.begin() as session:
+            results.append(
+                subscriptions.subscribe(
+                    session,
+                    parse(email=address),
+                    ORIGIN,
+                    consent_text=CONSENT,
+                    cooldown=cooldown,
+                    now=clock.advance(minutes=1),
+                )[1]
+            )
+    assert results == [SignupResult.CREATED] + [SignupResult.SUPPRESSED] * 4
+    with database.read() as session:
+        kept = set(session.scalars(sa.select(Subscriber.email)))
+        emails = session.scalars(sa.select(OutboxMessage.to_address)).all()
+    assert kept == {parse(email=address).email for address in spellings}  # as typed
+    assert emails == ["bomb@gmail.com"]
+    # After the cooldown one of them may ask again; an unrelated address never waited.
+    with database.begin() as session:
+        _, later = subscriptions.subscribe(
+            session,
+            parse(email="b.o.m.b@gmail.com"),
+            ORIGIN,
+            consent_text=CONSENT,
+            cooldown=cooldown,
+            now=clock.advance(hours=1),
+        )
+        _, other = subscriptions.subscribe(
+            session,
+            parse(email="bo.mb@example.com"),
+            ORIGIN,
+            consent_text=CONSENT,
+            cooldown=cooldown,
+            now=clock(),
+        )
+    assert (later, other) == (SignupResult.CONFIRMATION_SENT, SignupResult.CREATED)
+    database.dispose()
