@@ -26,3 +26,22 @@ forwarded_allow_ips = "127.0.0.1"
 def post_worker_init(worker):
     """Let long streamed responses tell the arbiter this worker is alive (see timeout)."""
     worker.wsgi.config["WORKER_HEARTBEAT"] = worker.notify
+
+
+def on_starting(server):
+    """Refuse several workers that would each keep rate-limit counters of their own: each
+    would allow the whole budget (RATELIMIT_STORAGE_URI=memory://; the default is shared)."""
+    from service.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    per_process = settings.RATELIMIT_STORAGE_URI.strip().lower().startswith("memory://")
+    if per_process and server.cfg.workers > 1:
+        raise SystemExit(
+            f"RATELIMIT_STORAGE_URI=memory:// counts in each of the {server.cfg.workers} "
+            "workers on its own, so every limit would allow that many times its budget: "
+            "leave RATELIMIT_STORAGE_URI unset (counters shared through the database), set it "
+            "to redis://..., or run one worker (WEB_CONCURRENCY=1)"
+        )

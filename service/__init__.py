@@ -42,7 +42,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SERVER_NAME=base.netloc,
         TESTING=settings.APP_ENV == "testing",
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
-        RATELIMIT_STORAGE_URI=settings.RATELIMIT_STORAGE_URI,
         RATELIMIT_HEADERS_ENABLED=True,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",

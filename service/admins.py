@@ -46,6 +46,10 @@ class AdminError(ValueError):
     """A request about admin accounts that cannot be carried out; the message says why."""
 
 
+class WrongPassword(AdminError):
+    """The password given to prove who is asking was not right."""
+
+
 def password_problem(password: str, *, user_inputs: tuple[str, ...] = ()) -> str | None:
     """Why `password` is not acceptable, or None. `user_inputs` (the account's address,
     say) are words an attacker would try with it."""
@@ -219,7 +223,7 @@ def new_password_hash(session: Session, admin_id: int, current: str, new: str) -
     if admin is None:
         raise AdminError("That account no longer exists.")
     if not check_password_hash(admin.password_hash, current[:MAX_PASSWORD_LENGTH]):
-        raise AdminError("The current password is not right.")
+        raise WrongPassword("The current password is not right.")
     problem = password_problem(new, user_inputs=(admin.email,))
     if problem:
         raise AdminError(problem)

@@ -165,9 +165,11 @@ class Settings:
         },
     )
     RATELIMIT_STORAGE_URI: str = field(
-        default="memory://",
+        default="",
         metadata={
-            "help": "Where rate-limit counters live; redis://host:6379 for several processes."
+            "help": "Where rate-limit counters live. Empty: a table every process shares "
+            "(INSTANCE_DIR/rate_limits.db beside SQLite, the database itself on PostgreSQL); "
+            "redis://host:6379 for Redis; memory:// counts per process (one process only)."
         },
     )
     TRUSTED_PROXIES: int = field(

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from werkzeug.routing import IntegerConverter
 
 from service import admins, audience, subscriptions
 from service.models import (
@@ -71,7 +72,7 @@ def _sample_url(rule) -> str:
     for name, converter in rule._converters.items():
         if hasattr(converter, "items"):  # any(...): its first choice
             values[name] = sorted(converter.items)[0] if converter.items else "x"
-        elif type(converter).__name__ == "IntegerConverter":
+        elif isinstance(converter, IntegerConverter):
             values[name] = 1
         else:
             values[name] = "x"

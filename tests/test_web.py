@@ -577,13 +577,22 @@ print(response.status_code)
 """
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("storage", ["redis", "memory"])
-def test_signup_limit_is_shared_between_processes_only_through_redis(
+@pytest.mark.parametrize(
+    "database_url,storage",
+    [
+        ("sqlite", "database"),
+        ("postgresql", "database"),
+        ("sqlite", "redis"),
+        ("sqlite", "memory"),
+    ],
+    indirect=["database_url"],
+)
+def test_signup_limit_is_shared_between_processes_unless_counted_in_memory(
     database_url, tmp_path, storage
 ):
     """Two processes (as two gunicorn workers) count one address's signups together when
-    the counters live in Redis, and separately when they live in each process's memory."""
+    the counters live in the database (the default) or Redis, and separately when they
+    live in each process's memory."""
     import os
     import secrets
     import subprocess
@@ -601,7 +610,7 @@ def test_signup_limit_is_shared_between_processes_only_through_redis(
             from tests.conftest import missing
 
             missing("Redis", "REQUIRE_REDIS", f"{url}: {exc}")
-    uri = url if storage == "redis" else "memory://"
+    uri = {"database": "", "redis": url, "memory": "memory://"}[storage]
     address = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250)}"
     codes = [
         subprocess.run(
@@ -623,4 +632,4 @@ def test_signup_limit_is_shared_between_processes_only_through_redis(
         ).stdout.strip()
         for n in range(2)
     ]
-    assert codes == (["303", "429"] if storage == "redis" else ["303", "303"])
+    assert codes == (["303", "303"] if storage == "memory" else ["303", "429"])

@@ -7,6 +7,7 @@ render or redirect. Domain errors become responses in the handlers registered he
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, render_template, request
@@ -17,6 +18,7 @@ from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
+from ..db import Database
 from ..services import Services
 from ..subscriptions import SupersededToken, UnknownSubscriber
 from ..tokens import InvalidToken, Purpose
@@ -162,6 +164,27 @@ def _register_error_handlers(app: Flask) -> None:
         return _error_page("error.html", 500, error=None)
 
 
+def _configure_rate_limit_storage(app: Flask) -> None:
+    """Where the limiter keeps its counters: as RATELIMIT_STORAGE_URI says, or by default
+    in a table every process of the service shares (service.web.rate_limits)."""
+    from . import rate_limits
+
+    services = services_of(app)
+    uri = services.settings.RATELIMIT_STORAGE_URI
+    if uri:
+        app.config["RATELIMIT_STORAGE_URI"] = uri
+        return
+    if services.database.dialect == "sqlite":
+        path = Path(services.settings.INSTANCE_DIR) / rate_limits.SQLITE_FILE
+        database = Database.connect(f"sqlite:///{path}")
+        rate_limits.create_sqlite_table(database)
+        app.extensions["rate_limit_database"] = database
+    else:
+        database = services.database
+    app.config["RATELIMIT_STORAGE_URI"] = f"{rate_limits.STORAGE_SCHEME}://"
+    app.config["RATELIMIT_STORAGE_OPTIONS"] = {"database": database}
+
+
 def init_app(app: Flask) -> None:
     """Register blueprints, the limiter, error handlers and headers on `app`."""
     from . import admin, api, public
@@ -175,6 +198,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     # One limiter per app: its counters live where RATELIMIT_STORAGE_URI says.
+    _configure_rate_limit_storage(app)
     limiter = Limiter(key_func=get_remote_address, app=app)
     _limit_signups(app, limiter)
     admin.init_app(app, limiter)

@@ -38,6 +38,7 @@ from .. import outbox as outbox_module
 from ..config import DEV_MAIL_SCHEMES
 from ..models import Broadcast, OutboxMessage, Subscriber, SubscriberStatus
 from . import CONTENT_SECURITY_POLICY, now, services, services_of
+from .attempts import AttemptBudget
 from .devices import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_LIFETIME, DeviceCookies
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,17 @@ def login():
             return redirect(_safe_next(request.args.get("next")))
         return render_template("admin/login.html", error=None, email="")
     email = request.form.get("email", "")
+    device = _known_device()
+    # A browser that signed in to this account before is counted on its own (devices.py);
+    # any other attempt per client address and per account.
+    buckets = (
+        [("login-device", device)]
+        if device
+        else [("login-ip", request.remote_addr or ""), ("login-account", admins.account_key(email))]
+    )
+    attempt = _password_attempts().spend(*buckets)
+    if attempt is None:
+        abort(429)
     with services().database.read() as db:
         signed_in = admins.authenticate(db, email, request.form.get("password", ""))
     if signed_in is None:
@@ -130,6 +142,7 @@ def login():
         return render_template(
             "admin/login.html", error="That email and password do not match.", email=email
         ), 401
+    attempt.refund()  # the owner signing in costs nothing
     with services().database.begin() as db:
         token = admins.start_session(
             db,
@@ -157,6 +170,10 @@ def login():
 
 def _device_cookies() -> DeviceCookies:
     return current_app.extensions["admin_devices"]
+
+
+def _password_attempts() -> AttemptBudget:
+    return current_app.extensions["admin_password_attempts"]
 
 
 def _known_device() -> str | None:
@@ -196,6 +213,12 @@ def account():
     """Change the password; every other session ends."""
     error = None
     if request.method == "POST":
+        # Guessing the current password with a stolen session is guessing a password too.
+        attempt = _password_attempts().spend(
+            ("login-ip", request.remote_addr or ""), ("password", f"admin:{g.admin.id}")
+        )
+        if attempt is None:
+            abort(429)
         try:
             with services().database.read() as db:
                 password_hash = admins.new_password_hash(
@@ -210,7 +233,10 @@ def account():
                 )
         except admins.AdminError as exc:
             error = str(exc)
+            if not isinstance(exc, admins.WrongPassword):
+                attempt.refund()  # the current password was right; the new one was not
         else:
+            attempt.refund()
             flash("Password changed. Every other session has been signed out.")
             return redirect(url_for("admin.account"), 303)
     with services().database.read() as db:
@@ -737,37 +763,6 @@ def init_app(app, limiter) -> None:
     app.config["DEV_OUTBOX"] = settings.MAIL_URL.startswith(DEV_MAIL_SCHEMES)
     app.permanent_session_lifetime = timedelta(hours=settings.ADMIN_SESSION_HOURS)
     app.extensions["admin_devices"] = DeviceCookies(settings.SECRET_KEY)
-
-    def disabled() -> bool:
-        return settings.login_limits_disabled
-
-    limit = "1 per second" if settings.login_limits_disabled else settings.ADMIN_LOGIN_RATE_LIMIT
-
-    def refused(response: Response) -> bool:
-        # Only wrong passwords use up the budget: the owner signing in costs nothing.
-        return response.status_code in (401, 422)
-
-    def account() -> str:
-        return "account:" + admins.account_key(request.form.get("email", ""))
-
-    def device() -> str:
-        return f"device:{_known_device()}"
-
-    def this_session() -> str:
-        return "session:" + str(session.get("admin_session", ""))[:100]
-
-    common = {"methods": ["POST"], "exempt_when": disabled, "deduct_when": refused}
-    # A browser with a device cookie for the account is counted on its own (devices.py);
-    # any other attempt per client address and per account.
-    unknown = {**common, "exempt_when": lambda: disabled() or _known_device() is not None}
-    known = {**common, "exempt_when": lambda: disabled() or _known_device() is None}
-    view = app.view_functions["admin.login"]
-    view = limiter.limit(limit, scope="login-ip", **unknown)(view)
-    view = limiter.limit(limit, key_func=account, scope="login-account", **unknown)(view)
-    view = limiter.limit(limit, key_func=device, scope="login-device", **known)(view)
-    app.view_functions["admin.login"] = view
-    # Guessing the current password with a stolen session is guessing a password too.
-    view = app.view_functions["admin.account"]
-    view = limiter.limit(limit, scope="login-ip", **common)(view)
-    view = limiter.limit(limit, key_func=this_session, scope="password", **common)(view)
-    app.view_functions["admin.account"] = view
+    app.extensions["admin_password_attempts"] = AttemptBudget(
+        limiter, None if settings.login_limits_disabled else settings.ADMIN_LOGIN_RATE_LIMIT
+    )
