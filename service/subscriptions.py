@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from . import outbox, sequences
@@ -263,19 +263,27 @@ def record_event(
     )
 
 
+_subscribers = Subscriber.__table__
+# Core, not ORM: every signup runs it, and the ORM's execution costs more than the lookup.
+_MAILBOX_ASKED_SINCE = (
+    select(_subscribers.c.id)
+    .where(
+        _subscribers.c.mailbox_key == bindparam("mailbox"),
+        _subscribers.c.last_requested_at > bindparam("since"),
+    )
+    .limit(1)
+)
+
+
 def _mailbox_asked_recently(
     session: Session, mailbox: str, *, cooldown: timedelta, now: datetime
 ) -> bool:
     """Whether a request for any spelling of this mailbox caused an email within
     `cooldown` (one indexed lookup)."""
-    return (
-        session.scalar(
-            select(Subscriber.id)
-            .where(Subscriber.mailbox_key == mailbox, Subscriber.last_requested_at > now - cooldown)
-            .limit(1)
-        )
-        is not None
+    found = session.connection().execute(
+        _MAILBOX_ASKED_SINCE, {"mailbox": mailbox, "since": now - cooldown}
     )
+    return found.first() is not None
 
 
 def _asked_recently(
