@@ -1,8 +1,10 @@
 """`python -m scheduler`: an APScheduler clock that ticks the dispatch pass.
 
 APScheduler only keeps time here; the work queue is the outbox table. Each tick claims
-due rows under a lease and sends them, so several schedulers can run at once. SIGTERM
-(or Ctrl-C) lets the message in flight finish, hands the rest of the claim back, and exits.
+due rows under a lease and sends them, so several schedulers can run at once. A second
+job, on its own thread, checks and imports large CSV uploads (service.imports), so a long
+import never holds up mail. SIGTERM (or Ctrl-C) lets the message in flight and the import
+batch in hand finish, hands the rest back, and exits.
 
     python -m scheduler                      tick every SCHEDULER_TICK_SECONDS
     python -m scheduler --once               one pass, then exit (cron, catch-up)
@@ -24,7 +26,7 @@ from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from service import broadcasts, health, sequences
+from service import broadcasts, health, imports, sequences
 from service.config import ConfigError, load_settings
 from service.dispatch import Dispatcher, PassReport
 from service.services import Services, configure_logging, worker_name
@@ -102,6 +104,19 @@ def tick(
     return report
 
 
+def work_on_imports(
+    services: Services, *, worker: str, clock: Callable[[], datetime], stop: threading.Event
+) -> int:
+    """Check and import the CSV uploads too large for a web request, a batch at a time."""
+    return imports.work(
+        services.database,
+        worker=worker,
+        default_time_zone=services.settings.DEFAULT_TIME_ZONE,
+        clock=clock,
+        should_stop=stop.is_set,
+    )
+
+
 class StopSignals:
     """SIGTERM and SIGINT ask the pass to stop after the message in flight.
 
@@ -143,7 +158,8 @@ def run_forever(
     started_at = services.clock()
     scheduler = BlockingScheduler(
         timezone=UTC,
-        executors={"default": ThreadPoolExecutor(max_workers=1)},
+        # Mail and imports each on a thread of their own.
+        executors={"default": ThreadPoolExecutor(max_workers=2)},
         # A tick that runs long is not run twice, and missed ticks collapse into one.
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )
@@ -160,6 +176,19 @@ def run_forever(
             "stop": signals.stop,
         },
         id="dispatch",
+    )
+    scheduler.add_job(
+        work_on_imports,
+        "interval",
+        seconds=interval,
+        next_run_time=datetime.now(UTC),
+        kwargs={
+            "services": services,
+            "worker": dispatcher.worker,
+            "clock": services.clock,
+            "stop": signals.stop,
+        },
+        id="imports",
     )
 
     def shut_down_when_asked() -> None:
@@ -195,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.once:
             clock = (lambda: args.now) if args.now else services.clock
             report = tick(services, dispatcher, started_at=clock(), clock=clock, stop=signals.stop)
+            work_on_imports(services, worker=dispatcher.worker, clock=clock, stop=signals.stop)
             print(f"pass: {report}")
             return 1 if report.stopped and not signals.stop.is_set() else 0
         run_forever(

@@ -13,10 +13,10 @@ from flask import Flask, current_app, render_template
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from . import admins, audience, guide, importer, sequences
+from . import admins, audience, guide, importer, imports, sequences
 from .mail import DeliveryError
-from .models import OutboxMessage, Subscriber, SubscriberStatus
-from .services import Services
+from .models import Import, ImportStatus, OutboxMessage, Subscriber, SubscriberStatus
+from .services import Services, worker_name
 
 
 def _services() -> Services:
@@ -356,37 +356,68 @@ def subscribers_export(
 def subscribers_import(
     file: Path, consent: str, mode: str | None, join_sequence: bool, dry_run: bool
 ) -> None:
-    """Import subscribers from a CSV file: every row, or none if anything fails."""
+    """Import subscribers from a CSV file of any size (up to 50 MB), in flat memory: checked
+    first, then imported a batch at a time (each batch whole or not at all, none twice)."""
     services = _services()
-    data = file.read_bytes()
+    worker = f"cli:{worker_name()}"
+    runner = imports.ImportRunner(
+        services.database,
+        worker=worker,
+        default_time_zone=services.settings.DEFAULT_TIME_ZONE,
+        clock=services.clock,
+    )
     try:
-        with services.database.begin() as session:
-            plan = importer.read_plan(
-                session, data, default_time_zone=services.settings.DEFAULT_TIME_ZONE
-            )
-            click.echo(", ".join(f"{name} {count}" for name, count in plan.counts.items()))
-            for row in plan.issues[: importer.MAX_ISSUES_SHOWN]:
-                click.echo(
-                    f"line {row.line}: {row.outcome.value}: {row.email} {row.reason}".rstrip()
-                )
-            if dry_run:
-                return
-            if mode is None:
-                raise click.UsageError("--mode confirmed or --mode confirm is required")
-            done = importer.apply_plan(
+        with file.open("rb") as stream, services.database.begin() as session:
+            import_id = imports.store_upload(
                 session,
-                plan,
-                consent_text=consent,
+                stream,
+                filename=file.name,
+                created_by="cli",
+                claimed_by=worker,
+                now=services.clock(),
+            ).id
+    except importer.ImportProblem as exc:
+        raise click.ClickException(f"nothing imported: {exc}") from None
+    runner.run(import_id)
+    with services.database.read() as session:
+        job = session.get(Import, import_id)
+        session.expunge(job)
+    if job.status is ImportStatus.FAILED:
+        raise click.ClickException(f"nothing imported: {job.error}")
+    click.echo(", ".join(f"{outcome} {job.counts.get(outcome, 0)}" for outcome in importer.Outcome))
+    for issue in job.issues:
+        click.echo(
+            f"line {issue['line']}: {issue['outcome']}: {issue['email']} {issue['reason']}".rstrip()
+        )
+    try:
+        if dry_run:
+            return
+        if mode is None:
+            raise click.UsageError("--mode confirmed or --mode confirm is required")
+        with services.database.begin() as session:
+            imports.start_import(
+                session,
+                import_id,
                 mode=importer.Mode(mode),
+                consent_text=consent,
                 join_sequence=join_sequence,
                 sequence=services.sequence.name,
+                claimed_by=worker,
                 now=services.clock(),
             )
     except importer.ImportProblem as exc:
         raise click.ClickException(f"nothing imported: {exc}") from None
+    finally:
+        with services.database.begin() as session:  # nothing goes on without the command
+            if session.get(Import, import_id).status is ImportStatus.CHECKED:
+                imports.cancel(session, import_id, now=services.clock())
+        imports.sweep(services.database, now=services.clock())
+    runner.run(import_id)
+    with services.database.read() as session:
+        done = session.get(Import, import_id).applied
     click.echo(
-        f"imported {done.created} new ({done.confirmations_queued} asked to confirm, "
-        f"{done.enrolled} started the sequence), {done.updated} updated"
+        f"imported {done.get('created', 0)} new ({done.get('confirmations_queued', 0)} asked to "
+        f"confirm, {done.get('enrolled', 0)} started the sequence), {done.get('updated', 0)} updated"
     )
 
 

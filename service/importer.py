@@ -1,12 +1,14 @@
-"""Importing subscribers from a CSV file: a preview first, then all of it or nothing.
+"""Importing subscribers from a CSV file: what each row would do, then doing it.
 
-`read_plan` checks every row and says what would happen to it (new, updated, unchanged,
-invalid with the reason and line number, duplicate, skipped) without writing anything.
-`apply_plan` carries the plan out in the caller's transaction, so a failure leaves nothing
-half-imported. Where consent came from is required: it becomes each new subscriber's
-consent record. New subscribers are either confirmed already (consent given elsewhere) or
-sent a confirmation email (double opt-in), as the owner chooses; unsubscribed and bounced
-people in the file are imported as such and never mailed.
+`read_rows` reads a file as it streams in (any size, in flat memory) and checks each row
+on its own; `compare_with_the_list` says what would happen to the valid ones (new,
+updated, unchanged, skipped); `apply_plan` carries a plan out in the caller's transaction.
+`read_plan` puts these together for a file held in memory. Large files go through
+service.imports, which stages the checked rows in the database and imports them in
+batches. Where consent came from is required: it becomes each new subscriber's consent
+record. New subscribers are either confirmed already (consent given elsewhere) or sent a
+confirmation email (double opt-in), as the owner chooses; unsubscribed and bounced people
+in the file are imported as such and never mailed.
 
 The file may be our own export: its apostrophe-defused cells, status and dates come back
 as they went out.
@@ -14,10 +16,11 @@ as they went out.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import enum
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,6 +35,8 @@ from .models import Subscriber, SubscriberStatus
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 MAX_ISSUES_SHOWN = 200
 IMPORT_SOURCE = "import"
+# A CSV line longer than this is not a subscriber list (and would otherwise be held whole).
+MAX_LINE_CHARACTERS = 1_000_000
 
 # Header names we recognize for each field (compared lowercased, spaces and dashes as _).
 COLUMNS = {
@@ -100,15 +105,41 @@ class Plan:
         return [row for row in self.rows if row.outcome in problems]
 
 
-def _decode(data: bytes) -> str:
+def _not_utf8(line: int) -> ImportProblem:
+    return ImportProblem(
+        f"The file is not UTF-8 text (line {line} has a byte that is not). Save it "
+        "from your spreadsheet as 'CSV UTF-8' and upload it again."
+    )
+
+
+def decoded_lines(pieces: Iterable[bytes]) -> Iterator[str]:
+    """The text of a file arriving in pieces, as lines split the way the csv module wants
+    them (newline=""): UTF-8, a byte order mark dropped. ImportProblem names the line of a
+    byte that is not UTF-8, or of a line too long to be a row."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    lines_before = 0  # complete lines in the pieces decoded so far
+    pending = ""
+    for piece in pieces:
+        try:
+            text = decoder.decode(piece)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(lines_before + piece.count(b"\n", 0, exc.start) + 1) from None
+        lines_before += piece.count(b"\n")
+        lines = io.StringIO(pending + text, newline="").readlines()
+        # The last line may go on in the next piece (even a lone "\r" may be half of "\r\n").
+        pending = lines.pop() if lines and not lines[-1].endswith("\n") else ""
+        if len(pending) > MAX_LINE_CHARACTERS:
+            raise ImportProblem(
+                f"Line {lines_before + 1} is over {MAX_LINE_CHARACTERS:,} characters long: "
+                "this does not look like a CSV file of subscribers."
+            )
+        yield from lines
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ImportProblem(
-            f"The file is not UTF-8 text (line {line} has a byte that is not). Save it "
-            "from your spreadsheet as 'CSV UTF-8' and upload it again."
-        ) from None
+        pending += decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise _not_utf8(lines_before + 1) from None
+    if pending:
+        yield pending
 
 
 def _header_map(header: list[str]) -> dict[str, int]:
@@ -144,8 +175,8 @@ def _when(cell: str, column: str) -> datetime | None:
         raise ValueError(f"{column} {cell[:40]!r} is not a date we can keep") from None
 
 
-def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _records(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    reader = csv.reader(lines)
     try:
         for cells in reader:
             yield reader.line_num, cells
@@ -153,75 +184,95 @@ def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
         raise ImportProblem(f"Line {reader.line_num}: the file is not valid CSV ({exc}).") from None
 
 
-def read_plan(session: Session, data: bytes, *, default_time_zone: str) -> Plan:
-    """What importing `data` would do, row by row; ImportProblem if it cannot be read."""
-    if len(data) > MAX_IMPORT_BYTES:
-        raise ImportProblem(
-            f"The file is {len(data) / 1e6:.0f} MB; the most that can be imported at once is "
-            f"{MAX_IMPORT_BYTES / 1e6:.0f} MB. Split it and import the parts."
-        )
-    rows = _rows(_decode(data))
+def read_rows(
+    lines: Iterable[str], *, default_time_zone: str
+) -> tuple[dict[str, str], Iterator[Row]]:
+    """The columns found (field -> header in the file) and every row, checked on its own:
+    NEW, or INVALID with the reason. ImportProblem for a file that cannot be read at all,
+    raised here for its header and while iterating for a broken line further on."""
+    records = _records(lines)
     try:
-        _, header = next(rows)
+        _, header = next(records)
     except StopIteration:
         raise ImportProblem("The file is empty.") from None
     columns = _header_map(header)
     if "email" not in columns:
         raise ImportProblem(
             "No email column: the first line must name the columns, one of them 'email' "
-            f"(found: {', '.join(h for h in header if h.strip()) or 'nothing'})."
+            f"(found: {', '.join(h for h in header if h.strip())[:300] or 'nothing'})."
         )
-    plan = Plan(columns={name: header[index] for name, index in columns.items()})
-    seen: dict[str, int] = {}
+    found = {name: header[index] for name, index in columns.items()}
+    return found, _checked_rows(records, columns, default_time_zone)
+
+
+def _checked_rows(
+    records: Iterator[tuple[int, list[str]]], columns: dict[str, int], default_time_zone: str
+) -> Iterator[Row]:
     known_zones = subscriptions.known_time_zones()
-    for line, cells in rows:
+    for line, cells in records:
         if not any(cell.strip() for cell in cells):
             continue  # blank lines are not rows
-
         given = {
             name: _undefused(cells[index]) if index < len(cells) else ""
             for name, index in columns.items()
         }
         cell = given.get
         row = Row(line=line, outcome=Outcome.NEW)
-        plan.rows.append(row)
         try:
             row.email = cell("email", "")[:320]  # as typed, for the preview if it is invalid
             row.email = subscriptions.normalize_email(row.email)
             row.first_name = subscriptions.clean_name(cell("first_name", ""))
             zone = cell("time_zone", "")
             if zone and zone not in known_zones:
-                raise ValueError(f"time zone {zone!r} is not one we know")
+                raise ValueError(f"time zone {zone[:64]!r} is not one we know")
             row.time_zone = zone or default_time_zone
             source = cell("source", "") or IMPORT_SOURCE
             if not subscriptions.SOURCE_PATTERN.fullmatch(source):
-                raise ValueError(f"source {source!r} may only hold letters, digits and ._:/-")
+                raise ValueError(f"source {source[:100]!r} may only hold letters, digits and ._:/-")
             row.source = source
             status = cell("status", "").lower()
             if status and status not in SubscriberStatus._value2member_map_:
-                raise ValueError(f"status {status!r} is not one of pending, confirmed, ...")
+                raise ValueError(f"status {status[:20]!r} is not one of pending, confirmed, ...")
             row.status = SubscriberStatus(status) if status else None
             row.signed_up = _when(cell("signed_up", ""), "signed up")
             row.confirmed = _when(cell("confirmed", ""), "confirmed")
             row.unsubscribed = _when(cell("unsubscribed", ""), "unsubscribed")
         except ValueError as exc:
             row.outcome = Outcome.INVALID
-            row.reason = str(exc) or "not a valid row"
+            row.reason = (str(exc) or "not a valid row")[:300]
+        yield row
+
+
+def read_plan(session: Session, data: bytes, *, default_time_zone: str) -> Plan:
+    """What importing `data`, a file held in memory, would do, row by row; ImportProblem
+    if it cannot be read."""
+    if len(data) > MAX_IMPORT_BYTES:
+        raise ImportProblem(
+            f"The file is {len(data) / 1e6:.0f} MB; the most that can be imported at once is "
+            f"{MAX_IMPORT_BYTES / 1e6:.0f} MB. Split it and import the parts."
+        )
+    columns, rows = read_rows(decoded_lines([data]), default_time_zone=default_time_zone)
+    plan = Plan(columns=columns)
+    seen: dict[str, int] = {}
+    for row in rows:
+        plan.rows.append(row)
+        if row.outcome is not Outcome.NEW:
             continue
         key = subscriptions.email_key(row.email)
         if key in seen:
             row.outcome = Outcome.DUPLICATE
             row.reason = f"the same address as line {seen[key]}"
             continue
-        seen[key] = line
-    _compare_with_the_list(session, plan)
+        seen[key] = row.line
+    compare_with_the_list(session, plan.rows)
     return plan
 
 
-def _compare_with_the_list(session: Session, plan: Plan) -> None:
-    """New or known? Known ones are updated only where the file adds a first name."""
+def compare_with_the_list(session: Session, rows: list[Row]) -> None:
+    """New or known? Of `rows`, those still NEW become UPDATED (the file adds a first
+    name), UNCHANGED, or SKIPPED (erased on their request), or stay NEW."""
     candidates = {
-        subscriptions.email_key(row.email): row for row in plan.rows if row.outcome is Outcome.NEW
+        subscriptions.email_key(row.email): row for row in rows if row.outcome is Outcome.NEW
     }
     keys = list(candidates)
     for start in range(0, len(keys), 500):

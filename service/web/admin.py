@@ -10,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
-import secrets
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import (
@@ -33,10 +30,27 @@ from flask import (
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import select
 
-from .. import admins, audience, broadcasts, dashboard, importer, sequences, subscriptions
+from .. import (
+    admins,
+    audience,
+    broadcasts,
+    dashboard,
+    importer,
+    imports,
+    sequences,
+    subscriptions,
+)
 from .. import outbox as outbox_module
 from ..config import DEV_MAIL_SCHEMES
-from ..models import Broadcast, OutboxMessage, Subscriber, SubscriberStatus
+from ..models import (
+    Broadcast,
+    Import,
+    ImportStatus,
+    OutboxMessage,
+    Subscriber,
+    SubscriberStatus,
+)
+from ..services import worker_name
 from . import CONTENT_SECURITY_POLICY, now, services, services_of
 from .attempts import AttemptBudget
 from .devices import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_LIFETIME, DeviceCookies
@@ -440,91 +454,147 @@ def erase(subscriber_id: int):
 # --- import -----------------------------------------------------------------------------
 
 
-def _import_path(token: str) -> Path:
-    return Path(services().settings.INSTANCE_DIR) / "imports" / f"{token}.csv"
+def _import_runner(worker: str) -> imports.ImportRunner:
+    return imports.ImportRunner(
+        services().database,
+        worker=worker,
+        default_time_zone=services().settings.DEFAULT_TIME_ZONE,
+        clock=services().clock,
+    )
+
+
+def _import_or_404(import_id: int) -> Import:
+    with services().database.read() as db:
+        job = db.get(Import, import_id)
+        if job is None:
+            abort(404, description="No such import.")
+        db.expunge(job)
+    return job
+
+
+def _import_page(job: Import | None, *, error: str | None = None, status: int = 200):
+    return render_template(
+        "admin/import.html", job=job, error=error, shown=importer.MAX_ISSUES_SHOWN
+    ), status
 
 
 @bp.errorhandler(413)
 def too_large(_error):
     limit = importer.MAX_IMPORT_BYTES // 1_000_000
-    return render_template(
-        "admin/import.html",
+    return _import_page(
+        None,
         error=f"The file is larger than {limit} MB. Split it and import the parts.",
-        plan=None,
-    ), 413
+        status=413,
+    )
 
 
 @bp.route("/subscribers/import", methods=["GET", "POST"])
 def import_upload():
-    """Upload a CSV file and see what importing it would do; nothing is written yet."""
+    """Upload a CSV file and see what importing it would do; nothing is imported yet. A
+    small file is checked here and now; a large one by the scheduler, with progress."""
     if request.method == "GET":
-        return render_template("admin/import.html", error=None, plan=None)
+        return _import_page(None)
     upload = request.files.get("file")
     if upload is None or not upload.filename:
-        return render_template("admin/import.html", error="Choose a CSV file.", plan=None), 422
-    data = upload.read()
+        return _import_page(None, error="Choose a CSV file.", status=422)
+    worker = worker_name()
     try:
-        with services().database.read() as db:
-            plan = importer.read_plan(
-                db, data, default_time_zone=services().settings.DEFAULT_TIME_ZONE
+        with services().database.begin() as db:
+            previous = session.get("import_id")
+            if isinstance(previous, int):
+                imports.cancel(db, previous, now=now())  # one import waiting per browser
+            job = imports.store_upload(
+                db,
+                upload.stream,
+                filename=upload.filename,
+                created_by=g.admin.email,
+                claimed_by=worker,
+                now=now(),
             )
+            inline = job.size_bytes <= imports.INLINE_BYTES
+            if not inline:
+                job.claimed_by = job.lease_until = None  # for the scheduler
+            import_id = job.id
     except importer.ImportProblem as exc:
-        return render_template("admin/import.html", error=str(exc), plan=None), 422
-    # Kept on disk (not in the cookie) until the owner confirms or uploads another.
-    token = secrets.token_hex(16)
-    path = _import_path(token)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    previous = session.get("import_token")
-    if previous:
-        _import_path(previous).unlink(missing_ok=True)
-    session["import_token"] = token
-    return render_template(
-        "admin/import.html",
-        error=None,
-        plan=plan,
-        shown=importer.MAX_ISSUES_SHOWN,
-        filename=upload.filename,
-    )
+        return _import_page(None, error=str(exc), status=413)
+    session["import_id"] = import_id
+    logger.info("import %d uploaded by %s (%s)", import_id, g.admin.email, upload.filename)
+    if not inline:
+        return redirect(url_for("admin.import_page", import_id=import_id), 303)
+    _import_runner(worker).run(import_id)
+    job = _import_or_404(import_id)
+    if job.status is ImportStatus.FAILED:
+        return _import_page(None, error=job.error, status=422)
+    return _import_page(job)
+
+
+@bp.get("/imports/<int:import_id>")
+def import_page(import_id: int):
+    """An import's preview, or how far checking or importing it has got."""
+    return _import_page(_import_or_404(import_id))
 
 
 @bp.post("/subscribers/import/apply")
 def import_apply():
-    """Import the file just previewed: every row or, if anything fails, none."""
-    token = session.get("import_token", "")
-    path = _import_path(token) if re.fullmatch(r"[0-9a-f]{32}", token) else None
-    if path is None or not path.is_file():
-        flash("That import is gone (already done, or another file was uploaded since).")
-        return redirect(url_for("admin.import_upload"), 303)
+    """Import the file previewed: a small one here and now, a large one by the scheduler.
+    Each batch of rows is imported whole or not at all, and none twice."""
+    import_id = request.form.get("import_id", type=int) or session.get("import_id")
     try:
         mode = importer.Mode(request.form.get("mode", ""))
     except ValueError:
-        abort(400, description="Choose whether they are confirmed or get a confirmation email.")
+        mode = None
+    worker = worker_name()
     try:
         with services().database.begin() as db:
-            plan = importer.read_plan(
-                db, path.read_bytes(), default_time_zone=services().settings.DEFAULT_TIME_ZONE
-            )
-            done = importer.apply_plan(
-                db,
-                plan,
-                consent_text=request.form.get("consent", ""),
-                mode=mode,
-                join_sequence=request.form.get("join_sequence") == "yes",
-                sequence=services().sequence.name,
-                now=now(),
-            )
+            job = db.get(Import, import_id) if isinstance(import_id, int) else None
+            if job is None or job.status is not ImportStatus.CHECKED:
+                job = None
+            elif mode is None:
+                abort(
+                    400,
+                    description="Choose whether they are confirmed or get a confirmation email.",
+                )
+            else:
+                job = imports.start_import(
+                    db,
+                    import_id,
+                    mode=mode,
+                    consent_text=request.form.get("consent", ""),
+                    join_sequence=request.form.get("join_sequence") == "yes",
+                    sequence=services().sequence.name,
+                    claimed_by=worker,
+                    now=now(),
+                )
+                inline = job is not None and job.size_bytes <= imports.INLINE_BYTES
+                if job is not None and not inline:
+                    job.claimed_by = job.lease_until = None  # for the scheduler
     except importer.ImportProblem as exc:
         flash(f"Nothing was imported: {exc}")
+        return redirect(url_for("admin.import_page", import_id=import_id), 303)
+    if job is None:
+        flash("That import is gone (already done, or another file was uploaded since).")
         return redirect(url_for("admin.import_upload"), 303)
-    path.unlink(missing_ok=True)
-    session.pop("import_token", None)
-    logger.info("import by %s: %s", g.admin.email, done)
+    session.pop("import_id", None)
+    logger.info("import %d started by %s", import_id, g.admin.email)
+    if not inline:
+        return redirect(url_for("admin.import_page", import_id=import_id), 303)
+    _import_runner(worker).run(import_id)
+    done = _import_or_404(import_id).applied
     flash(
-        f"Imported {done.created} new subscribers ({done.confirmations_queued} asked to "
-        f"confirm, {done.enrolled} started the sequence); {done.updated} updated."
+        f"Imported {done.get('created', 0)} new subscribers ({done.get('confirmations_queued', 0)}"
+        f" asked to confirm, {done.get('enrolled', 0)} started the sequence); "
+        f"{done.get('updated', 0)} updated."
     )
     return redirect(url_for("admin.subscribers"), 303)
+
+
+@bp.post("/imports/<int:import_id>/cancel")
+def import_cancel(import_id: int):
+    """Stop an import: nothing more of it is checked or imported, and its file is deleted."""
+    with services().database.begin() as db:
+        cancelled = imports.cancel(db, import_id, now=now())
+    flash("Import cancelled; its file is deleted." if cancelled else "That import has ended.")
+    return redirect(url_for("admin.import_page", import_id=import_id), 303)
 
 
 # --- newsletters ------------------------------------------------------------------------

@@ -1,0 +1,322 @@
+"""Import jobs: large files checked and imported by the scheduler with progress, in batches
+that a dead worker hands on, in flat memory; uploads nobody imports deleted after a day."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.__main__ import work_on_imports
+from service import importer, imports
+from service.models import (
+    Import,
+    ImportChunk,
+    ImportRow,
+    ImportStatus,
+    OutboxMessage,
+    Subscriber,
+    SubscriberStatus,
+)
+from tests.conftest import TEST_SECRET
+from tests.helpers import services_of
+from tests.test_admin import admin_client, csrf_token, post  # noqa: F401
+from tests.test_export_scale import MEASURE
+
+CONSENT = "Signed up on the old blog form"
+
+
+def csv_of(count: int, *, start: int = 0, extra: str = "") -> bytes:
+    rows = "".join(f"r{n}@example.com,Reader {n}\n" for n in range(start, start + count))
+    return ("email,first_name\n" + rows + extra).encode()
+
+
+def count(app, model) -> int:
+    with services_of(app).database.read() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+def job_of(app, import_id: int) -> Import:
+    with services_of(app).database.read() as session:
+        job = session.get(Import, import_id)
+        session.expunge(job)
+    return job
+
+
+def scheduler_pass(app) -> int:
+    """What a scheduler's import job does at a tick."""
+    services = services_of(app)
+    return work_on_imports(
+        services, worker="scheduler-1", clock=services.clock, stop=threading.Event()
+    )
+
+
+def upload(app, data: bytes, *, claimed_by: str | None = None) -> int:
+    services = services_of(app)
+    with services.database.begin() as session:
+        return imports.store_upload(
+            session,
+            io.BytesIO(data),
+            filename="list.csv",
+            created_by="owner@example.com",
+            claimed_by=claimed_by,
+            now=services.clock(),
+        ).id
+
+
+def runner(app, worker: str, *, stop_after: int | None = None) -> imports.ImportRunner:
+    """A worker that, given `stop_after`, dies after that many batches."""
+    services = services_of(app)
+    batches = iter(range(10**9))
+    return imports.ImportRunner(
+        services.database,
+        worker=worker,
+        default_time_zone="UTC",
+        clock=services.clock,
+        should_stop=lambda: stop_after is not None and next(batches) >= stop_after,
+    )
+
+
+def go_ahead(app, import_id: int, *, mode=importer.Mode.CONFIRM, claimed_by=None) -> None:
+    services = services_of(app)
+    with services.database.begin() as session:
+        assert imports.start_import(
+            session,
+            import_id,
+            mode=mode,
+            consent_text=CONSENT,
+            join_sequence=False,
+            sequence=services.sequence.name,
+            claimed_by=claimed_by,
+            now=services.clock(),
+        )
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(imports, "BATCH_ROWS", 7)
+    monkeypatch.setattr(imports, "INLINE_BYTES", 100)  # every test file counts as large
+
+
+def test_a_large_upload_is_checked_and_imported_by_the_scheduler(app, admin_client, small_batches):  # noqa: F811
+    data = csv_of(40, extra="broken,\nr3@example.com,again\n")
+    response = admin_client.post(
+        "/admin/subscribers/import",
+        data={
+            "csrf_token": csrf_token(admin_client, "/admin/subscribers/import"),
+            "file": (io.BytesIO(data), "big.csv"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 303
+    page_url = response.headers["Location"]
+    page = admin_client.get(page_url).get_data(as_text=True)
+    assert "Checking big.csv" in page and 'http-equiv="refresh"' in page
+    assert "Waiting for the scheduler" in page
+
+    assert scheduler_pass(app) == 1
+    page = admin_client.get(page_url).get_data(as_text=True).replace("\n", "")
+    assert "<dt>New</dt><dd>40</dd>" in page and 'http-equiv="refresh"' not in page
+    assert "<td>42</td><td>broken</td><td>invalid</td>" in page
+    assert "<td>43</td><td>r3@example.com</td><td>duplicate</td>" in page
+    assert count(app, Subscriber) == 0
+
+    import_id = int(page_url.rsplit("/", 1)[1])
+    response = post(
+        admin_client,
+        "/admin/subscribers/import/apply",
+        import_id=str(import_id),
+        consent=CONSENT,
+        mode="confirm",
+    )
+    assert response.headers["Location"] == page_url
+    assert "0 of 40 added" in admin_client.get(page_url).get_data(as_text=True)
+    scheduler_pass(app)
+    page = admin_client.get(page_url).get_data(as_text=True)
+    assert "big.csv is imported" in page and "40 new subscribers (40 asked to confirm" in page
+    assert count(app, Subscriber) == 40
+    assert count(app, OutboxMessage) == 40
+    # The file and the staged rows, personal data both, are gone with the import.
+    assert count(app, ImportChunk) == 0 and count(app, ImportRow) == 0
+    assert job_of(app, import_id).issues == []
+
+
+def test_a_worker_that_dies_hands_the_import_on_and_nothing_is_done_twice(
+    app, clock, small_batches
+):
+    import_id = upload(app, csv_of(30), claimed_by="worker-a")
+    # A dies half-way through checking; nobody else may take it while its lease lasts.
+    runner(app, "worker-a", stop_after=2).run(import_id)
+    assert job_of(app, import_id).status is ImportStatus.CHECKING
+    assert scheduler_pass(app) == 0
+    clock.advance(seconds=imports.LEASE.total_seconds() + 1)
+    scheduler_pass(app)  # checks it again from the start
+    job = job_of(app, import_id)
+    assert job.status is ImportStatus.CHECKED
+    assert job.counts["new"] == 30 and sum(job.counts.values()) == 30
+
+    go_ahead(app, import_id, claimed_by="worker-a")
+    runner(app, "worker-a", stop_after=2).run(import_id)  # two batches, then it dies
+    assert job_of(app, import_id).applied["created"] == 14
+    clock.advance(seconds=imports.LEASE.total_seconds() + 1)
+    scheduler_pass(app)
+    job = job_of(app, import_id)
+    assert job.status is ImportStatus.DONE
+    assert job.applied["created"] == 30 and job.applied["confirmations_queued"] == 30
+    with services_of(app).database.read() as session:
+        addresses = session.scalars(sa.select(OutboxMessage.to_address)).all()
+    assert sorted(addresses) == sorted(f"r{n}@example.com" for n in range(30))
+
+
+def test_people_who_sign_up_or_are_erased_after_the_preview_are_left_as_they_are(
+    app, small_batches
+):
+    from service import subscriptions
+    from tests.helpers import make_subscriber
+
+    import_id = upload(app, csv_of(10))
+    scheduler_pass(app)
+    services = services_of(app)
+    with services.database.begin() as session:
+        make_subscriber(
+            session, "r1@example.com", now=services.clock(), status=SubscriberStatus.CONFIRMED
+        )
+        gone = make_subscriber(session, "r2@example.com", now=services.clock())
+        subscriptions.erase(session, gone.id, now=services.clock())
+    go_ahead(app, import_id)
+    scheduler_pass(app)
+    assert job_of(app, import_id).applied["created"] == 8
+    with services.database.read() as session:
+        emails = set(session.scalars(sa.select(Subscriber.email)))
+    assert "r2@example.com" not in emails and "r1@example.com" in emails
+
+
+def test_a_broken_line_deep_in_a_large_file_fails_the_import_and_says_where(app, small_batches):
+    # A quote never closed: the field runs on past the csv module's limit of 131,072.
+    import_id = upload(app, csv_of(25, extra='"unterminated,x\n' + "y\n" * 70_000))
+    scheduler_pass(app)
+    job = job_of(app, import_id)
+    assert job.status is ImportStatus.FAILED
+    assert job.error.startswith("Line 65") and "not valid CSV" in job.error
+    assert count(app, ImportRow) == 0 and count(app, ImportChunk) == 0
+
+
+def test_an_upload_nobody_imports_is_deleted_after_a_day(app, clock):
+    import_id = upload(app, csv_of(5), claimed_by="web")
+    runner(app, "web").run(import_id)
+    assert job_of(app, import_id).status is ImportStatus.CHECKED
+    assert count(app, ImportChunk) == 1 and count(app, ImportRow) == 5
+    clock.advance(hours=23)
+    scheduler_pass(app)
+    assert job_of(app, import_id).status is ImportStatus.CHECKED
+    clock.advance(hours=2)
+    scheduler_pass(app)
+    job = job_of(app, import_id)
+    assert job.status is ImportStatus.CANCELLED and job.issues == []
+    assert count(app, ImportChunk) == 0 and count(app, ImportRow) == 0
+
+
+def test_the_owner_can_cancel_an_import_in_progress(app, admin_client, small_batches):  # noqa: F811
+    import_id = upload(app, csv_of(30))
+    scheduler_pass(app)
+    go_ahead(app, import_id, claimed_by="worker-a")
+    runner(app, "worker-a", stop_after=1).run(import_id)
+    response = post(admin_client, f"/admin/imports/{import_id}/cancel")
+    assert response.status_code == 303
+    page = admin_client.get(f"/admin/imports/{import_id}").get_data(as_text=True)
+    assert "cancelled" in page and "7 new subscribers had been added" in page
+    runner(app, "worker-a").run(import_id)  # the holder notices and stops
+    scheduler_pass(app)
+    assert count(app, Subscriber) == 7
+    assert count(app, ImportChunk) == 0 and count(app, ImportRow) == 0
+
+
+def test_a_scheduler_tick_with_no_imports_takes_no_write_lock(app, monkeypatch):
+    database = services_of(app).database
+
+    def no_writes():
+        raise AssertionError("a write transaction")
+
+    monkeypatch.setattr(database, "begin", no_writes)
+    assert scheduler_pass(app) == 0
+
+
+LINE_PIECES = st.sampled_from(["a", "é", ",", '"', "\r", "\n", "\r\n", "☃", "x y"])
+
+
+@given(
+    st.lists(LINE_PIECES, max_size=40).map("".join),
+    st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=10),
+)
+@settings(max_examples=400, deadline=None)
+def test_a_file_in_pieces_reads_as_the_whole_file(text, cuts):
+    """Wherever the upload is cut (in a character, between \\r and \\n), the lines are
+    those of the whole file read at once."""
+    data = "\ufeff".encode() + text.encode()
+    pieces, at = [], 0
+    for cut in cuts:
+        pieces.append(data[at : at + cut])
+        at += cut
+    pieces.append(data[at:])
+    assert list(importer.decoded_lines(pieces)) == io.StringIO(text, newline="").readlines()
+
+
+def test_a_byte_that_is_not_utf8_is_found_on_its_line_in_any_piece():
+    data = b"email\n" + b"a@example.com\n" * 5 + b"z\xffz@example.com\n"
+    for size in (1, 3, 7, 100):
+        pieces = [data[at : at + size] for at in range(0, len(data), size)]
+        with pytest.raises(importer.ImportProblem, match="line 7 has a byte"):
+            list(importer.decoded_lines(pieces))
+
+
+def test_a_line_too_long_to_be_a_row_is_refused():
+    with pytest.raises(importer.ImportProblem, match="Line 2 is over"):
+        list(importer.decoded_lines([b"email\n", b"x" * (importer.MAX_LINE_CHARACTERS + 10)]))
+
+
+def _import_peak_rss_mb(sqlite_url: str, tmp_path: Path, rows: int) -> float:
+    path = tmp_path / f"{rows}.csv"
+    path.write_bytes(csv_of(rows))
+    env = {
+        **os.environ,
+        "DOTENV_PATH": "",
+        "APP_ENV": "testing",
+        "SECRET_KEY": TEST_SECRET,
+        "DATABASE_URL": sqlite_url,
+        "INSTANCE_DIR": str(tmp_path / "instance"),
+        "MAIL_URL": "console:",
+        "LOG_LEVEL": "WARNING",
+    }
+    command = [str(Path(sys.executable).with_name("flask")), "--app", "wsgi", "subscribers"]
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", MEASURE, *command, "import", str(path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=600,
+        check=False,
+    )
+    max_rss_kb, code = (int(v) for v in result.stdout.split()[-2:])
+    assert code == 0, result.stderr
+    assert f"new {rows}," in result.stdout
+    return max_rss_kb / 1024
+
+
+@pytest.mark.slow
+def test_checking_a_larger_file_takes_no_more_memory(sqlite_url, tmp_path):
+    """The probe's 49 MB file peaked at ~956 MB: every row was held at once. Now rows are
+    staged in the database a batch at a time (bench/import.py runs the full 1.35 M rows).
+    SQLite's page caches fill up over the first ~100,000 rows (10 MB); after that the
+    peak stays where it is (measured: 98.6 MB at 100,000 rows, 99.1 MB at 300,000)."""
+    small = _import_peak_rss_mb(sqlite_url, tmp_path, 100_000)
+    large = _import_peak_rss_mb(sqlite_url, tmp_path, 250_000)
+    assert large - small < 8, (small, large)
