@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -219,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     dispatcher = services.make_dispatcher(worker_name())
+    imports.remove_legacy_previews(Path(settings.INSTANCE_DIR))
     signals = StopSignals().install()
     try:
         if args.once:

@@ -103,11 +103,13 @@ def create(session: Session, email: str, password: str, *, now: datetime) -> Adm
 def account_key(email: str) -> str:
     """The form an account name is looked up and rate-limited by: `Owner@EXAMPLE.com`, the
     same with full-width letters (IDNA folds them) and `owner@example.com` are one account,
-    and so one budget of attempts."""
+    and so one budget of attempts. Something that is no address at all is kept as typed,
+    less what no database stores (a NUL, say), so that it still has a budget of its own."""
     try:
         return email_key(normalize_email(email))
     except ValueError:
-        return email.strip().lower()[:MAX_EMAIL_KEY]
+        printable = "".join(ch for ch in email if ch.isprintable())
+        return printable.strip().lower()[:MAX_EMAIL_KEY]
 
 
 @dataclass(frozen=True)
@@ -208,11 +210,18 @@ def end_session(session: Session, token: object) -> None:
         session.execute(delete(AdminSession).where(AdminSession.token_hash == _token_hash(token)))
 
 
-def sessions_of(session: Session, admin_id: int) -> int:
-    """How many sessions the account has open (signed in and not signed out)."""
+def sessions_of(session: Session, admin_id: int, *, idle: timedelta, now: datetime) -> int:
+    """How many sessions the account has open (signed in, not signed out, not idle)."""
     return session.scalar(
-        select(func.count()).select_from(AdminSession).where(AdminSession.admin_id == admin_id)
+        select(func.count())
+        .select_from(AdminSession)
+        .where(AdminSession.admin_id == admin_id, AdminSession.last_seen_at >= now - idle)
     )
+
+
+def sessions_reset_at(session: Session, account: str) -> datetime | None:
+    """When every session of the account (named by `account_key`) was last ended."""
+    return session.scalar(select(AdminUser.sessions_reset_at).where(AdminUser.email_key == account))
 
 
 def new_password_hash(session: Session, admin_id: int, current: str, new: str) -> str:
@@ -243,7 +252,7 @@ def set_password_hash(
     """Store a new password hash and end every session but `keep` (this browser's token)."""
     admin = _locked(session, admin_id)
     admin.password_hash = password_hash
-    admin.password_changed_at = now
+    admin.password_changed_at = admin.sessions_reset_at = now
     session.execute(
         delete(AdminSession).where(
             AdminSession.admin_id == admin_id, AdminSession.token_hash != _token_hash(keep)
@@ -251,7 +260,8 @@ def set_password_hash(
     )
 
 
-def end_all_sessions(session: Session, admin_id: int) -> int:
-    """Sign the account out everywhere (a lost laptop); returns how many sessions ended."""
-    _locked(session, admin_id)
+def end_all_sessions(session: Session, admin_id: int, *, now: datetime) -> int:
+    """Sign the account out everywhere (a lost laptop), device cookies included; returns
+    how many sessions ended."""
+    _locked(session, admin_id).sessions_reset_at = now
     return session.execute(delete(AdminSession).where(AdminSession.admin_id == admin_id)).rowcount

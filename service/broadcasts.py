@@ -11,6 +11,7 @@ cancels them. Someone who unsubscribes meanwhile loses their row like any other 
 
 from __future__ import annotations
 
+import html
 import re
 import xml.etree.ElementTree as etree
 from collections import Counter
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import markdown
+import markdown.util
 from markdown.treeprocessors import Treeprocessor
 from sqlalchemy import String, cast, func, literal, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -74,7 +76,10 @@ class Content:
 
 
 def _allowed(url: str, schemes: frozenset[str]) -> bool:
-    # Browsers ignore tabs, newlines and leading controls in a URL ("java\tscript:").
+    # Judged as a browser reads it: entities decoded (Markdown writes an autolinked address
+    # as &#109;&#97;..., with its own stand-in for "&"), tabs, newlines and controls
+    # ignored ("java\tscript:").
+    url = html.unescape(url.replace(markdown.util.AMP_SUBSTITUTE, "&"))
     url = re.sub(r"[\x00-\x20\x7f]", "", url)
     try:
         return urlsplit(url).scheme.lower() in schemes

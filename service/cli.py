@@ -378,7 +378,7 @@ def subscribers_import(
             ).id
     except importer.ImportProblem as exc:
         raise click.ClickException(f"nothing imported: {exc}") from None
-    runner.run(import_id)
+    _run_or_cancel(runner, import_id)
     with services.database.read() as session:
         job = session.get(Import, import_id)
         session.expunge(job)
@@ -412,13 +412,32 @@ def subscribers_import(
             if session.get(Import, import_id).status is ImportStatus.CHECKED:
                 imports.cancel(session, import_id, now=services.clock())
         imports.sweep(services.database, now=services.clock())
-    runner.run(import_id)
+    _run_or_cancel(runner, import_id)
     with services.database.read() as session:
-        done = session.get(Import, import_id).applied
+        job = session.get(Import, import_id)
+        done = job.applied
+    if job.status is ImportStatus.FAILED:
+        raise click.ClickException(job.error or "the import failed")
     click.echo(
         f"imported {done.get('created', 0)} new ({done.get('confirmations_queued', 0)} asked to "
         f"confirm, {done.get('enrolled', 0)} started the sequence), {done.get('updated', 0)} updated"
     )
+
+
+def _run_or_cancel(runner: imports.ImportRunner, import_id: int) -> None:
+    """Run the job here; Ctrl-C cancels it (a batch under way is finished or undone whole),
+    so nothing goes on without the command."""
+    try:
+        runner.run(import_id)
+    except KeyboardInterrupt:
+        services = _services()
+        with services.database.begin() as session:
+            imports.cancel(session, import_id, now=services.clock())
+            added = session.get(Import, import_id).applied.get("created", 0)
+        imports.sweep(services.database, now=services.clock())
+        raise click.ClickException(
+            f"stopped: the import is cancelled; {added} new subscribers were added before it"
+        ) from None
 
 
 def init_app(app: Flask) -> None:

@@ -79,7 +79,10 @@ class Settings:
     )
     INSTANCE_DIR: str = field(
         default=str(DEFAULT_INSTANCE_DIR),
-        metadata={"help": "Folder for the SQLite database, the built guide and dev mail."},
+        metadata={
+            "help": "Folder for the SQLite database, the secret key made when SECRET_KEY is "
+            "unset, the rate-limit counters beside SQLite, the built guide and dev mail."
+        },
     )
     DATABASE_URL: str = field(
         default="",

@@ -115,7 +115,8 @@ def _not_utf8(line: int) -> ImportProblem:
 def decoded_lines(pieces: Iterable[bytes]) -> Iterator[str]:
     """The text of a file arriving in pieces, as lines split the way the csv module wants
     them (newline=""): UTF-8, a byte order mark dropped. ImportProblem names the line of a
-    byte that is not UTF-8, or of a line too long to be a row."""
+    byte that is not UTF-8, of a NUL (no database stores one), or of a line too long to be
+    a row."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     lines_before = 0  # complete lines in the pieces decoded so far
     pending = ""
@@ -124,6 +125,12 @@ def decoded_lines(pieces: Iterable[bytes]) -> Iterator[str]:
             text = decoder.decode(piece)
         except UnicodeDecodeError as exc:
             raise _not_utf8(lines_before + piece.count(b"\n", 0, exc.start) + 1) from None
+        if "\x00" in text:
+            line = lines_before + text.count("\n", 0, text.index("\x00")) + 1
+            raise ImportProblem(
+                f"Line {line} holds a NUL character: the file is not text. Save it from your "
+                "spreadsheet as 'CSV UTF-8' and upload it again."
+            )
         lines_before += piece.count(b"\n")
         lines = io.StringIO(pending + text, newline="").readlines()
         # The last line may go on in the next piece (even a lone "\r" may be half of "\r\n").

@@ -17,13 +17,16 @@ job left unimported for a day is cancelled and deleted with them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from itertools import islice
+from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import importer, subscriptions
@@ -60,7 +63,7 @@ def store_upload(
     a small file itself); None leaves it to a scheduler."""
     job = Import(
         status=ImportStatus.CHECKING,
-        filename=filename[:255] or "upload.csv",
+        filename="".join(ch for ch in filename if ch.isprintable())[:255] or "upload.csv",
         size_bytes=0,
         created_by=created_by,
         created_at=now,
@@ -107,7 +110,7 @@ def start_import(
     consent_text = " ".join(consent_text.split())
     if not consent_text:
         raise ImportProblem("Say where these people gave their consent; it is kept as proof.")
-    job = session.get(Import, import_id, with_for_update=True)
+    job = _locked(session, import_id)
     if job is None or job.status is not ImportStatus.CHECKED:
         return None
     job.status = ImportStatus.IMPORTING
@@ -121,13 +124,21 @@ def start_import(
     return job
 
 
-def cancel(session: Session, import_id: int, *, now: datetime) -> bool:
-    """Stop an import that has not ended (a batch in flight still finishes)."""
-    job = session.get(Import, import_id, with_for_update=True)
+def cancel(session: Session, import_id: int, *, now: datetime, previews_only: bool = False) -> bool:
+    """Stop an import that has not ended (a batch in flight still finishes); with
+    `previews_only`, only one not yet importing (a file replaced by another upload)."""
+    job = _locked(session, import_id)
     if job is None or job.status in ENDED:
+        return False
+    if previews_only and job.status is ImportStatus.IMPORTING:
         return False
     _end(job, ImportStatus.CANCELLED, now=now)
     return True
+
+
+def _locked(session: Session, import_id: int) -> Import | None:
+    # populate_existing: the row as it is now, even if this session loaded it before.
+    return session.get(Import, import_id, with_for_update=True, populate_existing=True)
 
 
 def _end(job: Import, status: ImportStatus, *, now: datetime, error: str | None = None) -> None:
@@ -166,7 +177,7 @@ def claim(session: Session, worker: str, *, now: datetime) -> int | None:
 
 def _hold(session: Session, import_id: int, worker: str, *, now: datetime) -> Import | None:
     """The job, its lease renewed, if `worker` still holds it and it still needs work."""
-    job = session.get(Import, import_id, with_for_update=True)
+    job = _locked(session, import_id)
     if job is None or job.claimed_by != worker or job.status not in WORKING:
         return None
     job.lease_until = now + LEASE
@@ -193,21 +204,45 @@ class ImportRunner:
         self.should_stop = should_stop
 
     def run(self, import_id: int) -> ImportStatus | None:
-        """Carry the job on until it waits for the owner, ends, or is lost; its status."""
+        """Carry the job on until it waits for the owner, ends, is lost, or the runner is
+        asked to stop (the job is then handed back); its status."""
         with self.database.read() as session:
             job = session.get(Import, import_id)
             status = job.status if job else None
-        if status is ImportStatus.CHECKING:
-            self._check(import_id)
-        elif status is ImportStatus.IMPORTING:
-            self._import(import_id)
-        with self.database.begin() as session:
+        try:
+            if status is ImportStatus.CHECKING:
+                self._check(import_id)
+            elif status is ImportStatus.IMPORTING:
+                self._import(import_id)
+        except Exception as exc:
+            # A bug, or a row the database refused: the import stops and says so, rather
+            # than starting over at every lease for ever.
+            logger.exception("import %d stopped by an unexpected error", import_id)
+            with self.database.begin() as session:
+                job = _hold(session, import_id, self.worker, now=self.clock())
+                if job is not None:
+                    _end(
+                        job,
+                        ImportStatus.FAILED,
+                        now=self.clock(),
+                        error=f"It stopped on an unexpected error ({type(exc).__name__}) after "
+                        f"{job.applied.get('created', 0)} new subscribers were added. Import "
+                        "the file again to add the rest: those already added are skipped.",
+                    )
+        with self.database.read() as session:
             job = session.get(Import, import_id)
-            if job is None:
-                return None
-            if job.status in ENDED:
-                _purge(session, import_id)
-            return job.status
+            status = job.status if job else None
+        if status in ENDED:
+            _delete_staged(self.database, import_id, with_the_file=True)
+        return status
+
+    def _hand_back(self, import_id: int) -> None:
+        """Asked to stop: let the next claimant take the job at once (a check starts over;
+        an import goes on from its checkpoint)."""
+        with self.database.begin() as session:
+            job = _hold(session, import_id, self.worker, now=self.clock())
+            if job is not None:
+                job.claimed_by = job.lease_until = None
 
     # --- checking ---------------------------------------------------------------------
 
@@ -216,11 +251,11 @@ class ImportRunner:
             job = _hold(session, import_id, self.worker, now=self.clock())
             if job is None:
                 return
-            # From the start, also after a holder died half-way: rows staged then go.
-            session.execute(delete(ImportRow).where(ImportRow.import_id == import_id))
             job.counts = {outcome.value: 0 for outcome in Outcome}
             job.issues = []
             job.bytes_read = 0
+        # From the start, also after a holder died half-way: rows staged then go.
+        _delete_staged(self.database, import_id, with_the_file=False)
         pieces = _Pieces(self.database, import_id)
         try:
             columns, rows = importer.read_rows(
@@ -228,7 +263,8 @@ class ImportRunner:
             )
             for batch in _batches(rows, BATCH_ROWS):
                 if self.should_stop():
-                    return  # the lease runs out and another process starts again
+                    self._hand_back(import_id)
+                    return
                 with self.database.begin() as session:
                     job = _hold(session, import_id, self.worker, now=self.clock())
                     if job is None:
@@ -249,11 +285,18 @@ class ImportRunner:
                 job.bytes_read = job.size_bytes
                 job.status = ImportStatus.CHECKED
                 job.claimed_by = job.lease_until = None
+            if session.get_bind().dialect.name == "postgresql":
+                # The table grew from nothing: planned with fresh figures, importing reads
+                # it along its (import, line) index rather than sorting it each batch.
+                session.execute(text("ANALYZE import_rows"))
 
     # --- importing --------------------------------------------------------------------
 
     def _import(self, import_id: int) -> None:
-        while not self.should_stop():
+        while True:
+            if self.should_stop():
+                self._hand_back(import_id)
+                return
             with self.database.begin() as session:
                 now = self.clock()
                 job = _hold(session, import_id, self.worker, now=now)
@@ -336,9 +379,28 @@ class _Pieces:
             yield bytes(piece)
 
 
+def _staged_values(job: Import, row: Row, *, keyed: bool) -> dict:
+    return {
+        "import_id": job.id,
+        "line": row.line,
+        "outcome": row.outcome.value,
+        "email": row.email,
+        "email_key": subscriptions.email_key(row.email) if keyed else None,
+        "first_name": row.first_name,
+        "time_zone": row.time_zone,
+        "source": row.source,
+        "status": row.status.value if row.status else None,
+        "signed_up": row.signed_up,
+        "confirmed": row.confirmed,
+        "unsubscribed": row.unsubscribed,
+    }
+
+
 def _stage(session: Session, job: Import, rows: list[Row]) -> None:
-    """Find the batch's duplicates (in the batch, then among the rows staged before), say
-    what would happen to the rest, stage them all, and add them to the preview."""
+    """Find the batch's duplicates, say what would happen to the other rows, stage them all,
+    and add them to the preview. Duplicates of rows in earlier batches are found by the
+    unique index itself (the insert skips them), not by a lookup a planner could get wrong
+    on a table that grows by thousands of rows a second."""
     first_seen: dict[str, int] = {}
     for row in rows:
         if row.outcome is not Outcome.NEW:
@@ -349,43 +411,44 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
             row.reason = f"the same address as line {first_seen[key]}"
         else:
             first_seen[key] = row.line
-    keys = list(first_seen)
-    earlier: dict[str, int] = {}
-    for start in range(0, len(keys), 500):
-        for key, line in session.execute(
-            select(ImportRow.email_key, ImportRow.line).where(
-                ImportRow.import_id == job.id, ImportRow.email_key.in_(keys[start : start + 500])
-            )
-        ):
-            earlier[key] = line
-    for row in rows:
-        line = (
-            earlier.get(subscriptions.email_key(row.email)) if row.outcome is Outcome.NEW else None
-        )
-        if line is not None:
-            row.outcome = Outcome.DUPLICATE
-            row.reason = f"the same address as line {line}"
     importer.compare_with_the_list(session, [row for row in rows if row.outcome is Outcome.NEW])
-    session.execute(
-        ImportRow.__table__.insert(),
-        [
-            {
-                "import_id": job.id,
-                "line": row.line,
-                "outcome": row.outcome.value,
-                "email": row.email,
-                "email_key": subscriptions.email_key(row.email) if row.outcome in STAGED else None,
-                "first_name": row.first_name,
-                "time_zone": row.time_zone,
-                "source": row.source,
-                "status": row.status.value if row.status else None,
-                "signed_up": row.signed_up,
-                "confirmed": row.confirmed,
-                "unsubscribed": row.unsubscribed,
-            }
-            for row in rows
-        ],
-    )
+    keyed = [row for row in rows if row.outcome in STAGED]
+    if keyed:
+        insert = (
+            postgresql.insert(ImportRow)
+            if session.get_bind().dialect.name == "postgresql"
+            else sqlite.insert(ImportRow)
+        )
+        staged = set(
+            session.scalars(
+                insert.on_conflict_do_nothing(index_elements=["import_id", "email_key"]).returning(
+                    ImportRow.line
+                ),
+                [_staged_values(job, row, keyed=True) for row in keyed],
+            )
+        )
+        earlier = [row for row in keyed if row.line not in staged]
+        if earlier:
+            first_lines = dict(
+                session.execute(
+                    select(ImportRow.email_key, ImportRow.line).where(
+                        ImportRow.import_id == job.id,
+                        ImportRow.email_key.in_(
+                            {subscriptions.email_key(row.email) for row in earlier}
+                        ),
+                    )
+                ).all()
+            )
+            for row in earlier:
+                row.outcome = Outcome.DUPLICATE
+                row.reason = (
+                    f"the same address as line {first_lines[subscriptions.email_key(row.email)]}"
+                )
+    unkeyed = [row for row in rows if row.outcome not in STAGED]
+    if unkeyed:
+        session.execute(
+            ImportRow.__table__.insert(), [_staged_values(job, row, keyed=False) for row in unkeyed]
+        )
     counts = dict(job.counts)
     for row in rows:
         counts[row.outcome.value] = counts.get(row.outcome.value, 0) + 1
@@ -394,17 +457,25 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
     problems = (Outcome.INVALID, Outcome.DUPLICATE, Outcome.SKIPPED)
     found = [
         {"line": row.line, "email": row.email, "outcome": row.outcome.value, "reason": row.reason}
-        for row in rows
+        for row in sorted(rows, key=lambda row: row.line)
         if row.outcome in problems
     ]
     if room > 0 and found:
         job.issues = [*job.issues, *found[:room]]
 
 
-def _purge(session: Session, import_id: int) -> None:
-    """Delete an ended import's file and staged rows (they hold personal data)."""
-    session.execute(delete(ImportChunk).where(ImportChunk.import_id == import_id))
-    session.execute(delete(ImportRow).where(ImportRow.import_id == import_id))
+def _delete_staged(database: Database, import_id: int, *, with_the_file: bool) -> None:
+    """Delete an import's staged rows, and its file if asked (they hold personal data), a
+    few thousand rows per transaction: on SQLite a million in one transaction would hold
+    the write lock for seconds."""
+    if with_the_file:
+        with database.begin() as session:
+            session.execute(delete(ImportChunk).where(ImportChunk.import_id == import_id))
+    while True:
+        with database.begin() as session:
+            batch = select(ImportRow.id).where(ImportRow.import_id == import_id).limit(DELETE_BATCH)
+            if not session.execute(delete(ImportRow).where(ImportRow.id.in_(batch))).rowcount:
+                return
 
 
 def _abandoned(now: datetime):
@@ -431,7 +502,13 @@ def sweep(database: Database, *, now: datetime) -> int:
     if due is None:
         return 0
     with database.begin() as session:
-        stale = session.scalars(select(Import).where(_abandoned(now))).all()
+        # Locked and judged again: the owner may have gone on with one a moment ago.
+        stale = session.scalars(
+            select(Import)
+            .where(_abandoned(now))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
         for job in stale:
             _end(job, ImportStatus.CANCELLED, now=now)
             logger.info("import %d cancelled: nobody went on with it for a day", job.id)
@@ -446,6 +523,22 @@ def sweep(database: Database, *, now: datetime) -> int:
             )
             if not session.execute(delete(ImportRow).where(ImportRow.id.in_(batch))).rowcount:
                 return len(stale)
+
+
+def remove_legacy_previews(instance_dir: Path) -> int:
+    """Delete the preview files that versions before import jobs kept in
+    INSTANCE_DIR/imports and never removed (none of them can be imported any more)."""
+    folder = instance_dir / "imports"
+    removed = 0
+    if folder.is_dir():
+        for path in folder.glob("*.csv"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    if removed:
+        logger.info("removed %d import previews left in %s by an earlier version", removed, folder)
+    return removed
 
 
 def work(

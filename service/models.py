@@ -275,6 +275,9 @@ class AdminUser(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When every session was last ended (a new password, "sign out everywhere"): device
+    # cookies made before it no longer count (service.web.devices).
+    sessions_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AdminSession(Base):

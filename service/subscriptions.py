@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from . import outbox, sequences
@@ -286,15 +286,27 @@ def _mailbox_asked_recently(
     return found.first() is not None
 
 
+def _serialize_mailbox(session: Session, mailbox: str) -> None:
+    """On PostgreSQL, signups for spellings of one mailbox wait for each other until commit,
+    so that two at once cannot both find it quiet (SQLite's writers take turns anyway)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:mailbox, 0))"),
+            {"mailbox": f"mailbox:{mailbox}"},
+        )
+
+
 def _asked_recently(
     session: Session, subscriber: Subscriber, *, cooldown: timedelta, now: datetime
 ) -> bool:
-    """Whether a request for this address, or another spelling of its mailbox, already
-    caused an email within `cooldown`."""
+    """Whether a request for this address, or for another spelling of its mailbox (unless
+    this is the plain spelling), already caused an email within `cooldown`."""
     last = subscriber.last_requested_at
     if last is not None and now - last < cooldown:
         return True
     mailbox = subscriber.mailbox_key or mailbox_key(subscriber.email)
+    if mailbox == subscriber.email_key:
+        return False
     return _mailbox_asked_recently(session, mailbox, cooldown=cooldown, now=now)
 
 
@@ -327,12 +339,17 @@ def subscribe(
     on the list; this decides which email (if any) goes out:
     new or not yet confirmed -> a confirmation email; already confirmed -> the guide link
     again; a second request inside `cooldown` -> nothing, so a form cannot flood an inbox.
-    The cooldown counts per mailbox (`mailbox_key`): `bomb+1@`, `b.o.m.b@` at a provider
-    that ignores dots and full-width letters are new subscribers, kept as typed, but no
-    second email goes to the one inbox they all reach.
+    The cooldown also counts per mailbox (`mailbox_key`): `bomb+1@`, `b.o.m.b@` at a
+    provider that ignores dots and full-width letters are new subscribers, kept as typed,
+    but no second email goes through them to the one inbox they all reach. The plain
+    spelling (`bomb@gmail.com`) only waits for its own cooldown, so nobody can keep a
+    reader from signing up by asking again and again for `reader+x@`.
     """
     mailbox = mailbox_key(signup.email)
-    cooling_down = _mailbox_asked_recently(session, mailbox, cooldown=cooldown, now=now)
+    cooling_down = False
+    if mailbox != email_key(signup.email):
+        _serialize_mailbox(session, mailbox)
+        cooling_down = _mailbox_asked_recently(session, mailbox, cooldown=cooldown, now=now)
     # New addresses are the common case: one INSERT that yields to an existing row (also
     # one committed by a concurrent request) instead of a SELECT, a savepoint and a retry.
     new_id = insert_ignoring_conflicts(

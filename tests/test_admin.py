@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -326,8 +327,9 @@ def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(app):
     assert post(owner, "/admin/logout").status_code == 303
     assert copy.get("/admin/").status_code == 302
     assert copy.get("/admin/subscribers").headers["Location"].startswith("/admin/login")
-    with services_of(app).database.read() as session:
-        assert admins.sessions_of(session, 1) == 0
+    services = services_of(app)
+    with services.database.read() as session:
+        assert admins.sessions_of(session, 1, idle=timedelta(hours=12), now=services.clock()) == 0
 
 
 def test_a_session_lives_while_used_and_ends_when_left_idle(app, clock):
@@ -387,6 +389,38 @@ def test_a_known_device_has_a_budget_of_its_own(make_app):
     assert codes == [401, 401, 401, 429]
     # Its failures did not use up the account's budget for other browsers.
     assert attempt_from(app, "198.51.100.1", password=PASSWORD) == 303
+
+
+def test_ending_every_session_also_ends_the_other_browsers_device_cookies(make_app, clock):
+    app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
+    create_admin(app)
+    lost_laptop, desk = app.test_client(), app.test_client()
+    sign_in(lost_laptop)
+    clock.advance(seconds=2)
+    sign_in(desk)
+    post(desk, "/admin/sign-out-everywhere")
+    clock.advance(seconds=2)
+    sign_in(desk)  # the desk signs in again: known from now on
+    post(desk, "/admin/logout")
+    assert [attempt_from(app, f"198.51.100.{n}") for n in range(1, 5)] == [401, 401, 401, 429]
+    assert sign_in(desk).status_code == 303
+    # The lost laptop's device cookie went with its session: it is a stranger now.
+    assert sign_in(lost_laptop).status_code == 429
+
+
+def test_the_browser_that_changes_the_password_stays_known(make_app, clock):
+    app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
+    create_admin(app)
+    desk = app.test_client()
+    sign_in(desk)
+    clock.advance(seconds=2)
+    new = "a brand new long passphrase"
+    assert (
+        post(desk, "/admin/account", current_password=PASSWORD, new_password=new).status_code == 303
+    )
+    post(desk, "/admin/logout")
+    assert [attempt_from(app, f"198.51.100.{n}") for n in range(1, 5)] == [401, 401, 401, 429]
+    assert sign_in(desk, password=new).status_code == 303
 
 
 def test_a_device_cookie_counts_only_for_its_own_account_and_only_if_ours(make_app):

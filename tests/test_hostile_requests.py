@@ -17,12 +17,18 @@ from tests.helpers import run_pass, services_of, sign_up
 from tests.test_admin import create_admin, csrf_token, post, sign_in
 
 TWENTY_FIVE_DIGITS = "9" * 25
+PAST_INT4 = str(2**31)  # ids are 32-bit integers on PostgreSQL
 
 
 @pytest.fixture
 def hostile_app(make_app):
-    """An app with one of everything (subscriber, email, link, newsletter) and no limits."""
-    app = make_app(SIGNUP_RATE_LIMIT="off", ADMIN_LOGIN_RATE_LIMIT="off")
+    """An app with one of everything (subscriber, email, link, newsletter), its limits
+    counted in the shared table (the default) but too high to stop the walk."""
+    app = make_app(
+        SIGNUP_RATE_LIMIT="10000 per minute",
+        ADMIN_LOGIN_RATE_LIMIT="10000 per minute",
+        RATELIMIT_STORAGE_URI="",
+    )
     create_admin(app)
     client = app.test_client()
     sign_up(client, "reader@example.com", first_name="Ann")
@@ -53,6 +59,8 @@ def int_routes(app) -> list:
 def test_the_probes_findings_are_each_a_clear_4xx(hostile_app, owner):
     client = hostile_app.test_client()
     assert client.get(f"/l/{TWENTY_FIVE_DIGITS}/x").status_code == 404
+    assert client.get(f"/l/{PAST_INT4}/x").status_code == 404
+    assert client.get(f"/l/1/{PAST_INT4}.abc").status_code == 404
     deep = client.post(
         "/api/v1/subscribers", data="[" * 20_000 + "]" * 20_000, content_type="application/json"
     )
@@ -68,11 +76,21 @@ def test_the_probes_findings_are_each_a_clear_4xx(hostile_app, owner):
     rules = int_routes(hostile_app)
     assert len(rules) >= 14
     for rule in rules:
-        path = re.sub(r"<int:[^>]+>", TWENTY_FIVE_DIGITS, rule.rule)
-        path = re.sub(r"<any\(([^,)]+)[^>]*>", r"\1", path).replace("<token>", "x")
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            response = post(owner, path) if method == "POST" else owner.open(path, method=method)
-            assert response.status_code == 404, (method, path)
+        for number in (TWENTY_FIVE_DIGITS, PAST_INT4):
+            path = re.sub(r"<int:[^>]+>", number, rule.rule)
+            path = re.sub(r"<any\(([^,)]+)[^>]*>", r"\1", path).replace("<token>", "x")
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                response = (
+                    post(owner, path) if method == "POST" else owner.open(path, method=method)
+                )
+                assert response.status_code == 404, (method, path)
+    assert owner.get(f"/admin/subscribers?before={PAST_INT4}").status_code == 400
+    assert post(owner, "/admin/subscribers/import/apply", import_id=PAST_INT4).status_code == 303
+    nul = client.post(
+        "/admin/login",
+        data={"email": "a\x00b", "password": "x", "csrf_token": csrf_token(client)},
+    )
+    assert nul.status_code == 401
 
     send = post(owner, "/admin/newsletters/1/send", when="later", send_at="9999-12-31T23:59")
     assert send.status_code == 400
@@ -117,11 +135,14 @@ FIELDS = [
     "when",
     "send_at",
     "List-Unsubscribe",
+    "import_id",
 ]
-QUERY = ["q", "status", "source", "from", "to", "step", "before", "bom", "next"]
+QUERY = ["q", "status", "source", "from", "to", "step", "before", "bom", "next", "import_id"]
 PICKED = [
     TWENTY_FIVE_DIGITS,
     "9" * 5000,
+    PAST_INT4,
+    "a\x00b@example.com",
     "-1",
     "0",
     "1",
@@ -177,7 +198,7 @@ def _path(rule, draw) -> str:
             return draw(st.sampled_from([*choices, "x"]))
         if converter == "int":
             # A row that exists (so the view gets past its lookup), or numbers past any id.
-            return draw(st.sampled_from(["1", TWENTY_FIVE_DIGITS, str(2**63), "9" * 5000]))
+            return draw(st.sampled_from(["1", PAST_INT4, TWENTY_FIVE_DIGITS, "9" * 5000]))
         return quote(draw(TEXT), safe="")
 
     return re.sub(r"<(?:([^:>]+):)?[^>]+>", segment, rule.rule)

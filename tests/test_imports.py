@@ -4,9 +4,6 @@ that a dead worker hands on, in flat memory; uploads nobody imports deleted afte
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -26,10 +23,9 @@ from service.models import (
     Subscriber,
     SubscriberStatus,
 )
-from tests.conftest import TEST_SECRET
 from tests.helpers import services_of
-from tests.test_admin import admin_client, csrf_token, post  # noqa: F401
-from tests.test_export_scale import MEASURE
+from tests.test_admin import create_admin, csrf_token, post, sign_in
+from tests.test_export_scale import run_cli_measured
 
 CONSENT = "Signed up on the old blog form"
 
@@ -72,16 +68,29 @@ def upload(app, data: bytes, *, claimed_by: str | None = None) -> int:
         ).id
 
 
-def runner(app, worker: str, *, stop_after: int | None = None) -> imports.ImportRunner:
-    """A worker that, given `stop_after`, dies after that many batches."""
+class Died(BaseException):
+    """A worker killed where it stood (SIGKILL): it hands nothing back."""
+
+
+def runner(
+    app, worker: str, *, stop_after: int | None = None, die_after: int | None = None
+) -> imports.ImportRunner:
+    """A worker asked to stop after `stop_after` batches, or killed after `die_after`."""
     services = services_of(app)
     batches = iter(range(10**9))
+
+    def should_stop() -> bool:
+        done = next(batches)
+        if die_after is not None and done >= die_after:
+            raise Died
+        return stop_after is not None and done >= stop_after
+
     return imports.ImportRunner(
         services.database,
         worker=worker,
         default_time_zone="UTC",
         clock=services.clock,
-        should_stop=lambda: stop_after is not None and next(batches) >= stop_after,
+        should_stop=should_stop,
     )
 
 
@@ -101,29 +110,38 @@ def go_ahead(app, import_id: int, *, mode=importer.Mode.CONFIRM, claimed_by=None
 
 
 @pytest.fixture
+def owner(app):
+    """A browser signed in to the admin pages."""
+    create_admin(app)
+    client = app.test_client()
+    assert sign_in(client).status_code == 303
+    return client
+
+
+@pytest.fixture
 def small_batches(monkeypatch):
     monkeypatch.setattr(imports, "BATCH_ROWS", 7)
     monkeypatch.setattr(imports, "INLINE_BYTES", 100)  # every test file counts as large
 
 
-def test_a_large_upload_is_checked_and_imported_by_the_scheduler(app, admin_client, small_batches):  # noqa: F811
+def test_a_large_upload_is_checked_and_imported_by_the_scheduler(app, owner, small_batches):
     data = csv_of(40, extra="broken,\nr3@example.com,again\n")
-    response = admin_client.post(
+    response = owner.post(
         "/admin/subscribers/import",
         data={
-            "csrf_token": csrf_token(admin_client, "/admin/subscribers/import"),
+            "csrf_token": csrf_token(owner, "/admin/subscribers/import"),
             "file": (io.BytesIO(data), "big.csv"),
         },
         content_type="multipart/form-data",
     )
     assert response.status_code == 303
     page_url = response.headers["Location"]
-    page = admin_client.get(page_url).get_data(as_text=True)
+    page = owner.get(page_url).get_data(as_text=True)
     assert "Checking big.csv" in page and 'http-equiv="refresh"' in page
     assert "Waiting for the scheduler" in page
 
     assert scheduler_pass(app) == 1
-    page = admin_client.get(page_url).get_data(as_text=True).replace("\n", "")
+    page = owner.get(page_url).get_data(as_text=True).replace("\n", "")
     assert "<dt>New</dt><dd>40</dd>" in page and 'http-equiv="refresh"' not in page
     assert "<td>42</td><td>broken</td><td>invalid</td>" in page
     assert "<td>43</td><td>r3@example.com</td><td>duplicate</td>" in page
@@ -131,16 +149,16 @@ def test_a_large_upload_is_checked_and_imported_by_the_scheduler(app, admin_clie
 
     import_id = int(page_url.rsplit("/", 1)[1])
     response = post(
-        admin_client,
+        owner,
         "/admin/subscribers/import/apply",
         import_id=str(import_id),
         consent=CONSENT,
         mode="confirm",
     )
     assert response.headers["Location"] == page_url
-    assert "0 of 40 added" in admin_client.get(page_url).get_data(as_text=True)
+    assert "0 of 40 added" in owner.get(page_url).get_data(as_text=True)
     scheduler_pass(app)
-    page = admin_client.get(page_url).get_data(as_text=True)
+    page = owner.get(page_url).get_data(as_text=True)
     assert "big.csv is imported" in page and "40 new subscribers (40 asked to confirm" in page
     assert count(app, Subscriber) == 40
     assert count(app, OutboxMessage) == 40
@@ -154,7 +172,8 @@ def test_a_worker_that_dies_hands_the_import_on_and_nothing_is_done_twice(
 ):
     import_id = upload(app, csv_of(30), claimed_by="worker-a")
     # A dies half-way through checking; nobody else may take it while its lease lasts.
-    runner(app, "worker-a", stop_after=2).run(import_id)
+    with pytest.raises(Died):
+        runner(app, "worker-a", die_after=2).run(import_id)
     assert job_of(app, import_id).status is ImportStatus.CHECKING
     assert scheduler_pass(app) == 0
     clock.advance(seconds=imports.LEASE.total_seconds() + 1)
@@ -164,8 +183,10 @@ def test_a_worker_that_dies_hands_the_import_on_and_nothing_is_done_twice(
     assert job.counts["new"] == 30 and sum(job.counts.values()) == 30
 
     go_ahead(app, import_id, claimed_by="worker-a")
-    runner(app, "worker-a", stop_after=2).run(import_id)  # two batches, then it dies
+    with pytest.raises(Died):
+        runner(app, "worker-a", die_after=2).run(import_id)  # two batches, then killed
     assert job_of(app, import_id).applied["created"] == 14
+    assert scheduler_pass(app) == 0  # its lease still holds
     clock.advance(seconds=imports.LEASE.total_seconds() + 1)
     scheduler_pass(app)
     job = job_of(app, import_id)
@@ -174,6 +195,58 @@ def test_a_worker_that_dies_hands_the_import_on_and_nothing_is_done_twice(
     with services_of(app).database.read() as session:
         addresses = session.scalars(sa.select(OutboxMessage.to_address)).all()
     assert sorted(addresses) == sorted(f"r{n}@example.com" for n in range(30))
+
+
+def test_a_worker_asked_to_stop_hands_the_import_back_at_once(app, small_batches):
+    """SIGTERM to a scheduler (a deploy) finishes the batch in hand and lets the next
+    scheduler go on straight away, from the checkpoint."""
+    import_id = upload(app, csv_of(30))
+    scheduler_pass(app)
+    go_ahead(app, import_id, claimed_by="worker-a")
+    runner(app, "worker-a", stop_after=2).run(import_id)
+    job = job_of(app, import_id)
+    assert job.status is ImportStatus.IMPORTING and job.claimed_by is None
+    assert job.applied["created"] == 14
+    assert scheduler_pass(app) == 1  # no lease to wait for
+    assert job_of(app, import_id).applied["created"] == 30
+
+
+def test_an_unexpected_error_ends_the_import_instead_of_retrying_for_ever(
+    app, small_batches, monkeypatch
+):
+    import_id = upload(app, csv_of(20))
+    scheduler_pass(app)
+    go_ahead(app, import_id)
+    real = importer.apply_plan
+    batches = []
+
+    def second_batch_fails(*args, **kwargs):
+        batches.append(1)
+        if len(batches) == 2:
+            raise RuntimeError("a row the database refused")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(importer, "apply_plan", second_batch_fails)
+    scheduler_pass(app)
+    job = job_of(app, import_id)
+    assert job.status is ImportStatus.FAILED
+    assert "unexpected error (RuntimeError) after 7 new subscribers" in job.error
+    assert count(app, Subscriber) == 7  # the first batch stands, the second is undone
+    assert count(app, ImportRow) == 0 and count(app, ImportChunk) == 0
+    assert scheduler_pass(app) == 0
+
+
+def test_a_nul_in_the_file_is_refused_with_its_line(app, owner):
+    response = owner.post(
+        "/admin/subscribers/import",
+        data={
+            "csrf_token": csrf_token(owner, "/admin/subscribers/import"),
+            "file": (io.BytesIO(b"email\nann@example.com\nb\x00b@example.com\n"), "a\x00b.csv"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 422
+    assert "Line 3 holds a NUL character" in response.get_data(as_text=True)
 
 
 def test_people_who_sign_up_or_are_erased_after_the_preview_are_left_as_they_are(
@@ -224,14 +297,15 @@ def test_an_upload_nobody_imports_is_deleted_after_a_day(app, clock):
     assert count(app, ImportChunk) == 0 and count(app, ImportRow) == 0
 
 
-def test_the_owner_can_cancel_an_import_in_progress(app, admin_client, small_batches):  # noqa: F811
+def test_the_owner_can_cancel_an_import_in_progress(app, owner, small_batches):
     import_id = upload(app, csv_of(30))
     scheduler_pass(app)
     go_ahead(app, import_id, claimed_by="worker-a")
-    runner(app, "worker-a", stop_after=1).run(import_id)
-    response = post(admin_client, f"/admin/imports/{import_id}/cancel")
+    with pytest.raises(Died):
+        runner(app, "worker-a", die_after=1).run(import_id)
+    response = post(owner, f"/admin/imports/{import_id}/cancel")
     assert response.status_code == 303
-    page = admin_client.get(f"/admin/imports/{import_id}").get_data(as_text=True)
+    page = owner.get(f"/admin/imports/{import_id}").get_data(as_text=True)
     assert "cancelled" in page and "7 new subscribers had been added" in page
     runner(app, "worker-a").run(import_id)  # the holder notices and stops
     scheduler_pass(app)
@@ -285,30 +359,11 @@ def test_a_line_too_long_to_be_a_row_is_refused():
 def _import_peak_rss_mb(sqlite_url: str, tmp_path: Path, rows: int) -> float:
     path = tmp_path / f"{rows}.csv"
     path.write_bytes(csv_of(rows))
-    env = {
-        **os.environ,
-        "DOTENV_PATH": "",
-        "APP_ENV": "testing",
-        "SECRET_KEY": TEST_SECRET,
-        "DATABASE_URL": sqlite_url,
-        "INSTANCE_DIR": str(tmp_path / "instance"),
-        "MAIL_URL": "console:",
-        "LOG_LEVEL": "WARNING",
-    }
-    command = [str(Path(sys.executable).with_name("flask")), "--app", "wsgi", "subscribers"]
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", MEASURE, *command, "import", str(path), "--dry-run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=Path(__file__).resolve().parent.parent,
-        timeout=600,
-        check=False,
+    max_rss_mb, output, _ = run_cli_measured(
+        sqlite_url, tmp_path, "subscribers", "import", str(path), "--dry-run"
     )
-    max_rss_kb, code = (int(v) for v in result.stdout.split()[-2:])
-    assert code == 0, result.stderr
-    assert f"new {rows}," in result.stdout
-    return max_rss_kb / 1024
+    assert f"new {rows}," in output
+    return max_rss_mb
 
 
 @pytest.mark.slow
@@ -320,3 +375,42 @@ def test_checking_a_larger_file_takes_no_more_memory(sqlite_url, tmp_path):
     small = _import_peak_rss_mb(sqlite_url, tmp_path, 100_000)
     large = _import_peak_rss_mb(sqlite_url, tmp_path, 250_000)
     assert large - small < 8, (small, large)
+
+
+def test_a_new_upload_replaces_a_preview_but_not_an_import_under_way(app, owner, small_batches):
+    def send(data: bytes) -> int:
+        response = owner.post(
+            "/admin/subscribers/import",
+            data={
+                "csrf_token": csrf_token(owner, "/admin/subscribers/import"),
+                "file": (io.BytesIO(data), "list.csv"),
+            },
+            content_type="multipart/form-data",
+        )
+        return int(response.headers["Location"].rsplit("/", 1)[1])
+
+    first = send(csv_of(10))
+    second = send(csv_of(10, start=100))
+    assert job_of(app, first).status is ImportStatus.CANCELLED  # a preview, replaced
+    scheduler_pass(app)
+    post(
+        owner,
+        "/admin/subscribers/import/apply",
+        import_id=str(second),
+        consent=CONSENT,
+        mode="confirmed",
+    )
+    third = send(csv_of(10, start=200))
+    assert job_of(app, second).status is ImportStatus.IMPORTING  # left to finish
+    scheduler_pass(app)
+    assert job_of(app, second).status is ImportStatus.DONE
+    assert job_of(app, third).status is ImportStatus.CHECKED
+
+
+def test_previews_an_earlier_version_left_on_disk_are_removed(tmp_path):
+    folder = tmp_path / "imports"
+    folder.mkdir()
+    (folder / "0123abcd.csv").write_text("email\nann@example.com\n")
+    assert imports.remove_legacy_previews(tmp_path) == 1
+    assert not folder.exists()
+    assert imports.remove_legacy_previews(tmp_path) == 0

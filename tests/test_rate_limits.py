@@ -1,5 +1,6 @@
 """Rate limits hold across gunicorn's workers: real gunicorn, several worker processes, the
-default counters (a table every process shares), on both databases."""
+default counters (a table every process shares), on both databases; and that storage on
+its own."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from service.config import PROJECT_ROOT
 from tests.conftest import TEST_SECRET
 from tests.smtp_server import free_port
 from tests.test_admin import PASSWORD, create_admin
-
-pytestmark = pytest.mark.slow
 
 WORKERS = 4
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
@@ -103,6 +102,7 @@ def concurrently(calls: int, call) -> Counter:
         return Counter(pool.map(call, range(calls)))
 
 
+@pytest.mark.slow
 def test_the_signup_limit_holds_across_workers(server):
     """SIGNUP_RATE_LIMIT is 5 a minute per client: with 4 workers counting in memory, the
     probe got 40 of 80 through."""
@@ -112,6 +112,7 @@ def test_the_signup_limit_holds_across_workers(server):
     assert codes == {303: 5, 429: 35}
 
 
+@pytest.mark.slow
 def test_the_sign_in_limit_holds_across_workers(server):
     """ADMIN_LOGIN_RATE_LIMIT is 10 a minute: the probe had 66 of 80 passwords checked."""
     status, cookie, page = request(server, "GET", "/admin/login")
@@ -127,6 +128,7 @@ def test_the_sign_in_limit_holds_across_workers(server):
     assert request(server, "POST", "/admin/login", right, cookie=session)[0] == 429
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_gunicorn_refuses_several_workers_counting_on_their_own(database_url, tmp_path):
     port = free_port()
@@ -143,3 +145,54 @@ def test_gunicorn_refuses_several_workers_counting_on_their_own(database_url, tm
     assert "Booting worker" in line
     single.terminate()
     single.communicate(timeout=30)
+
+
+@pytest.fixture
+def storage(database_url, tmp_path):
+    """The default storage over the test database (SQLite: a file of its own)."""
+    from service.db import Database
+    from service.web import rate_limits
+
+    if database_url.startswith("sqlite"):
+        database = Database.connect(f"sqlite:///{tmp_path / rate_limits.SQLITE_FILE}")
+        rate_limits.create_sqlite_table(database)
+    else:
+        database = Database.connect(database_url)
+    yield rate_limits.DatabaseStorage(database=database)
+    database.dispose()
+
+
+def test_a_window_counts_then_starts_again(storage, monkeypatch):
+    from service.web import rate_limits
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(rate_limits.time, "time", lambda: now[0])
+    assert [storage.incr("k", 60) for _ in range(3)] == [1, 2, 3]
+    assert (storage.get("k"), storage.get_expiry("k")) == (3, 1_000_060.0)
+    now[0] += 61
+    assert storage.get("k") == 0
+    assert storage.incr("k", 60) == 1
+
+
+def test_a_refund_never_goes_below_nothing(storage, monkeypatch):
+    """An attempt given back after its window ended must not give a free attempt."""
+    from service.web import rate_limits
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(rate_limits.time, "time", lambda: now[0])
+    storage.incr("k", 60)
+    assert storage.incr("k", 60, amount=-1) == 0
+    assert storage.incr("k", 60, amount=-1) == 0
+    now[0] += 61
+    assert storage.incr("k", 60, amount=-1) == 0
+    assert storage.incr("k", 60) == 1
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "\udcff", "é" * 10, "x" * 5000])
+def test_any_key_a_client_can_make_is_stored(storage, key):
+    """A key carries what the sign-in form was given: PostgreSQL refuses a NUL."""
+    assert storage.incr(key, 60) == 1
+    assert storage.incr(key, 60) == 2
+    assert storage.get(key) == 2
+    storage.clear(key)
+    assert storage.get(key) == 0

@@ -214,6 +214,19 @@ def test_the_mailbox_an_address_reaches(address, mailbox):
     assert subscriptions.mailbox_key(address) == mailbox
 
 
+def signup_in(database, address: str, *, now) -> SignupResult:
+    """One signup in a transaction of its own, with an hour's cooldown."""
+    with database.begin() as session:
+        return subscriptions.subscribe(
+            session,
+            parse(email=address),
+            ORIGIN,
+            consent_text=CONSENT,
+            cooldown=timedelta(hours=1),
+            now=now,
+        )[1]
+
+
 def test_five_spellings_of_one_mailbox_get_one_confirmation(database_url, clock):
     """The probe's finding: each spelling got a confirmation email of its own."""
     from service.db import Database
@@ -227,20 +240,7 @@ def test_five_spellings_of_one_mailbox_get_one_confirmation(database_url, clock)
         "BOMB@googlemail.com",
         "\uff42\uff4f\uff4d\uff42@gmail.com",
     ]
-    cooldown = timedelta(hours=1)
-    results = []
-    for address in spellings:
-        with database.begin() as session:
-            results.append(
-                subscriptions.subscribe(
-                    session,
-                    parse(email=address),
-                    ORIGIN,
-                    consent_text=CONSENT,
-                    cooldown=cooldown,
-                    now=clock.advance(minutes=1),
-                )[1]
-            )
+    results = [signup_in(database, a, now=clock.advance(minutes=1)) for a in spellings]
     assert results == [SignupResult.CREATED] + [SignupResult.SUPPRESSED] * 4
     with database.read() as session:
         kept = set(session.scalars(sa.select(Subscriber.email)))
@@ -248,22 +248,23 @@ def test_five_spellings_of_one_mailbox_get_one_confirmation(database_url, clock)
     assert kept == {parse(email=address).email for address in spellings}  # as typed
     assert emails == ["bomb@gmail.com"]
     # After the cooldown one of them may ask again; an unrelated address never waited.
-    with database.begin() as session:
-        _, later = subscriptions.subscribe(
-            session,
-            parse(email="b.o.m.b@gmail.com"),
-            ORIGIN,
-            consent_text=CONSENT,
-            cooldown=cooldown,
-            now=clock.advance(hours=1),
-        )
-        _, other = subscriptions.subscribe(
-            session,
-            parse(email="bo.mb@example.com"),
-            ORIGIN,
-            consent_text=CONSENT,
-            cooldown=cooldown,
-            now=clock(),
-        )
+    later = signup_in(database, "b.o.m.b@gmail.com", now=clock.advance(hours=1))
+    other = signup_in(database, "bo.mb@example.com", now=clock())
     assert (later, other) == (SignupResult.CONFIRMATION_SENT, SignupResult.CREATED)
+    database.dispose()
+
+
+def test_asking_again_and_again_for_a_variant_never_blocks_the_plain_address(database_url, clock):
+    """Someone who signs up `alice+x@` every hour must not keep `alice@` from signing up."""
+    from service.db import Database
+
+    database = Database.connect(database_url)
+
+    def signup(address: str) -> SignupResult:
+        return signup_in(database, address, now=clock.advance(minutes=1))
+
+    assert signup("alice+x@corp.example") is SignupResult.CREATED
+    assert signup("alice+y@corp.example") is SignupResult.SUPPRESSED
+    assert signup("alice@corp.example") is SignupResult.CREATED
+    assert signup("alice@corp.example") is SignupResult.SUPPRESSED  # its own cooldown
     database.dispose()

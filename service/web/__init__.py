@@ -25,8 +25,8 @@ from ..tokens import InvalidToken, Purpose
 
 logger = logging.getLogger(__name__)
 
-# The largest id a table holds (a signed 64-bit integer on PostgreSQL and SQLite).
-MAX_ID = 2**63 - 1
+# The largest id a table holds: ids are INTEGER, 32 bits on PostgreSQL (64 on SQLite).
+MAX_ID = 2**31 - 1
 
 # Endpoints that share one per-address signup budget (SIGNUP_RATE_LIMIT).
 SIGNUP_ENDPOINTS = ("public.subscribe", "public.resend", "api.create_subscriber")
@@ -148,6 +148,18 @@ def _register_error_handlers(app: Flask) -> None:
     def untrusted_host(_error):
         """A Host other than BASE_URL's: no page (its links would be built for that host)."""
         base = services().settings.BASE_URL
+        host = request.environ.get("HTTP_HOST", "")[:100]
+        # Said once per host (and at most for 100): a scanner's requests are not news, but
+        # a reverse proxy that does not pass the Host on is the operator's to fix.
+        told = current_app.extensions.setdefault("refused_hosts", set())
+        if host not in told and len(told) < 100:
+            told.add(host)
+            logger.warning(
+                "refused requests for host %r: only BASE_URL's host is served (%s); behind "
+                "a reverse proxy, pass the Host header on (nginx: proxy_set_header Host $host)",
+                host,
+                base,
+            )
         return f"This service answers at {base} only.\n", 400, {"Content-Type": "text/plain"}
 
     @app.errorhandler(HTTPException)

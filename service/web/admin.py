@@ -51,7 +51,7 @@ from ..models import (
     SubscriberStatus,
 )
 from ..services import worker_name
-from . import CONTENT_SECURITY_POLICY, now, services, services_of
+from . import CONTENT_SECURITY_POLICY, MAX_ID, now, services, services_of
 from .attempts import AttemptBudget
 from .devices import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_LIFETIME, DeviceCookies
 
@@ -169,10 +169,14 @@ def login():
     session.clear()  # nothing from before the sign-in carries over
     session.permanent = True
     session["admin_session"] = token
-    response = redirect(_safe_next(request.args.get("next")), 303)
+    return _known_from_now(redirect(_safe_next(request.args.get("next")), 303), signed_in.email)
+
+
+def _known_from_now(response: Response, email: str) -> Response:
+    """The response, setting this browser's device cookie for the account."""
     response.set_cookie(
         DEVICE_COOKIE,
-        _device_cookies().make(admins.account_key(signed_in.email), now=now()),
+        _device_cookies().make(admins.account_key(email), now=now()),
         max_age=int(DEVICE_LIFETIME.total_seconds()),
         path=DEVICE_COOKIE_PATH,
         secure=current_app.config["SESSION_COOKIE_SECURE"],
@@ -192,13 +196,17 @@ def _password_attempts() -> AttemptBudget:
 
 def _known_device() -> str | None:
     """The nonce of this browser's device cookie, if it holds one for the account that the
-    sign-in form names (see service.web.devices)."""
+    sign-in form names, made since the account's sessions were last all ended (see
+    service.web.devices)."""
     if "known_device" not in g:
-        g.known_device = _device_cookies().device(
-            request.cookies.get(DEVICE_COOKIE),
-            admins.account_key(request.form.get("email", "")),
-            now=now(),
-        )
+        account = admins.account_key(request.form.get("email", ""))
+        device = _device_cookies().device(request.cookies.get(DEVICE_COOKIE), account, now=now())
+        if device is not None:
+            with services().database.read() as db:
+                reset = admins.sessions_reset_at(db, account)
+            if reset is not None and device.issued_at < reset.replace(microsecond=0):
+                device = None
+        g.known_device = device.nonce if device is not None else None
     return g.known_device
 
 
@@ -216,7 +224,7 @@ def logout():
 def sign_out_everywhere():
     """End every session of this account, this one included."""
     with services().database.begin() as db:
-        admins.end_all_sessions(db, g.admin.id)
+        admins.end_all_sessions(db, g.admin.id, now=now())
     session.clear()
     flash("Signed out everywhere. Sign in again to continue.")
     return redirect(url_for("admin.login"), 303)
@@ -252,9 +260,10 @@ def account():
         else:
             attempt.refund()
             flash("Password changed. Every other session has been signed out.")
-            return redirect(url_for("admin.account"), 303)
+            # Other browsers' device cookies end with their sessions; this one stays known.
+            return _known_from_now(redirect(url_for("admin.account"), 303), g.admin.email)
     with services().database.read() as db:
-        open_sessions = admins.sessions_of(db, g.admin.id)
+        open_sessions = admins.sessions_of(db, g.admin.id, idle=_idle_limit(), now=now())
     return render_template(
         "admin/account.html", error=error, open_sessions=open_sessions
     ), 422 if error else 200
@@ -328,7 +337,7 @@ def subscribers():
     """Search and filter the list, newest first, a page at a time."""
     wanted = _filter()
     before = request.args.get("before", type=int)
-    if before is not None and not 0 < before < 2**63:
+    if before is not None and not 0 < before <= MAX_ID:
         abort(400, description="That page does not exist.")
     with services().database.read() as db:
         page = audience.find(db, wanted, before=before)
@@ -501,8 +510,8 @@ def import_upload():
     try:
         with services().database.begin() as db:
             previous = session.get("import_id")
-            if isinstance(previous, int):
-                imports.cancel(db, previous, now=now())  # one import waiting per browser
+            if isinstance(previous, int):  # one preview waiting per browser
+                imports.cancel(db, previous, now=now(), previews_only=True)
             job = imports.store_upload(
                 db,
                 upload.stream,
@@ -539,6 +548,8 @@ def import_apply():
     """Import the file previewed: a small one here and now, a large one by the scheduler.
     Each batch of rows is imported whole or not at all, and none twice."""
     import_id = request.form.get("import_id", type=int) or session.get("import_id")
+    if not isinstance(import_id, int) or not 0 < import_id <= MAX_ID:
+        import_id = None
     try:
         mode = importer.Mode(request.form.get("mode", ""))
     except ValueError:
@@ -546,7 +557,7 @@ def import_apply():
     worker = worker_name()
     try:
         with services().database.begin() as db:
-            job = db.get(Import, import_id) if isinstance(import_id, int) else None
+            job = db.get(Import, import_id) if import_id is not None else None
             if job is None or job.status is not ImportStatus.CHECKED:
                 job = None
             elif mode is None:

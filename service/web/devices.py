@@ -7,14 +7,16 @@ the owner's address could use up the account's budget and lock the owner out. A
 successful sign-in therefore leaves a signed cookie naming the account and a random nonce.
 A sign-in attempt from a browser holding a valid one for the account it names is counted
 against that device alone; attempts without one are counted as before. The cookie grants
-nothing else: the password is still needed every time.
+nothing else: the password is still needed every time. Ending every session of the
+account (a new password, "sign out everywhere") voids the device cookies made before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from itsdangerous import BadSignature, Signer
 
@@ -26,6 +28,14 @@ DEVICE_LIFETIME = timedelta(days=365)
 def _account_digest(account: str) -> str:
     # The cookie names the account by a digest: the browser need not carry the address.
     return hashlib.sha256(account.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Device:
+    """A browser known to have signed in to the account."""
+
+    nonce: str
+    issued_at: datetime
 
 
 class DeviceCookies:
@@ -41,8 +51,8 @@ class DeviceCookies:
         payload = f"{_account_digest(account)}.{secrets.token_hex(16)}.{int(now.timestamp())}"
         return self._signer.sign(payload).decode("ascii")
 
-    def device(self, value: str | None, account: str, *, now: datetime) -> str | None:
-        """The device's nonce if `value` is a valid, unexpired cookie for `account`."""
+    def device(self, value: str | None, account: str, *, now: datetime) -> Device | None:
+        """The device if `value` is a valid, unexpired cookie for `account`."""
         if not value or len(value) > 200:
             return None
         try:
@@ -55,6 +65,7 @@ class DeviceCookies:
         digest, nonce, stamp = parts
         if digest != _account_digest(account) or not stamp.isdecimal():
             return None
-        if now.timestamp() - int(stamp) > DEVICE_LIFETIME.total_seconds():
+        issued_at = datetime.fromtimestamp(int(stamp), UTC)
+        if now - issued_at > DEVICE_LIFETIME:
             return None
-        return nonce
+        return Device(nonce, issued_at)

@@ -16,6 +16,7 @@ itself (these counters are an edge of the service), so this storage does too.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from typing import Any
@@ -68,12 +69,28 @@ _HIT = text(
     RETURNING count, expires_at
     """
 )
+_REFUND = text(
+    """
+    UPDATE rate_limits
+    SET count = CASE WHEN count > :amount THEN count - :amount ELSE 0 END
+    WHERE key = :key AND expires_at > :now
+    RETURNING count, expires_at
+    """
+)
 _LIVE = select(rate_limits.c.count, rate_limits.c.expires_at).where(
     rate_limits.c.key == bindparam("key"), rate_limits.c.expires_at > bindparam("now")
 )
 _SWEEP = delete(rate_limits).where(rate_limits.c.expires_at <= bindparam("now"))
 _CLEAR = delete(rate_limits).where(rate_limits.c.key == bindparam("key"))
 _RESET = delete(rate_limits)
+
+
+def _stored_key(key: str) -> str:
+    """The key as a row holds it: as it is when short and printable ASCII, else a digest
+    (a key may carry what a client typed: a NUL, a surrogate, a megabyte)."""
+    if len(key) <= 200 and key.isascii() and key.isprintable():
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def create_sqlite_table(database: Database) -> None:
@@ -121,6 +138,7 @@ class DatabaseStorage(Storage):
             name: PreparedStatement(statement, dialect)
             for name, statement in (
                 ("hit", _HIT),
+                ("refund", _REFUND),
                 ("live", _LIVE),
                 ("sweep", _SWEEP),
                 ("clear", _CLEAR),
@@ -150,7 +168,7 @@ class DatabaseStorage(Storage):
 
     @staticmethod
     def _result(name: str, statement: PreparedStatement, connection: Any, values: Any) -> Any:
-        if name in ("hit", "live"):
+        if name in ("hit", "refund", "live"):
             # An integer and a float: the driver's values need no processing.
             rows = statement.rows(connection, values)
             return tuple(rows[0]) if rows else None
@@ -158,7 +176,11 @@ class DatabaseStorage(Storage):
 
     def incr(self, key: str, expiry: int | float, amount: int = 1) -> int:
         now = time.time()
-        key = key[:255]
+        key = _stored_key(key)
+        if amount < 0:  # a refund: only of a live window, and never below nothing
+            self._recent.hit = None
+            found = self._run("refund", {"key": key, "amount": -amount, "now": now}, write=True)
+            return found[0] if found else 0
         count, expires_at = self._run(
             "hit", {"key": key, "amount": amount, "now": now, "expiry": expiry}, write=True
         )
@@ -169,7 +191,7 @@ class DatabaseStorage(Storage):
         return count
 
     def _live(self, key: str) -> tuple[int, float] | None:
-        key = key[:255]
+        key = _stored_key(key)
         now = time.time()
         recent = getattr(self._recent, "hit", None)
         if recent is not None and recent[0] == key and now - recent[3] < RECENT_SECONDS:
@@ -197,4 +219,4 @@ class DatabaseStorage(Storage):
 
     def clear(self, key: str) -> None:
         self._recent.hit = None
-        self._run("clear", {"key": key[:255]}, write=True)
+        self._run("clear", {"key": _stored_key(key)}, write=True)

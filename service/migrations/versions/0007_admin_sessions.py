@@ -7,6 +7,8 @@ Create Date: 2026-11-29
 A signed cookie used to carry the account id and a per-account epoch, so signing out of one
 browser could not end a copy of its cookie. Each session is now a row: signing out deletes
 it. Sessions signed in before this migration end (their cookies name no row).
+`sessions_reset_at` notes when every session was last ended, which also voids the device
+cookies made before it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def upgrade() -> None:
     # First, while no table refers to admin_users: SQLite rebuilds the table to drop a column.
     with op.batch_alter_table('admin_users') as batch_op:
         batch_op.drop_column('session_epoch')
+        batch_op.add_column(sa.Column('sessions_reset_at', sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         'admin_sessions',
         sa.Column('id', sa.Integer(), nullable=False),
@@ -47,6 +50,7 @@ def downgrade() -> None:
     op.drop_index('ix_admin_sessions_admin_id', table_name='admin_sessions')
     op.drop_table('admin_sessions')
     with op.batch_alter_table('admin_users') as batch_op:
+        batch_op.drop_column('sessions_reset_at')
         batch_op.add_column(
             sa.Column('session_epoch', sa.Integer(), nullable=False, server_default='0')
         )
