@@ -161,7 +161,7 @@ def claim(session: Session, worker: str, *, now: datetime) -> int | None:
         .order_by(Import.id)
         .limit(1)
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if _on_postgresql(session):
         candidates = candidates.with_for_update(skip_locked=True)
     import_id = session.scalar(candidates)
     if import_id is None:
@@ -285,7 +285,7 @@ class ImportRunner:
                 job.bytes_read = job.size_bytes
                 job.status = ImportStatus.CHECKED
                 job.claimed_by = job.lease_until = None
-            if session.get_bind().dialect.name == "postgresql":
+            if _on_postgresql(session):
                 # The table grew from nothing: planned with fresh figures, importing reads
                 # it along its (import, line) index rather than sorting it each batch.
                 session.execute(text("ANALYZE import_rows"))
@@ -328,10 +328,25 @@ class ImportRunner:
                     sequence=job.sequence or "",
                     now=now,
                 )
+                before = job.applied.get("created", 0)
                 job.applied = {
                     name: job.applied.get(name, 0) + value for name, value in vars(done).items()
                 }
                 job.applied_line = staged[-1].line
+                if _doubled(before, job.applied["created"]) and _on_postgresql(session):
+                    # The list grows as fast as the import goes: without fresh figures,
+                    # PostgreSQL keeps reading the whole table for each batch's lookup.
+                    session.execute(text("ANALYZE subscribers"))
+
+
+def _doubled(before: int, after: int) -> bool:
+    """Whether a count just passed a power of two times a batch (about ten times in a
+    million rows)."""
+    return after >= BATCH_ROWS and before.bit_length() != after.bit_length()
+
+
+def _on_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def _row(staged: ImportRow) -> Row:
@@ -415,9 +430,7 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
     keyed = [row for row in rows if row.outcome in STAGED]
     if keyed:
         insert = (
-            postgresql.insert(ImportRow)
-            if session.get_bind().dialect.name == "postgresql"
-            else sqlite.insert(ImportRow)
+            postgresql.insert(ImportRow) if _on_postgresql(session) else sqlite.insert(ImportRow)
         )
         staged = set(
             session.scalars(
