@@ -107,10 +107,10 @@ class SubscriberFilter:
         return cls(
             query=_searchable(args.get("q") or "")[:MAX_QUERY_LENGTH],
             status=status,
-            source=(args.get("source") or "").strip()[:100],
+            source=_searchable(args.get("source") or "")[:100],
             signed_up_from=day("from"),
             signed_up_to=day("to"),
-            step=(args.get("step") or "").strip()[:64],
+            step=_searchable(args.get("step") or "")[:64],
             sequence=sequence,
         )
 

@@ -127,7 +127,7 @@ def content_of(subject: str, body: str) -> Content:
 
 
 def _checked(subject: str, body: str, sequence_choice: str) -> tuple[str, str]:
-    subject = " ".join(subject.split())
+    subject = " ".join(_CONTROL.sub("", subject).split())
     if not subject:
         raise BroadcastError("Give the newsletter a subject.")
     if len(subject) > MAX_SUBJECT_LENGTH:
@@ -163,7 +163,7 @@ def save_draft(
             raise BroadcastError("This newsletter is no longer a draft; it cannot change.")
     broadcast.subject = subject
     broadcast.body = body
-    broadcast.audience_source = audience_source.strip()[:100]
+    broadcast.audience_source = _CONTROL.sub("", audience_source).strip()[:100]
     broadcast.audience_sequence = audience_sequence
     broadcast.updated_at = now
     session.flush()

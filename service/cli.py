@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -357,7 +360,8 @@ def subscribers_import(
     file: Path, consent: str, mode: str | None, join_sequence: bool, dry_run: bool
 ) -> None:
     """Import subscribers from a CSV file of any size (up to 50 MB), in flat memory: checked
-    first, then imported a batch at a time (each batch whole or not at all, none twice)."""
+    first, then imported a batch at a time (each batch whole or not at all, none twice).
+    Nothing goes on without the command: Ctrl-C, SIGTERM or a closed terminal cancels it."""
     services = _services()
     worker = f"cli:{worker_name()}"
     runner = imports.ImportRunner(
@@ -366,19 +370,61 @@ def subscribers_import(
         default_time_zone=services.settings.DEFAULT_TIME_ZONE,
         clock=services.clock,
     )
-    try:
-        with file.open("rb") as stream, services.database.begin() as session:
-            import_id = imports.store_upload(
-                session,
-                stream,
-                filename=file.name,
-                created_by="cli",
-                claimed_by=worker,
-                now=services.clock(),
-            ).id
-    except importer.ImportProblem as exc:
-        raise click.ClickException(f"nothing imported: {exc}") from None
-    _run_or_cancel(runner, import_id)
+    with _signals_as_interrupts():
+        try:
+            with file.open("rb") as stream, services.database.begin() as session:
+                import_id = imports.store_upload(
+                    session,
+                    stream,
+                    filename=file.name,
+                    created_by="cli",
+                    claimed_by=worker,
+                    now=services.clock(),
+                ).id
+        except importer.ImportProblem as exc:
+            raise click.ClickException(f"nothing imported: {exc}") from None
+        try:
+            done = _check_then_import(
+                runner,
+                import_id,
+                mode=importer.Mode(mode) if mode else None,
+                consent=consent,
+                join_sequence=join_sequence,
+                dry_run=dry_run,
+            )
+        except KeyboardInterrupt:
+            with services.database.begin() as session:
+                imports.cancel(session, import_id, now=services.clock())
+                added = session.get(Import, import_id).applied.get("created", 0)
+            raise click.ClickException(
+                f"stopped: the import is cancelled; {added} new subscribers were added before"
+            ) from None
+        finally:
+            with services.database.begin() as session:  # nothing goes on without the command
+                if session.get(Import, import_id).status is ImportStatus.CHECKED:
+                    imports.cancel(session, import_id, now=services.clock())
+            imports.sweep(services.database, now=services.clock())
+    if done is not None:
+        click.echo(
+            f"imported {done.get('created', 0)} new ({done.get('confirmations_queued', 0)} "
+            f"asked to confirm, {done.get('enrolled', 0)} started the sequence), "
+            f"{done.get('updated', 0)} updated"
+        )
+
+
+def _check_then_import(
+    runner: imports.ImportRunner,
+    import_id: int,
+    *,
+    mode: importer.Mode | None,
+    consent: str,
+    join_sequence: bool,
+    dry_run: bool,
+) -> dict[str, int] | None:
+    """Check the stored file and print the preview; then, unless it is a dry run, import
+    it. What was done, or None for a dry run."""
+    services = _services()
+    runner.run(import_id)
     with services.database.read() as session:
         job = session.get(Import, import_id)
         session.expunge(job)
@@ -389,55 +435,48 @@ def subscribers_import(
         click.echo(
             f"line {issue['line']}: {issue['outcome']}: {issue['email']} {issue['reason']}".rstrip()
         )
+    if dry_run:
+        return None
+    if mode is None:
+        raise click.UsageError("--mode confirmed or --mode confirm is required")
     try:
-        if dry_run:
-            return
-        if mode is None:
-            raise click.UsageError("--mode confirmed or --mode confirm is required")
         with services.database.begin() as session:
             imports.start_import(
                 session,
                 import_id,
-                mode=importer.Mode(mode),
+                mode=mode,
                 consent_text=consent,
                 join_sequence=join_sequence,
                 sequence=services.sequence.name,
-                claimed_by=worker,
+                claimed_by=runner.worker,
                 now=services.clock(),
             )
     except importer.ImportProblem as exc:
         raise click.ClickException(f"nothing imported: {exc}") from None
-    finally:
-        with services.database.begin() as session:  # nothing goes on without the command
-            if session.get(Import, import_id).status is ImportStatus.CHECKED:
-                imports.cancel(session, import_id, now=services.clock())
-        imports.sweep(services.database, now=services.clock())
-    _run_or_cancel(runner, import_id)
+    runner.run(import_id)
     with services.database.read() as session:
         job = session.get(Import, import_id)
-        done = job.applied
+        session.expunge(job)
     if job.status is ImportStatus.FAILED:
         raise click.ClickException(job.error or "the import failed")
-    click.echo(
-        f"imported {done.get('created', 0)} new ({done.get('confirmations_queued', 0)} asked to "
-        f"confirm, {done.get('enrolled', 0)} started the sequence), {done.get('updated', 0)} updated"
-    )
+    return job.applied
 
 
-def _run_or_cancel(runner: imports.ImportRunner, import_id: int) -> None:
-    """Run the job here; Ctrl-C cancels it (a batch under way is finished or undone whole),
-    so nothing goes on without the command."""
+@contextlib.contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal) stop the command as Ctrl-C does."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {
+        signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)
+    }
     try:
-        runner.run(import_id)
-    except KeyboardInterrupt:
-        services = _services()
-        with services.database.begin() as session:
-            imports.cancel(session, import_id, now=services.clock())
-            added = session.get(Import, import_id).applied.get("created", 0)
-        imports.sweep(services.database, now=services.clock())
-        raise click.ClickException(
-            f"stopped: the import is cancelled; {added} new subscribers were added before it"
-        ) from None
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def init_app(app: Flask) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from itertools import islice
@@ -27,6 +28,7 @@ from typing import BinaryIO
 
 from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import importer, subscriptions
@@ -43,6 +45,10 @@ BATCH_ROWS = 2000
 INLINE_BYTES = 256 * 1024
 LEASE = timedelta(minutes=5)
 ABANDONED_AFTER = timedelta(days=1)
+# Interruptions in a row (the database went away, a lock timed out) an import survives
+# before it fails for good.
+MAX_INTERRUPTIONS = 5
+INTERRUPTION_PAUSE = timedelta(minutes=1)
 DELETE_BATCH = 20_000
 WORKING = (ImportStatus.CHECKING, ImportStatus.IMPORTING)
 ENDED = (ImportStatus.DONE, ImportStatus.FAILED, ImportStatus.CANCELLED)
@@ -75,6 +81,7 @@ def store_upload(
         join_sequence=False,
         applied_line=0,
         applied={},
+        interruptions=0,
         claimed_by=claimed_by,
         lease_until=now + LEASE if claimed_by else None,
     )
@@ -107,7 +114,7 @@ def start_import(
 ) -> Import | None:
     """The owner's go-ahead for a checked import; None if it is not waiting for one (done,
     cancelled, or gone). ImportProblem without a consent statement."""
-    consent_text = " ".join(consent_text.split())
+    consent_text = " ".join("".join(ch for ch in consent_text if ch.isprintable()).split())
     if not consent_text:
         raise ImportProblem("Say where these people gave their consent; it is kept as proof.")
     job = _locked(session, import_id)
@@ -214,27 +221,47 @@ class ImportRunner:
                 self._check(import_id)
             elif status is ImportStatus.IMPORTING:
                 self._import(import_id)
+        except (OperationalError, InterfaceError) as exc:
+            # The database went away, a lock waited too long: worth another go, from the
+            # checkpoint, a few times over.
+            logger.warning("import %d interrupted (%s); handed back", import_id, exc)
+            self._interrupted(import_id, exc)
         except Exception as exc:
-            # A bug, or a row the database refused: the import stops and says so, rather
-            # than starting over at every lease for ever.
+            # A bug, or a row the database refused: going on would fail the same way.
             logger.exception("import %d stopped by an unexpected error", import_id)
-            with self.database.begin() as session:
-                job = _hold(session, import_id, self.worker, now=self.clock())
-                if job is not None:
-                    _end(
-                        job,
-                        ImportStatus.FAILED,
-                        now=self.clock(),
-                        error=f"It stopped on an unexpected error ({type(exc).__name__}) after "
-                        f"{job.applied.get('created', 0)} new subscribers were added. Import "
-                        "the file again to add the rest: those already added are skipped.",
-                    )
+            self._fail(import_id, exc)
         with self.database.read() as session:
             job = session.get(Import, import_id)
             status = job.status if job else None
         if status in ENDED:
             _delete_staged(self.database, import_id, with_the_file=True)
         return status
+
+    def _fail(self, import_id: int, exc: BaseException) -> None:
+        with self.database.begin() as session:
+            job = _hold(session, import_id, self.worker, now=self.clock())
+            if job is not None:
+                _end(
+                    job,
+                    ImportStatus.FAILED,
+                    now=self.clock(),
+                    error=f"It stopped on an unexpected error ({type(exc).__name__}) after "
+                    f"{job.applied.get('created', 0)} new subscribers were added. Import "
+                    "the file again to add the rest: those already added are skipped.",
+                )
+
+    def _interrupted(self, import_id: int, exc: BaseException) -> None:
+        with self.database.begin() as session:
+            job = _hold(session, import_id, self.worker, now=self.clock())
+            if job is None:
+                return
+            job.interruptions += 1
+            if job.interruptions < MAX_INTERRUPTIONS:
+                # Free for anyone, after a pause for whatever went away to come back.
+                job.claimed_by = None
+                job.lease_until = self.clock() + INTERRUPTION_PAUSE
+                return
+        self._fail(import_id, exc)
 
     def _hand_back(self, import_id: int) -> None:
         """Asked to stop: let the next claimant take the job at once (a check starts over;
@@ -284,11 +311,22 @@ class ImportRunner:
                 job.columns = columns
                 job.bytes_read = job.size_bytes
                 job.status = ImportStatus.CHECKED
+                job.interruptions = 0
                 job.claimed_by = job.lease_until = None
-            if _on_postgresql(session):
-                # The table grew from nothing: planned with fresh figures, importing reads
-                # it along its (import, line) index rather than sorting it each batch.
-                session.execute(text("ANALYZE import_rows"))
+        # The table grew from nothing: planned with fresh figures, importing reads it along
+        # its (import, line) index rather than sorting it each batch.
+        self._analyze("import_rows")
+
+    def _analyze(self, table: str) -> None:
+        """Fresh planner statistics for `table` on PostgreSQL, in a transaction of its own;
+        a failure (a statement timeout, say) costs speed, not the import."""
+        if self.database.dialect != "postgresql":
+            return
+        try:
+            with self.database.begin() as session:
+                session.execute(text(f"ANALYZE {table}"))
+        except SQLAlchemyError as exc:
+            logger.warning("ANALYZE %s failed (%s); the import goes on", table, exc)
 
     # --- importing --------------------------------------------------------------------
 
@@ -333,10 +371,12 @@ class ImportRunner:
                     name: job.applied.get(name, 0) + value for name, value in vars(done).items()
                 }
                 job.applied_line = staged[-1].line
-                if _doubled(before, job.applied["created"]) and _on_postgresql(session):
-                    # The list grows as fast as the import goes: without fresh figures,
-                    # PostgreSQL keeps reading the whole table for each batch's lookup.
-                    session.execute(text("ANALYZE subscribers"))
+                job.interruptions = 0  # counted in a row
+                grown = _doubled(before, job.applied["created"])
+            if grown:
+                # The list grows as fast as the import goes: without fresh figures,
+                # PostgreSQL keeps reading the whole table for each batch's lookup.
+                self._analyze("subscribers")
 
 
 def _doubled(before: int, after: int) -> bool:
@@ -545,8 +585,9 @@ def remove_legacy_previews(instance_dir: Path) -> int:
     removed = 0
     if folder.is_dir():
         for path in folder.glob("*.csv"):
-            path.unlink(missing_ok=True)
-            removed += 1
+            if re.fullmatch(r"[0-9a-f]{32}\.csv", path.name):  # the old previews' names only
+                path.unlink(missing_ok=True)
+                removed += 1
         with contextlib.suppress(OSError):
             folder.rmdir()
     if removed:

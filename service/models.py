@@ -409,6 +409,7 @@ class Import(Base):
     applied_line: Mapped[int] = mapped_column(Integer, default=0)  # rows up to it are done
     applied: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    interruptions: Mapped[int] = mapped_column(Integer, default=0)
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

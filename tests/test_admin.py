@@ -18,6 +18,7 @@ from werkzeug.routing import IntegerConverter
 from service import admins, audience, subscriptions
 from service.models import (
     Base,
+    Broadcast,
     ConsentRecord,
     Enrollment,
     EnrollmentStatus,
@@ -406,6 +407,34 @@ def test_ending_every_session_also_ends_the_other_browsers_device_cookies(make_a
     assert sign_in(desk).status_code == 303
     # The lost laptop's device cookie went with its session: it is a stranger now.
     assert sign_in(lost_laptop).status_code == 429
+
+
+def test_a_device_cookie_from_just_before_the_end_of_every_session_is_void(make_app, clock):
+    """In the same second, but before: whole seconds would have let it through."""
+    app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
+    create_admin(app)
+    clock.now = clock.now.replace(microsecond=100_000)
+    lost_laptop, desk = app.test_client(), app.test_client()
+    sign_in(lost_laptop)
+    clock.advance(seconds=0.5)
+    sign_in(desk)
+    post(desk, "/admin/sign-out-everywhere")
+    assert [attempt_from(app, f"198.51.100.{n}") for n in range(1, 5)] == [401, 401, 401, 429]
+    assert sign_in(lost_laptop).status_code == 429
+
+
+def test_a_nul_in_an_admin_field_is_dropped_or_refused_never_a_500(app, admin_client):
+    """PostgreSQL neither stores nor compares a NUL: filters drop control characters, as
+    the search does; text that is kept (a subject, a consent statement) loses them."""
+    response = post(admin_client, "/admin/newsletters/new", subject="Hi\x00 there", body="x")
+    assert response.status_code == 303
+    with services_of(app).database.read() as session:
+        (subject,) = session.scalars(sa.select(Broadcast.subject)).all()
+    assert subject == "Hi there"
+    for query in ("source=a%00b", "step=x%00y", "q=a%00b"):
+        assert admin_client.get(f"/admin/subscribers?{query}").status_code == 200, query
+        assert admin_client.get(f"/admin/subscribers/export.csv?{query}").status_code == 200
+    assert admin_client.get("/admin/subscribers?status=a%00b").status_code == 400  # no status
 
 
 def test_the_browser_that_changes_the_password_stays_known(make_app, clock):

@@ -4,6 +4,7 @@ that a dead worker hands on, in flat memory; uploads nobody imports deleted afte
 from __future__ import annotations
 
 import io
+import os
 import threading
 from pathlib import Path
 
@@ -410,7 +411,85 @@ def test_a_new_upload_replaces_a_preview_but_not_an_import_under_way(app, owner,
 def test_previews_an_earlier_version_left_on_disk_are_removed(tmp_path):
     folder = tmp_path / "imports"
     folder.mkdir()
-    (folder / "0123abcd.csv").write_text("email\nann@example.com\n")
+    (folder / ("0123abcd" * 4 + ".csv")).write_text("email\nann@example.com\n")
     assert imports.remove_legacy_previews(tmp_path) == 1
     assert not folder.exists()
     assert imports.remove_legacy_previews(tmp_path) == 0
+    # A file of the operator's own, kept there, stays.
+    folder.mkdir()
+    (folder / "my-list.csv").write_text("email\n")
+    assert imports.remove_legacy_previews(tmp_path) == 0
+    assert (folder / "my-list.csv").exists()
+
+
+def test_an_interrupted_import_is_handed_back_and_fails_only_when_it_keeps_failing(
+    app, clock, small_batches, monkeypatch
+):
+    """The database going away (OperationalError) is worth another go from the checkpoint;
+    five in a row fail the import."""
+    import_id = upload(app, csv_of(20))
+    scheduler_pass(app)
+    go_ahead(app, import_id)
+    real = importer.apply_plan
+    broken = [True]
+
+    def database_gone(*args, **kwargs):
+        if broken[0]:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(importer, "apply_plan", database_gone)
+    scheduler_pass(app)
+    job = job_of(app, import_id)
+    assert job.status is ImportStatus.IMPORTING and job.claimed_by is None
+    assert job.interruptions == 1
+    assert scheduler_pass(app) == 0  # a pause first, for the database to come back
+    broken[0] = False
+    clock.advance(seconds=imports.INTERRUPTION_PAUSE.total_seconds() + 1)
+    scheduler_pass(app)
+    job = job_of(app, import_id)
+    assert job.status is ImportStatus.DONE and job.applied["created"] == 20
+
+    import_id = upload(app, csv_of(5, start=100))
+    scheduler_pass(app)
+    go_ahead(app, import_id)
+    broken[0] = True
+    for _ in range(imports.MAX_INTERRUPTIONS):
+        scheduler_pass(app)
+        clock.advance(seconds=imports.INTERRUPTION_PAUSE.total_seconds() + 1)
+    job = job_of(app, import_id)
+    assert job.status is ImportStatus.FAILED and "OperationalError" in job.error
+
+
+def test_stopping_the_cli_cancels_its_import(app, tmp_path, monkeypatch):
+    path = tmp_path / "list.csv"
+    path.write_bytes(csv_of(10))
+    real = imports.ImportRunner.run
+
+    def stopped_while_importing(self, import_id):
+        with services_of(app).database.read() as session:
+            if session.get(Import, import_id).status is ImportStatus.IMPORTING:
+                raise KeyboardInterrupt  # what SIGTERM, SIGHUP and Ctrl-C all become
+        return real(self, import_id)
+
+    monkeypatch.setattr(imports.ImportRunner, "run", stopped_while_importing)
+    result = app.test_cli_runner().invoke(
+        args=["subscribers", "import", str(path), "--mode", "confirmed", "--consent", CONSENT]
+    )
+    assert result.exit_code != 0 and "the import is cancelled" in result.output
+    with services_of(app).database.read() as session:
+        (status,) = session.scalars(sa.select(Import.status)).all()
+    assert status is ImportStatus.CANCELLED
+    assert scheduler_pass(app) == 0 and count(app, Subscriber) == 0
+
+
+def test_sigterm_and_sighup_stop_the_cli_as_ctrl_c_does():
+    import signal
+
+    from service.cli import _signals_as_interrupts
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    for signum in before:
+        with pytest.raises(KeyboardInterrupt), _signals_as_interrupts():
+            os.kill(os.getpid(), signum)  # handled before the next statement runs
+    assert {signum: signal.getsignal(signum) for signum in before} == before

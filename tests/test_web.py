@@ -518,6 +518,15 @@ def test_only_base_urls_host_is_served(make_app, environment):
     assert client.get("/", headers={"Host": "newsletter.test:443"}).status_code == 200
 
 
+def test_refused_hosts_are_logged_at_most_once_a_minute(client, caplog):
+    """A proxy that does not pass the Host on shows in the log; a scanner does not flood it."""
+    for _ in range(3):
+        assert client.get("/", headers={"Host": "127.0.0.1:8000"}).status_code == 400
+    said = [r.message for r in caplog.records if "for another host" in r.message]
+    assert len(said) == 1 and "'127.0.0.1:8000'" in said[0]
+    assert "proxy_set_header Host $host" in said[0]
+
+
 def test_unknown_page_is_a_friendly_404(client):
     response = client.get("/no-such-page")
     assert response.status_code == 404

@@ -7,6 +7,7 @@ render or redirect. Domain errors become responses in the handlers registered he
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,17 +150,20 @@ def _register_error_handlers(app: Flask) -> None:
         """A Host other than BASE_URL's: no page (its links would be built for that host)."""
         base = services().settings.BASE_URL
         host = request.environ.get("HTTP_HOST", "")[:100]
-        # Said once per host (and at most for 100): a scanner's requests are not news, but
-        # a reverse proxy that does not pass the Host on is the operator's to fix.
-        told = current_app.extensions.setdefault("refused_hosts", set())
-        if host not in told and len(told) < 100:
-            told.add(host)
+        # At most a line a minute: a scanner's requests are not news, but a reverse proxy
+        # that does not pass the Host on is the operator's to fix.
+        refused = current_app.extensions.setdefault("refused_hosts", {"said": -60.0, "since": 0})
+        refused["since"] += 1
+        if time.monotonic() - refused["said"] >= 60:
             logger.warning(
-                "refused requests for host %r: only BASE_URL's host is served (%s); behind "
-                "a reverse proxy, pass the Host header on (nginx: proxy_set_header Host $host)",
+                "refused %d request(s) for another host, the last for %r: only BASE_URL's "
+                "host is served (%s); behind a reverse proxy, pass the Host header on "
+                "(nginx: proxy_set_header Host $host)",
+                refused["since"],
                 host,
                 base,
             )
+            refused.update(said=time.monotonic(), since=0)
         return f"This service answers at {base} only.\n", 400, {"Content-Type": "text/plain"}
 
     @app.errorhandler(HTTPException)

@@ -190,6 +190,10 @@ def _device_cookies() -> DeviceCookies:
     return current_app.extensions["admin_devices"]
 
 
+def _to_milliseconds(when: datetime) -> datetime:
+    return when.replace(microsecond=when.microsecond // 1000 * 1000)
+
+
 def _password_attempts() -> AttemptBudget:
     return current_app.extensions["admin_password_attempts"]
 
@@ -204,7 +208,9 @@ def _known_device() -> str | None:
         if device is not None:
             with services().database.read() as db:
                 reset = admins.sessions_reset_at(db, account)
-            if reset is not None and device.issued_at < reset.replace(microsecond=0):
+            # Both to the millisecond: the browser that ended the sessions was given its new
+            # cookie at that very instant, and keeps it.
+            if reset is not None and device.issued_at < _to_milliseconds(reset):
                 device = None
         g.known_device = device.nonce if device is not None else None
     return g.known_device

@@ -27,7 +27,11 @@ class Attempt:
     def refund(self) -> None:
         storage = self.budget.limiter.storage
         for item, scope, key in self.places:
-            storage.incr(item.key_for(scope, key), item.get_expiry(), amount=-1)
+            counter = item.key_for(scope, key)
+            # Not below nothing: a window that ended meanwhile starts at 0, not -1 (the
+            # database storage checks this itself, in the same statement).
+            if storage.get(counter) > 0:
+                storage.incr(counter, item.get_expiry(), amount=-1)
 
 
 class AttemptBudget:

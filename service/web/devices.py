@@ -48,7 +48,10 @@ class DeviceCookies:
 
     def make(self, account: str, *, now: datetime) -> str:
         """A cookie value for a browser that just signed in to `account`."""
-        payload = f"{_account_digest(account)}.{secrets.token_hex(16)}.{int(now.timestamp())}"
+        # Milliseconds: a cookie made in the same second as, but before, the end of every
+        # session must not outlive it (admin.py compares the two).
+        stamp = int(now.timestamp() * 1000)
+        payload = f"{_account_digest(account)}.{secrets.token_hex(16)}.{stamp}"
         return self._signer.sign(payload).decode("ascii")
 
     def device(self, value: str | None, account: str, *, now: datetime) -> Device | None:
@@ -65,7 +68,7 @@ class DeviceCookies:
         digest, nonce, stamp = parts
         if digest != _account_digest(account) or not stamp.isdecimal():
             return None
-        issued_at = datetime.fromtimestamp(int(stamp), UTC)
+        issued_at = datetime.fromtimestamp(int(stamp) / 1000, UTC)
         if now - issued_at > DEVICE_LIFETIME:
             return None
         return Device(nonce, issued_at)

@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.Column('applied_line', sa.Integer(), nullable=False),
         sa.Column('applied', sa.JSON(), nullable=False),
         sa.Column('error', sa.Text(), nullable=True),
+        sa.Column('interruptions', sa.Integer(), nullable=False),
         sa.Column('claimed_by', sa.String(length=100), nullable=True),
         sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint('id', name='pk_imports'),
