@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .models import AdminSession, AdminUser
-from .subscriptions import email_key, normalize_email
+from .signup_input import email_key, normalize_email
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024

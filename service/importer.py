@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import outbox, sequences, subscriptions
+from . import erasure, journal, outbox, sequences, signup_input, subscriptions
 from .audience import FORMULA_STARTS
 from .db import insert_ignoring_conflicts
 from .models import Subscriber, SubscriberStatus
@@ -215,7 +215,7 @@ def read_rows(
 def _checked_rows(
     records: Iterator[tuple[int, list[str]]], columns: dict[str, int], default_time_zone: str
 ) -> Iterator[Row]:
-    known_zones = subscriptions.known_time_zones()
+    known_zones = signup_input.known_time_zones()
     for line, cells in records:
         if not any(cell.strip() for cell in cells):
             continue  # blank lines are not rows
@@ -227,14 +227,14 @@ def _checked_rows(
         row = Row(line=line, outcome=Outcome.NEW)
         try:
             row.email = cell("email", "")[:320]  # as typed, for the preview if it is invalid
-            row.email = subscriptions.normalize_email(row.email)
-            row.first_name = subscriptions.clean_name(cell("first_name", ""))
+            row.email = signup_input.normalize_email(row.email)
+            row.first_name = signup_input.clean_name(cell("first_name", ""))
             zone = cell("time_zone", "")
             if zone and zone not in known_zones:
                 raise ValueError(f"time zone {zone[:64]!r} is not one we know")
             row.time_zone = zone or default_time_zone
             source = cell("source", "") or IMPORT_SOURCE
-            if not subscriptions.SOURCE_PATTERN.fullmatch(source):
+            if not signup_input.SOURCE_PATTERN.fullmatch(source):
                 raise ValueError(f"source {source[:100]!r} may only hold letters, digits and ._:/-")
             row.source = source
             status = cell("status", "").lower()
@@ -265,7 +265,7 @@ def read_plan(session: Session, data: bytes, *, default_time_zone: str) -> Plan:
         plan.rows.append(row)
         if row.outcome is not Outcome.NEW:
             continue
-        key = subscriptions.email_key(row.email)
+        key = signup_input.email_key(row.email)
         if key in seen:
             row.outcome = Outcome.DUPLICATE
             row.reason = f"the same address as line {seen[key]}"
@@ -279,7 +279,7 @@ def compare_with_the_list(session: Session, rows: list[Row]) -> None:
     """New or known? Of `rows`, those still NEW become UPDATED (the file adds a first
     name), UNCHANGED, or SKIPPED (erased on their request), or stay NEW."""
     candidates = {
-        subscriptions.email_key(row.email): row for row in rows if row.outcome is Outcome.NEW
+        signup_input.email_key(row.email): row for row in rows if row.outcome is Outcome.NEW
     }
     keys = list(candidates)
     for start in range(0, len(keys), 500):
@@ -294,7 +294,7 @@ def compare_with_the_list(session: Session, rows: list[Row]) -> None:
             adds_name = row.first_name and not first_name
             row.outcome = Outcome.UPDATED if adds_name else Outcome.UNCHANGED
     new = [row for row in candidates.values() if row.outcome is Outcome.NEW]
-    erased = subscriptions.suppressed(session, [row.email for row in new])
+    erased = erasure.suppressed(session, [row.email for row in new])
     for row in new:
         if row.email in erased:
             row.outcome = Outcome.SKIPPED
@@ -324,7 +324,7 @@ def apply_plan(
     if not consent_text:
         raise ImportProblem("Say where these people gave their consent; it is kept as proof.")
     done = Applied()
-    origin = subscriptions.Origin(ip=None, user_agent=None)
+    origin = journal.Origin(ip=None, user_agent=None)
     for row in plan.rows:
         if row.outcome is Outcome.UPDATED and row.existing_id is not None:
             subscriber = session.get(Subscriber, row.existing_id)
@@ -342,8 +342,8 @@ def apply_plan(
         signed_up = row.signed_up or now
         values = {
             "email": row.email,
-            "email_key": subscriptions.email_key(row.email),
-            "mailbox_key": subscriptions.mailbox_key(row.email),
+            "email_key": signup_input.email_key(row.email),
+            "mailbox_key": signup_input.mailbox_key(row.email),
             "first_name": row.first_name,
             "status": status,
             "time_zone": row.time_zone,
@@ -363,7 +363,7 @@ def apply_plan(
         if subscriber_id is None:
             continue  # signed up meanwhile: the form's own record stands
         done.created += 1
-        subscriptions.record_consent(
+        journal.record_consent(
             session,
             subscriber_id,
             action="import",
@@ -372,7 +372,7 @@ def apply_plan(
             consent_text=consent_text,
             now=now,
         )
-        subscriptions.record_event(
+        journal.record_event(
             session, subscriber_id, "imported", now=now, detail={"status": status.value}
         )
         if status is SubscriberStatus.PENDING:

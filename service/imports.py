@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import importer, subscriptions
+from . import importer, signup_input
 from .db import Database, insert_row
 from .importer import ImportProblem, Outcome, Row
 from .models import Import, ImportChunk, ImportRow, ImportStatus, SubscriberStatus
@@ -440,7 +440,7 @@ def _staged_values(job: Import, row: Row, *, keyed: bool) -> dict:
         "line": row.line,
         "outcome": row.outcome.value,
         "email": row.email,
-        "email_key": subscriptions.email_key(row.email) if keyed else None,
+        "email_key": signup_input.email_key(row.email) if keyed else None,
         "first_name": row.first_name,
         "time_zone": row.time_zone,
         "source": row.source,
@@ -460,7 +460,7 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
     for row in rows:
         if row.outcome is not Outcome.NEW:
             continue
-        key = subscriptions.email_key(row.email)
+        key = signup_input.email_key(row.email)
         if key in first_seen:
             row.outcome = Outcome.DUPLICATE
             row.reason = f"the same address as line {first_seen[key]}"
@@ -487,7 +487,7 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
                     select(ImportRow.email_key, ImportRow.line).where(
                         ImportRow.import_id == job.id,
                         ImportRow.email_key.in_(
-                            {subscriptions.email_key(row.email) for row in earlier}
+                            {signup_input.email_key(row.email) for row in earlier}
                         ),
                     )
                 ).all()
@@ -495,7 +495,7 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
             for row in earlier:
                 row.outcome = Outcome.DUPLICATE
                 row.reason = (
-                    f"the same address as line {first_lines[subscriptions.email_key(row.email)]}"
+                    f"the same address as line {first_lines[signup_input.email_key(row.email)]}"
                 )
     unkeyed = [row for row in rows if row.outcome not in STAGED]
     if unkeyed:

@@ -78,7 +78,7 @@ class Subscriber(Base):
     email: Mapped[str] = mapped_column(String(320))
     # Case-folded form: one subscriber per address however it is capitalized.
     email_key: Mapped[str] = mapped_column(String(320), unique=True)
-    # The mailbox the address reaches (subscriptions.mailbox_key: no +tag, no dots where the
+    # The mailbox the address reaches (signup_input.mailbox_key: no +tag, no dots where the
     # provider ignores them): the resend cooldown counts per mailbox, so five spellings of
     # one inbox get one confirmation. Only rows made before it existed lack it.
     mailbox_key: Mapped[str | None] = mapped_column(String(320), index=True)

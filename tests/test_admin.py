@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.routing import IntegerConverter
 
-from service import admins, audience, subscriptions
+from service import admins, audience, erasure, journal, subscriptions
 from service.models import (
     Base,
     Broadcast,
@@ -609,7 +609,7 @@ def test_a_hostile_name_stays_inert_in_the_admin_pages(app, admin_client):
         subscriber = make_subscriber(
             session, "x@example.com", now=services.clock(), first_name=HOSTILE_NAME
         )
-        subscriptions.record_event(
+        journal.record_event(
             session, subscriber.id, "bounced", now=services.clock(), detail={"reason": HOSTILE_NAME}
         )
     for path in ("/admin/subscribers", f"/admin/subscribers/{subscriber.id}"):
@@ -627,7 +627,7 @@ def confirmed_reader(app, client, email: str = "reader@example.com", name: str =
         subscriptions.confirm(
             session,
             subscriber.id,
-            subscriptions.Origin(ip="203.0.113.9", user_agent="test"),
+            journal.Origin(ip="203.0.113.9", user_agent="test"),
             token_issued_at=services.clock(),
             consent_text="Yes, send me the guide.",
             sequence=services.sequence.name,
@@ -684,7 +684,7 @@ def test_erasing_removes_personal_data_from_every_table(app, client, admin_clien
                 assert "erase.me" not in text and "eraseme" not in text, table.name
                 assert "203.0.113.9" not in text, table.name
         assert session.scalar(sa.select(sa.func.count()).select_from(Suppression)) == 1
-        assert subscriptions.is_suppressed(session, "ERASE.ME@example.com")
+        assert erasure.is_suppressed(session, "ERASE.ME@example.com")
         # The counts survive without saying whose they were.
         kinds = session.scalars(sa.select(Event.kind)).all()
         assert {"signed_up", "confirmed", "erased"} <= set(kinds)
@@ -1016,7 +1016,7 @@ def test_the_search_index_follows_every_change_to_the_list(app):
     assert searched(app, "impa") == ["impa@example.org"]
     assert searched(app, "example.org") == ["impa@example.org"]
     with services.database.begin() as session:
-        subscriptions.erase(session, zelda.id, now=services.clock())
+        erasure.erase(session, zelda.id, now=services.clock())
     assert searched(app, "impa") == []
     assert searched(app, "example") == ["link@example.com"]
 

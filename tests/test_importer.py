@@ -8,7 +8,7 @@ import io
 import pytest
 import sqlalchemy as sa
 
-from service import audience, importer, sequences, subscriptions
+from service import audience, erasure, importer, sequences
 from service.models import (
     ConsentRecord,
     Enrollment,
@@ -56,7 +56,7 @@ def test_the_preview_says_what_happens_to_every_row(app):
         make_subscriber(session, "known@example.com", now=services.clock())
         make_subscriber(session, "named@example.com", now=services.clock(), first_name="Kim")
         erased = make_subscriber(session, "erased@example.com", now=services.clock())
-        subscriptions.erase(session, erased.id, now=services.clock())
+        erasure.erase(session, erased.id, now=services.clock())
     plan = plan_for(
         app,
         "Email Address,First Name,Time Zone\n"

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.__main__ import work_on_imports
-from service import importer, imports
+from service import erasure, importer, imports
 from service.models import (
     Import,
     ImportChunk,
@@ -253,7 +253,6 @@ def test_a_nul_in_the_file_is_refused_with_its_line(app, owner):
 def test_people_who_sign_up_or_are_erased_after_the_preview_are_left_as_they_are(
     app, small_batches
 ):
-    from service import subscriptions
     from tests.helpers import make_subscriber
 
     import_id = upload(app, csv_of(10))
@@ -264,7 +263,7 @@ def test_people_who_sign_up_or_are_erased_after_the_preview_are_left_as_they_are
             session, "r1@example.com", now=services.clock(), status=SubscriberStatus.CONFIRMED
         )
         gone = make_subscriber(session, "r2@example.com", now=services.clock())
-        subscriptions.erase(session, gone.id, now=services.clock())
+        erasure.erase(session, gone.id, now=services.clock())
     go_ahead(app, import_id)
     scheduler_pass(app)
     assert job_of(app, import_id).applied["created"] == 8
@@ -486,7 +485,7 @@ def test_stopping_the_cli_cancels_its_import(app, tmp_path, monkeypatch):
 def test_sigterm_and_sighup_stop_the_cli_as_ctrl_c_does():
     import signal
 
-    from service.cli import _signals_as_interrupts
+    from service.cli.subscribers import _signals_as_interrupts
 
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     for signum in before:

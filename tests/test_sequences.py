@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from scheduler.__main__ import tick
-from service import sequences, subscriptions
+from service import journal, sequences, signup_input, subscriptions
 from service.emails import SHIPPED_EMAILS
 from service.models import (
     Enrollment,
@@ -28,7 +28,7 @@ from tests.helpers import services_of
 BERLIN = ZoneInfo("Europe/Berlin")
 VANCOUVER = ZoneInfo("America/Vancouver")
 UTC_ZONE = ZoneInfo("UTC")
-ORIGIN = subscriptions.Origin(ip="192.0.2.1", user_agent="pytest")
+ORIGIN = journal.Origin(ip="192.0.2.1", user_agent="pytest")
 
 
 def step(delay: str, weekdays: frozenset[int] = sequences.EVERY_DAY) -> Step:
@@ -241,7 +241,7 @@ HOURLY_RETRIES = {"SEND_RETRY_BASE_SECONDS": 3600}
 
 def confirm_reader(app, email: str, *, zone: str = "UTC", first_name: str | None = None) -> int:
     services = services_of(app)
-    signup = subscriptions.Signup(email=email, first_name=first_name, time_zone=zone, source="test")
+    signup = signup_input.Signup(email=email, first_name=first_name, time_zone=zone, source="test")
     with services.database.begin() as session:
         subscriber_id, _ = subscriptions.subscribe(
             session, signup, ORIGIN, consent_text="yes", cooldown=timedelta(0), now=services.clock()

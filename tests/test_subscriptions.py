@@ -11,9 +11,11 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import subscriptions
+from service import signup_input, subscriptions
+from service.journal import Origin
 from service.models import SubscriberStatus
-from service.subscriptions import InvalidSignup, Origin, SignupResult, parse_signup
+from service.signup_input import InvalidSignup, parse_signup
+from service.subscriptions import SignupResult
 
 ORIGIN = Origin(ip="192.0.2.1", user_agent="pytest")
 CONSENT = "Send me the guide."
@@ -190,7 +192,7 @@ def test_lifecycle(database_url, clock):
 
 
 def test_addresses_that_only_casefold_alike_stay_distinct():
-    from service.subscriptions import email_key
+    from service.signup_input import email_key
 
     assert email_key(parse(email="Straße@Example.com").email) == "straße@example.com"
     assert email_key("straße@example.com") != email_key("strasse@example.com")
@@ -211,7 +213,7 @@ def test_addresses_that_only_casefold_alike_stay_distinct():
     ],
 )
 def test_the_mailbox_an_address_reaches(address, mailbox):
-    assert subscriptions.mailbox_key(address) == mailbox
+    assert signup_input.mailbox_key(address) == mailbox
 
 
 def signup_in(database, address: str, *, now) -> SignupResult:

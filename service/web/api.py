@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from .. import subscriptions
+from .. import signup_input
 from . import services
 from .public import HONEYPOT_FIELD, record_signup
 
@@ -28,10 +28,10 @@ def create_subscriber():
         return ACCEPTED, 202
     settings = services().settings
     try:
-        signup = subscriptions.parse_signup(
+        signup = signup_input.parse_signup(
             data, default_time_zone=settings.DEFAULT_TIME_ZONE, default_source="api"
         )
-    except subscriptions.InvalidSignup as exc:
+    except signup_input.InvalidSignup as exc:
         return {"error": "Some fields are not valid.", "errors": exc.errors}, 422
     record_signup(signup)
     return ACCEPTED, 202

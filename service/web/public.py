@@ -8,7 +8,7 @@ from datetime import timedelta
 from flask import Blueprint, abort, redirect, render_template, request, send_file, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import guide, health, subscriptions, tracking
+from .. import guide, health, journal, signup_input, subscriptions, tracking
 from ..tokens import ExpiredToken, Purpose, TokenData
 from . import MAX_ID, ExpiredLink, now, services
 
@@ -33,10 +33,8 @@ def read_token(purpose: Purpose, token: str) -> TokenData:
         raise ExpiredLink(purpose, token) from None
 
 
-def origin() -> subscriptions.Origin:
-    return subscriptions.Origin(
-        ip=request.remote_addr, user_agent=request.user_agent.string or None
-    )
+def origin() -> journal.Origin:
+    return journal.Origin(ip=request.remote_addr, user_agent=request.user_agent.string or None)
 
 
 def consent_text() -> str:
@@ -58,10 +56,10 @@ def subscribe():
         return redirect(url_for(".check_inbox"), 303)
     settings = services().settings
     try:
-        signup = subscriptions.parse_signup(
+        signup = signup_input.parse_signup(
             request.form, default_time_zone=settings.DEFAULT_TIME_ZONE, default_source="form"
         )
-    except subscriptions.InvalidSignup as exc:
+    except signup_input.InvalidSignup as exc:
         return render_template(
             "landing.html", errors=exc.errors, values=request.form, consent_text=consent_text()
         ), 422
@@ -69,7 +67,7 @@ def subscribe():
     return redirect(url_for(".check_inbox"), 303)
 
 
-def record_signup(signup: subscriptions.Signup) -> None:
+def record_signup(signup: signup_input.Signup) -> None:
     """Sign up in one unit of work; the form and the JSON API answer the same whatever
     happened, so the outcome is not returned."""
     with services().database.begin() as session:

@@ -7,7 +7,7 @@ Create Date: 2026-11-29
 `bomb+1@gmail.com`, `b.o.m.b@gmail.com` and full-width spellings of one address are
 different subscribers but one inbox; the cooldown between emails that a signup may cause
 now counts per inbox. Existing rows get their key here, computed as
-service.subscriptions.mailbox_key computes it (copied: a migration must not change when
+service.signup_input.mailbox_key computes it (copied: a migration must not change when
 the code does).
 """
 

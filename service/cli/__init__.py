@@ -1,29 +1,22 @@
 """Commands: `flask --app wsgi db ...`, `guide build`, `embed-snippet`, `emails ...`,
-`sequence ...`, `admin ...`, `subscribers ...`."""
+`sequence ...`, `admin ...`, and `subscribers ...` (service/cli/subscribers.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import click
-from flask import Flask, current_app, render_template
+from flask import Flask, render_template
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from . import admins, audience, guide, importer, imports, sequences
-from .mail import DeliveryError
-from .models import Import, ImportStatus, OutboxMessage, Subscriber, SubscriberStatus
-from .services import Services, worker_name
-
-
-def _services() -> Services:
-    return current_app.extensions["newsletter"]
+from .. import admins, guide, sequences
+from ..mail import DeliveryError
+from ..models import OutboxMessage, Subscriber
+from .common import services as _services
+from .subscribers import subscribers_group
 
 
 @click.group("db", cls=AppGroup)
@@ -35,7 +28,7 @@ def db_group() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create the database or migrate it to the current schema."""
-    from . import migrate  # Alembic is loaded only by the commands that need it
+    from .. import migrate  # Alembic is loaded only by the commands that need it
 
     url = _services().settings.database_url
     migrate.upgrade(url, revision)
@@ -45,7 +38,7 @@ def db_upgrade(revision: str) -> None:
 @db_group.command("current")
 def db_current() -> None:
     """Print the database's schema revision and the newest one."""
-    from . import migrate
+    from .. import migrate
 
     current = migrate.current_revision(_services().database.engine)
     click.echo(f"database: {current or 'empty'}; newest: {migrate.head_revision()}")
@@ -150,7 +143,7 @@ def emails_send_test(name: str, address: str, first_name: str) -> None:
 
     Its links are for a sample reader and lead to 'this link does not work' pages.
     """
-    from .subscriptions import normalize_email
+    from ..signup_input import normalize_email
 
     try:
         address = normalize_email(address)
@@ -203,7 +196,7 @@ def sequence_status() -> None:
 
 
 def _subscriber_id(address: str) -> int:
-    from .subscriptions import email_key
+    from ..signup_input import email_key
 
     with _services().database.read() as session:
         subscriber_id = session.scalar(
@@ -278,205 +271,6 @@ def admin_hint() -> None:
             return
     click.echo("  Admin:    no account yet; create one with")
     click.echo("            .venv/bin/flask --app wsgi admin create you@example.com")
-
-
-@click.group("subscribers", cls=AppGroup)
-def subscribers_group() -> None:
-    """The subscriber list."""
-
-
-@subscribers_group.command("export")
-@click.option(
-    "--status", type=click.Choice([s.value for s in SubscriberStatus]), help="Only this status."
-)
-@click.option("--source", default="", help="Only subscribers from this signup source.")
-@click.option("--since", help="Signed up on or after this day (YYYY-MM-DD).")
-@click.option("--until", help="Signed up on or before this day (YYYY-MM-DD).")
-@click.option("--step", default="", help="At this sequence step (or 'finished', 'none').")
-@click.option("--query", default="", help="Email or name contains this.")
-@click.option("--bom", is_flag=True, help="Start with a UTF-8 byte order mark (for Excel).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to this file (default: standard output).",
-)
-def subscribers_export(
-    status: str | None,
-    source: str,
-    since: str | None,
-    until: str | None,
-    step: str,
-    query: str,
-    bom: bool,
-    output: Path | None,
-) -> None:
-    """Export subscribers as CSV, oldest first, in flat memory however long the list."""
-    services = _services()
-    try:
-        wanted = audience.SubscriberFilter.parse(
-            {
-                "status": status,
-                "source": source,
-                "from": since,
-                "to": until,
-                "step": step,
-                "q": query,
-            },
-            sequence=services.sequence.name,
-        )
-    except audience.InvalidFilter as exc:
-        raise click.ClickException(str(exc)) from None
-    pieces = audience.export_csv(services.database.read, wanted, bom=bom)
-    if output is None:
-        stream = sys.stdout.buffer  # UTF-8 whatever the terminal's locale says
-        for piece in pieces:
-            stream.write(piece.data)
-        stream.flush()
-        return
-    count = 0
-    partial = output.with_name(output.name + ".partial")
-    # Written beside the target and renamed at the end: a failed export leaves no
-    # half-written file under the name asked for.
-    with partial.open("wb") as file:
-        for piece in pieces:
-            file.write(piece.data)
-            count += piece.rows
-    partial.replace(output)
-    click.echo(f"{count} subscribers written to {output}", err=True)
-
-
-@subscribers_group.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--consent", default="", help="Where these people gave their consent (required).")
-@click.option(
-    "--mode",
-    type=click.Choice([m.value for m in importer.Mode]),
-    help="confirmed: they opted in already; confirm: send each a confirmation email.",
-)
-@click.option("--join-sequence", is_flag=True, help="Confirmed people start the drip sequence.")
-@click.option("--dry-run", is_flag=True, help="Only say what would happen.")
-def subscribers_import(
-    file: Path, consent: str, mode: str | None, join_sequence: bool, dry_run: bool
-) -> None:
-    """Import subscribers from a CSV file of any size (up to 50 MB), in flat memory: checked
-    first, then imported a batch at a time (each batch whole or not at all, none twice).
-    Nothing goes on without the command: Ctrl-C, SIGTERM or a closed terminal cancels it."""
-    services = _services()
-    worker = f"cli:{worker_name()}"
-    runner = imports.ImportRunner(
-        services.database,
-        worker=worker,
-        default_time_zone=services.settings.DEFAULT_TIME_ZONE,
-        clock=services.clock,
-    )
-    with _signals_as_interrupts():
-        try:
-            with file.open("rb") as stream, services.database.begin() as session:
-                import_id = imports.store_upload(
-                    session,
-                    stream,
-                    filename=file.name,
-                    created_by="cli",
-                    claimed_by=worker,
-                    now=services.clock(),
-                ).id
-        except importer.ImportProblem as exc:
-            raise click.ClickException(f"nothing imported: {exc}") from None
-        try:
-            done = _check_then_import(
-                runner,
-                import_id,
-                mode=importer.Mode(mode) if mode else None,
-                consent=consent,
-                join_sequence=join_sequence,
-                dry_run=dry_run,
-            )
-        except KeyboardInterrupt:
-            with services.database.begin() as session:
-                imports.cancel(session, import_id, now=services.clock())
-                added = session.get(Import, import_id).applied.get("created", 0)
-            raise click.ClickException(
-                f"stopped: the import is cancelled; {added} new subscribers were added before"
-            ) from None
-        finally:
-            with services.database.begin() as session:  # nothing goes on without the command
-                if session.get(Import, import_id).status is ImportStatus.CHECKED:
-                    imports.cancel(session, import_id, now=services.clock())
-            imports.sweep(services.database, now=services.clock())
-    if done is not None:
-        click.echo(
-            f"imported {done.get('created', 0)} new ({done.get('confirmations_queued', 0)} "
-            f"asked to confirm, {done.get('enrolled', 0)} started the sequence), "
-            f"{done.get('updated', 0)} updated"
-        )
-
-
-def _check_then_import(
-    runner: imports.ImportRunner,
-    import_id: int,
-    *,
-    mode: importer.Mode | None,
-    consent: str,
-    join_sequence: bool,
-    dry_run: bool,
-) -> dict[str, int] | None:
-    """Check the stored file and print the preview; then, unless it is a dry run, import
-    it. What was done, or None for a dry run."""
-    services = _services()
-    runner.run(import_id)
-    with services.database.read() as session:
-        job = session.get(Import, import_id)
-        session.expunge(job)
-    if job.status is ImportStatus.FAILED:
-        raise click.ClickException(f"nothing imported: {job.error}")
-    click.echo(", ".join(f"{outcome} {job.counts.get(outcome, 0)}" for outcome in importer.Outcome))
-    for issue in job.issues:
-        click.echo(
-            f"line {issue['line']}: {issue['outcome']}: {issue['email']} {issue['reason']}".rstrip()
-        )
-    if dry_run:
-        return None
-    if mode is None:
-        raise click.UsageError("--mode confirmed or --mode confirm is required")
-    try:
-        with services.database.begin() as session:
-            imports.start_import(
-                session,
-                import_id,
-                mode=mode,
-                consent_text=consent,
-                join_sequence=join_sequence,
-                sequence=services.sequence.name,
-                claimed_by=runner.worker,
-                now=services.clock(),
-            )
-    except importer.ImportProblem as exc:
-        raise click.ClickException(f"nothing imported: {exc}") from None
-    runner.run(import_id)
-    with services.database.read() as session:
-        job = session.get(Import, import_id)
-        session.expunge(job)
-    if job.status is ImportStatus.FAILED:
-        raise click.ClickException(job.error or "the import failed")
-    return job.applied
-
-
-@contextlib.contextmanager
-def _signals_as_interrupts() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a closed terminal) stop the command as Ctrl-C does."""
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {
-        signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)
-    }
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def init_app(app: Flask) -> None:

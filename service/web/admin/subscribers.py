@@ -1,0 +1,159 @@
+"""The subscriber list, its CSV export, and each subscriber's page and data."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from flask import (
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+
+from ... import audience, erasure, sequences, subscriptions
+from ...models import Subscriber
+from .. import MAX_ID, now, services
+from .blueprint import bp, logger
+
+
+def _filter() -> audience.SubscriberFilter:
+    try:
+        return audience.SubscriberFilter.parse(request.args, sequence=services().sequence.name)
+    except audience.InvalidFilter as exc:
+        abort(400, description=str(exc))
+
+
+@bp.get("/subscribers")
+def subscribers():
+    """Search and filter the list, newest first, a page at a time."""
+    wanted = _filter()
+    before = request.args.get("before", type=int)
+    if before is not None and not 0 < before <= MAX_ID:
+        abort(400, description="That page does not exist.")
+    with services().database.read() as db:
+        page = audience.find(db, wanted, before=before)
+        sources = audience.sources(db)
+    return render_template(
+        "admin/subscribers.html",
+        page=page,
+        wanted=wanted,
+        args=wanted.as_args(),
+        sources=sources,
+        statuses=[s.value for s in subscriptions.SubscriberStatus],
+        steps=[step.id for step in services().sequence.steps],
+        first_page=before is None,
+    )
+
+
+@bp.get("/subscribers/export.csv")
+def export_csv():
+    """The filtered list as CSV, streamed: the first rows leave before the last are read."""
+    wanted = _filter()
+    bom = request.args.get("bom") == "1"
+    stamp = now().strftime("%Y%m%d-%H%M")
+    # Which filters, not their values: a search term can be someone's address.
+    logger.info("subscriber export by %s, filtered by %s", g.admin.email, sorted(wanted.as_args()))
+    pieces = audience.export_csv(services().database.read, wanted, bom=bom)
+    return Response(
+        stream_with_context(_reporting_in(pieces)),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="subscribers-{stamp}.csv"',
+            # Proxies must pass it on as it comes, not buffer a million rows.
+            "X-Accel-Buffering": "no",
+        },
+    )
+
+
+def _reporting_in(pieces):
+    """The pieces' bytes, telling the server after each that this worker is busy, not hung:
+    under gunicorn (gunicorn.conf.py) a streamed export may outlast the worker timeout."""
+    heartbeat = current_app.config.get("WORKER_HEARTBEAT")
+    with contextlib.closing(pieces):  # a client gone mid-download stops the reading
+        for piece in pieces:
+            if piece.data:
+                yield piece.data
+            if heartbeat is not None:
+                heartbeat()
+
+
+def _history(subscriber_id: int) -> audience.History:
+    with services().database.read() as db:
+        record = audience.history(db, subscriber_id)
+        if record is None:
+            abort(404, description="No such subscriber (or they were erased).")
+        db.expunge_all()
+    return record
+
+
+@bp.get("/subscribers/<int:subscriber_id>")
+def subscriber(subscriber_id: int):
+    """One subscriber's history, and what the owner can do about them."""
+    record = _history(subscriber_id)
+    return render_template(
+        "admin/subscriber.html",
+        record=record,
+        sequence=services().sequence,
+    )
+
+
+@bp.get("/subscribers/<int:subscriber_id>/data.json")
+def subscriber_data(subscriber_id: int):
+    """Everything held about the subscriber, as a JSON file (a GDPR access request)."""
+    data = audience.personal_data(_history(subscriber_id))
+    return Response(
+        json.dumps(data, indent=2, ensure_ascii=False),
+        mimetype="application/json",
+        headers={"Content-Disposition": f'attachment; filename="subscriber-{subscriber_id}.json"'},
+    )
+
+
+@bp.post("/subscribers/<int:subscriber_id>/<any(pause, resume):action>")
+def sequence_action(subscriber_id: int, action: str):
+    """Pause or resume the subscriber's drip sequence."""
+    change = {"pause": sequences.pause, "resume": sequences.resume}[action]
+    with services().database.begin() as db:
+        done = change(db, subscriber_id, sequence=services().sequence.name, now=now())
+    flash(
+        f"Sequence {action}d."
+        if done
+        else f"Nothing to {action}: the sequence is not "
+        f"{'running' if action == 'pause' else 'paused'}."
+    )
+    return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
+
+
+@bp.post("/subscribers/<int:subscriber_id>/unsubscribe")
+def unsubscribe(subscriber_id: int):
+    """Unsubscribe on the subscriber's behalf (they asked by reply, say)."""
+    with services().database.begin() as db:
+        done = subscriptions.unsubscribe(db, subscriber_id, via="admin", now=now())
+    if done is None:
+        abort(404)
+    flash("Unsubscribed. Nothing more will be sent to them.")
+    return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
+
+
+@bp.post("/subscribers/<int:subscriber_id>/erase")
+def erase(subscriber_id: int):
+    """Erase every personal detail (GDPR); asks for the address typed out as confirmation."""
+    with services().database.begin() as db:
+        subscriber = db.get(Subscriber, subscriber_id)
+        if subscriber is None:
+            abort(404)
+        typed = request.form.get("confirm_email", "").strip().lower()
+        if typed != subscriber.email_key:
+            flash("Not erased: type the subscriber's email address to confirm.")
+            return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
+        erasure.erase(db, subscriber_id, now=now())
+    logger.info("a subscriber was erased by %s", g.admin.email)
+    flash("Erased. Only a one-way hash of the address is kept, so they are never re-imported.")
+    return redirect(url_for("admin.subscribers"), 303)
