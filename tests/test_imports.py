@@ -121,7 +121,7 @@ def owner(app):
 
 @pytest.fixture
 def small_batches(monkeypatch):
-    monkeypatch.setattr(imports, "BATCH_ROWS", 7)
+    monkeypatch.setattr(imports.runner, "BATCH_ROWS", 7)
     monkeypatch.setattr(imports, "INLINE_BYTES", 100)  # every test file counts as large
 
 

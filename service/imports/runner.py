@@ -1,195 +1,32 @@
-"""Import jobs: an uploaded CSV file checked, then imported, a batch at a time, by whichever
-process holds the job's lease, in flat memory whatever the file's size.
-
-An upload is stored in the database in 1 MB pieces (any process can read it, no file is
-left on a disk) as an import CHECKING. Checking reads the pieces as a stream, checks each
-row (service.importer) and stages it in `import_rows`, where a unique index, not memory,
-finds the duplicates; the preview's figures and first issues build up on the job. When the
-owner has chosen how to import, the job goes IMPORTING: each batch of staged rows is
-compared with the list afresh (someone may have signed up, or been erased, since the
-preview) and imported in a transaction of its own that also moves the job's checkpoint,
-so a process that dies hands the job on to the next claimant with no row done twice.
-
-A small file is checked and imported by the web request itself (`INLINE_BYTES`); a large
-one by a scheduler (`work`). The rows and the file are deleted when the job ends, and a
-job left unimported for a day is cancelled and deleted with them.
-"""
+"""Checking and importing one job, a batch per transaction, for as long as the runner
+holds it (see service.imports)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from itertools import islice
-from pathlib import Path
-from typing import BinaryIO
 
-from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import importer, signup_input
-from .db import Database, insert_row
-from .importer import ImportProblem, Outcome, Row
-from .models import Import, ImportChunk, ImportRow, ImportStatus, SubscriberStatus
+from .. import importer, signup_input
+from ..db import Database
+from ..importer import ImportProblem, Outcome, Row
+from ..models import Import, ImportChunk, ImportRow, ImportStatus, SubscriberStatus
+from .jobs import ENDED, delete_staged, end, hold, on_postgresql
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("service.imports")
 
-CHUNK_BYTES = 1024 * 1024
 BATCH_ROWS = 2000
-# Checked and imported inside the web request up to this size (about 5,000 rows: half a
-# second to check, two to import); beyond it, by a scheduler while the owner watches.
-INLINE_BYTES = 256 * 1024
-LEASE = timedelta(minutes=5)
-ABANDONED_AFTER = timedelta(days=1)
 # Interruptions in a row (the database went away, a lock timed out) an import survives
 # before it fails for good.
 MAX_INTERRUPTIONS = 5
 INTERRUPTION_PAUSE = timedelta(minutes=1)
-DELETE_BATCH = 20_000
-WORKING = (ImportStatus.CHECKING, ImportStatus.IMPORTING)
-ENDED = (ImportStatus.DONE, ImportStatus.FAILED, ImportStatus.CANCELLED)
 STAGED = (Outcome.NEW, Outcome.UPDATED, Outcome.UNCHANGED, Outcome.SKIPPED)
-
-
-def store_upload(
-    session: Session,
-    stream: BinaryIO,
-    *,
-    filename: str,
-    created_by: str,
-    claimed_by: str | None,
-    now: datetime,
-) -> Import:
-    """A new import holding the file read from `stream` a piece at a time; ImportProblem if
-    it is over the limit. `claimed_by` takes the job at once (the web request that checks
-    a small file itself); None leaves it to a scheduler."""
-    job = Import(
-        status=ImportStatus.CHECKING,
-        filename="".join(ch for ch in filename if ch.isprintable())[:255] or "upload.csv",
-        size_bytes=0,
-        created_by=created_by,
-        created_at=now,
-        updated_at=now,
-        columns={},
-        counts={},
-        issues=[],
-        bytes_read=0,
-        join_sequence=False,
-        applied_line=0,
-        applied={},
-        interruptions=0,
-        claimed_by=claimed_by,
-        lease_until=now + LEASE if claimed_by else None,
-    )
-    session.add(job)
-    session.flush()
-    size = seq = 0
-    while piece := stream.read(CHUNK_BYTES):
-        size += len(piece)
-        if size > importer.MAX_IMPORT_BYTES:
-            raise ImportProblem(
-                f"The file is larger than {importer.MAX_IMPORT_BYTES // 1_000_000} MB. Split it "
-                "and import the parts."
-            )
-        insert_row(session, ImportChunk.__table__, {"import_id": job.id, "seq": seq, "data": piece})
-        seq += 1
-    job.size_bytes = size
-    return job
-
-
-def start_import(
-    session: Session,
-    import_id: int,
-    *,
-    mode: importer.Mode,
-    consent_text: str,
-    join_sequence: bool,
-    sequence: str,
-    claimed_by: str | None,
-    now: datetime,
-) -> Import | None:
-    """The owner's go-ahead for a checked import; None if it is not waiting for one (done,
-    cancelled, or gone). ImportProblem without a consent statement."""
-    consent_text = " ".join("".join(ch for ch in consent_text if ch.isprintable()).split())
-    if not consent_text:
-        raise ImportProblem("Say where these people gave their consent; it is kept as proof.")
-    job = _locked(session, import_id)
-    if job is None or job.status is not ImportStatus.CHECKED:
-        return None
-    job.status = ImportStatus.IMPORTING
-    job.mode = mode.value
-    job.consent_text = consent_text
-    job.join_sequence = join_sequence
-    job.sequence = sequence
-    job.claimed_by = claimed_by
-    job.lease_until = now + LEASE if claimed_by else None
-    job.updated_at = now
-    return job
-
-
-def cancel(session: Session, import_id: int, *, now: datetime, previews_only: bool = False) -> bool:
-    """Stop an import that has not ended (a batch in flight still finishes); with
-    `previews_only`, only one not yet importing (a file replaced by another upload)."""
-    job = _locked(session, import_id)
-    if job is None or job.status in ENDED:
-        return False
-    if previews_only and job.status is ImportStatus.IMPORTING:
-        return False
-    _end(job, ImportStatus.CANCELLED, now=now)
-    return True
-
-
-def _locked(session: Session, import_id: int) -> Import | None:
-    # populate_existing: the row as it is now, even if this session loaded it before.
-    return session.get(Import, import_id, with_for_update=True, populate_existing=True)
-
-
-def _end(job: Import, status: ImportStatus, *, now: datetime, error: str | None = None) -> None:
-    job.status = status
-    job.error = error
-    job.finished_at = job.updated_at = now
-    job.claimed_by = job.lease_until = None
-    job.issues = []  # they name people; the figures stay
-
-
-def claim(session: Session, worker: str, *, now: datetime) -> int | None:
-    """Take the oldest import that needs work and that nobody holds (or whose holder's
-    lease ran out); its id, or None."""
-    candidates = (
-        select(Import.id)
-        .where(
-            Import.status.in_(WORKING),
-            or_(Import.lease_until.is_(None), Import.lease_until < now),
-        )
-        .order_by(Import.id)
-        .limit(1)
-    )
-    if _on_postgresql(session):
-        candidates = candidates.with_for_update(skip_locked=True)
-    import_id = session.scalar(candidates)
-    if import_id is None:
-        return None
-    session.execute(
-        update(Import)
-        .where(Import.id == import_id)
-        .values(claimed_by=worker, lease_until=now + LEASE)
-        .execution_options(synchronize_session=False)
-    )
-    return import_id
-
-
-def _hold(session: Session, import_id: int, worker: str, *, now: datetime) -> Import | None:
-    """The job, its lease renewed, if `worker` still holds it and it still needs work."""
-    job = _locked(session, import_id)
-    if job is None or job.claimed_by != worker or job.status not in WORKING:
-        return None
-    job.lease_until = now + LEASE
-    job.updated_at = now
-    return job
 
 
 class ImportRunner:
@@ -234,14 +71,14 @@ class ImportRunner:
             job = session.get(Import, import_id)
             status = job.status if job else None
         if status in ENDED:
-            _delete_staged(self.database, import_id, with_the_file=True)
+            delete_staged(self.database, import_id, with_the_file=True)
         return status
 
     def _fail(self, import_id: int, exc: BaseException) -> None:
         with self.database.begin() as session:
-            job = _hold(session, import_id, self.worker, now=self.clock())
+            job = hold(session, import_id, self.worker, now=self.clock())
             if job is not None:
-                _end(
+                end(
                     job,
                     ImportStatus.FAILED,
                     now=self.clock(),
@@ -252,7 +89,7 @@ class ImportRunner:
 
     def _interrupted(self, import_id: int, exc: BaseException) -> None:
         with self.database.begin() as session:
-            job = _hold(session, import_id, self.worker, now=self.clock())
+            job = hold(session, import_id, self.worker, now=self.clock())
             if job is None:
                 return
             job.interruptions += 1
@@ -267,7 +104,7 @@ class ImportRunner:
         """Asked to stop: let the next claimant take the job at once (a check starts over;
         an import goes on from its checkpoint)."""
         with self.database.begin() as session:
-            job = _hold(session, import_id, self.worker, now=self.clock())
+            job = hold(session, import_id, self.worker, now=self.clock())
             if job is not None:
                 job.claimed_by = job.lease_until = None
 
@@ -275,14 +112,14 @@ class ImportRunner:
 
     def _check(self, import_id: int) -> None:
         with self.database.begin() as session:
-            job = _hold(session, import_id, self.worker, now=self.clock())
+            job = hold(session, import_id, self.worker, now=self.clock())
             if job is None:
                 return
             job.counts = {outcome.value: 0 for outcome in Outcome}
             job.issues = []
             job.bytes_read = 0
         # From the start, also after a holder died half-way: rows staged then go.
-        _delete_staged(self.database, import_id, with_the_file=False)
+        delete_staged(self.database, import_id, with_the_file=False)
         pieces = _Pieces(self.database, import_id)
         try:
             columns, rows = importer.read_rows(
@@ -293,7 +130,7 @@ class ImportRunner:
                     self._hand_back(import_id)
                     return
                 with self.database.begin() as session:
-                    job = _hold(session, import_id, self.worker, now=self.clock())
+                    job = hold(session, import_id, self.worker, now=self.clock())
                     if job is None:
                         return
                     job.columns = columns
@@ -301,12 +138,12 @@ class ImportRunner:
                     job.bytes_read = pieces.bytes_read
         except ImportProblem as exc:
             with self.database.begin() as session:
-                job = _hold(session, import_id, self.worker, now=self.clock())
+                job = hold(session, import_id, self.worker, now=self.clock())
                 if job is not None:
-                    _end(job, ImportStatus.FAILED, now=self.clock(), error=str(exc))
+                    end(job, ImportStatus.FAILED, now=self.clock(), error=str(exc))
             return
         with self.database.begin() as session:
-            job = _hold(session, import_id, self.worker, now=self.clock())
+            job = hold(session, import_id, self.worker, now=self.clock())
             if job is not None:
                 job.columns = columns
                 job.bytes_read = job.size_bytes
@@ -337,7 +174,7 @@ class ImportRunner:
                 return
             with self.database.begin() as session:
                 now = self.clock()
-                job = _hold(session, import_id, self.worker, now=now)
+                job = hold(session, import_id, self.worker, now=now)
                 if job is None:
                     return
                 staged = session.scalars(
@@ -351,7 +188,7 @@ class ImportRunner:
                     .limit(BATCH_ROWS)
                 ).all()
                 if not staged:
-                    _end(job, ImportStatus.DONE, now=now)
+                    end(job, ImportStatus.DONE, now=now)
                     logger.info("import %d done: %s", import_id, job.applied)
                     return
                 plan = importer.Plan(rows=[_row(row) for row in staged])
@@ -383,10 +220,6 @@ def _doubled(before: int, after: int) -> bool:
     """Whether a count just passed a power of two times a batch (about ten times in a
     million rows)."""
     return after >= BATCH_ROWS and before.bit_length() != after.bit_length()
-
-
-def _on_postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def _row(staged: ImportRow) -> Row:
@@ -470,7 +303,7 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
     keyed = [row for row in rows if row.outcome in STAGED]
     if keyed:
         insert = (
-            postgresql.insert(ImportRow) if _on_postgresql(session) else sqlite.insert(ImportRow)
+            postgresql.insert(ImportRow) if on_postgresql(session) else sqlite.insert(ImportRow)
         )
         staged = set(
             session.scalars(
@@ -515,120 +348,3 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
     ]
     if room > 0 and found:
         job.issues = [*job.issues, *found[:room]]
-
-
-def _delete_staged(database: Database, import_id: int, *, with_the_file: bool) -> None:
-    """Delete an import's staged rows, and its file if asked (they hold personal data), a
-    few thousand rows per transaction: on SQLite a million in one transaction would hold
-    the write lock for seconds."""
-    if with_the_file:
-        with database.begin() as session:
-            session.execute(delete(ImportChunk).where(ImportChunk.import_id == import_id))
-    while True:
-        with database.begin() as session:
-            batch = select(ImportRow.id).where(ImportRow.import_id == import_id).limit(DELETE_BATCH)
-            if not session.execute(delete(ImportRow).where(ImportRow.id.in_(batch))).rowcount:
-                return
-
-
-def _abandoned(now: datetime):
-    return or_(
-        Import.status == ImportStatus.CHECKED,
-        Import.status.in_(WORKING) & Import.lease_until.is_(None),
-    ) & (Import.updated_at < now - ABANDONED_AFTER)
-
-
-def _leftovers():
-    """Ended imports that still hold their file or staged rows."""
-    return Import.status.in_(ENDED) & (
-        select(ImportChunk.seq).where(ImportChunk.import_id == Import.id).exists()
-        | select(ImportRow.id).where(ImportRow.import_id == Import.id).exists()
-    )
-
-
-def sweep(database: Database, *, now: datetime) -> int:
-    """Cancel imports nobody went on with for a day, and delete what ended imports left
-    (a few thousand rows per transaction); returns how many imports were cancelled. Only
-    reads when there is nothing to do."""
-    with database.read() as session:
-        due = session.scalar(select(Import.id).where(_abandoned(now) | _leftovers()).limit(1))
-    if due is None:
-        return 0
-    with database.begin() as session:
-        # Locked and judged again: the owner may have gone on with one a moment ago.
-        stale = session.scalars(
-            select(Import)
-            .where(_abandoned(now))
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).all()
-        for job in stale:
-            _end(job, ImportStatus.CANCELLED, now=now)
-            logger.info("import %d cancelled: nobody went on with it for a day", job.id)
-        ended = select(Import.id).where(Import.status.in_(ENDED))
-        session.execute(delete(ImportChunk).where(ImportChunk.import_id.in_(ended)))
-    while True:
-        with database.begin() as session:
-            batch = (
-                select(ImportRow.id)
-                .where(ImportRow.import_id.in_(select(Import.id).where(Import.status.in_(ENDED))))
-                .limit(DELETE_BATCH)
-            )
-            if not session.execute(delete(ImportRow).where(ImportRow.id.in_(batch))).rowcount:
-                return len(stale)
-
-
-def remove_legacy_previews(instance_dir: Path) -> int:
-    """Delete the preview files that versions before import jobs kept in
-    INSTANCE_DIR/imports and never removed (none of them can be imported any more)."""
-    folder = instance_dir / "imports"
-    removed = 0
-    if folder.is_dir():
-        for path in folder.glob("*.csv"):
-            if re.fullmatch(r"[0-9a-f]{32}\.csv", path.name):  # the old previews' names only
-                path.unlink(missing_ok=True)
-                removed += 1
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    if removed:
-        logger.info("removed %d import previews left in %s by an earlier version", removed, folder)
-    return removed
-
-
-def work(
-    database: Database,
-    *,
-    worker: str,
-    default_time_zone: str,
-    clock: Callable[[], datetime],
-    should_stop: Callable[[], bool] = lambda: False,
-) -> int:
-    """What a scheduler does for imports each tick: every import that needs work and that
-    nobody holds, one after the other, then the sweep; returns how many it worked on."""
-    runner = ImportRunner(
-        database,
-        worker=worker,
-        default_time_zone=default_time_zone,
-        clock=clock,
-        should_stop=should_stop,
-    )
-    worked = 0
-    with database.read() as session:
-        pending = waiting(session)
-    while pending and not should_stop():
-        with database.begin() as session:
-            import_id = claim(session, worker, now=clock())
-        if import_id is None:
-            break
-        status = runner.run(import_id)
-        worked += 1
-        logger.info("import %d: %s", import_id, status.value if status else "gone")
-    sweep(database, now=clock())
-    return worked
-
-
-def waiting(session: Session) -> bool:
-    """Whether any import needs a worker (a read: a tick with none takes no write lock)."""
-    return bool(
-        session.scalar(select(func.count()).select_from(Import).where(Import.status.in_(WORKING)))
-    )
