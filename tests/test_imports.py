@@ -492,3 +492,26 @@ def test_sigterm_and_sighup_stop_the_cli_as_ctrl_c_does():
         with pytest.raises(KeyboardInterrupt), _signals_as_interrupts():
             os.kill(os.getpid(), signum)  # handled before the next statement runs
     assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_a_batch_is_staged_in_a_few_statements_whatever_cells_are_empty(app):
+    """Rows differ in which cells are empty (a first name here, none there); staging a
+    batch of them must not fall back to a statement per row."""
+    data = "email,first_name\n" + "".join(
+        f"r{n}@example.com,{'Ann' if n % 2 else ''}\n" for n in range(40)
+    )
+    import_id = upload(app, data.encode(), claimed_by="web")
+    inserts = []
+    engine = services_of(app).database.engine
+
+    def count(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("INSERT INTO IMPORT_ROWS"):
+            inserts.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        runner(app, "web").run(import_id)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert job_of(app, import_id).counts["new"] == 40
+    assert len(inserts) <= 2, len(inserts)

@@ -302,16 +302,17 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
     importer.compare_with_the_list(session, [row for row in rows if row.outcome is Outcome.NEW])
     keyed = [row for row in rows if row.outcome in STAGED]
     if keyed:
-        insert = (
-            postgresql.insert(ImportRow) if on_postgresql(session) else sqlite.insert(ImportRow)
-        )
+        # Core, not the ORM's bulk insert: that leaves out None values and splits a batch
+        # whose rows differ in which cells are empty into a statement per row.
+        table = ImportRow.__table__
+        insert = postgresql.insert(table) if on_postgresql(session) else sqlite.insert(table)
         staged = set(
-            session.scalars(
+            session.execute(
                 insert.on_conflict_do_nothing(index_elements=["import_id", "email_key"]).returning(
-                    ImportRow.line
+                    table.c.line
                 ),
                 [_staged_values(job, row, keyed=True) for row in keyed],
-            )
+            ).scalars()
         )
         earlier = [row for row in keyed if row.line not in staged]
         if earlier:
