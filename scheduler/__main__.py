@@ -164,33 +164,22 @@ def run_forever(
         # A tick that runs long is not run twice, and missed ticks collapse into one.
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )
-    scheduler.add_job(
-        tick,
-        "interval",
-        seconds=interval,
-        next_run_time=datetime.now(UTC),
-        kwargs={
-            "services": services,
-            "dispatcher": dispatcher,
-            "started_at": started_at,
-            "clock": services.clock,
-            "stop": signals.stop,
-        },
-        id="dispatch",
-    )
-    scheduler.add_job(
-        work_on_imports,
-        "interval",
-        seconds=interval,
-        next_run_time=datetime.now(UTC),
-        kwargs={
-            "services": services,
-            "worker": dispatcher.worker,
-            "clock": services.clock,
-            "stop": signals.stop,
-        },
-        id="imports",
-    )
+    jobs = {
+        "dispatch": (
+            tick,
+            {"dispatcher": dispatcher, "started_at": started_at},
+        ),
+        "imports": (work_on_imports, {"worker": dispatcher.worker}),
+    }
+    for job_id, (job, kwargs) in jobs.items():
+        scheduler.add_job(
+            job,
+            "interval",
+            seconds=interval,
+            next_run_time=datetime.now(UTC),
+            kwargs={"services": services, "clock": services.clock, "stop": signals.stop, **kwargs},
+            id=job_id,
+        )
 
     def shut_down_when_asked() -> None:
         signals.stop.wait()

@@ -72,13 +72,18 @@ def _serialize_mailbox(session: Session, mailbox: str) -> None:
         )
 
 
+def _address_asked_recently(subscriber: Subscriber, *, cooldown: timedelta, now: datetime) -> bool:
+    """Whether a request for this very address caused an email within `cooldown`."""
+    last = subscriber.last_requested_at
+    return last is not None and now - last < cooldown
+
+
 def _asked_recently(
     session: Session, subscriber: Subscriber, *, cooldown: timedelta, now: datetime
 ) -> bool:
     """Whether a request for this address, or for another spelling of its mailbox (unless
     this is the plain spelling), already caused an email within `cooldown`."""
-    last = subscriber.last_requested_at
-    if last is not None and now - last < cooldown:
+    if _address_asked_recently(subscriber, cooldown=cooldown, now=now):
         return True
     mailbox = subscriber.mailbox_key or mailbox_key(subscriber.email)
     if mailbox == subscriber.email_key:
@@ -169,7 +174,8 @@ def subscribe(
 
     subscriber = _find(session, signup.email)
     assert subscriber is not None  # the insert found it there
-    if cooling_down or _asked_recently(session, subscriber, cooldown=cooldown, now=now):
+    # The mailbox was looked up above; only the address's own cooldown is left to check.
+    if cooling_down or _address_asked_recently(subscriber, cooldown=cooldown, now=now):
         record_event(session, subscriber.id, "signup_suppressed", now=now)
         return subscriber.id, SignupResult.SUPPRESSED
     subscriber.last_requested_at = now

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from .. import importer
@@ -249,6 +249,4 @@ def remove_legacy_previews(instance_dir: Path) -> int:
 
 def waiting(session: Session) -> bool:
     """Whether any import needs a worker (a read: a tick with none takes no write lock)."""
-    return bool(
-        session.scalar(select(func.count()).select_from(Import).where(Import.status.in_(WORKING)))
-    )
+    return session.scalar(select(Import.id).where(Import.status.in_(WORKING)).limit(1)) is not None

@@ -153,18 +153,21 @@ class DatabaseStorage(Storage):
         return SQLAlchemyError
 
     def _run(self, name: str, values: dict[str, Any], *, write: bool) -> Any:
+        try:
+            return self._run_once(name, values, write=write)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The server dropped the connection (a restart): once more, on a fresh one.
+            return self._run_once(name, values, write=write)
+
+    def _run_once(self, name: str, values: dict[str, Any], *, write: bool) -> Any:
         statement = self._statements[name]
-        for attempt in (1, 2):
-            try:
-                with self._engine.connect() as connection:
-                    if self._sqlite and write:
-                        with connection.begin():  # BEGIN IMMEDIATE after the writers' lock
-                            return self._result(name, statement, connection, values)
+        with self._engine.connect() as connection:
+            if self._sqlite and write:
+                with connection.begin():  # BEGIN IMMEDIATE after the writers' lock
                     return self._result(name, statement, connection, values)
-            except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")
+            return self._result(name, statement, connection, values)
 
     @staticmethod
     def _result(name: str, statement: PreparedStatement, connection: Any, values: Any) -> Any:
