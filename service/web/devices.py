@@ -49,7 +49,7 @@ class DeviceCookies:
     def make(self, account: str, *, now: datetime) -> str:
         """A cookie value for a browser that just signed in to `account`."""
         # Milliseconds: a cookie made in the same second as, but before, the end of every
-        # session must not outlive it (admin.py compares the two).
+        # session must not outlive it (web/admin/auth.py compares the two).
         stamp = int(now.timestamp() * 1000)
         payload = f"{_account_digest(account)}.{secrets.token_hex(16)}.{stamp}"
         return self._signer.sign(payload).decode("ascii")
