@@ -114,7 +114,12 @@ def test_the_signup_limit_holds_across_workers(server):
 
 @pytest.mark.slow
 def test_the_sign_in_limit_holds_across_workers(server):
-    """ADMIN_LOGIN_RATE_LIMIT is 10 a minute: the probe had 66 of 80 passwords checked."""
+    """ADMIN_LOGIN_RATE_LIMIT is 10 a minute: the probe had 66 of 80 passwords checked.
+
+    An attempt takes a place in two buckets (the client address and the account), one
+    after the other: in a burst, one attempt may get the address's tenth place and
+    another the account's, so both are refused and fewer than ten are checked. Never
+    more."""
     status, cookie, page = request(server, "GET", "/admin/login")
     assert status == 200
     token = re.search(r'name="csrf_token" value="([^"]+)"', page)[1]
@@ -123,7 +128,8 @@ def test_the_sign_in_limit_holds_across_workers(server):
     codes = concurrently(
         40, lambda _n: request(server, "POST", "/admin/login", form, cookie=session)[0]
     )
-    assert codes == {401: 10, 429: 30}
+    assert set(codes) == {401, 429}
+    assert 5 <= codes[401] <= 10
     right = {**form, "password": PASSWORD}
     assert request(server, "POST", "/admin/login", right, cookie=session)[0] == 429
 
