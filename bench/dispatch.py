@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from common import free_port, fresh_database  # noqa: E402
 
 from scheduler.__main__ import tick  # noqa: E402
+from service import kinds  # noqa: E402
 from service.config import load_settings  # noqa: E402
 from service.models import (  # noqa: E402
     Enrollment,
@@ -182,13 +183,13 @@ def sample_message(services: Services):
     row = OutboxMessage(
         id=1,
         to_address="reader@example.com",
-        kind="sequence",
+        kind=kinds.SEQUENCE_STEP,
         template=services.sequence.steps[0].template,
         context={"sequence": services.sequence.name, "step": services.sequence.steps[0].id},
         sequence_step=services.sequence.steps[0].id,
     )
     reader = Subscriber(id=1, email="reader@example.com", first_name="Ann")
-    return services.make_dispatcher("bench").compose(row, reader, now=MORNING), row, reader
+    return services.composer.compose(row, reader, now=MORNING), row, reader
 
 
 def micro(services: Services) -> None:
@@ -221,7 +222,6 @@ def micro(services: Services) -> None:
         f"MIME for one email: service.mail.Message {ours:.0f} us, "
         f"email.message.EmailMessage {theirs:.0f} us ({theirs / ours:.1f}x slower)"
     )
-    dispatcher = services.make_dispatcher("bench")
     context = {
         "sequence": services.sequence.name,
         "step": services.sequence.steps[0].id,
@@ -236,7 +236,7 @@ def micro(services: Services) -> None:
     full = per_call(lambda: services.renderer.render(row.template, {**context, **values}), 500)
     skeleton = services.renderer.skeleton(row.template, context, has_first_name=True)
     filled = per_call(lambda: skeleton.fill(values))
-    whole = per_call(lambda: dispatcher.compose(row, reader, now=MORNING))
+    whole = per_call(lambda: services.composer.compose(row, reader, now=MORNING))
     print(
         f"rendering one email: in full {full:.0f} us, filled in once rendered {filled:.0f} us "
         f"({full / filled:.0f}x); a whole email (render, sign links, headers) {whole:.0f} us"

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 import markdown
 import markdown.util
 from markdown.treeprocessors import Treeprocessor
-from sqlalchemy import String, cast, func, literal, select, true, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from . import kinds, outbox
 from .models import (
     Broadcast,
     BroadcastStatus,
@@ -37,9 +37,6 @@ from .models import (
     SubscriberStatus,
 )
 
-BROADCAST_KIND = "broadcast"
-TEST_KIND = "broadcast_test"  # a test to the owner: no subscriber behind it
-TEMPLATE = "broadcast"
 # Far enough ahead that no scheduler claims a held row.
 HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
 # How far ahead a newsletter may be scheduled.
@@ -236,41 +233,15 @@ def start_due(session: Session, *, now: datetime, sequence: str) -> list[tuple[i
         due = due.with_for_update(skip_locked=True)
     started = []
     for broadcast in session.scalars(due).all():
-        recipients = _recipients(broadcast, sequence).subquery()
-        key = literal(f"{BROADCAST_KIND}:{broadcast.id}:", String) + cast(recipients.c.id, String)
-        rows = select(
-            recipients.c.id,
-            recipients.c.email,
-            literal(BROADCAST_KIND, String),
-            literal(TEMPLATE, String),
-            literal({"broadcast_id": broadcast.id}, OutboxMessage.context.type),
-            key,
-            literal(OutboxStatus.QUEUED.value, String),
-            literal(0),
-            literal(now, OutboxMessage.due_at.type),
-            literal(now, OutboxMessage.created_at.type),
-            literal(broadcast.id),
-        ).where(true())  # SQLite reads "SELECT ... ON CONFLICT" as a join without a WHERE
-        columns = [
-            "subscriber_id",
-            "to_address",
-            "kind",
-            "template",
-            "context",
-            "dedupe_key",
-            "status",
-            "attempts",
-            "due_at",
-            "created_at",
-            "broadcast_id",
-        ]
-        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        statement = (
-            dialect.insert(OutboxMessage.__table__)
-            .from_select(columns, rows)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        outbox.enqueue_for_each(
+            session,
+            _recipients(broadcast, sequence).subquery(),
+            kinds.NEWSLETTER,
+            now=now,
+            context={"broadcast_id": broadcast.id},
+            dedupe_prefix=f"{kinds.NEWSLETTER}:{broadcast.id}:",
+            broadcast_id=broadcast.id,
         )
-        session.execute(statement)
         broadcast.status = BroadcastStatus.SENDING
         broadcast.started_at = now
         broadcast.recipients = session.scalar(
@@ -378,16 +349,10 @@ def progress_of(session: Session, broadcast_ids: list[int]) -> dict[int, dict[st
 
 def queue_test(session: Session, broadcast: Broadcast, *, to: str, now: datetime) -> None:
     """Queue a copy for the owner to look at; the scheduler sends it like any email."""
-    session.add(
-        OutboxMessage(
-            subscriber_id=None,
-            to_address=to,
-            kind=TEST_KIND,
-            template=TEMPLATE,
-            context={"broadcast_id": broadcast.id, "test": True},
-            status=OutboxStatus.QUEUED,
-            attempts=0,
-            due_at=now,
-            created_at=now,
-        )
+    outbox.enqueue(
+        session,
+        outbox.Owner(to),
+        kinds.NEWSLETTER_TEST,
+        now=now,
+        context={"broadcast_id": broadcast.id, "test": True},
     )

@@ -1,4 +1,5 @@
-"""One dispatch pass: claim due outbox rows, render each, deliver it, record the outcome.
+"""One dispatch pass: claim due outbox rows, compose each (service.compose), deliver it,
+record the outcome.
 
 Each message is committed as sent as soon as the server accepts it, in its own short
 transaction, and before the next message goes out. Two windows remain in which one
@@ -15,28 +16,23 @@ a batch that runs longer than its lease can never send a row another scheduler h
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
-import hmac
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.utils import parseaddr
-from typing import Any, Protocol
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from . import broadcasts, outbox, subscriptions
-from .broadcasts import BROADCAST_KIND, TEST_KIND
+from . import kinds, outbox, subscriptions
+from .compose import Composer
 from .db import Database
-from .emails import PERSONAL_FIELDS, EmailRenderer, Skeleton
-from .links import Links
+from .kinds import Receivers
 from .mail import (
     MailerUnavailable,
     Message,
@@ -45,9 +41,8 @@ from .mail import (
     ServerBusy,
     TemporaryFailure,
 )
-from .models import Broadcast, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
-from .sequences import SEQUENCE_KIND, DripSequence, sending_window_opens, zone_of
-from .tracking import TRACKED_KINDS, LinkTracker
+from .models import OutboxMessage, OutboxStatus
+from .sequences import sending_window_opens, zone_of
 
 logger = logging.getLogger(__name__)
 
@@ -138,32 +133,17 @@ class Dispatcher:
     def __init__(
         self,
         database: Database,
-        renderer: EmailRenderer,
-        links: Links,
+        composer: Composer,
         *,
-        sequence: DripSequence,
         default_zone: ZoneInfo,
-        sender: str,
-        reply_to: str,
         worker: str,
         policy: DeliveryPolicy,
-        secret_key: str,
-        tracker: LinkTracker | None = None,
     ) -> None:
         self.database = database
-        self.renderer = renderer
-        self.links = links
-        self.sequence = sequence
+        self.composer = composer
         self.default_zone = default_zone
-        self.sender = sender
-        self.reply_to = reply_to
         self.worker = worker
         self.policy = policy
-        self.tracker = tracker
-        self._message_id_key = hashlib.sha256(f"message-id:{secret_key}".encode()).digest()
-        self._message_id_domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
-        self._skeletons: dict[tuple[Any, ...], Skeleton | None] = {}
-        self._newsletters: dict[int, broadcasts.Content] = {}
 
     def drain(
         self,
@@ -261,7 +241,7 @@ class Dispatcher:
                         )
                 except Exception:
                     # Rolled back: a skeleton rendered in it may point at links stored in it.
-                    self._skeletons.clear()
+                    self.composer.forget_rendered()
                     # The next row failed; what became of the last email must still stick.
                     if record is not None:
                         with connection.begin():
@@ -358,30 +338,33 @@ class Dispatcher:
                 logger.warning("outbox %d: the claim lapsed before its turn", message_id)
             return None
         reader = readers.get(row.subscriber_id) if row.subscriber_id is not None else None
-        if reader is None and row.kind in outbox.TO_THE_OWNER:
-            reader = outbox.Reader(
-                id=0,
-                email=row.to_address,
-                first_name=None,
-                status=SubscriberStatus.CONFIRMED,
-                time_zone="UTC",
-            )
-        reason = None
+        try:
+            rules = kinds.rules_of(row.kind)
+        except LookupError as exc:
+            outbox.mark_cancelled(connection, message_id, worker=self.worker, reason=str(exc))
+            report.cancelled += 1
+            return None
+        if reader is None and rules.receivers is Receivers.OWNER:
+            reader = outbox.Reader.stand_in(row.to_address)
+        reason = step = sequence = None
         if not outbox.may_receive(row.kind, reader):
             reason = "recipient may not receive it"
-        elif row.kind == SEQUENCE_KIND and self.sequence.step(row.sequence_step or "") is None:
-            reason = f"step {row.sequence_step!r} is no longer in the sequence"
+        elif rules.in_sending_hours:
+            sequence = self.composer.sequence_of(row)
+            step = sequence.step(row.sequence_step or "") if sequence is not None else None
+            if step is None:
+                reason = f"step {row.sequence_step!r} is no longer in the sequence"
         if reason is not None:
             outbox.mark_cancelled(connection, message_id, worker=self.worker, reason=reason)
             report.cancelled += 1
             return None
-        if row.kind == SEQUENCE_KIND:
+        if step is not None:
             # A step held back by a mail outage still reaches the reader at a sensible hour.
             opens = sending_window_opens(
-                self.sequence.step(row.sequence_step or ""),
+                step,
                 now=now,
                 zone=zone_of(reader.time_zone, self.default_zone),
-                sequence=self.sequence,
+                sequence=sequence,
             )
             if opens is not None:
                 outbox.retry_later(
@@ -405,7 +388,7 @@ class Dispatcher:
             return None
         assert reader is not None  # may_receive() is False without one
         try:
-            return row, self.compose(row, reader, now=now, connection=connection)
+            return row, self.composer.compose(row, reader, now=now, connection=connection)
         except Exception as exc:
             error = f"template {row.template!r} failed: {exc!r}"
             logger.error("outbox %d: %s", message_id, error)
@@ -421,100 +404,6 @@ class Dispatcher:
         )
         report.retried += 1
         return None
-
-    def compose(
-        self,
-        row: OutboxMessage | outbox.Claimed,
-        subscriber: Subscriber | outbox.Reader,
-        *,
-        now: datetime,
-        connection: Connection | None = None,
-    ) -> Message:
-        """Render the row's template for its subscriber into a Message.
-
-        The email is rendered once for all its readers where the template allows (see
-        service.emails.Skeleton), and only the links it shows are signed. Links it tracks
-        are stored in `connection`'s transaction when given (the sending loop's).
-        """
-        context = dict(row.context)
-        if row.kind == SEQUENCE_KIND:
-            context.update(self.sequence.context())
-        elif row.kind in (BROADCAST_KIND, TEST_KIND):
-            context["broadcast"] = self._newsletter(
-                row.context["broadcast_id"], fresh=row.kind == TEST_KIND
-            )
-        # The row's own context is small; the sequence's part is the same for every row.
-        key = (row.template, tuple(sorted(row.context.items())), bool(subscriber.first_name))
-        tracked = self.tracker is not None and row.kind in TRACKED_KINDS
-        if row.kind == TEST_KIND:
-            skeleton = None  # a draft's test: it may have changed since the last one
-        else:
-            if key not in self._skeletons:
-                skeleton = self.renderer.skeleton(
-                    row.template, context, has_first_name=bool(subscriber.first_name)
-                )
-                if skeleton is not None and tracked:
-                    html = self.tracker.rewrite(skeleton.html, now=now, connection=connection)
-                    skeleton = dataclasses.replace(skeleton, html=html)
-                self._skeletons[key] = skeleton
-            skeleton = self._skeletons[key]
-        fields = PERSONAL_FIELDS if skeleton is None else skeleton.fields | {"unsubscribe_url"}
-        values = self._personal_values(subscriber, fields, now=now)
-        if skeleton is None:
-            rendered = self.renderer.render(row.template, {**context, **values})
-            if tracked:
-                html = self.tracker.rewrite(rendered.html, now=now, connection=connection)
-                rendered = dataclasses.replace(rendered, html=html)
-        else:
-            rendered = skeleton.fill(values)
-        if tracked:
-            rendered = dataclasses.replace(rendered, html=self.tracker.stamp(rendered.html, row.id))
-        return Message(
-            sender=self.sender,
-            to=row.to_address,
-            subject=rendered.subject,
-            text=rendered.text,
-            html=rendered.html,
-            date=now,
-            message_id=self.message_id(row.id),
-            reply_to=self.reply_to,
-            headers={
-                # RFC 8058: mailbox providers POST List-Unsubscribe=One-Click to this URL.
-                "List-Unsubscribe": f"<{values['unsubscribe_url']}>",
-                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            },
-        )
-
-    def _newsletter(self, broadcast_id: int, *, fresh: bool) -> broadcasts.Content:
-        """A newsletter's content, read once for as long as this dispatcher lives (a sending
-        newsletter no longer changes; a draft's test reads it every time: drafts do)."""
-        if fresh or broadcast_id not in self._newsletters:
-            with self.database.read() as session:
-                found = session.get(Broadcast, broadcast_id)
-                if found is None:
-                    raise LookupError(f"newsletter {broadcast_id} no longer exists")
-                self._newsletters[broadcast_id] = broadcasts.content_of(found.subject, found.body)
-        return self._newsletters[broadcast_id]
-
-    def _personal_values(
-        self,
-        subscriber: Subscriber | outbox.Reader,
-        fields: frozenset[str] | tuple[str, ...],
-        *,
-        now: datetime,
-    ) -> dict[str, Any]:
-        makers = {
-            "first_name": lambda: subscriber.first_name,
-            "confirm_url": lambda: self.links.confirm(subscriber.id, now=now),
-            "download_url": lambda: self.links.download(subscriber.id, now=now),
-            "unsubscribe_url": lambda: self.links.unsubscribe(subscriber.id, now=now),
-        }
-        return {field: makers[field]() for field in fields}
-
-    def message_id(self, outbox_id: int) -> str:
-        """A Message-ID that is the same on every attempt, so receivers can spot repeats."""
-        tag = hmac.new(self._message_id_key, str(outbox_id).encode(), "sha256").hexdigest()[:16]
-        return f"<{outbox_id}.{tag}@{self._message_id_domain}>"
 
     def _sent(self, connection: Connection, *, row: outbox.Claimed, now: datetime) -> None:
         if not outbox.mark_sent(connection, row.id, worker=self.worker, now=now):

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import erasure, journal, outbox, sequences, signup_input, subscriptions
+from . import erasure, journal, kinds, outbox, sequences, signup_input, subscriptions
 from .audience import FORMULA_STARTS
 from .db import insert_ignoring_conflicts
 from .models import Subscriber, SubscriberStatus
@@ -379,8 +379,7 @@ def apply_plan(
             outbox.enqueue(
                 session,
                 subscriptions.NewSubscriber(subscriber_id, row.email),
-                kind="confirm",
-                template="confirm",
+                kinds.CONFIRM,
                 now=now,
             )
             done.confirmations_queued += 1

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import sequences
+from .compose import Composer
 from .config import ConfigError, Settings
 from .db import Database
 from .dispatch import DeliveryPolicy, Dispatcher, Mailer
@@ -46,6 +47,7 @@ class Services:
     renderer: EmailRenderer
     sequence: sequences.DripSequence
     tracker: LinkTracker
+    composer: Composer
     clock: Callable[[], datetime] = field(default=utc_now)
 
     @classmethod
@@ -71,16 +73,27 @@ class Services:
             raise ConfigError(f"the drip sequence: {exc}") from exc
         _check_step_templates(renderer, sequence)
         database = Database.connect(settings.database_url)
+        links = Links(settings.BASE_URL, tokens)
+        tracker = LinkTracker(database, base_url=settings.BASE_URL, secret_key=settings.SECRET_KEY)
+        composer = Composer(
+            database,
+            renderer,
+            links,
+            sequences={sequence.name: sequence},
+            sender=settings.MAIL_FROM,
+            reply_to=settings.MAIL_REPLY_TO,
+            secret_key=settings.SECRET_KEY,
+            tracker=tracker if settings.TRACK_LINKS else None,
+        )
         return cls(
             settings=settings,
             database=database,
             tokens=tokens,
-            links=Links(settings.BASE_URL, tokens),
+            links=links,
             renderer=renderer,
             sequence=sequence,
-            tracker=LinkTracker(
-                database, base_url=settings.BASE_URL, secret_key=settings.SECRET_KEY
-            ),
+            tracker=tracker,
+            composer=composer,
         )
 
     def make_mailer(self) -> Mailer:
@@ -91,15 +104,9 @@ class Services:
         s = self.settings
         return Dispatcher(
             self.database,
-            self.renderer,
-            self.links,
-            sequence=self.sequence,
+            self.composer,
             default_zone=s.default_zone,
-            sender=s.MAIL_FROM,
-            reply_to=s.MAIL_REPLY_TO,
             worker=worker,
-            secret_key=s.SECRET_KEY,
-            tracker=self.tracker if s.TRACK_LINKS else None,
             policy=DeliveryPolicy(
                 batch_size=s.SEND_BATCH_SIZE,
                 lease=timedelta(seconds=s.SEND_LEASE_SECONDS),

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
 
-from . import outbox, sequences
+from . import kinds, outbox, sequences
 from .db import insert_ignoring_conflicts
 from .journal import Origin, record_consent, record_event
 from .models import (
@@ -163,13 +163,7 @@ def subscribe(
         if cooling_down:
             record_event(session, new_id, "signup_suppressed", now=now)
             return new_id, SignupResult.SUPPRESSED
-        outbox.enqueue(
-            session,
-            NewSubscriber(new_id, signup.email),
-            kind="confirm",
-            template="confirm",
-            now=now,
-        )
+        outbox.enqueue(session, NewSubscriber(new_id, signup.email), kinds.CONFIRM, now=now)
         return new_id, SignupResult.CREATED
 
     subscriber = _find(session, signup.email)
@@ -181,7 +175,7 @@ def subscribe(
     subscriber.last_requested_at = now
 
     if subscriber.status is SubscriberStatus.CONFIRMED:
-        outbox.enqueue(session, subscriber, kind="guide", template="guide_again", now=now)
+        outbox.enqueue(session, subscriber, kinds.GUIDE_AGAIN, now=now)
         record_event(session, subscriber.id, "guide_resent", now=now)
         return subscriber.id, SignupResult.GUIDE_SENT
 
@@ -195,7 +189,7 @@ def subscribe(
         consent_text=consent_text,
         now=now,
     )
-    outbox.enqueue(session, subscriber, kind="confirm", template="confirm", now=now)
+    outbox.enqueue(session, subscriber, kinds.CONFIRM, now=now)
     record_event(session, subscriber.id, "confirmation_resent", now=now)
     return subscriber.id, SignupResult.CONFIRMATION_SENT
 
@@ -253,7 +247,7 @@ def confirm(
     outbox.enqueue(
         session,
         subscriber,
-        kind="welcome",
+        kinds.WELCOME,
         template="welcome",
         now=now,
         dedupe_key=f"welcome:{subscriber.id}",
@@ -319,7 +313,6 @@ def _request_again(
     *,
     confirmed: bool,
     kind: str,
-    template: str,
     event: str,
     cooldown: timedelta,
     now: datetime,
@@ -330,7 +323,7 @@ def _request_again(
     if _asked_recently(session, subscriber, cooldown=cooldown, now=now):
         return False
     subscriber.last_requested_at = now
-    outbox.enqueue(session, subscriber, kind=kind, template=template, now=now)
+    outbox.enqueue(session, subscriber, kind, now=now)
     record_event(session, subscriber.id, event, now=now)
     return True
 
@@ -343,8 +336,7 @@ def request_guide_link(
         session,
         subscriber_id,
         confirmed=True,
-        kind="guide",
-        template="guide_again",
+        kind=kinds.GUIDE_AGAIN,
         event="guide_resent",
         cooldown=cooldown,
         now=now,
@@ -359,8 +351,7 @@ def request_confirmation(
         session,
         subscriber_id,
         confirmed=False,
-        kind="confirm",
-        template="confirm",
+        kind=kinds.CONFIRM,
         event="confirmation_resent",
         cooldown=cooldown,
         now=now,

@@ -1,4 +1,5 @@
-"""Click tracking: links in sequence emails and newsletters go through our own redirect.
+"""Click tracking: links in the kinds of email that track them (service.kinds: sequence
+steps and newsletters) go through our own redirect.
 
 Each external link's target is stored once (table `links`) and the email carries
 `/l/<link id>/<email id>.<signature>` instead. The redirect looks the target up by id, so
@@ -22,12 +23,9 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from .broadcasts import BROADCAST_KIND
 from .db import Database, insert_ignoring_conflicts, insert_row
 from .models import Click, OutboxMessage, TrackedLink
-from .sequences import SEQUENCE_KIND
 
-TRACKED_KINDS = frozenset({SEQUENCE_KIND, BROADCAST_KIND})
 CLICK_PATH = "/l/"
 # Stands in for "<email id>.<signature>" in an email rendered once for all its readers.
 EMAIL_MARKER = "\x1bemail\x1b"

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.__main__ import tick
-from service import broadcasts, subscriptions
+from service import broadcasts, kinds, subscriptions
 from service.models import (
     Broadcast,
     BroadcastStatus,
@@ -94,7 +94,7 @@ def newsletter_rows(app) -> list[OutboxMessage]:
         return list(
             session.scalars(
                 sa.select(OutboxMessage)
-                .where(OutboxMessage.kind == broadcasts.BROADCAST_KIND)
+                .where(OutboxMessage.kind == kinds.NEWSLETTER)
                 .order_by(OutboxMessage.id)
             )
         )

@@ -12,9 +12,9 @@ from flask import Flask, render_template
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from .. import admins, guide, sequences
+from .. import admins, guide, kinds, sequences
 from ..mail import DeliveryError
-from ..models import OutboxMessage, Subscriber
+from ..models import Subscriber
 from .common import services as _services
 from .subscribers import subscribers_group
 
@@ -88,7 +88,7 @@ def emails_group() -> None:
 
 
 def _sample_email(name: str, address: str, first_name: str):
-    """An email as the dispatcher would build it, for a sample reader (not stored)."""
+    """An email as dispatch would compose it, for a sample reader (not stored)."""
     services = _services()
     step = services.sequence.step(name)
     template = step.template if step else name
@@ -98,16 +98,21 @@ def _sample_email(name: str, address: str, first_name: str):
             f"no sequence step or email called {name!r} (steps: {steps}; emails: confirm, "
             "welcome, guide_again)"
         )
-    row = OutboxMessage(
-        id=0,
-        to_address=address,
-        kind=sequences.SEQUENCE_KIND if step else name,
-        template=template,
-        context={"sequence": services.sequence.name, "step": step.id} if step else {},
+    if step is not None:
+        kind = kinds.SEQUENCE_STEP
+        context = {"sequence": services.sequence.name, "step": step.id}
+    else:
+        # Any other template is shown as an email with nothing added: a welcome's rules.
+        kind, context = kinds.with_template(template) or kinds.WELCOME, {}
+    return services.composer.sample(
+        kind,
+        template,
+        to=address,
+        first_name=first_name,
+        now=services.clock(),
+        context=context,
         sequence_step=step.id if step else None,
     )
-    reader = Subscriber(id=0, email=address, first_name=first_name or None)
-    return services.make_dispatcher("cli").compose(row, reader, now=services.clock())
 
 
 @emails_group.command("preview")

@@ -7,26 +7,22 @@ from datetime import UTC, datetime
 from flask import Response, abort, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from ... import audience, broadcasts, dashboard
-from ... import outbox as outbox_module
-from ...models import Broadcast, OutboxMessage, SubscriberStatus
+from ... import audience, broadcasts, dashboard, kinds
+from ...models import Broadcast
 from .. import now, services
 from .blueprint import EMAIL_FRAME_POLICY, bp
 
 
 def _sample_email(broadcast_id: int, to: str):
-    """The newsletter as a reader called Alex would get it (rendered like the real ones)."""
-    row = OutboxMessage(
-        id=0,
-        kind=broadcasts.TEST_KIND,
-        template=broadcasts.TEMPLATE,
+    """The newsletter as a reader called Alex would get it (composed like the real ones)."""
+    return services().composer.sample(
+        kinds.NEWSLETTER_TEST,
+        kinds.rules_of(kinds.NEWSLETTER_TEST).template,
+        to=to,
+        first_name="Alex",
+        now=now(),
         context={"broadcast_id": broadcast_id, "test": True},
-        to_address=to,
     )
-    reader = outbox_module.Reader(
-        id=0, email=to, first_name="Alex", status=SubscriberStatus.CONFIRMED, time_zone="UTC"
-    )
-    return services().make_dispatcher("preview").compose(row, reader, now=now())
 
 
 def _broadcast_or_404(db, broadcast_id: int) -> Broadcast:

@@ -17,7 +17,7 @@ def _dev_mail_only() -> None:
 
 
 def _composed(message_id: int):
-    """The outbox row and the email as its reader gets it (rendered the way dispatch does)."""
+    """The outbox row and the email as its reader gets it (composed as dispatch does)."""
     with services().database.read() as db:
         row = db.get(OutboxMessage, message_id)
         if row is None or row.subscriber_id is None:
@@ -25,7 +25,7 @@ def _composed(message_id: int):
         reader = db.get(Subscriber, row.subscriber_id)
         if reader is None:
             abort(404)
-        message = services().make_dispatcher("preview").compose(row, reader, now=now())
+        message = services().composer.compose(row, reader, now=now())
         db.expunge_all()
     return row, message
 

@@ -1,0 +1,223 @@
+"""Turning an outbox row into the Message its reader gets.
+
+Everything between a queued row and the bytes on the wire is here: the template rendered
+once per step or newsletter and filled in per reader (service.emails.Skeleton), each
+reader's own links, click tracking, the List-Unsubscribe headers and a Message-ID that is
+the same on every attempt. Dispatch composes what it sends with it; the admin's previews
+and the CLI's `emails preview` / `send-test` compose samples with the same code, so what
+the owner looks at is what readers get.
+
+Two caches live as long as the Composer: rendered skeletons (with their tracked links
+already stored) and newsletters' content. A skeleton made in a transaction that rolls
+back may point at links that were never stored: whoever owns that transaction calls
+`forget_rendered()` (the Dispatcher does), so no cache outlives a rolled-back transaction.
+One sending loop per process is assumed (the scheduler runs one); previews store their
+links in transactions of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import datetime
+from email.utils import parseaddr
+from typing import Any
+
+from sqlalchemy import Connection
+
+from . import broadcasts, kinds
+from .db import Database
+from .emails import PERSONAL_FIELDS, EmailRenderer, Skeleton
+from .kinds import ExtraData
+from .links import Links
+from .mail import Message
+from .models import Broadcast, OutboxMessage, Subscriber, SubscriberStatus
+from .outbox import Claimed, Reader
+from .sequences import DripSequence
+from .tracking import LinkTracker
+
+# What a sample email (a preview, a test send) is composed for.
+SAMPLE_ID = 0
+
+
+class Composer:
+    """Builds Messages from outbox rows for one process (see the module's docstring)."""
+
+    def __init__(
+        self,
+        database: Database,
+        renderer: EmailRenderer,
+        links: Links,
+        *,
+        sequences: Mapping[str, DripSequence],
+        sender: str,
+        reply_to: str,
+        secret_key: str,
+        tracker: LinkTracker | None = None,
+    ) -> None:
+        self.database = database
+        self.renderer = renderer
+        self.links = links
+        self.sequences = sequences
+        self.sender = sender
+        self.reply_to = reply_to
+        self.tracker = tracker
+        self._message_id_key = hashlib.sha256(f"message-id:{secret_key}".encode()).digest()
+        self._message_id_domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+        self._skeletons: dict[tuple[Any, ...], Skeleton | None] = {}
+        self._newsletters: dict[int, broadcasts.Content] = {}
+
+    def sequence_of(self, row: OutboxMessage | Claimed) -> DripSequence | None:
+        """The sequence a step's row belongs to (None if it is no longer there)."""
+        return self.sequences.get(row.context.get("sequence", ""))
+
+    def compose(
+        self,
+        row: OutboxMessage | Claimed,
+        subscriber: Subscriber | Reader,
+        *,
+        now: datetime,
+        connection: Connection | None = None,
+    ) -> Message:
+        """Render the row's template for its subscriber into a Message.
+
+        The email is rendered once for all its readers where the template allows (see
+        service.emails.Skeleton), and only the links it shows are signed. Links it tracks
+        are stored in `connection`'s transaction when given (the sending loop's).
+        """
+        rules = kinds.rules_of(row.kind)
+        context = dict(row.context)
+        if rules.data is ExtraData.SEQUENCE:
+            sequence = self.sequence_of(row)
+            if sequence is None:
+                raise LookupError(f"sequence {row.context.get('sequence')!r} is not loaded")
+            context.update(sequence.context())
+        elif rules.data is ExtraData.NEWSLETTER:
+            context["broadcast"] = self._newsletter(
+                row.context["broadcast_id"], fresh=not rules.rendered_once
+            )
+        tracked = self.tracker is not None and rules.tracked
+        skeleton = None
+        if rules.rendered_once:
+            skeleton = self._skeleton(
+                row, context, subscriber, tracked=tracked, now=now, connection=connection
+            )
+        fields = PERSONAL_FIELDS if skeleton is None else skeleton.fields | {"unsubscribe_url"}
+        values = self._personal_values(subscriber, fields, now=now)
+        if skeleton is None:
+            rendered = self.renderer.render(row.template, {**context, **values})
+            if tracked:
+                html = self.tracker.rewrite(rendered.html, now=now, connection=connection)
+                rendered = dataclasses.replace(rendered, html=html)
+        else:
+            rendered = skeleton.fill(values)
+        if tracked:
+            rendered = dataclasses.replace(rendered, html=self.tracker.stamp(rendered.html, row.id))
+        return Message(
+            sender=self.sender,
+            to=row.to_address,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            date=now,
+            message_id=self.message_id(row.id),
+            reply_to=self.reply_to,
+            headers={
+                # RFC 8058: mailbox providers POST List-Unsubscribe=One-Click to this URL.
+                "List-Unsubscribe": f"<{values['unsubscribe_url']}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+        )
+
+    def sample(
+        self,
+        kind: str,
+        template: str,
+        *,
+        to: str,
+        first_name: str | None,
+        now: datetime,
+        context: dict[str, Any] | None = None,
+        sequence_step: str | None = None,
+    ) -> Message:
+        """An email as a reader called `first_name` would get it, stored nowhere (the
+        admin's previews and test copies, the CLI's). Its links are for no reader and lead
+        to 'this link does not work' pages."""
+        row = Claimed(
+            id=SAMPLE_ID,
+            subscriber_id=None,
+            to_address=to,
+            kind=kind,
+            template=template,
+            context=context or {},
+            sequence_step=sequence_step,
+            attempts=0,
+            last_error=None,
+        )
+        reader = Reader(
+            id=SAMPLE_ID,
+            email=to,
+            first_name=first_name or None,
+            status=SubscriberStatus.CONFIRMED,
+            time_zone="UTC",
+        )
+        return self.compose(row, reader, now=now)
+
+    def forget_rendered(self) -> None:
+        """Drop every rendered skeleton: a transaction that stored their links rolled back."""
+        self._skeletons.clear()
+
+    def message_id(self, outbox_id: int) -> str:
+        """A Message-ID that is the same on every attempt, so receivers can spot repeats."""
+        tag = hmac.new(self._message_id_key, str(outbox_id).encode(), "sha256").hexdigest()[:16]
+        return f"<{outbox_id}.{tag}@{self._message_id_domain}>"
+
+    def _skeleton(
+        self,
+        row: OutboxMessage | Claimed,
+        context: dict[str, Any],
+        subscriber: Subscriber | Reader,
+        *,
+        tracked: bool,
+        now: datetime,
+        connection: Connection | None,
+    ) -> Skeleton | None:
+        # The row's own context is small; the sequence's part is the same for every row.
+        key = (row.template, tuple(sorted(row.context.items())), bool(subscriber.first_name))
+        if key not in self._skeletons:
+            skeleton = self.renderer.skeleton(
+                row.template, context, has_first_name=bool(subscriber.first_name)
+            )
+            if skeleton is not None and tracked:
+                html = self.tracker.rewrite(skeleton.html, now=now, connection=connection)
+                skeleton = dataclasses.replace(skeleton, html=html)
+            self._skeletons[key] = skeleton
+        return self._skeletons[key]
+
+    def _newsletter(self, broadcast_id: int, *, fresh: bool) -> broadcasts.Content:
+        """A newsletter's content, read once for as long as this composer lives (a sending
+        newsletter no longer changes; a draft's test reads it every time: drafts do)."""
+        if fresh or broadcast_id not in self._newsletters:
+            with self.database.read() as session:
+                found = session.get(Broadcast, broadcast_id)
+                if found is None:
+                    raise LookupError(f"newsletter {broadcast_id} no longer exists")
+                self._newsletters[broadcast_id] = broadcasts.content_of(found.subject, found.body)
+        return self._newsletters[broadcast_id]
+
+    def _personal_values(
+        self,
+        subscriber: Subscriber | Reader,
+        fields: frozenset[str] | tuple[str, ...],
+        *,
+        now: datetime,
+    ) -> dict[str, Any]:
+        makers = {
+            "first_name": lambda: subscriber.first_name,
+            "confirm_url": lambda: self.links.confirm(subscriber.id, now=now),
+            "download_url": lambda: self.links.download(subscriber.id, now=now),
+            "unsubscribe_url": lambda: self.links.unsubscribe(subscriber.id, now=now),
+        }
+        return {field: makers[field]() for field in fields}
