@@ -128,7 +128,7 @@ def add_due_readers(services: Services, count: int) -> None:
             [
                 {
                     "subscriber_id": subscriber_id,
-                    "sequence": services.sequence.name,
+                    "sequence": services.default_sequence.name,
                     "enrolled_at": confirmed,
                     "status": EnrollmentStatus.ACTIVE,
                     "steps_passed": [],
@@ -184,9 +184,9 @@ def sample_message(services: Services):
         id=1,
         to_address="reader@example.com",
         kind=kinds.SEQUENCE_STEP,
-        template=services.sequence.steps[0].template,
-        context={"sequence": services.sequence.name, "step": services.sequence.steps[0].id},
-        sequence_step=services.sequence.steps[0].id,
+        template=services.default_sequence.steps[0].template,
+        context={"sequence": services.default_sequence.name, "step": services.default_sequence.steps[0].id},
+        sequence_step=services.default_sequence.steps[0].id,
     )
     reader = Subscriber(id=1, email="reader@example.com", first_name="Ann")
     return services.composer.compose(row, reader, now=MORNING), row, reader
@@ -223,9 +223,9 @@ def micro(services: Services) -> None:
         f"email.message.EmailMessage {theirs:.0f} us ({theirs / ours:.1f}x slower)"
     )
     context = {
-        "sequence": services.sequence.name,
-        "step": services.sequence.steps[0].id,
-        **services.sequence.context(),
+        "sequence": services.default_sequence.name,
+        "step": services.default_sequence.steps[0].id,
+        **services.default_sequence.context(),
     }
     values = {
         "first_name": "Ann",

@@ -67,7 +67,7 @@ def settings_for(database: str, workdir: Path) -> dict[str, str]:
 
 def fill(database: str, workdir: Path, count: int) -> None:
     services = Services.from_settings(load_settings(settings_for(database, workdir), environ={}))
-    steps = [s.id for s in services.sequence.steps]
+    steps = [s.id for s in services.default_sequence.steps]
     started = time.perf_counter()
     for start in range(0, count, CHUNK):
         numbers = range(start, min(count, start + CHUNK))
@@ -111,7 +111,7 @@ def fill(database: str, workdir: Path, count: int) -> None:
                 [
                     {
                         "subscriber_id": n + 1,
-                        "sequence": services.sequence.name,
+                        "sequence": services.default_sequence.name,
                         "enrolled_at": at,
                         "status": EnrollmentStatus.ACTIVE,
                         "steps_passed": steps[: n % len(steps)],

@@ -56,7 +56,7 @@ def services_for(database: str, workdir: Path) -> Services:
 
 def fill(services: Services, count: int) -> None:
     """`count` confirmed subscribers, each at some step, the next one due in 1 h to 30 days."""
-    steps = [s.id for s in services.sequence.steps]
+    steps = [s.id for s in services.default_sequence.steps]
     confirmed = NOW - timedelta(days=10)
     first_id = 1
     for start in range(0, count, CHUNK):
@@ -82,7 +82,7 @@ def fill(services: Services, count: int) -> None:
                 [
                     {
                         "subscriber_id": first_id + i,
-                        "sequence": services.sequence.name,
+                        "sequence": services.default_sequence.name,
                         "enrolled_at": confirmed,
                         "status": EnrollmentStatus.ACTIVE,
                         "steps_passed": steps[: (start + i) % len(steps)],
@@ -135,14 +135,14 @@ def measure(kind: str, count: int) -> tuple[float, float, float, int]:
 
     def find_due() -> None:
         with services.database.read() as session:
-            found = sequences.due_enrollments(session, services.sequence, now=NOW, limit=1000)
+            found = sequences.due_enrollments(session, services.default_sequence, now=NOW, limit=1000)
             assert len(found) == 1000, len(found)
 
     due_query = median_ms(find_due)
     with services.database.begin() as session:
         queued = sequences.advance_due(
             session,
-            services.sequence,
+            services.default_sequence,
             now=NOW,
             default_zone=services.settings.default_zone,
             limit=1000,

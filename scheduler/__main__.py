@@ -41,28 +41,33 @@ def parse_instant(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def advance_sequence(
+def advance_sequences(
     services: Services, *, clock: Callable[[], datetime], stop: threading.Event
-) -> sequences.TickReport:
-    """Move every subscriber whose next step is due one step on, a batch per transaction."""
-    total = sequences.TickReport()
+) -> dict[str, sequences.TickReport]:
+    """Move every subscriber whose next step is due one step on, in every sequence, a batch
+    per transaction; what each sequence did, by name."""
     limit = services.settings.SEQUENCE_BATCH_SIZE
-    while not stop.is_set():
-        with services.database.begin() as session:
-            report = sequences.advance_due(
-                session,
-                services.sequence,
-                now=clock(),
-                default_zone=services.settings.default_zone,
-                limit=limit,
-            )
-        for outcome in sequences.Outcome:
-            setattr(
-                total, outcome.value, getattr(total, outcome.value) + getattr(report, outcome.value)
-            )
-        if report.total < limit:
-            break
-    return total
+    totals = {}
+    for name, sequence in services.sequences.items():
+        total = totals[name] = sequences.TickReport()
+        while not stop.is_set():
+            with services.database.begin() as session:
+                report = sequences.advance_due(
+                    session,
+                    sequence,
+                    now=clock(),
+                    default_zone=services.settings.default_zone,
+                    limit=limit,
+                )
+            for outcome in sequences.Outcome:
+                setattr(
+                    total,
+                    outcome.value,
+                    getattr(total, outcome.value) + getattr(report, outcome.value),
+                )
+            if report.total < limit:
+                break
+    return totals
 
 
 def tick(
@@ -81,15 +86,15 @@ def tick(
             health.record_tick(session, dispatcher.worker, started_at=started_at, now=now)
 
     heartbeat(clock())
-    steps = advance_sequence(services, clock=clock, stop=stop)
-    if steps.total:
-        logger.info("sequence: %s", steps)
+    for name, steps in advance_sequences(services, clock=clock, stop=stop).items():
+        if steps.total:
+            logger.info("sequence %s: %s", name, steps)
     with services.database.read() as session:
         newsletters = broadcasts.in_progress(session)
     if newsletters:
         with services.database.begin() as session:
             for broadcast_id, queued in broadcasts.start_due(
-                session, now=clock(), sequence=services.sequence.name
+                session, now=clock(), sequence=services.default_sequence.name
             ):
                 logger.info("newsletter %d: %d emails queued", broadcast_id, queued)
     mailer = services.make_mailer()

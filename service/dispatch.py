@@ -19,19 +19,25 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, select
-from sqlalchemy.orm import Session
 
-from . import kinds, outbox, subscriptions
+from . import kinds, outbox
 from .compose import Composer
 from .db import Database
+from .delivery import (
+    DeliveryPolicy,
+    Mailer,
+    Pacer,
+    PassReport,
+    record_bounce,
+    record_failure,
+    record_sent,
+    retry_or_fail,
+)
 from .kinds import Receivers
 from .mail import (
     MailerUnavailable,
@@ -45,86 +51,6 @@ from .models import OutboxMessage, OutboxStatus
 from .sequences import sending_window_opens, zone_of
 
 logger = logging.getLogger(__name__)
-
-
-class Mailer(Protocol):
-    """What the dispatcher needs from a mail backend (service.mail has three)."""
-
-    def send(self, message: Message) -> None:
-        """Deliver one message, or raise a service.mail.DeliveryError saying what to do."""
-
-    def close(self) -> None:
-        """Release the connection, if any."""
-
-
-@dataclass
-class PassReport:
-    """What one pass did, for logs and tests."""
-
-    claimed: int = 0
-    sent: int = 0
-    retried: int = 0
-    failed: int = 0
-    bounced: int = 0
-    cancelled: int = 0
-    released: int = 0
-    lost: int = 0  # claims that lapsed before the row's turn (another scheduler may have it)
-    stopped: str | None = None  # why the pass ended early, if it did
-    errors: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        counts = ", ".join(
-            f"{name} {getattr(self, name)}"
-            for name in (
-                "claimed",
-                "sent",
-                "retried",
-                "failed",
-                "bounced",
-                "cancelled",
-                "released",
-                "lost",
-            )
-        )
-        return counts + (f"; stopped: {self.stopped}" if self.stopped else "")
-
-
-@dataclass(frozen=True)
-class DeliveryPolicy:
-    """How many rows to claim, for how long, and how to retry."""
-
-    batch_size: int = 100
-    lease: timedelta = timedelta(minutes=5)
-    max_attempts: int = 8
-    retry_base: timedelta = timedelta(minutes=1)
-    retry_cap: timedelta = timedelta(hours=6)
-    per_second: float = 0  # 0: no limit
-    per_hour: int = 0  # 0: no limit
-
-
-class Pacer:
-    """Spaces sends `1 / per_second` apart (for providers that cap the rate)."""
-
-    def __init__(
-        self,
-        per_second: float,
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.interval = 1 / per_second if per_second > 0 else 0.0
-        self.monotonic = monotonic
-        self.sleep = sleep
-        self._next = 0.0
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        now = self.monotonic()
-        if now < self._next:
-            self.sleep(self._next - now)
-            now = self._next
-        self._next = now + self.interval
 
 
 class Dispatcher:
@@ -251,6 +177,7 @@ class Dispatcher:
                 if prepared is None:
                     continue
                 row, message = prepared
+                outcome = {"worker": self.worker, "row": row, "report": report}
                 try:
                     mailer.send(message)
                 except (MailerUnavailable, ServerBusy) as exc:
@@ -261,27 +188,25 @@ class Dispatcher:
                     return
                 except TemporaryFailure as exc:
                     record = functools.partial(
-                        self._retry_or_fail, row=row, error=str(exc), now=now, report=report
+                        retry_or_fail, **outcome, error=str(exc), now=now, policy=self.policy
                     )
                 except RecipientRejected as exc:
-                    record = functools.partial(
-                        self._bounce, row=row, error=str(exc), now=now, report=report
-                    )
+                    record = functools.partial(record_bounce, **outcome, error=str(exc), now=now)
                 except MessageRejected as exc:
                     logger.warning("outbox %d rejected by the server: %s", message_id, exc)
-                    record = functools.partial(self._fail, row=row, error=str(exc), report=report)
+                    record = functools.partial(record_failure, **outcome, error=str(exc))
                 except Exception as exc:  # one bad message must not stall the rest of the pass
                     logger.exception("outbox %d could not be sent", message_id)
                     record = functools.partial(
-                        self._retry_or_fail,
-                        row=row,
+                        retry_or_fail,
+                        **outcome,
                         error=f"unexpected error: {exc!r}",
                         now=now,
-                        report=report,
+                        policy=self.policy,
                     )
                 else:
                     report.sent += 1
-                    record = functools.partial(self._sent, row=row, now=now)
+                    record = functools.partial(record_sent, worker=self.worker, row=row, now=now)
             if record is not None:
                 with connection.begin():
                     record(connection)
@@ -404,60 +329,3 @@ class Dispatcher:
         )
         report.retried += 1
         return None
-
-    def _sent(self, connection: Connection, *, row: outbox.Claimed, now: datetime) -> None:
-        if not outbox.mark_sent(connection, row.id, worker=self.worker, now=now):
-            logger.warning(
-                "outbox %d was sent but its claim had moved on", row.id
-            )  # pragma: no cover
-
-    def _fail(
-        self, connection: Connection, *, row: outbox.Claimed, error: str, report: PassReport
-    ) -> None:
-        outbox.mark_failed(connection, row.id, worker=self.worker, error=error)
-        report.failed += 1
-
-    def _retry_or_fail(
-        self,
-        connection: Connection,
-        *,
-        row: outbox.Claimed,
-        error: str,
-        now: datetime,
-        report: PassReport,
-    ) -> None:
-        if row.attempts >= self.policy.max_attempts:
-            outbox.mark_failed(
-                connection,
-                row.id,
-                worker=self.worker,
-                error=f"gave up after {row.attempts} attempts: {error}",
-            )
-            report.failed += 1
-            logger.warning("outbox %d failed after %d attempts: %s", row.id, row.attempts, error)
-            return
-        delay = outbox.retry_delay(
-            row.attempts, base=self.policy.retry_base, cap=self.policy.retry_cap
-        )
-        outbox.retry_later(connection, row.id, worker=self.worker, due_at=now + delay, error=error)
-        report.retried += 1
-        logger.info("outbox %d will be retried in %s: %s", row.id, delay, error)
-
-    def _bounce(
-        self,
-        connection: Connection,
-        *,
-        row: outbox.Claimed,
-        error: str,
-        now: datetime,
-        report: PassReport,
-    ) -> None:
-        outbox.mark_failed(connection, row.id, worker=self.worker, error=error)
-        if row.subscriber_id is not None:
-            # The domain works on a Session; this one joins the connection's transaction.
-            with Session(bind=connection) as session:
-                subscriptions.mark_bounced(session, row.subscriber_id, reason=error, now=now)
-                session.flush()
-        report.failed += 1
-        report.bounced += 1
-        logger.warning("outbox %d bounced; no more mail to that address: %s", row.id, error)

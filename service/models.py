@@ -187,7 +187,7 @@ class OutboxMessage(Base):
     template: Mapped[str] = mapped_column(String(100))
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     sequence_step: Mapped[str | None] = mapped_column(String(64))  # for kind "sequence"
-    # Where at most one such email may ever exist, e.g. "welcome:42".
+    # Where at most one such email may ever exist, e.g. "welcome:glute-guide:42".
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     status: Mapped[OutboxStatus] = mapped_column(_enum(OutboxStatus), default=OutboxStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -15,15 +15,19 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from . import sequences
+from . import magnets as lead_magnets
 from .compose import Composer
 from .config import ConfigError, Settings
 from .db import Database
-from .dispatch import DeliveryPolicy, Dispatcher, Mailer
+from .delivery import DeliveryPolicy, Mailer
+from .dispatch import Dispatcher
 from .emails import EmailRenderer, email_directories, sequence_file
 from .links import Links
+from .magnets import DEFAULT_MAGNET, LeadMagnet
 from .mail import mailer_from_url
 from .secret_key import instance_secret_key
+from .sequences import DripSequence, SequenceError
+from .sequences import load as load_sequence
 from .tokens import Tokens
 from .tracking import LinkTracker
 
@@ -45,7 +49,9 @@ class Services:
     tokens: Tokens
     links: Links
     renderer: EmailRenderer
-    sequence: sequences.DripSequence
+    # Keyed by id; today the content has one of each (see service.magnets).
+    magnets: dict[str, LeadMagnet]
+    sequences: dict[str, DripSequence]
     tracker: LinkTracker
     composer: Composer
     clock: Callable[[], datetime] = field(default=utc_now)
@@ -66,12 +72,13 @@ class Services:
             },
         )
         try:
-            sequence = sequences.load(
+            sequence = load_sequence(
                 sequence_file(settings.CONTENT_DIR), template_exists=renderer.has_template
             )
-        except sequences.SequenceError as exc:
+        except SequenceError as exc:
             raise ConfigError(f"the drip sequence: {exc}") from exc
         _check_step_templates(renderer, sequence)
+        sequences = {sequence.name: sequence}
         database = Database.connect(settings.database_url)
         links = Links(settings.BASE_URL, tokens)
         tracker = LinkTracker(database, base_url=settings.BASE_URL, secret_key=settings.SECRET_KEY)
@@ -79,7 +86,7 @@ class Services:
             database,
             renderer,
             links,
-            sequences={sequence.name: sequence},
+            sequences=sequences,
             sender=settings.MAIL_FROM,
             reply_to=settings.MAIL_REPLY_TO,
             secret_key=settings.SECRET_KEY,
@@ -91,7 +98,8 @@ class Services:
             tokens=tokens,
             links=links,
             renderer=renderer,
-            sequence=sequence,
+            magnets=lead_magnets.from_settings(settings, sequence=sequence.name),
+            sequences=sequences,
             tracker=tracker,
             composer=composer,
         )
@@ -119,11 +127,21 @@ class Services:
         )
 
     @property
+    def default_magnet(self) -> LeadMagnet:
+        """The lead magnet of the landing page and of signups that name none."""
+        return self.magnets[DEFAULT_MAGNET]
+
+    @property
+    def default_sequence(self) -> DripSequence:
+        """The default magnet's sequence: the one the owner's desk shows."""
+        return self.sequences[self.default_magnet.sequence]
+
+    @property
     def resend_cooldown(self) -> timedelta:
         return timedelta(minutes=self.settings.RESEND_COOLDOWN_MINUTES)
 
 
-def _check_step_templates(renderer: EmailRenderer, sequence: sequences.DripSequence) -> None:
+def _check_step_templates(renderer: EmailRenderer, sequence: DripSequence) -> None:
     """Render every step once, with and without a first name, so a template error stops
     the service at startup instead of holding back mail later. (It also fills the cache of
     emails rendered once for all readers.)"""

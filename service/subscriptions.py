@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from . import kinds, outbox, sequences
 from .db import insert_ignoring_conflicts
 from .journal import Origin, record_consent, record_event
+from .magnets import LeadMagnet
 from .models import (
     Subscriber,
     SubscriberStatus,
@@ -212,14 +213,14 @@ def confirm(
     *,
     token_issued_at: datetime,
     consent_text: str,
-    sequence: str,
+    magnet: LeadMagnet,
     now: datetime,
 ) -> tuple[Subscriber, bool]:
     """Confirm a subscription; (subscriber, True) if this call confirmed it.
 
-    Confirming records the consent, queues the welcome email with the guide (once per
-    subscriber, ever) and enrolls the subscriber in the drip `sequence`. Confirming again is
-    harmless. A link made before the subscriber unsubscribed or bounced is refused, so an
+    Confirming records the consent, queues the email that delivers the lead `magnet`
+    (once per subscriber and magnet, ever) and enrolls the subscriber in the magnet's drip
+    sequence. Confirming again is harmless. A link made before the subscriber unsubscribed or bounced is refused, so an
     old email cannot silently bring them back.
     """
     subscriber = get_subscriber(session, subscriber_id, for_update=True)
@@ -248,12 +249,18 @@ def confirm(
         session,
         subscriber,
         kinds.WELCOME,
-        template="welcome",
+        template=magnet.incentive_template,
         now=now,
-        dedupe_key=f"welcome:{subscriber.id}",
+        dedupe_key=incentive_key(magnet.id, subscriber.id),
     )
-    sequences.enroll(session, subscriber, now=now, sequence=sequence)
+    if magnet.sequence is not None:
+        sequences.enroll(session, subscriber, now=now, sequence=magnet.sequence)
     return subscriber, True
+
+
+def incentive_key(magnet_id: str, subscriber_id: int) -> str:
+    """The dedupe key of a magnet's incentive email to a subscriber: one, ever."""
+    return f"{kinds.WELCOME}:{magnet_id}:{subscriber_id}"
 
 
 def stop_mail(session: Session, subscriber: Subscriber, reason: str, now: datetime) -> None:

@@ -630,7 +630,7 @@ def confirmed_reader(app, client, email: str = "reader@example.com", name: str =
             journal.Origin(ip="203.0.113.9", user_agent="test"),
             token_issued_at=services.clock(),
             consent_text="Yes, send me the guide.",
-            sequence=services.sequence.name,
+            magnet=services.default_magnet,
             now=services.clock(),
         )
     return subscriber.id
@@ -919,7 +919,7 @@ def test_an_export_that_fails_says_so_instead_of_ending_early(app):
 def test_the_export_filters_by_sequence_step(app, admin_client):
     """A step id, 'finished' and 'none' each select the subscribers at that place."""
     services = services_of(app)
-    first, second = (step.id for step in services.sequence.steps[:2])
+    first, second = (step.id for step in services.default_sequence.steps[:2])
     ids = add_subscribers(app, 4, status=SubscriberStatus.CONFIRMED)
     with services.database.begin() as session:
         for subscriber_id, status, step in (
@@ -930,7 +930,7 @@ def test_the_export_filters_by_sequence_step(app, admin_client):
             session.add(
                 Enrollment(
                     subscriber_id=subscriber_id,
-                    sequence=services.sequence.name,
+                    sequence=services.default_sequence.name,
                     enrolled_at=services.clock(),
                     status=status,
                     steps_passed=[],
@@ -985,7 +985,7 @@ def test_the_export_walks_the_ids_there_are_not_the_gaps_between(app):
 def searched(app, query: str, **filters) -> list[str]:
     """The addresses a search of the admin list finds, newest first, every page."""
     services = services_of(app)
-    wanted = audience.SubscriberFilter(query=query, sequence=services.sequence.name, **filters)
+    wanted = audience.SubscriberFilter(query=query, sequence=services.default_sequence.name, **filters)
     found, before = [], None
     with services.database.read() as session:
         while True:
@@ -1050,7 +1050,7 @@ def test_a_search_finds_what_a_substring_test_finds(app, names, query):
         if needle.lower() in f"x{n}.{'ab'[n % 2]}@example.com" or needle.lower() in name.lower()
     ]
     assert searched(app, needle) == expected
-    wanted = audience.SubscriberFilter(query=needle, sequence=services.sequence.name)
+    wanted = audience.SubscriberFilter(query=needle, sequence=services.default_sequence.name)
     exported = b"".join(p.data for p in audience.export_csv(services.database.read, wanted))
     assert [row["email"] for row in read_csv(exported.decode())] == expected[::-1]
 

@@ -75,7 +75,7 @@ def send_now(app, broadcast_id: int) -> bool:
 def start(app) -> list[tuple[int, int]]:
     services = services_of(app)
     with services.database.begin() as session:
-        return broadcasts.start_due(session, now=services.clock(), sequence=services.sequence.name)
+        return broadcasts.start_due(session, now=services.clock(), sequence=services.default_sequence.name)
 
 
 def finish(app) -> None:
@@ -207,7 +207,7 @@ def test_the_audience_can_be_narrowed_by_source_and_sequence(app):
         session.add(
             Enrollment(
                 subscriber_id=ids[0],
-                sequence=services.sequence.name,
+                sequence=services.default_sequence.name,
                 status=EnrollmentStatus.FINISHED,
                 enrolled_at=services.clock(),
                 steps_passed=[],

@@ -15,10 +15,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
-from service import migrate
+from service import kinds, migrate, outbox, subscriptions
 from service.config import PROJECT_ROOT
 from service.db import Base, Database, NestedWriteTransaction
-from service.models import Event
+from service.magnets import DEFAULT_MAGNET
+from service.models import Event, Subscriber
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url):
@@ -295,4 +296,68 @@ def test_upgrading_gives_existing_subscribers_their_mailbox_key(tmp_path):
     migrate.downgrade(url, "0007")
     assert triggers() == 3
     migrate.upgrade(url)
+    engine.dispose()
+
+
+def test_upgrading_keeps_each_welcome_sent_once_per_magnet(database_url):
+    """Migration 0011: the welcome's dedupe key names the lead magnet. Keys written before it
+    (one welcome per reader) become the glute guide's, so a reader who had theirs never
+    gets it again; other keys are left alone; and back down again."""
+    migrate.downgrade(database_url, "0010")
+    engine = sa.create_engine(database_url)
+    created = datetime(2026, 11, 1, tzinfo=UTC)
+    keys = ["welcome:1", "welcome:22", "broadcast:3:1", "sequence:tips:1:day-1", None]
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO subscribers (email, email_key, mailbox_key, status, time_zone, "
+                "source, created_at) VALUES ('ann@example.com', 'ann@example.com', "
+                "'ann@example.com', 'confirmed', 'UTC', 'test', :at)"
+            ),
+            {"at": created},
+        )
+        for key in keys:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO outbox (subscriber_id, to_address, kind, template, context, "
+                    "dedupe_key, status, attempts, due_at, created_at) VALUES (1, "
+                    "'ann@example.com', 'welcome', 'welcome', '{}', :key, 'sent', 1, :at, :at)"
+                ),
+                {"key": key, "at": created},
+            )
+
+    def stored() -> list[str | None]:
+        with engine.connect() as connection:
+            return list(
+                connection.execute(sa.text("SELECT dedupe_key FROM outbox ORDER BY id")).scalars()
+            )
+
+    migrate.upgrade(database_url)
+    assert stored() == [
+        "welcome:glute-guide:1",
+        "welcome:glute-guide:22",
+        "broadcast:3:1",
+        "sequence:tips:1:day-1",
+        None,
+    ]
+    database = Database.connect(database_url)
+    with database.begin() as session:
+        reader = session.get(Subscriber, 1)
+        key = subscriptions.incentive_key(DEFAULT_MAGNET, reader.id)
+        assert not outbox.enqueue(
+            session, reader, kinds.WELCOME, template="welcome", now=created, dedupe_key=key
+        )
+        assert outbox.enqueue(
+            session,
+            reader,
+            kinds.WELCOME,
+            template="welcome",
+            now=created,
+            dedupe_key=subscriptions.incentive_key("other", 1),
+        )
+    database.dispose()
+    migrate.downgrade(database_url, "0010")
+    assert stored()[:5] == keys
+    assert stored()[5] == "welcome:other:1"  # no old shape for another magnet's key
+    migrate.upgrade(database_url)
     engine.dispose()

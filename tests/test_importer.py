@@ -40,7 +40,7 @@ def apply(app, text: str, mode=importer.Mode.CONFIRMED, join_sequence=False, con
             consent_text=consent,
             mode=mode,
             join_sequence=join_sequence,
-            sequence=services.sequence.name,
+            sequence=services.default_sequence.name,
             now=services.clock(),
         )
 

@@ -104,7 +104,7 @@ def go_ahead(app, import_id: int, *, mode=importer.Mode.CONFIRM, claimed_by=None
             mode=mode,
             consent_text=CONSENT,
             join_sequence=False,
-            sequence=services.sequence.name,
+            sequence=services.default_sequence.name,
             claimed_by=claimed_by,
             now=services.clock(),
         )

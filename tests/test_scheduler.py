@@ -242,7 +242,7 @@ def add_due_readers(app, count: int) -> None:
             session.add(
                 Enrollment(
                     subscriber_id=reader.id,
-                    sequence=services.sequence.name,
+                    sequence=services.default_sequence.name,
                     enrolled_at=confirmed,
                     status=EnrollmentStatus.ACTIVE,
                     steps_passed=[],

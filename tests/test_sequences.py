@@ -252,7 +252,7 @@ def confirm_reader(app, email: str, *, zone: str = "UTC", first_name: str | None
             ORIGIN,
             token_issued_at=services.clock(),
             consent_text="yes",
-            sequence=services.sequence.name,
+            magnet=services.default_magnet,
             now=services.clock(),
         )
     return subscriber_id
@@ -641,7 +641,7 @@ def test_a_tick_with_nothing_due_touches_nothing(seq_app, clock):
     services = services_of(app)
     with services.database.begin() as session:
         report = sequences.advance_due(
-            session, services.sequence, now=clock(), default_zone=UTC_ZONE
+            session, services.default_sequence, now=clock(), default_zone=UTC_ZONE
         )
     assert report.total == 0
     after = enrollment(app, 1)
@@ -722,12 +722,12 @@ def test_an_unsubscribe_during_a_tick_waits_for_it_then_cancels_the_step(seq_app
             outcome["unsubscribe"] = exc
 
     with services.database.begin() as session:
-        assert sequences.due_enrollments(session, services.sequence, now=clock(), limit=10)
+        assert sequences.due_enrollments(session, services.default_sequence, now=clock(), limit=10)
         thread = threading.Thread(target=unsubscribe)
         thread.start()
         wait_until_a_backend_waits_for_a_lock(app)
         report = sequences.advance_due(
-            session, services.sequence, now=clock(), default_zone=UTC_ZONE
+            session, services.default_sequence, now=clock(), default_zone=UTC_ZONE
         )
         assert report.queued == 1
     thread.join(timeout=30)
@@ -749,7 +749,7 @@ def test_a_step_queued_when_the_reader_left_comes_when_they_return(seq_app, cloc
     clock.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
     services = services_of(app)
     with services.database.begin() as session:  # step a is queued, not yet sent ...
-        sequences.advance_due(session, services.sequence, now=clock(), default_zone=UTC_ZONE)
+        sequences.advance_due(session, services.default_sequence, now=clock(), default_zone=UTC_ZONE)
     with services.database.begin() as session:  # ... when the reader leaves
         subscriptions.unsubscribe(session, reader, via="test", now=clock())
     assert enrollment(app, reader).steps_passed == []
@@ -770,7 +770,7 @@ def test_an_unsubscribe_stops_a_step_already_claimed_for_sending(seq_app, clock,
     clock.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
     services = services_of(app)
     with services.database.begin() as session:
-        sequences.advance_due(session, services.sequence, now=clock(), default_zone=UTC_ZONE)
+        sequences.advance_due(session, services.default_sequence, now=clock(), default_zone=UTC_ZONE)
 
     def leave_after_the_first(message):
         if message.to == "stays@example.com":

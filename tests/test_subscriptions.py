@@ -13,11 +13,21 @@ from hypothesis import strategies as st
 
 from service import signup_input, subscriptions
 from service.journal import Origin
+from service.magnets import LeadMagnet
 from service.models import SubscriberStatus
 from service.signup_input import InvalidSignup, parse_signup
 from service.subscriptions import SignupResult
 
 ORIGIN = Origin(ip="192.0.2.1", user_agent="pytest")
+TIPS_MAGNET = LeadMagnet(
+    id="guide",
+    title="A guide",
+    resource=None,
+    url=None,
+    download_name="guide.pdf",
+    incentive_template="welcome",
+    sequence="tips",
+)
 CONSENT = "Send me the guide."
 
 
@@ -161,7 +171,7 @@ def test_lifecycle(database_url, clock):
             ORIGIN,
             token_issued_at=clock(),
             consent_text=CONSENT,
-            sequence="tips",
+            magnet=TIPS_MAGNET,
             now=clock.advance(minutes=1),
         )
         assert confirmed and subscriber.status is SubscriberStatus.CONFIRMED
@@ -185,7 +195,7 @@ def test_lifecycle(database_url, clock):
                 ORIGIN,
                 token_issued_at=clock(),
                 consent_text=CONSENT,
-                sequence="tips",
+                magnet=TIPS_MAGNET,
                 now=clock(),
             )
     database.dispose()

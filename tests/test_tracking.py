@@ -37,7 +37,7 @@ def queue_newsletter(app, body: str = BODY, readers: int = 2) -> int:
             )
         broadcast = broadcasts.save_draft(session, None, subject="Rolling", body=body, now=now)
         broadcasts.schedule(session, broadcast.id, at=now, now=now)
-        broadcasts.start_due(session, now=now, sequence=services.sequence.name)
+        broadcasts.start_due(session, now=now, sequence=services.default_sequence.name)
     return broadcast.id
 
 
@@ -110,7 +110,7 @@ def test_sequence_step_clicks_reach_the_dashboard(make_app, smtp, tmp_path):
     )
     app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(tmp_path / "content"))
     services = services_of(app)
-    step = services.sequence.step("course")
+    step = services.default_sequence.step("course")
     with services.database.begin() as session:
         reader = make_subscriber(
             session, "r@example.com", now=services.clock(), status=SubscriberStatus.CONFIRMED
@@ -121,7 +121,7 @@ def test_sequence_step_clicks_reach_the_dashboard(make_app, smtp, tmp_path):
                 to_address=reader.email,
                 kind=SEQUENCE_KIND,
                 template=step.template,
-                context={"sequence": services.sequence.name, "step": step.id},
+                context={"sequence": services.default_sequence.name, "step": step.id},
                 sequence_step=step.id,
                 status="queued",
                 attempts=0,
@@ -136,7 +136,7 @@ def test_sequence_step_clicks_reach_the_dashboard(make_app, smtp, tmp_path):
     assert client.get(links[0]).headers["Location"] == "https://course.example.com/back"
     with services.database.read() as session:
         (results,) = [
-            r for r in dashboard.step_results(session, services.sequence) if r.step_id == "course"
+            r for r in dashboard.step_results(session, services.default_sequence) if r.step_id == "course"
         ]
     assert (results.sent, results.clicks) == (1, 1)
 

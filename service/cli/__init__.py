@@ -90,17 +90,17 @@ def emails_group() -> None:
 def _sample_email(name: str, address: str, first_name: str):
     """An email as dispatch would compose it, for a sample reader (not stored)."""
     services = _services()
-    step = services.sequence.step(name)
+    step = services.default_sequence.step(name)
     template = step.template if step else name
     if not services.renderer.has_template(template):
-        steps = ", ".join(s.id for s in services.sequence.steps)
+        steps = ", ".join(s.id for s in services.default_sequence.steps)
         raise click.ClickException(
             f"no sequence step or email called {name!r} (steps: {steps}; emails: confirm, "
             "welcome, guide_again)"
         )
     if step is not None:
         kind = kinds.SEQUENCE_STEP
-        context = {"sequence": services.sequence.name, "step": step.id}
+        context = {"sequence": services.default_sequence.name, "step": step.id}
     else:
         # Any other template is shown as an email with nothing added: a welcome's rules.
         kind, context = kinds.with_template(template) or kinds.WELCOME, {}
@@ -174,7 +174,7 @@ def sequence_group() -> None:
 def sequence_status() -> None:
     """How many subscribers are at each step, and what is due in the next 24 hours."""
     services = _services()
-    sequence = services.sequence
+    sequence = services.default_sequence
     with services.database.read() as session:
         report = sequences.status(
             session, sequence, now=services.clock(), window=timedelta(hours=24)
@@ -217,7 +217,7 @@ def _change_sequence(address: str, change, *, done: str, not_done: str) -> None:
     subscriber_id = _subscriber_id(address)
     with services.database.begin() as session:
         changed = change(
-            session, subscriber_id, sequence=services.sequence.name, now=services.clock()
+            session, subscriber_id, sequence=services.default_sequence.name, now=services.clock()
         )
     click.echo(done if changed else not_done)
 

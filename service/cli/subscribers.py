@@ -60,7 +60,7 @@ def subscribers_export(
                 "step": step,
                 "q": query,
             },
-            sequence=services.sequence.name,
+            sequence=services.default_sequence.name,
         )
     except audience.InvalidFilter as exc:
         raise click.ClickException(str(exc)) from None
@@ -184,7 +184,7 @@ def _check_then_import(
                 mode=mode,
                 consent_text=consent,
                 join_sequence=join_sequence,
-                sequence=services.sequence.name,
+                sequence=services.default_sequence.name,
                 claimed_by=runner.worker,
                 now=services.clock(),
             )

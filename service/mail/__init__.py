@@ -3,7 +3,7 @@
 This package imports only the standard library and knows nothing of subscribers or
 the outbox: it turns a Message into bytes on a wire (or a file) and says how that went.
 Each backend has `send(message)` and `close()`; the dispatcher, which uses them, states
-that contract (service.dispatch.Mailer).
+that contract (service.delivery.Mailer).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def confirm(token: str):
             origin(),
             token_issued_at=data.issued_at,
             consent_text=consent_text(),
-            sequence=services().sequence.name,
+            magnet=services().default_magnet,
             now=now(),
         )
     download = services().tokens.make(Purpose.DOWNLOAD, subscriber.id, now=now())
@@ -139,10 +139,10 @@ def resend(purpose: str, token: str):
 def download(token: str):
     """Serve the guide and count the download."""
     data = read_token(Purpose.DOWNLOAD, token)
-    settings = services().settings
-    path = settings.guide_path
-    if settings.uses_shipped_guide:
-        guide.ensure_built(path, site_name=settings.SITE_NAME)
+    magnet = services().default_magnet
+    path = magnet.resource
+    if magnet.built:
+        guide.ensure_built(path, site_name=services().settings.SITE_NAME)
     if not path.is_file():
         logger.error("the guide is missing: GUIDE_PATH %s is not a file", path)
         return render_template("guide_unavailable.html"), 503
@@ -152,7 +152,7 @@ def download(token: str):
         path,
         mimetype="application/pdf",
         as_attachment=True,
-        download_name=settings.GUIDE_DOWNLOAD_NAME,
+        download_name=magnet.download_name,
         max_age=0,
     )
 

@@ -73,7 +73,9 @@ def newsletter(broadcast_id: int | None):
         broadcast = _broadcast_or_404(db, broadcast_id) if broadcast_id else None
         recipients = None
         if broadcast is not None:
-            recipients = broadcasts.audience_size(db, broadcast, sequence=services().sequence.name)
+            recipients = broadcasts.audience_size(
+                db, broadcast, sequence=services().default_sequence.name
+            )
             progress = broadcasts.progress(db, broadcast.id)
             links = dashboard.link_clicks(db, broadcast_id=broadcast.id)
         else:

@@ -55,7 +55,7 @@ def _chart(days: list[dashboard.Day]) -> dict:
 def dashboard_page():
     """Growth, the funnel, each step's results, and whether mail is flowing."""
     settings = services().settings
-    sequence = services().sequence
+    sequence = services().default_sequence
     with services().database.read() as db:
         days = dashboard.daily_counts(db, now=now())
         funnel = dashboard.funnel(db, sequence=sequence.name)

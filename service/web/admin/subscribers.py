@@ -26,7 +26,9 @@ from .blueprint import bp, logger
 
 def _filter() -> audience.SubscriberFilter:
     try:
-        return audience.SubscriberFilter.parse(request.args, sequence=services().sequence.name)
+        return audience.SubscriberFilter.parse(
+            request.args, sequence=services().default_sequence.name
+        )
     except audience.InvalidFilter as exc:
         abort(400, description=str(exc))
 
@@ -48,7 +50,7 @@ def subscribers():
         args=wanted.as_args(),
         sources=sources,
         statuses=[s.value for s in subscriptions.SubscriberStatus],
-        steps=[step.id for step in services().sequence.steps],
+        steps=[step.id for step in services().default_sequence.steps],
         first_page=before is None,
     )
 
@@ -101,7 +103,7 @@ def subscriber(subscriber_id: int):
     return render_template(
         "admin/subscriber.html",
         record=record,
-        sequence=services().sequence,
+        sequence=services().default_sequence,
     )
 
 
@@ -121,7 +123,7 @@ def sequence_action(subscriber_id: int, action: str):
     """Pause or resume the subscriber's drip sequence."""
     change = {"pause": sequences.pause, "resume": sequences.resume}[action]
     with services().database.begin() as db:
-        done = change(db, subscriber_id, sequence=services().sequence.name, now=now())
+        done = change(db, subscriber_id, sequence=services().default_sequence.name, now=now())
     flash(
         f"Sequence {action}d."
         if done

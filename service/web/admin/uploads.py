@@ -120,7 +120,7 @@ def import_apply():
                     mode=mode,
                     consent_text=request.form.get("consent", ""),
                     join_sequence=request.form.get("join_sequence") == "yes",
-                    sequence=services().sequence.name,
+                    sequence=services().default_sequence.name,
                     claimed_by=worker,
                     now=now(),
                 )
