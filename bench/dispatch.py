@@ -185,7 +185,10 @@ def sample_message(services: Services):
         to_address="reader@example.com",
         kind=kinds.SEQUENCE_STEP,
         template=services.default_sequence.steps[0].template,
-        context={"sequence": services.default_sequence.name, "step": services.default_sequence.steps[0].id},
+        context={
+            "sequence": services.default_sequence.name,
+            "step": services.default_sequence.steps[0].id,
+        },
         sequence_step=services.default_sequence.steps[0].id,
     )
     reader = Subscriber(id=1, email="reader@example.com", first_name="Ann")

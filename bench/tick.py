@@ -135,7 +135,9 @@ def measure(kind: str, count: int) -> tuple[float, float, float, int]:
 
     def find_due() -> None:
         with services.database.read() as session:
-            found = sequences.due_enrollments(session, services.default_sequence, now=NOW, limit=1000)
+            found = sequences.due_enrollments(
+                session, services.default_sequence, now=NOW, limit=1000
+            )
             assert len(found) == 1000, len(found)
 
     due_query = median_ms(find_due)

@@ -985,7 +985,9 @@ def test_the_export_walks_the_ids_there_are_not_the_gaps_between(app):
 def searched(app, query: str, **filters) -> list[str]:
     """The addresses a search of the admin list finds, newest first, every page."""
     services = services_of(app)
-    wanted = audience.SubscriberFilter(query=query, sequence=services.default_sequence.name, **filters)
+    wanted = audience.SubscriberFilter(
+        query=query, sequence=services.default_sequence.name, **filters
+    )
     found, before = [], None
     with services.database.read() as session:
         while True:

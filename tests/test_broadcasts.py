@@ -75,7 +75,9 @@ def send_now(app, broadcast_id: int) -> bool:
 def start(app) -> list[tuple[int, int]]:
     services = services_of(app)
     with services.database.begin() as session:
-        return broadcasts.start_due(session, now=services.clock(), sequence=services.default_sequence.name)
+        return broadcasts.start_due(
+            session, now=services.clock(), sequence=services.default_sequence.name
+        )
 
 
 def finish(app) -> None:

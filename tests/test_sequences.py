@@ -749,7 +749,9 @@ def test_a_step_queued_when_the_reader_left_comes_when_they_return(seq_app, cloc
     clock.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
     services = services_of(app)
     with services.database.begin() as session:  # step a is queued, not yet sent ...
-        sequences.advance_due(session, services.default_sequence, now=clock(), default_zone=UTC_ZONE)
+        sequences.advance_due(
+            session, services.default_sequence, now=clock(), default_zone=UTC_ZONE
+        )
     with services.database.begin() as session:  # ... when the reader leaves
         subscriptions.unsubscribe(session, reader, via="test", now=clock())
     assert enrollment(app, reader).steps_passed == []
@@ -770,7 +772,9 @@ def test_an_unsubscribe_stops_a_step_already_claimed_for_sending(seq_app, clock,
     clock.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
     services = services_of(app)
     with services.database.begin() as session:
-        sequences.advance_due(session, services.default_sequence, now=clock(), default_zone=UTC_ZONE)
+        sequences.advance_due(
+            session, services.default_sequence, now=clock(), default_zone=UTC_ZONE
+        )
 
     def leave_after_the_first(message):
         if message.to == "stays@example.com":

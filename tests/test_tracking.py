@@ -136,7 +136,9 @@ def test_sequence_step_clicks_reach_the_dashboard(make_app, smtp, tmp_path):
     assert client.get(links[0]).headers["Location"] == "https://course.example.com/back"
     with services.database.read() as session:
         (results,) = [
-            r for r in dashboard.step_results(session, services.default_sequence) if r.step_id == "course"
+            r
+            for r in dashboard.step_results(session, services.default_sequence)
+            if r.step_id == "course"
         ]
     assert (results.sent, results.clicks) == (1, 1)
 
