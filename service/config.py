@@ -59,178 +59,130 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+def setting(default: Any, meaning: str) -> Any:
+    """A field of Settings: its default, and what it means (README's table says the same)."""
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The service's configuration. Field names are the environment variable names."""
+    """The service's configuration. Field names are the environment variable names.
 
-    # Help text for each field lives in the field's metadata; README's table mirrors it.
-    APP_ENV: str = field(
-        default="development",
-        metadata={
-            "help": "development, testing or production. Production refuses unsafe defaults."
-        },
+    A new setting is one declaration, `NAME: type = setting(default, meaning)`, and its
+    row in README's table (a test holds the two together). The type says how a value from
+    the environment is read: str, int, float or bool.
+    """
+
+    # Where the service runs, and the outside world's view of it.
+    APP_ENV: str = setting(
+        "development", "development, testing or production. Production refuses unsafe defaults."
     )
-    SECRET_KEY: str = field(
-        default="",
-        metadata={
-            "help": "Signs tokens and sessions. Unset: a random key is made on first start "
-            "and kept in INSTANCE_DIR/secret_key. Required (and secret) in production."
-        },
+    SECRET_KEY: str = setting(
+        "",
+        "Signs tokens and sessions. Unset: a random key is made on first start "
+        "and kept in INSTANCE_DIR/secret_key. Required (and secret) in production.",
     )
-    INSTANCE_DIR: str = field(
-        default=str(DEFAULT_INSTANCE_DIR),
-        metadata={
-            "help": "Folder for the SQLite database, the secret key made when SECRET_KEY is "
-            "unset, the rate-limit counters beside SQLite, the built guide and dev mail."
-        },
+    INSTANCE_DIR: str = setting(
+        str(DEFAULT_INSTANCE_DIR),
+        "Folder for the SQLite database, the secret key made when SECRET_KEY is "
+        "unset, the rate-limit counters beside SQLite, the built guide and dev mail.",
     )
-    DATABASE_URL: str = field(
-        default="",
-        metadata={"help": "SQLAlchemy URL. Default: SQLite file INSTANCE_DIR/newsletter.db."},
+    DATABASE_URL: str = setting(
+        "", "SQLAlchemy URL. Default: SQLite file INSTANCE_DIR/newsletter.db."
     )
-    MAIL_URL: str = field(
-        default="console:",
-        metadata={
-            "help": "smtp://user:pass@host:port (STARTTLS with a user; ?tls=ssl|starttls|none), "
-            "file:///dir or console:."
-        },
+    MAIL_URL: str = setting(
+        "console:",
+        "smtp://user:pass@host:port (STARTTLS with a user; ?tls=ssl|starttls|none), "
+        "file:///dir or console:.",
     )
-    BASE_URL: str = field(
-        default="http://127.0.0.1:5000",
-        metadata={"help": "Public address of the web app; every link in every email uses it."},
+    BASE_URL: str = setting(
+        "http://127.0.0.1:5000", "Public address of the web app; every link in every email uses it."
     )
-    SITE_NAME: str = field(
-        default="Low Back Relief",
-        metadata={"help": "The newsletter's name, shown on pages and in emails."},
+
+    # What readers see and get.
+    SITE_NAME: str = setting(
+        "Low Back Relief", "The newsletter's name, shown on pages and in emails."
     )
-    MAIL_FROM: str = field(
-        default="Low Back Relief <hello@localhost>",
-        metadata={"help": "From address of every email, as 'Name <address>'."},
+    MAIL_FROM: str = setting(
+        "Low Back Relief <hello@localhost>", "From address of every email, as 'Name <address>'."
     )
-    MAIL_REPLY_TO: str = field(
-        default="",
-        metadata={"help": "Reply-To address, if replies should go elsewhere than MAIL_FROM."},
+    MAIL_REPLY_TO: str = setting(
+        "", "Reply-To address, if replies should go elsewhere than MAIL_FROM."
     )
-    OWNER_POSTAL_ADDRESS: str = field(
-        default=DEV_POSTAL_ADDRESS,
-        metadata={
-            "help": "Postal address printed in every email (anti-spam law). Required in production."
-        },
+    OWNER_POSTAL_ADDRESS: str = setting(
+        DEV_POSTAL_ADDRESS,
+        "Postal address printed in every email (anti-spam law). Required in production.",
     )
-    DEFAULT_TIME_ZONE: str = field(
-        default="America/New_York",
-        metadata={"help": "Time zone for readers whose browser did not report one."},
+    DEFAULT_TIME_ZONE: str = setting(
+        "America/New_York", "Time zone for readers whose browser did not report one."
     )
-    CONTENT_DIR: str = field(
-        default="",
-        metadata={
-            "help": "Folder with your own emails/ and pages/ templates; files there win over the shipped ones."
-        },
+    CONTENT_DIR: str = setting(
+        "",
+        "Folder with your own emails/ and pages/ templates; files there win over the shipped ones.",
     )
-    GUIDE_PATH: str = field(
-        default="",
-        metadata={
-            "help": "The lead magnet file. Default: the shipped guide, built into INSTANCE_DIR."
-        },
+    GUIDE_PATH: str = setting(
+        "", "The lead magnet file. Default: the shipped guide, built into INSTANCE_DIR."
     )
-    GUIDE_DOWNLOAD_NAME: str = field(
-        default="glute-strengthening-guide.pdf",
-        metadata={"help": "File name the reader's browser saves the guide as."},
+    GUIDE_DOWNLOAD_NAME: str = setting(
+        "glute-strengthening-guide.pdf", "File name the reader's browser saves the guide as."
     )
-    CONFIRM_TOKEN_MAX_AGE_DAYS: int = field(
-        default=7,
-        metadata={"help": "How long a confirmation link works."},
+
+    # Links, limits and sessions.
+    CONFIRM_TOKEN_MAX_AGE_DAYS: int = setting(7, "How long a confirmation link works.")
+    DOWNLOAD_TOKEN_MAX_AGE_DAYS: int = setting(365, "How long a download link works.")
+    RESEND_COOLDOWN_MINUTES: int = setting(
+        60, "A repeated signup within this time sends no second email."
     )
-    DOWNLOAD_TOKEN_MAX_AGE_DAYS: int = field(
-        default=365,
-        metadata={"help": "How long a download link works."},
+    SIGNUP_RATE_LIMIT: str = setting(
+        "5 per minute;30 per hour", "Signups allowed per client IP (Flask-Limiter syntax)."
     )
-    RESEND_COOLDOWN_MINUTES: int = field(
-        default=60,
-        metadata={"help": "A repeated signup within this time sends no second email."},
+    ADMIN_LOGIN_RATE_LIMIT: str = setting(
+        "10 per minute;50 per hour",
+        "Admin login attempts allowed per client IP, and per account name.",
     )
-    SIGNUP_RATE_LIMIT: str = field(
-        default="5 per minute;30 per hour",
-        metadata={"help": "Signups allowed per client IP (Flask-Limiter syntax)."},
+    ADMIN_SESSION_HOURS: int = setting(12, "An admin session ends after this long without a visit.")
+    TRACK_LINKS: bool = setting(
+        True, "Count clicks on links in sequence emails and newsletters (through /l/...)."
     )
-    ADMIN_LOGIN_RATE_LIMIT: str = field(
-        default="10 per minute;50 per hour",
-        metadata={"help": "Admin login attempts allowed per client IP, and per account name."},
+    RATELIMIT_STORAGE_URI: str = setting(
+        "",
+        "Where rate-limit counters live. Empty: a table every process shares "
+        "(INSTANCE_DIR/rate_limits.db beside SQLite, the database itself on PostgreSQL); "
+        "redis://host:6379 for Redis; memory:// counts per process (one process only).",
     )
-    ADMIN_SESSION_HOURS: int = field(
-        default=12,
-        metadata={"help": "An admin session ends after this long without a visit."},
+    TRUSTED_PROXIES: int = setting(
+        0, "Number of reverse proxies in front of the app whose X-Forwarded-For is trusted."
     )
-    TRACK_LINKS: bool = field(
-        default=True,
-        metadata={
-            "help": "Count clicks on links in sequence emails and newsletters (through /l/...)."
-        },
+
+    # The scheduler and sending.
+    SCHEDULER_TICK_SECONDS: float = setting(5.0, "How often the scheduler looks for due emails.")
+    SEND_BATCH_SIZE: int = setting(100, "Outbox rows claimed at once by one scheduler.")
+    SEND_LEASE_SECONDS: int = setting(
+        300,
+        "How long a claim lasts before another scheduler may take the rows over "
+        "(at least 5 x SMTP_TIMEOUT_SECONDS).",
     )
-    RATELIMIT_STORAGE_URI: str = field(
-        default="",
-        metadata={
-            "help": "Where rate-limit counters live. Empty: a table every process shares "
-            "(INSTANCE_DIR/rate_limits.db beside SQLite, the database itself on PostgreSQL); "
-            "redis://host:6379 for Redis; memory:// counts per process (one process only)."
-        },
+    SEND_MAX_ATTEMPTS: int = setting(
+        8, "Attempts before a temporarily failing email is marked failed."
     )
-    TRUSTED_PROXIES: int = field(
-        default=0,
-        metadata={
-            "help": "Number of reverse proxies in front of the app whose X-Forwarded-For is trusted."
-        },
+    SEND_RETRY_BASE_SECONDS: int = setting(60, "First retry delay; each further retry doubles it.")
+    SEND_RETRY_MAX_SECONDS: int = setting(6 * 3600, "The longest delay between two retries.")
+    SEND_RATE_PER_SECOND: float = setting(
+        0.0, "At most this many emails a second per scheduler (0: no limit)."
     )
-    SCHEDULER_TICK_SECONDS: float = field(
-        default=5.0,
-        metadata={"help": "How often the scheduler looks for due emails."},
+    SEND_RATE_PER_HOUR: int = setting(
+        0, "At most this many emails an hour, for providers that cap it (0: no limit)."
     )
-    SEND_BATCH_SIZE: int = field(
-        default=100,
-        metadata={"help": "Outbox rows claimed at once by one scheduler."},
+    SEQUENCE_BATCH_SIZE: int = setting(
+        500, "Due sequence steps moved into the outbox per transaction."
     )
-    SEND_LEASE_SECONDS: int = field(
-        default=300,
-        metadata={
-            "help": "How long a claim lasts before another scheduler may take the rows over "
-            "(at least 5 x SMTP_TIMEOUT_SECONDS)."
-        },
+    SMTP_TIMEOUT_SECONDS: float = setting(30.0, "Socket timeout for every SMTP command.")
+    SCHEDULER_LATE_SECONDS: int = setting(
+        120, "/healthz reports the scheduler late after this long without a tick."
     )
-    SEND_MAX_ATTEMPTS: int = field(
-        default=8,
-        metadata={"help": "Attempts before a temporarily failing email is marked failed."},
-    )
-    SEND_RETRY_BASE_SECONDS: int = field(
-        default=60,
-        metadata={"help": "First retry delay; each further retry doubles it."},
-    )
-    SEND_RETRY_MAX_SECONDS: int = field(
-        default=6 * 3600,
-        metadata={"help": "The longest delay between two retries."},
-    )
-    SEND_RATE_PER_SECOND: float = field(
-        default=0.0,
-        metadata={"help": "At most this many emails a second per scheduler (0: no limit)."},
-    )
-    SEND_RATE_PER_HOUR: int = field(
-        default=0,
-        metadata={
-            "help": "At most this many emails an hour, for providers that cap it (0: no limit)."
-        },
-    )
-    SEQUENCE_BATCH_SIZE: int = field(
-        default=500,
-        metadata={"help": "Due sequence steps moved into the outbox per transaction."},
-    )
-    SMTP_TIMEOUT_SECONDS: float = field(
-        default=30.0,
-        metadata={"help": "Socket timeout for every SMTP command."},
-    )
-    SCHEDULER_LATE_SECONDS: int = field(
-        default=120,
-        metadata={"help": "/healthz reports the scheduler late after this long without a tick."},
-    )
-    LOG_LEVEL: str = field(default="INFO", metadata={"help": "Python logging level."})
+
+    # Logs.
+    LOG_LEVEL: str = setting("INFO", "Python logging level.")
 
     # --- derived values -------------------------------------------------------------
 

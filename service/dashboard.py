@@ -1,5 +1,5 @@
-"""What the owner sees at a glance: growth per day, the funnel, each step's results, and
-whether mail is flowing."""
+"""What the owner sees at a glance: growth per day, the funnel, each step's results, where
+readers stand in the sequence, and whether mail is flowing."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import Date, and_, case, cast, distinct, func, select, text
 from sqlalchemy.orm import Session
 
 from . import health
+from .kinds import SEQUENCE_STEP
 from .models import (
     OUTBOX_DUE_STATES,
     Click,
@@ -24,7 +25,7 @@ from .models import (
     SubscriberStatus,
     TrackedLink,
 )
-from .sequences import SEQUENCE_KIND, DripSequence
+from .sequences import DripSequence, Step
 
 DAILY_KINDS = ("signed_up", "confirmed", "unsubscribed")
 
@@ -127,7 +128,7 @@ def step_results(session: Session, sequence: DripSequence) -> list[StepResults]:
     for step_id, status, count in session.execute(
         select(OutboxMessage.sequence_step, OutboxMessage.status, func.count())
         .where(
-            OutboxMessage.kind == SEQUENCE_KIND,
+            OutboxMessage.kind == SEQUENCE_STEP,
             OutboxMessage.status.in_([OutboxStatus.SENT, OutboxStatus.FAILED]),
         )
         .group_by(OutboxMessage.sequence_step, OutboxMessage.status)
@@ -140,7 +141,7 @@ def step_results(session: Session, sequence: DripSequence) -> list[StepResults]:
     for step_id, count in session.execute(
         select(OutboxMessage.sequence_step, func.count(Click.id))
         .join(Click, Click.outbox_id == OutboxMessage.id)
-        .where(OutboxMessage.kind == SEQUENCE_KIND)
+        .where(OutboxMessage.kind == SEQUENCE_STEP)
         .group_by(OutboxMessage.sequence_step)
     ):
         if step_id in results:
@@ -159,6 +160,65 @@ def step_results(session: Session, sequence: DripSequence) -> list[StepResults]:
         if passed and passed[-1] in results:
             results[passed[-1]].unsubscribed_after += 1
     return list(results.values())
+
+
+@dataclass
+class StepStatus:
+    step: Step
+    waiting: int = 0  # active subscribers whose next step this is
+    due_soon: int = 0  # ... and due within the window
+    sent: int = 0
+
+
+@dataclass
+class SequenceStatus:
+    steps: list[StepStatus]
+    by_status: dict[str, int]
+    due_soon: int
+    elsewhere: int  # active, waiting for a step no longer in the file (planned again when due)
+
+
+def sequence_status(
+    session: Session, sequence: DripSequence, *, now: datetime, window: timedelta
+) -> SequenceStatus:
+    """How many subscribers wait for each step, how many are due within `window`, and
+    how many received each step (`flask sequence status`)."""
+    rows = {s.id: StepStatus(s) for s in sequence.steps}
+    soon = now + window
+    waiting = session.execute(
+        select(
+            Enrollment.next_step,
+            func.count(),
+            func.sum(case((Enrollment.next_due_at <= soon, 1), else_=0)),
+        )
+        .where(Enrollment.sequence == sequence.name, Enrollment.status == EnrollmentStatus.ACTIVE)
+        .group_by(Enrollment.next_step)
+    ).all()
+    elsewhere = 0
+    due_soon = 0
+    for step_id, count, due in waiting:
+        due_soon += int(due or 0)
+        if step_id in rows:
+            rows[step_id].waiting = count
+            rows[step_id].due_soon = int(due or 0)
+        else:
+            elsewhere += count
+    for step_id, count in session.execute(
+        select(OutboxMessage.sequence_step, func.count())
+        .where(OutboxMessage.kind == SEQUENCE_STEP, OutboxMessage.status == OutboxStatus.SENT)
+        .group_by(OutboxMessage.sequence_step)
+    ):
+        if step_id in rows:
+            rows[step_id].sent = count
+    by_status = {
+        str(state.value if hasattr(state, "value") else state): count
+        for state, count in session.execute(
+            select(Enrollment.status, func.count())
+            .where(Enrollment.sequence == sequence.name)
+            .group_by(Enrollment.status)
+        )
+    }
+    return SequenceStatus(list(rows.values()), by_status, due_soon, elsewhere)
 
 
 @dataclass

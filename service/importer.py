@@ -28,8 +28,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import erasure, journal, kinds, outbox, sequences, signup_input, subscriptions
-from .audience import FORMULA_STARTS
 from .db import insert_ignoring_conflicts
+from .export import FORMULA_STARTS
 from .models import Subscriber, SubscriberStatus
 
 MAX_IMPORT_BYTES = 50 * 1024 * 1024

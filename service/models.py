@@ -183,7 +183,7 @@ class OutboxMessage(Base):
         ForeignKey("subscribers.id", ondelete="SET NULL")
     )
     to_address: Mapped[str] = mapped_column(String(320))
-    kind: Mapped[str] = mapped_column(String(32))  # confirm, welcome, guide, ...
+    kind: Mapped[str] = mapped_column(String(32))  # one of service.kinds
     template: Mapped[str] = mapped_column(String(100))
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     sequence_step: Mapped[str | None] = mapped_column(String(64))  # for kind "sequence"

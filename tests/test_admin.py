@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.routing import IntegerConverter
 
-from service import admins, audience, erasure, journal, subscriptions
+from service import admins, audience, erasure, export, journal, subscriptions
 from service.models import (
     Base,
     Broadcast,
@@ -751,7 +751,7 @@ def test_the_export_has_every_column_the_owner_needs(app, client, admin_client):
 
 
 def test_the_cli_export_writes_the_same_rows_in_chunks(app, admin_client, tmp_path, monkeypatch):
-    monkeypatch.setattr(audience, "EXPORT_SPAN", 7)  # many chunks, to test the walk
+    monkeypatch.setattr(export, "EXPORT_SPAN", 7)  # many chunks, to test the walk
     add_subscribers(app, 30)
     target = tmp_path / "out.csv"
     result = app.test_cli_runner().invoke(args=["subscribers", "export", "-o", str(target)])
@@ -769,7 +769,7 @@ def test_the_cli_export_filters_and_refuses_bad_dates(app):
     runner = app.test_cli_runner()
     result = runner.invoke(args=["subscribers", "export", "--status", "confirmed"])
     assert result.exit_code == 0
-    assert result.output.strip().splitlines() == [",".join(audience.EXPORT_COLUMNS)]
+    assert result.output.strip().splitlines() == [",".join(export.EXPORT_COLUMNS)]
     bad = runner.invoke(args=["subscribers", "export", "--since", "last week"])
     assert bad.exit_code != 0 and "YYYY-MM-DD" in bad.output
 
@@ -853,12 +853,12 @@ def test_the_database_writes_each_row_as_python_would(app, name, ip):
             )
         )
         make_subscriber(session, "-b@example.com", now=services.clock(), source="=blog")
-    pieces = audience.export_csv(services.database.read, audience.SubscriberFilter(), span=1)
+    pieces = export.export_csv(services.database.read, audience.SubscriberFilter(), span=1)
     data = b"".join(piece.data for piece in pieces).decode()
     assert data.split("\r\n", 1)[1] == (
-        f"{quoted('a@example.com')},{quoted(audience.neutralize(name or ''))},pending,"
-        f'"test","UTC",2026-11-24 15:00:00,,,{quoted(audience.neutralize(ip or ""))},"v1","",\r\n'
-        f'{quoted(audience.neutralize("-b@example.com"))},"",pending,'
+        f"{quoted('a@example.com')},{quoted(export.neutralize(name or ''))},pending,"
+        f'"test","UTC",2026-11-24 15:00:00,,,{quoted(export.neutralize(ip or ""))},"v1","",\r\n'
+        f'{quoted(export.neutralize("-b@example.com"))},"",pending,'
         f'"\'=blog","UTC",2026-11-24 15:00:00,,,"","","",\r\n'
     )
 
@@ -866,7 +866,7 @@ def test_the_database_writes_each_row_as_python_would(app, name, ip):
 def test_a_long_export_reports_in_to_the_server_after_every_chunk(app, admin_client, monkeypatch):
     """Under gunicorn a response longer than the worker timeout would get its worker
     killed; the export tells the arbiter it is alive (gunicorn.conf.py) chunk by chunk."""
-    monkeypatch.setattr(audience, "EXPORT_SPAN", 7)
+    monkeypatch.setattr(export, "EXPORT_SPAN", 7)
     add_subscribers(app, 30)
     beats = []
     app.config["WORKER_HEARTBEAT"] = lambda: beats.append(1)
@@ -897,13 +897,13 @@ def test_an_export_left_halfway_reads_no_further(app):
     finished, the rest are never read."""
     add_subscribers(app, 30)
     read, opened = counted_reads(app)
-    pieces = audience.export_csv(read, audience.SubscriberFilter(), span=1)
+    pieces = export.export_csv(read, audience.SubscriberFilter(), span=1)
     taken = [next(pieces) for _ in range(4)]  # the header and three rows
     pieces.close()
     assert sum(piece.rows for piece in taken) == 3
     # One session to find the last id, then two per range (its bounds, its rows): for the
     # three taken and at most those read ahead.
-    assert 1 + 2 * 3 <= len(opened) <= 1 + 2 * (3 + audience.EXPORT_READERS)
+    assert 1 + 2 * 3 <= len(opened) <= 1 + 2 * (3 + export.EXPORT_READERS)
 
 
 def test_an_export_that_fails_says_so_instead_of_ending_early(app):
@@ -911,7 +911,7 @@ def test_an_export_that_fails_says_so_instead_of_ending_early(app):
     merely looks shorter."""
     add_subscribers(app, 5)
     read, _ = counted_reads(app, failing=4)
-    pieces = audience.export_csv(read, audience.SubscriberFilter(), span=1)
+    pieces = export.export_csv(read, audience.SubscriberFilter(), span=1)
     with pytest.raises(sa.exc.OperationalError):
         list(pieces)
 
@@ -976,9 +976,9 @@ def test_the_export_walks_the_ids_there_are_not_the_gaps_between(app):
         for number in (1, 2, 3, 500, 100_000):
             make_subscriber(session, f"r{number}@example.com", now=services.clock(), id=number)
     read = services.database.read
-    assert list(audience._id_ranges(read, 100_000, 2)) == [(0, 2), (2, 500), (500, 100_000)]
-    assert list(audience._id_ranges(read, 3, 2)) == [(0, 2), (2, 3)]  # up to the last id only
-    pieces = audience.export_csv(read, audience.SubscriberFilter(), span=2)
+    assert list(export._id_ranges(read, 100_000, 2)) == [(0, 2), (2, 500), (500, 100_000)]
+    assert list(export._id_ranges(read, 3, 2)) == [(0, 2), (2, 3)]  # up to the last id only
+    pieces = export.export_csv(read, audience.SubscriberFilter(), span=2)
     assert [piece.rows for piece in pieces] == [0, 2, 2, 1]
 
 
@@ -1053,7 +1053,7 @@ def test_a_search_finds_what_a_substring_test_finds(app, names, query):
     ]
     assert searched(app, needle) == expected
     wanted = audience.SubscriberFilter(query=needle, sequence=services.default_sequence.name)
-    exported = b"".join(p.data for p in audience.export_csv(services.database.read, wanted))
+    exported = b"".join(p.data for p in export.export_csv(services.database.read, wanted))
     assert [row["email"] for row in read_csv(exported.decode())] == expected[::-1]
 
 

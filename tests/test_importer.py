@@ -8,7 +8,7 @@ import io
 import pytest
 import sqlalchemy as sa
 
-from service import audience, erasure, importer, sequences
+from service import erasure, export, importer, sequences
 from service.models import (
     ConsentRecord,
     Enrollment,
@@ -174,7 +174,7 @@ def test_the_consent_statement_is_required(app):
     assert count(app, Subscriber) == 0
 
 
-ROUND_TRIP_COLUMNS = audience.EXPORT_COLUMNS[:8]  # what a subscriber is, not their history
+ROUND_TRIP_COLUMNS = export.EXPORT_COLUMNS[:8]  # what a subscriber is, not their history
 
 
 def exported(app) -> list[dict[str, str]]:

@@ -97,8 +97,8 @@ def test_tracking_can_be_turned_off(make_app, smtp):
 
 
 def test_sequence_step_clicks_reach_the_dashboard(make_app, smtp, tmp_path):
+    from service.kinds import SEQUENCE_STEP
     from service.models import OutboxMessage
-    from service.sequences import SEQUENCE_KIND
     from tests.test_emails import SHIPPED_EMAILS
 
     content = tmp_path / "content" / "emails"
@@ -119,7 +119,7 @@ def test_sequence_step_clicks_reach_the_dashboard(make_app, smtp, tmp_path):
             OutboxMessage(
                 subscriber_id=reader.id,
                 to_address=reader.email,
-                kind=SEQUENCE_KIND,
+                kind=SEQUENCE_STEP,
                 template=step.template,
                 context={"sequence": services.default_sequence.name, "step": step.id},
                 sequence_step=step.id,

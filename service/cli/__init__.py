@@ -12,7 +12,7 @@ from flask import Flask, render_template
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from .. import admins, guide, kinds, sequences
+from .. import admins, dashboard, guide, kinds, sequences
 from ..mail import DeliveryError
 from ..models import Subscriber
 from .common import services as _services
@@ -176,7 +176,7 @@ def sequence_status() -> None:
     services = _services()
     sequence = services.default_sequence
     with services.database.read() as session:
-        report = sequences.status(
+        report = dashboard.sequence_status(
             session, sequence, now=services.clock(), window=timedelta(hours=24)
         )
     click.echo(

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup
 
-from .. import audience, importer, imports
+from .. import audience, export, importer, imports
 from ..models import Import, ImportStatus, SubscriberStatus
 from ..services import worker_name
 from .common import services as _services
@@ -64,7 +64,7 @@ def subscribers_export(
         )
     except audience.InvalidFilter as exc:
         raise click.ClickException(str(exc)) from None
-    pieces = audience.export_csv(services.database.read, wanted, bom=bom)
+    pieces = export.export_csv(services.database.read, wanted, bom=bom)
     if output is None:
         stream = sys.stdout.buffer  # UTF-8 whatever the terminal's locale says
         for piece in pieces:

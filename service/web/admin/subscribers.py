@@ -18,7 +18,7 @@ from flask import (
     url_for,
 )
 
-from ... import audience, erasure, sequences, subscriptions
+from ... import audience, erasure, export, sequences, subscriptions
 from ...models import Subscriber
 from .. import MAX_ID, now, services
 from .blueprint import bp, logger
@@ -63,7 +63,7 @@ def export_csv():
     stamp = now().strftime("%Y%m%d-%H%M")
     # Which filters, not their values: a search term can be someone's address.
     logger.info("subscriber export by %s, filtered by %s", g.admin.email, sorted(wanted.as_args()))
-    pieces = audience.export_csv(services().database.read, wanted, bom=bom)
+    pieces = export.export_csv(services().database.read, wanted, bom=bom)
     return Response(
         stream_with_context(_reporting_in(pieces)),
         mimetype="text/csv",

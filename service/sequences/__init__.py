@@ -1,0 +1,36 @@
+"""Drip sequences: what the sequence is, where each subscriber stands, and what is due.
+
+- `definition`: the sequence file, checked (DripSequence, Step, `load`, SequenceError);
+- `timing`: when a step is due in the reader's zone, and the window a late step may go in;
+- `enrollments`: a subscriber's place in a sequence started, stopped, paused, resumed;
+- `engine`: a scheduler tick's work, moving due enrollments a step on into the outbox.
+
+The names the rest of the service uses are all here, so callers import the package.
+"""
+
+from __future__ import annotations
+
+from .definition import EVERY_DAY, Delay, DripSequence, SequenceError, Step, load
+from .engine import Outcome, TickReport, advance_due, due_enrollments
+from .enrollments import enroll, pause, resume, stop
+from .timing import due_time, sending_window_opens, zone_of
+
+__all__ = [
+    "EVERY_DAY",
+    "Delay",
+    "DripSequence",
+    "Outcome",
+    "SequenceError",
+    "Step",
+    "TickReport",
+    "advance_due",
+    "due_enrollments",
+    "due_time",
+    "enroll",
+    "load",
+    "pause",
+    "resume",
+    "sending_window_opens",
+    "stop",
+    "zone_of",
+]

@@ -1,0 +1,148 @@
+"""Each subscriber's enrollment in a sequence: starting (or restarting) it, stopping it,
+pausing and resuming it.
+
+An enrollment row holds the steps passed so far, the step planned next and when it is due;
+service.sequences.engine moves it on. Each step's email is an outbox row of its own, one
+per subscriber and step, ever, found by its dedupe key: stopping or pausing takes back the
+ones not yet sent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ..db import insert_ignoring_conflicts
+from ..kinds import SEQUENCE_STEP
+from ..models import Enrollment, EnrollmentStatus, OutboxMessage, OutboxStatus, Subscriber
+
+
+def dedupe_key(sequence: str, subscriber_id: int, step_id: str) -> str:
+    """The outbox's key for one step's email to one subscriber."""
+    return f"{SEQUENCE_STEP}:{sequence}:{subscriber_id}:{step_id}"
+
+
+def enroll(session: Session, subscriber: Subscriber, *, now: datetime, sequence: str) -> bool:
+    """Start (or, after a new confirmation, restart) a subscriber's place in a sequence.
+
+    The first step is planned by the next scheduler tick, which knows the sequence file.
+    A returning subscriber carries on after the steps they already had; someone who
+    finished stays finished. True if an enrollment was created or reactivated.
+    """
+    created = insert_ignoring_conflicts(
+        session,
+        Enrollment.__table__,
+        {
+            "subscriber_id": subscriber.id,
+            "sequence": sequence,
+            "enrolled_at": now,
+            "status": EnrollmentStatus.ACTIVE,
+            "steps_passed": [],
+            "next_due_at": now,
+        },
+    )
+    if created:
+        return True
+    result = session.execute(
+        update(Enrollment)
+        .where(
+            Enrollment.subscriber_id == subscriber.id,
+            Enrollment.sequence == sequence,
+            Enrollment.status == EnrollmentStatus.STOPPED,
+        )
+        .values(
+            status=EnrollmentStatus.ACTIVE,
+            next_step=None,
+            next_due_at=now,
+            resumed_at=now,
+            last_step_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def _take_back_steps(
+    session: Session,
+    enrollment: Enrollment,
+    *,
+    states: tuple[OutboxStatus, ...],
+    reason: str,
+) -> None:
+    """Cancel the enrollment's steps that are in the outbox but not sent, and count them as
+    not passed, so they come again if the sequence carries on."""
+    taken_back = session.scalars(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.dedupe_key.startswith(
+                dedupe_key(enrollment.sequence, enrollment.subscriber_id, "")
+            ),
+            OutboxMessage.status.in_(states),
+        )
+        .values(status=OutboxStatus.CANCELLED, last_error=reason)
+        .returning(OutboxMessage.sequence_step)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if taken_back:
+        enrollment.steps_passed = [s for s in enrollment.steps_passed if s not in taken_back]
+
+
+def stop(session: Session, subscriber_id: int, *, now: datetime, reason: str) -> None:
+    """End a subscriber's sequences (they unsubscribed or bounced), including a step
+    already claimed for sending. Sent steps stay sent; unsent ones are not counted as
+    passed, so a reader who comes back gets them.
+
+    Locking the enrollments first waits for a tick that is moving them on, so a step it
+    has just queued is cancelled here too.
+    """
+    enrollments = session.scalars(
+        select(Enrollment)
+        .where(
+            Enrollment.subscriber_id == subscriber_id,
+            Enrollment.status.in_([EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED]),
+        )
+        .with_for_update()
+    ).all()
+    for enrollment in enrollments:
+        _take_back_steps(
+            session, enrollment, states=(OutboxStatus.QUEUED, OutboxStatus.SENDING), reason=reason
+        )
+        enrollment.status = EnrollmentStatus.STOPPED
+        enrollment.stopped_at = now
+        enrollment.next_due_at = None
+
+
+def _enrollment(session: Session, subscriber_id: int, sequence: str) -> Enrollment | None:
+    return session.scalar(
+        select(Enrollment)
+        .where(Enrollment.subscriber_id == subscriber_id, Enrollment.sequence == sequence)
+        .with_for_update()
+    )
+
+
+def pause(session: Session, subscriber_id: int, *, sequence: str, now: datetime) -> bool:
+    """Hold a subscriber's sequence. A step queued but not sent is taken back; one already
+    on its way to the mail server goes."""
+    enrollment = _enrollment(session, subscriber_id, sequence)
+    if enrollment is None or enrollment.status is not EnrollmentStatus.ACTIVE:
+        return False
+    _take_back_steps(session, enrollment, states=(OutboxStatus.QUEUED,), reason="sequence paused")
+    enrollment.status = EnrollmentStatus.PAUSED
+    enrollment.paused_at = now
+    enrollment.next_due_at = None
+    return True
+
+
+def resume(session: Session, subscriber_id: int, *, sequence: str, now: datetime) -> bool:
+    """Carry on with the next step, timed afresh from now: no burst of missed emails."""
+    enrollment = _enrollment(session, subscriber_id, sequence)
+    if enrollment is None or enrollment.status is not EnrollmentStatus.PAUSED:
+        return False
+    enrollment.status = EnrollmentStatus.ACTIVE
+    enrollment.resumed_at = now
+    enrollment.last_step_at = now
+    enrollment.next_step = None  # the next tick plans it from `now`
+    enrollment.next_due_at = now
+    return True
