@@ -1,0 +1,181 @@
+"""Queueing emails: the outbox row's layout, written in the caller's transaction.
+
+Everything that queues an email goes through here: one at a time (`enqueue`: signups,
+confirmations, test copies), one per recipient of a query (`enqueue_for_each`:
+newsletters) or a tick's sequence steps at once (`step_row`, `enqueue_steps`). An email
+exists if and only if what caused it was committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import String, Subquery, cast, literal, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .. import kinds
+from ..db import insert_ignoring_conflicts, insert_row
+from ..models import OutboxMessage, OutboxStatus
+
+PENDING_STATES = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
+
+
+class Recipient(Protocol):
+    """Whom an email goes to: a Subscriber, or anything with its id and address (no id:
+    the owner)."""
+
+    @property
+    def id(self) -> int | None: ...
+
+    @property
+    def email(self) -> str: ...
+
+
+def enqueue(
+    session: Session,
+    recipient: Recipient,
+    kind: str,
+    *,
+    now: datetime,
+    template: str | None = None,
+    context: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+    due_at: datetime | None = None,
+) -> bool:
+    """Queue one email of `kind` (service.kinds), with the kind's own template unless
+    another is named. With a dedupe key, a second one is silently dropped.
+
+    Returns whether a row was written.
+    """
+    template = template or kinds.rules_of(kind).template
+    if template is None:
+        raise ValueError(f"an email of kind {kind!r} needs its template named")
+    values = {
+        "subscriber_id": recipient.id,
+        "to_address": recipient.email,
+        "kind": kind,
+        "template": template,
+        "context": context or {},
+        "dedupe_key": dedupe_key,
+        "status": OutboxStatus.QUEUED,
+        "attempts": 0,
+        "due_at": due_at or now,
+        "created_at": now,
+    }
+    if dedupe_key is None:
+        insert_row(session, OutboxMessage.__table__, values)
+        return True
+    return insert_ignoring_conflicts(session, OutboxMessage.__table__, values)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The owner as a recipient: an address with no subscriber behind it."""
+
+    email: str
+    id: None = None
+
+
+def enqueue_for_each(
+    session: Session,
+    recipients: Subquery,
+    kind: str,
+    *,
+    now: datetime,
+    context: dict[str, Any],
+    dedupe_prefix: str,
+    broadcast_id: int | None = None,
+) -> None:
+    """Queue one email of `kind` for each (id, email) row of `recipients`, in one
+    INSERT ... SELECT. Each row's dedupe key is `dedupe_prefix` and the subscriber's id, so
+    a recipient who has one already is left alone."""
+    key = literal(dedupe_prefix, String) + cast(recipients.c.id, String)
+    layout = {
+        "subscriber_id": recipients.c.id,
+        "to_address": recipients.c.email,
+        "kind": literal(kind, String),
+        "template": literal(kinds.rules_of(kind).template, String),
+        "context": literal(context, OutboxMessage.context.type),
+        "dedupe_key": key,
+        "status": literal(OutboxStatus.QUEUED.value, String),
+        "attempts": literal(0),
+        "due_at": literal(now, OutboxMessage.due_at.type),
+        "created_at": literal(now, OutboxMessage.created_at.type),
+        "broadcast_id": literal(broadcast_id, OutboxMessage.broadcast_id.type),
+    }
+    # SQLite reads "SELECT ... ON CONFLICT" as a join without a WHERE: hence true().
+    rows = select(*layout.values()).where(true())
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(OutboxMessage.__table__)
+        .from_select(list(layout), rows)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+
+
+def step_row(
+    subscriber_id: int,
+    to_address: str,
+    *,
+    template: str,
+    sequence: str,
+    step: str,
+    dedupe_key: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """The outbox row of one sequence step, for `enqueue_steps`."""
+    return {
+        "subscriber_id": subscriber_id,
+        "to_address": to_address,
+        "kind": kinds.SEQUENCE_STEP,
+        "template": template,
+        "context": {"sequence": sequence, "step": step},
+        "sequence_step": step,
+        "dedupe_key": dedupe_key,
+        "status": OutboxStatus.QUEUED,
+        "attempts": 0,
+        "due_at": now,
+        "created_at": now,
+    }
+
+
+def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime) -> None:
+    """Queue sequence steps (`step_row`s): one row per (subscriber, step), ever, inserted
+    all at once, a conflict left alone. A row cancelled by a pause is revived on resume; a
+    row already sent is never sent again."""
+    if not rows:
+        return
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.connection().execute(insert(OutboxMessage.__table__).on_conflict_do_nothing(), rows)
+    session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.dedupe_key.in_([row["dedupe_key"] for row in rows]),
+            OutboxMessage.status == OutboxStatus.CANCELLED,
+        )
+        .values(
+            status=OutboxStatus.QUEUED, attempts=0, due_at=now, claimed_by=None, last_error=None
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def cancel_for_subscriber(session: Session, subscriber_id: int, *, reason: str) -> int:
+    """Cancel everything not yet sent to a subscriber, including rows being sent right now.
+
+    A claimed row keeps its claim: if its scheduler has already handed it to the server,
+    it can still record that it was sent (see mark_sent).
+    """
+    result = session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.subscriber_id == subscriber_id,
+            OutboxMessage.status.in_(PENDING_STATES),
+        )
+        .values(status=OutboxStatus.CANCELLED, last_error=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
