@@ -8,15 +8,18 @@ and the CLI's `emails preview` / `send-test` compose samples with the same code,
 the owner looks at is what readers get.
 
 Two caches live as long as the Composer: rendered skeletons (with their tracked links
-already stored) and newsletters' content. A skeleton made in a transaction that rolls
-back may point at links that were never stored: whoever owns that transaction calls
-`forget_rendered()` (the Dispatcher does), so no cache outlives a rolled-back transaction.
-One sending loop per process is assumed (the scheduler runs one); previews store their
-links in transactions of their own.
+already stored) and the content of newsletters being sent (a draft's is read afresh every
+time and never kept). A skeleton made in a transaction that rolls back may point at links
+that were never stored: whoever owns that transaction calls `forget_rendered()` (the
+Dispatcher does), so no cache outlives a rolled-back transaction. A cache must therefore
+serve one transaction at a time: each Dispatcher has a Composer of its own (`fresh()`);
+`services.composer` serves previews and the CLI, whose links are stored in transactions of
+their own.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import hmac
@@ -69,9 +72,20 @@ class Composer:
         self._skeletons: dict[tuple[Any, ...], Skeleton | None] = {}
         self._newsletters: dict[int, broadcasts.Content] = {}
 
+    def fresh(self) -> Composer:
+        """A Composer like this one with caches of its own (for one sending loop)."""
+        twin = copy.copy(self)
+        twin._skeletons = {}
+        twin._newsletters = {}
+        return twin
+
     def sequence_of(self, row: OutboxMessage | Claimed) -> DripSequence | None:
-        """The sequence a step's row belongs to (None if it is no longer there)."""
-        return self.sequences.get(row.context.get("sequence", ""))
+        """The sequence a step's row belongs to (None if it is not loaded). A row that
+        names no loaded sequence belongs to the only one, when there is only one."""
+        found = self.sequences.get(row.context.get("sequence", ""))
+        if found is None and len(self.sequences) == 1:
+            (found,) = self.sequences.values()
+        return found
 
     def compose(
         self,
@@ -185,27 +199,37 @@ class Composer:
         connection: Connection | None,
     ) -> Skeleton | None:
         # The row's own context is small; the sequence's part is the same for every row.
-        key = (row.template, tuple(sorted(row.context.items())), bool(subscriber.first_name))
-        if key not in self._skeletons:
-            skeleton = self.renderer.skeleton(
-                row.template, context, has_first_name=bool(subscriber.first_name)
-            )
-            if skeleton is not None and tracked:
-                html = self.tracker.rewrite(skeleton.html, now=now, connection=connection)
-                skeleton = dataclasses.replace(skeleton, html=html)
-            self._skeletons[key] = skeleton
-        return self._skeletons[key]
+        key = (
+            row.kind,
+            row.template,
+            tuple(sorted(row.context.items())),
+            bool(subscriber.first_name),
+        )
+        if key in self._skeletons:
+            return self._skeletons[key]
+        skeleton = self.renderer.skeleton(
+            row.template, context, has_first_name=bool(subscriber.first_name)
+        )
+        if skeleton is not None and tracked:
+            html = self.tracker.rewrite(skeleton.html, now=now, connection=connection)
+            skeleton = dataclasses.replace(skeleton, html=html)
+        self._skeletons[key] = skeleton
+        return skeleton
 
     def _newsletter(self, broadcast_id: int, *, fresh: bool) -> broadcasts.Content:
         """A newsletter's content, read once for as long as this composer lives (a sending
-        newsletter no longer changes; a draft's test reads it every time: drafts do)."""
-        if fresh or broadcast_id not in self._newsletters:
-            with self.database.read() as session:
-                found = session.get(Broadcast, broadcast_id)
-                if found is None:
-                    raise LookupError(f"newsletter {broadcast_id} no longer exists")
-                self._newsletters[broadcast_id] = broadcasts.content_of(found.subject, found.body)
-        return self._newsletters[broadcast_id]
+        newsletter no longer changes). A draft's test copy reads it every time and keeps
+        nothing: the draft may change before it is sent."""
+        if not fresh and broadcast_id in self._newsletters:
+            return self._newsletters[broadcast_id]
+        with self.database.read() as session:
+            found = session.get(Broadcast, broadcast_id)
+            if found is None:
+                raise LookupError(f"newsletter {broadcast_id} no longer exists")
+            content = broadcasts.content_of(found.subject, found.body)
+        if not fresh:
+            self._newsletters[broadcast_id] = content
+        return content
 
     def _personal_values(
         self,

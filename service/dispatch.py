@@ -266,18 +266,19 @@ class Dispatcher:
         try:
             rules = kinds.rules_of(row.kind)
         except LookupError as exc:
-            outbox.mark_cancelled(connection, message_id, worker=self.worker, reason=str(exc))
-            report.cancelled += 1
-            return None
+            # Kept, like an email whose template fails, until a release that knows it runs.
+            return self._wait_for_a_fix(connection, row, str(exc), now=now, report=report)
         if reader is None and rules.receivers is Receivers.OWNER:
             reader = outbox.Reader.stand_in(row.to_address)
         reason = step = sequence = None
         if not outbox.may_receive(row.kind, reader):
             reason = "recipient may not receive it"
-        elif rules.in_sending_hours:
+        elif rules.sequence_step:
             sequence = self.composer.sequence_of(row)
             step = sequence.step(row.sequence_step or "") if sequence is not None else None
-            if step is None:
+            if sequence is None:
+                reason = f"sequence {row.context.get('sequence')!r} is not loaded"
+            elif step is None:
                 reason = f"step {row.sequence_step!r} is no longer in the sequence"
         if reason is not None:
             outbox.mark_cancelled(connection, message_id, worker=self.worker, reason=reason)
@@ -316,16 +317,28 @@ class Dispatcher:
             return row, self.composer.compose(row, reader, now=now, connection=connection)
         except Exception as exc:
             error = f"template {row.template!r} failed: {exc!r}"
-            logger.error("outbox %d: %s", message_id, error)
-            report.errors.append(error)
         # Keep the email, without using up its attempts, until the template is fixed.
+        return self._wait_for_a_fix(connection, row, error, now=now, report=report)
+
+    def _wait_for_a_fix(
+        self,
+        connection: Connection,
+        row: outbox.Claimed,
+        error: str,
+        *,
+        now: datetime,
+        report: PassReport,
+    ) -> None:
+        """The email cannot be built as things are (its template fails, its kind is
+        unknown): keep it, its attempts untouched, and try again later."""
+        logger.error("outbox %d: %s", row.id, error)
+        report.errors.append(error)
         outbox.retry_later(
             connection,
-            message_id,
+            row.id,
             worker=self.worker,
             due_at=now + self.policy.retry_base,
             error=error,
             count_attempt=False,
         )
         report.retried += 1
-        return None

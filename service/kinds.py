@@ -3,8 +3,8 @@
 An outbox row's `kind` is one of the names below, stored as it is spelled here. What a
 kind may do lives in RULES, in one place: who may receive it, whether its links go through
 the click redirect, what its template is given beyond the row's own context, and what
-holds it back. The outbox, the composer, dispatch and tracking read these rules instead of
-keeping lists of their own. Adding a kind is one name and one entry in RULES (and, where
+holds it back. The outbox, the composer and dispatch read these rules instead of keeping
+lists of their own. Adding a kind is one name and one entry in RULES (and, where
 its template is fixed, the template pair in templates/emails).
 """
 
@@ -49,9 +49,10 @@ class Rules:
     # False: rendered afresh for every copy; a draft's test copy may have changed since the
     # last one, so nothing rendered earlier may stand in for it.
     rendered_once: bool = True
-    # Held until the reader's sending hours begin, and dropped once its step has left the
-    # sequence (see service.sequences.sending_window_opens).
-    in_sending_hours: bool = False
+    # A drip sequence's step: the row names its sequence and step. It is held until the
+    # reader's sending hours begin (service.sequences.sending_window_opens) and dropped once
+    # its step has left the sequence.
+    sequence_step: bool = False
 
 
 RULES: dict[str, Rules] = {
@@ -59,7 +60,7 @@ RULES: dict[str, Rules] = {
     WELCOME: Rules(Receivers.CONFIRMED),
     GUIDE_AGAIN: Rules(Receivers.CONFIRMED, template="guide_again"),
     SEQUENCE_STEP: Rules(
-        Receivers.CONFIRMED, tracked=True, data=ExtraData.SEQUENCE, in_sending_hours=True
+        Receivers.CONFIRMED, tracked=True, data=ExtraData.SEQUENCE, sequence_step=True
     ),
     NEWSLETTER: Rules(
         Receivers.CONFIRMED, template="broadcast", tracked=True, data=ExtraData.NEWSLETTER

@@ -112,7 +112,7 @@ class Services:
         s = self.settings
         return Dispatcher(
             self.database,
-            self.composer,
+            self.composer.fresh(),
             default_zone=s.default_zone,
             worker=worker,
             policy=DeliveryPolicy(

@@ -400,3 +400,31 @@ def test_control_characters_never_reach_a_saved_draft(app):
             session, None, subject="Hi", body="one\x02two\x03\x00three", now=services.clock()
         )
     assert draft.body == "onetwothree"
+
+
+def test_readers_get_the_newsletter_as_sent_not_as_last_tested(app, smtp, clock):
+    """A test copy reads the draft afresh, and must not leave that draft behind for the
+    scheduler's long-lived dispatcher to send once the owner has changed it."""
+    readers(app, 1)
+    broadcast_id = draft(app, subject="Version one", body="The first words.")
+    services = services_of(app)
+    dispatcher = services.make_dispatcher("scheduler")
+    with services.database.begin() as session:
+        broadcasts.queue_test(
+            session, session.get(Broadcast, broadcast_id), to="owner@example.com", now=clock()
+        )
+    mailer = services.make_mailer()
+    try:
+        assert dispatcher.drain(mailer, clock=clock).sent == 1
+        with services.database.begin() as session:
+            broadcasts.save_draft(
+                session, broadcast_id, subject="Version two", body="Better words.", now=clock()
+            )
+        send_now(app, broadcast_id)
+        start(app)
+        assert dispatcher.drain(mailer, clock=clock).sent == 1
+    finally:
+        mailer.close()
+    test_copy, sent = smtp.handler.wait_for(2)
+    assert "Version one" in test_copy.message["Subject"]
+    assert "Version two" in sent.message["Subject"] and "Better words." in sent.part("plain")

@@ -71,6 +71,14 @@ def test_emails_preview_of_an_unknown_email_lists_what_there_is(app):
     assert "why-glutes" in result.output and "welcome" in result.output
 
 
+def test_emails_preview_refuses_an_email_that_needs_more_than_a_reader(app):
+    """The newsletter's template needs a newsletter: the newsletter page previews it."""
+    result = app.test_cli_runner().invoke(args=["emails", "preview", "broadcast"])
+    assert result.exit_code != 0
+    assert "no sequence step or email called 'broadcast'" in result.output
+    assert "emails: confirm, guide_again, welcome" in result.output
+
+
 def test_emails_send_test_sends_one_now(smtp_app, smtp):
     result = smtp_app.test_cli_runner().invoke(
         args=["emails", "send-test", "piriformis-stretch", "owner@example.com"]

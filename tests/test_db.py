@@ -306,7 +306,17 @@ def test_upgrading_keeps_each_welcome_sent_once_per_magnet(database_url):
     migrate.downgrade(database_url, "0010")
     engine = sa.create_engine(database_url)
     created = datetime(2026, 11, 1, tzinfo=UTC)
-    keys = ["welcome:1", "welcome:22", "broadcast:3:1", "sequence:tips:1:day-1", None]
+    keys = [
+        "welcome:1",
+        "welcome:22",
+        "broadcast:3:1",
+        "sequence:tips:1:day-1",
+        None,
+        "Welcome:7",  # not the old shape: left alone on both databases
+        "welcome:abc",
+        "welcome:42",  # its new key exists already (written before the migration ran)
+        "welcome:glute-guide:42",
+    ]
     with engine.begin() as connection:
         connection.execute(
             sa.text(
@@ -339,6 +349,10 @@ def test_upgrading_keeps_each_welcome_sent_once_per_magnet(database_url):
         "broadcast:3:1",
         "sequence:tips:1:day-1",
         None,
+        "Welcome:7",
+        "welcome:abc",
+        "welcome:42",
+        "welcome:glute-guide:42",
     ]
     database = Database.connect(database_url)
     with database.begin() as session:
@@ -357,7 +371,7 @@ def test_upgrading_keeps_each_welcome_sent_once_per_magnet(database_url):
         )
     database.dispose()
     migrate.downgrade(database_url, "0010")
-    assert stored()[:5] == keys
-    assert stored()[5] == "welcome:other:1"  # no old shape for another magnet's key
+    assert stored()[: len(keys)] == keys
+    assert stored()[len(keys)] == "welcome:other:1"  # no old shape for another magnet's
     migrate.upgrade(database_url)
     engine.dispose()

@@ -12,7 +12,7 @@ from sqlalchemy import update
 
 from service import outbox as outbox_module
 from service import subscriptions
-from service.models import OutboxMessage, OutboxStatus, SubscriberStatus
+from service.models import OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
 from tests.helpers import (
     add_pending,
     get_subscriber,
@@ -606,3 +606,24 @@ def test_with_a_pace_each_email_is_recorded_before_the_wait(app, client, smtp):
     services.make_dispatcher("w").drain(mailer, clock=services.clock, pacer=pacer)
     mailer.close()
     assert statuses_while_waiting == [[OutboxStatus.SENT, OutboxStatus.SENDING]]
+
+
+def test_an_email_of_a_kind_this_release_does_not_know_waits(app, smtp, clock):
+    """A row written by a newer release (a kind not in service.kinds) is kept, its attempts
+    untouched, instead of being sent by guesswork or thrown away."""
+    sign_up(app.test_client(), "reader@example.com")
+    with services_of(app).database.begin() as session:
+        session.execute(update(OutboxMessage).values(kind="from_a_newer_release"))
+    report = run_pass(app)
+    assert (report.sent, report.retried, report.cancelled) == (0, 1, 0)
+    assert "from_a_newer_release" in report.errors[0]
+    (row,) = outbox(app)
+    assert (row.status, row.attempts) == (OutboxStatus.QUEUED, 0)
+    with services_of(app).database.begin() as session, pytest.raises(LookupError):
+        outbox_module.enqueue(
+            session,
+            session.get(Subscriber, row.subscriber_id),
+            "halfway",
+            template="confirm",
+            now=clock(),
+        )

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from scheduler.__main__ import tick
-from service import journal, sequences, signup_input, subscriptions
+from service import journal, outbox, sequences, signup_input, subscriptions
 from service.emails import SHIPPED_EMAILS
 from service.models import (
     Enrollment,
@@ -23,7 +23,7 @@ from service.models import (
     SubscriberStatus,
 )
 from service.sequences import Delay, SequenceError, Step, due_time
-from tests.helpers import services_of
+from tests.helpers import run_pass, services_of
 
 BERLIN = ZoneInfo("Europe/Berlin")
 VANCOUVER = ZoneInfo("America/Vancouver")
@@ -817,3 +817,29 @@ def test_readers_whose_steps_all_left_the_file_wait_instead_of_finishing(seq_app
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day")))  # the owner puts it right
     run_until(app, clock, clock() + timedelta(days=5))
     assert [s for s, _ in sent_steps(app, reader)] == ["a", "b"]
+
+
+def test_a_step_whose_row_names_no_loaded_sequence_goes_with_the_only_one(seq_app, clock, smtp):
+    """Each step's row names its sequence. One that names none loaded (a row from before a
+    rename) goes with the only sequence there is, as when there was only ever one."""
+    app = seq_app(steps_toml(("a", "1 day"), ("b", "3 days")))
+    reader = confirm_reader(app, "ann@example.com")
+    run_pass(app)  # the confirmation and the welcome
+    smtp.handler.received.clear()
+    services = services_of(app)
+    clock.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)  # the reader's sending hour
+    template = services.default_sequence.step("a").template
+    with services.database.begin() as session:
+        row = outbox.step_row(
+            reader,
+            "ann@example.com",
+            template=template,
+            sequence="an-earlier-name",
+            step="a",
+            dedupe_key="sequence:an-earlier-name:1:a",
+            now=clock(),
+        )
+        outbox.enqueue_steps(session, [row], now=clock())
+    assert run_pass(app).sent == 1
+    (step,) = smtp.handler.wait_for(1)
+    assert step.rcpt_tos == ["ann@example.com"]

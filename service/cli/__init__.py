@@ -92,17 +92,23 @@ def _sample_email(name: str, address: str, first_name: str):
     services = _services()
     step = services.default_sequence.step(name)
     template = step.template if step else name
-    if not services.renderer.has_template(template):
+    # Emails whose template needs nothing beyond the reader: the fixed ones, and each lead
+    # magnet's incentive email.
+    plain = {
+        rules.template
+        for rules in kinds.RULES.values()
+        if rules.template and rules.data is kinds.ExtraData.NONE
+    } | {magnet.incentive_template for magnet in services.magnets.values()}
+    if step is None and (template not in plain or not services.renderer.has_template(template)):
         steps = ", ".join(s.id for s in services.default_sequence.steps)
         raise click.ClickException(
-            f"no sequence step or email called {name!r} (steps: {steps}; emails: confirm, "
-            "welcome, guide_again)"
+            f"no sequence step or email called {name!r} (steps: {steps}; emails: "
+            f"{', '.join(sorted(plain))})"
         )
     if step is not None:
         kind = kinds.SEQUENCE_STEP
         context = {"sequence": services.default_sequence.name, "step": step.id}
     else:
-        # Any other template is shown as an email with nothing added: a welcome's rules.
         kind, context = kinds.with_template(template) or kinds.WELCOME, {}
     return services.composer.sample(
         kind,

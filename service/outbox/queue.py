@@ -50,7 +50,8 @@ def enqueue(
 
     Returns whether a row was written.
     """
-    template = template or kinds.rules_of(kind).template
+    rules = kinds.rules_of(kind)  # an unknown kind is refused here, not when it is due
+    template = template or rules.template
     if template is None:
         raise ValueError(f"an email of kind {kind!r} needs its template named")
     values = {
@@ -92,12 +93,15 @@ def enqueue_for_each(
     """Queue one email of `kind` for each (id, email) row of `recipients`, in one
     INSERT ... SELECT. Each row's dedupe key is `dedupe_prefix` and the subscriber's id, so
     a recipient who has one already is left alone."""
+    template = kinds.rules_of(kind).template
+    if template is None:
+        raise ValueError(f"an email of kind {kind!r} needs its template named")
     key = literal(dedupe_prefix, String) + cast(recipients.c.id, String)
     layout = {
         "subscriber_id": recipients.c.id,
         "to_address": recipients.c.email,
         "kind": literal(kind, String),
-        "template": literal(kinds.rules_of(kind).template, String),
+        "template": literal(template, String),
         "context": literal(context, OutboxMessage.context.type),
         "dedupe_key": key,
         "status": literal(OutboxStatus.QUEUED.value, String),

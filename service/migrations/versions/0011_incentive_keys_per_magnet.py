@@ -23,27 +23,35 @@ OLD_PREFIX = 'welcome:'
 NEW_PREFIX = 'welcome:glute-guide:'
 
 
-def _position(haystack: str, needle: str) -> str:
-    """SQL for where `needle` first occurs in `haystack` (0: nowhere), on either database."""
+def _digits(expression: str) -> str:
+    """SQL: `expression` is one or more digits, on either database."""
     if op.get_bind().dialect.name == 'postgresql':
-        return f"strpos({haystack}, {needle})"
-    return f"instr({haystack}, {needle})"
+        return f"{expression} ~ '^[0-9]+$'"
+    return f"({expression} <> '' AND {expression} NOT GLOB '*[^0-9]*')"
+
+
+def _rewrite(old: str, new: str, *, only_ids: bool) -> None:
+    """Keys `old` + rest become `new` + rest, unless that key is taken already (the new
+    code ran before this migration and wrote it: the reader has had their email)."""
+    rest = f"substr(outbox.dedupe_key, {len(old) + 1})"
+    # A range, not LIKE: the unique index finds it, and it is case-sensitive everywhere.
+    upper = old[:-1] + chr(ord(old[-1]) + 1)
+    conditions = [f"outbox.dedupe_key >= '{old}'", f"outbox.dedupe_key < '{upper}'"]
+    if only_ids:
+        conditions.append(_digits(rest))
+    conditions.append(
+        f"NOT EXISTS (SELECT 1 FROM outbox AS taken WHERE taken.dedupe_key = '{new}' || {rest})"
+    )
+    op.execute(
+        f"UPDATE outbox SET dedupe_key = '{new}' || {rest} WHERE " + " AND ".join(conditions)
+    )
 
 
 def upgrade() -> None:
-    # Only the old shape: `welcome:` and digits, no second colon.
-    rest = f"substr(dedupe_key, {len(OLD_PREFIX) + 1})"
-    no_second_colon = _position(rest, "':'") + " = 0"
-    op.execute(
-        f"UPDATE outbox SET dedupe_key = '{NEW_PREFIX}' || {rest} "
-        f"WHERE dedupe_key LIKE '{OLD_PREFIX}%' AND {no_second_colon}"
-    )
+    # Only the old shape: `welcome:` and the subscriber's id.
+    _rewrite(OLD_PREFIX, NEW_PREFIX, only_ids=True)
 
 
 def downgrade() -> None:
     # Keys of other magnets stay as they are: the old shape has no room for them.
-    rest = f"substr(dedupe_key, {len(NEW_PREFIX) + 1})"
-    op.execute(
-        f"UPDATE outbox SET dedupe_key = '{OLD_PREFIX}' || {rest} "
-        f"WHERE dedupe_key LIKE '{NEW_PREFIX}%'"
-    )
+    _rewrite(NEW_PREFIX, OLD_PREFIX, only_ids=True)
