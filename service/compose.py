@@ -36,7 +36,7 @@ from .emails import PERSONAL_FIELDS, EmailRenderer, Skeleton
 from .kinds import ExtraData
 from .links import Links
 from .mail import Message
-from .models import Broadcast, OutboxMessage, Subscriber, SubscriberStatus
+from .models import Broadcast, OutboxMessage, Subscriber
 from .outbox import Claimed, Reader
 from .sequences import DripSequence
 from .tracking import LinkTracker
@@ -170,14 +170,7 @@ class Composer:
             attempts=0,
             last_error=None,
         )
-        reader = Reader(
-            id=SAMPLE_ID,
-            email=to,
-            first_name=first_name or None,
-            status=SubscriberStatus.CONFIRMED,
-            time_zone="UTC",
-        )
-        return self.compose(row, reader, now=now)
+        return self.compose(row, Reader.stand_in(to, first_name or None), now=now)
 
     def forget_rendered(self) -> None:
         """Drop every rendered skeleton: a transaction that stored their links rolled back."""
