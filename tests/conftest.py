@@ -93,11 +93,20 @@ def postgres_url() -> Iterator[str]:
 
 
 def _empty_postgres(url: str) -> None:
+    """Every table emptied and every sequence back at its start, as TRUNCATE ... RESTART
+    IDENTITY would leave them. DELETE, because a test leaves a few rows: deleting them takes
+    milliseconds, where TRUNCATE gives each table and index a new file (150 ms a test)."""
     engine = sa.create_engine(url)
-    # rate_limits: the limiter's counters (migration 0009), not one of the models.
-    tables = ", ".join([*(f'"{t.name}"' for t in Base.metadata.sorted_tables), "rate_limits"])
+    # Children before parents; rate_limits: the limiter's counters (migration 0009), not one
+    # of the models.
+    tables = [*(t.name for t in reversed(Base.metadata.sorted_tables)), "rate_limits"]
     with engine.begin() as connection:
-        connection.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        for table in tables:
+            connection.exec_driver_sql(f'DELETE FROM "{table}"')
+        connection.exec_driver_sql(
+            "SELECT setval(format('%%I.%%I', schemaname, sequencename), start_value, false)"
+            " FROM pg_sequences WHERE schemaname = current_schema()"
+        )
     engine.dispose()
 
 

@@ -81,6 +81,7 @@ def _sample_url(rule) -> str:
     return rule.build(values)[1]
 
 
+@pytest.mark.slow
 def test_every_admin_page_is_behind_sign_in(app, client):
     """Walk the URL map: nothing under admin answers without a session."""
     rules = [
@@ -100,6 +101,7 @@ def test_every_admin_page_is_behind_sign_in(app, client):
                 assert response.status_code == 401, (method, url)
 
 
+@pytest.mark.slow
 def test_sign_in_shows_the_dashboard_and_sign_out_ends_it(app, client):
     create_admin(app)
     response = sign_in(client)
@@ -109,6 +111,7 @@ def test_sign_in_shows_the_dashboard_and_sign_out_ends_it(app, client):
     assert client.get("/admin/").status_code == 302
 
 
+@pytest.mark.slow
 def test_a_wrong_password_and_an_unknown_account_get_the_same_answer(app, client):
     create_admin(app)
     wrong = sign_in(client, password="not the password at all")
@@ -125,6 +128,7 @@ def set_cookie(response, name: str) -> str:
     return cookie
 
 
+@pytest.mark.slow
 def test_the_session_cookie_is_httponly_and_samesite(app, client):
     create_admin(app)
     response = sign_in(client)
@@ -132,6 +136,7 @@ def test_the_session_cookie_is_httponly_and_samesite(app, client):
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
+@pytest.mark.slow
 def test_the_session_cookie_is_secure_behind_https(make_app):
     app = make_app(BASE_URL="https://news.example.com")
     create_admin(app)
@@ -147,6 +152,7 @@ def test_passwords_are_stored_hashed_with_scrypt(app):
     assert stored.startswith("scrypt:") and PASSWORD not in stored
 
 
+@pytest.mark.slow
 def test_forms_without_a_csrf_token_are_refused(app, admin_client):
     with services_of(app).database.begin() as session:
         subscriber = make_subscriber(
@@ -172,6 +178,7 @@ def test_sign_in_itself_needs_the_csrf_token(app, client):
     assert client.get("/admin/").status_code == 302
 
 
+@pytest.mark.slow
 def test_sign_in_attempts_are_rate_limited(make_app):
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
     create_admin(app)
@@ -183,6 +190,7 @@ def test_sign_in_attempts_are_rate_limited(make_app):
     assert client.get("/admin/login").status_code == 200
 
 
+@pytest.mark.slow
 def test_the_account_budget_holds_whatever_the_spelling_of_the_address(make_app):
     """Full-width letters fold to the same account (IDNA): they share one budget."""
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
@@ -197,6 +205,7 @@ def test_the_account_budget_holds_whatever_the_spelling_of_the_address(make_app)
     assert codes == [401, 401, 401, 429]
 
 
+@pytest.mark.slow
 def test_signing_in_does_not_use_up_the_budget(make_app):
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="2 per minute")
     create_admin(app)
@@ -205,6 +214,7 @@ def test_signing_in_does_not_use_up_the_budget(make_app):
         assert sign_in(client).status_code == 303
 
 
+@pytest.mark.slow
 def test_guessing_the_current_password_is_rate_limited(make_app):
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="2 per minute")
     create_admin(app)
@@ -219,6 +229,7 @@ def test_guessing_the_current_password_is_rate_limited(make_app):
     assert codes == [422, 422, 429]
 
 
+@pytest.mark.slow
 def test_admin_forms_work_over_https_with_a_same_origin_referer(make_app):
     """Flask-WTF wants a same-origin Referer on https; admin pages let the browser send it."""
     app = make_app(BASE_URL="https://newsletter.test")
@@ -237,6 +248,7 @@ def test_admin_forms_work_over_https_with_a_same_origin_referer(make_app):
     assert response.status_code == 303
 
 
+@pytest.mark.slow
 def test_changing_the_password_ends_every_other_session(app):
     create_admin(app)
     here, elsewhere = app.test_client(), app.test_client()
@@ -256,6 +268,7 @@ def test_changing_the_password_ends_every_other_session(app):
     assert sign_in(elsewhere, password="a brand new long passphrase").status_code == 303
 
 
+@pytest.mark.slow
 def test_signing_out_everywhere_ends_every_session(app):
     create_admin(app)
     here, elsewhere = app.test_client(), app.test_client()
@@ -267,12 +280,14 @@ def test_signing_out_everywhere_ends_every_session(app):
     assert sign_in(elsewhere).status_code == 303  # the password still works
 
 
+@pytest.mark.slow
 def test_a_weak_new_password_is_refused_with_the_reason(app, admin_client):
     response = post(admin_client, "/admin/account", current_password=PASSWORD, new_password="short")
     assert response.status_code == 422
     assert "at least 12 characters" in response.get_data(as_text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "password",
     ["password1234", "Password123!", "qwertyuiopasdf", "iloveyou12345", "aaaaaaaaaaaaaaaa"],
@@ -318,6 +333,7 @@ def with_cookie(app, value: str):
     return client
 
 
+@pytest.mark.slow
 def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(app):
     """The probe's finding: a cookie saved before sign-out kept working for 12 hours."""
     create_admin(app)
@@ -333,6 +349,7 @@ def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(app):
         assert admins.sessions_of(session, 1, idle=timedelta(hours=12), now=services.clock()) == 0
 
 
+@pytest.mark.slow
 def test_a_session_lives_while_used_and_ends_when_left_idle(app, clock):
     create_admin(app)
     client = app.test_client()
@@ -346,6 +363,7 @@ def test_a_session_lives_while_used_and_ends_when_left_idle(app, clock):
     assert client.get("/admin/").status_code == 302
 
 
+@pytest.mark.slow
 def test_the_account_page_counts_the_open_sessions(app):
     create_admin(app)
     here, elsewhere = app.test_client(), app.test_client()
@@ -363,6 +381,7 @@ def attempt_from(app, address: str, password: str = "wrong password guess") -> i
     return sign_in(client, password=password).status_code
 
 
+@pytest.mark.slow
 def test_a_known_device_is_not_locked_out_by_failures_from_elsewhere(make_app):
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
     create_admin(app)
@@ -380,6 +399,7 @@ def test_a_known_device_is_not_locked_out_by_failures_from_elsewhere(make_app):
     assert sign_in(owner).status_code == 303
 
 
+@pytest.mark.slow
 def test_a_known_device_has_a_budget_of_its_own(make_app):
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
     create_admin(app)
@@ -392,6 +412,7 @@ def test_a_known_device_has_a_budget_of_its_own(make_app):
     assert attempt_from(app, "198.51.100.1", password=PASSWORD) == 303
 
 
+@pytest.mark.slow
 def test_ending_every_session_also_ends_the_other_browsers_device_cookies(make_app, clock):
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
     create_admin(app)
@@ -409,6 +430,7 @@ def test_ending_every_session_also_ends_the_other_browsers_device_cookies(make_a
     assert sign_in(lost_laptop).status_code == 429
 
 
+@pytest.mark.slow
 def test_a_device_cookie_from_just_before_the_end_of_every_session_is_void(make_app, clock):
     """In the same second, but before: whole seconds would have let it through."""
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
@@ -423,6 +445,7 @@ def test_a_device_cookie_from_just_before_the_end_of_every_session_is_void(make_
     assert sign_in(lost_laptop).status_code == 429
 
 
+@pytest.mark.slow
 def test_a_nul_in_an_admin_field_is_dropped_or_refused_never_a_500(app, admin_client):
     """PostgreSQL neither stores nor compares a NUL: filters drop control characters, as
     the search does; text that is kept (a subject, a consent statement) loses them."""
@@ -437,6 +460,7 @@ def test_a_nul_in_an_admin_field_is_dropped_or_refused_never_a_500(app, admin_cl
     assert admin_client.get("/admin/subscribers?status=a%00b").status_code == 400  # no status
 
 
+@pytest.mark.slow
 def test_the_browser_that_changes_the_password_stays_known(make_app, clock):
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per minute")
     create_admin(app)
@@ -452,6 +476,7 @@ def test_the_browser_that_changes_the_password_stays_known(make_app, clock):
     assert sign_in(desk, password=new).status_code == 303
 
 
+@pytest.mark.slow
 def test_a_device_cookie_counts_only_for_its_own_account_and_only_if_ours(make_app):
     app = make_app(ADMIN_LOGIN_RATE_LIMIT="2 per minute")
     create_admin(app)
@@ -469,6 +494,7 @@ def test_a_device_cookie_counts_only_for_its_own_account_and_only_if_ours(make_a
     assert attempt_from(app, "203.0.113.9", password=PASSWORD) == 429
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "target",
     [
@@ -490,6 +516,7 @@ def test_after_sign_in_only_admin_paths_are_followed(app, client, target):
     assert response.headers["Location"] == "/admin/"
 
 
+@pytest.mark.slow
 def test_the_page_asked_for_opens_after_sign_in(app, client):
     create_admin(app)
     response = client.get("/admin/subscribers?status=confirmed")
@@ -502,12 +529,14 @@ def test_the_page_asked_for_opens_after_sign_in(app, client):
     assert response.headers["Location"] == "/admin/subscribers?status=confirmed"
 
 
+@pytest.mark.slow
 def test_admin_pages_are_never_cached_and_carry_the_csp(admin_client):
     response = admin_client.get("/admin/")
     assert response.headers["Cache-Control"] == "no-store"
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
 
 
+@pytest.mark.slow
 def test_cli_creates_the_first_account(app, monkeypatch):
     runner = app.test_cli_runner()
     assert "admin create" in runner.invoke(args=["admin", "hint"]).output
@@ -556,6 +585,7 @@ def listed_emails(html: str) -> list[str]:
     return re.findall(r'/admin/subscribers/\d+">([^<]+)</a>', html)
 
 
+@pytest.mark.slow
 def test_the_list_pages_by_keyset_newest_first(app, admin_client):
     add_subscribers(app, 120)
     first = admin_client.get("/admin/subscribers").get_data(as_text=True)
@@ -569,6 +599,7 @@ def test_the_list_pages_by_keyset_newest_first(app, admin_client):
     assert seen == [f"reader{n:04d}@example.com" for n in reversed(range(120))]
 
 
+@pytest.mark.slow
 def test_search_and_filters_narrow_the_list(app, admin_client):
     add_subscribers(app, 5, source="blog")
     services = services_of(app)
@@ -603,6 +634,7 @@ def test_search_and_filters_narrow_the_list(app, admin_client):
         assert admin_client.get("/admin/subscribers?" + bad).status_code == 400, bad
 
 
+@pytest.mark.slow
 def test_a_hostile_name_stays_inert_in_the_admin_pages(app, admin_client):
     services = services_of(app)
     with services.database.begin() as session:
@@ -636,6 +668,7 @@ def confirmed_reader(app, client, email: str = "reader@example.com", name: str =
     return subscriber.id
 
 
+@pytest.mark.slow
 def test_the_subscriber_page_shows_the_history_and_pauses_the_sequence(app, client, admin_client):
     subscriber_id = confirmed_reader(app, client)
     page = admin_client.get(f"/admin/subscribers/{subscriber_id}").get_data(as_text=True)
@@ -651,6 +684,7 @@ def test_the_subscriber_page_shows_the_history_and_pauses_the_sequence(app, clie
         assert session.scalar(sa.select(Enrollment.status)) is EnrollmentStatus.ACTIVE
 
 
+@pytest.mark.slow
 def test_the_subscribers_data_export_holds_everything_about_them(app, client, admin_client):
     subscriber_id = confirmed_reader(app, client)
     response = admin_client.get(f"/admin/subscribers/{subscriber_id}/data.json")
@@ -665,6 +699,7 @@ def test_the_subscribers_data_export_holds_everything_about_them(app, client, ad
     assert data["sequences"][0]["status"] == "active"
 
 
+@pytest.mark.slow
 def test_erasing_removes_personal_data_from_every_table(app, client, admin_client):
     subscriber_id = confirmed_reader(app, client, email="Erase.Me@Example.com", name="Eraseme")
     refused = post(admin_client, f"/admin/subscribers/{subscriber_id}/erase", confirm_email="no")
@@ -704,6 +739,7 @@ def read_csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+@pytest.mark.slow
 def test_the_csv_export_streams_the_filtered_list_and_defuses_formulas(app, admin_client):
     services = services_of(app)
     with services.database.begin() as session:
@@ -729,6 +765,7 @@ def test_the_csv_export_streams_the_filtered_list_and_defuses_formulas(app, admi
     assert everyone[-1]["email"] == "'=cmd@example.com" and everyone[-1]["first_name"] == "Öla"
 
 
+@pytest.mark.slow
 def test_the_excel_export_starts_with_a_byte_order_mark(app, admin_client):
     add_subscribers(app, 1)
     body = admin_client.get("/admin/subscribers/export.csv?bom=1").get_data()
@@ -737,6 +774,7 @@ def test_the_excel_export_starts_with_a_byte_order_mark(app, admin_client):
     assert plain.startswith(b"email,first_name,")
 
 
+@pytest.mark.slow
 def test_the_export_has_every_column_the_owner_needs(app, client, admin_client):
     confirmed_reader(app, client)
     (row,) = read_csv(admin_client.get("/admin/subscribers/export.csv").get_data(as_text=True))
@@ -750,6 +788,7 @@ def test_the_export_has_every_column_the_owner_needs(app, client, admin_client):
     assert row["last_email_sent_utc"] == ""  # nothing has gone out yet
 
 
+@pytest.mark.slow
 def test_the_cli_export_writes_the_same_rows_in_chunks(app, admin_client, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "EXPORT_SPAN", 7)  # many chunks, to test the walk
     add_subscribers(app, 30)
@@ -777,6 +816,7 @@ def test_the_cli_export_filters_and_refuses_bad_dates(app):
 # --- dashboard --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_dashboard_counts_the_funnel_and_warns_of_a_silent_scheduler(app, client, admin_client):
     confirmed_reader(app, client, "a@example.com")
     sign_up(client, "b@example.com")
@@ -795,6 +835,7 @@ def test_the_dashboard_counts_the_funnel_and_warns_of_a_silent_scheduler(app, cl
 # --- the development outbox -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_dev_outbox_shows_each_email_as_its_reader_gets_it(app, client, admin_client):
     sign_up(client, "reader@example.com", first_name="Ann")
     listing = admin_client.get("/admin/outbox").get_data(as_text=True)
@@ -812,6 +853,7 @@ def test_the_dev_outbox_shows_each_email_as_its_reader_gets_it(app, client, admi
     assert frame.headers["X-Frame-Options"] == "SAMEORIGIN"
 
 
+@pytest.mark.slow
 def test_the_dev_outbox_is_not_there_with_a_real_mail_server(make_app):
     app = make_app(MAIL_URL="smtp://127.0.0.1:2525")
     create_admin(app)
@@ -825,6 +867,7 @@ def quoted(cell: str) -> str:
     return '"' + cell.replace('"', '""') + '"'
 
 
+@pytest.mark.slow
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -863,6 +906,7 @@ def test_the_database_writes_each_row_as_python_would(app, name, ip):
     )
 
 
+@pytest.mark.slow
 def test_a_long_export_reports_in_to_the_server_after_every_chunk(app, admin_client, monkeypatch):
     """Under gunicorn a response longer than the worker timeout would get its worker
     killed; the export tells the arbiter it is alive (gunicorn.conf.py) chunk by chunk."""
@@ -916,6 +960,7 @@ def test_an_export_that_fails_says_so_instead_of_ending_early(app):
         list(pieces)
 
 
+@pytest.mark.slow
 def test_the_export_filters_by_sequence_step(app, admin_client):
     """A step id, 'finished' and 'none' each select the subscribers at that place."""
     services = services_of(app)
@@ -955,6 +1000,7 @@ def test_the_export_filters_by_sequence_step(app, admin_client):
     assert "reader0000@example.com" not in result.output
 
 
+@pytest.mark.slow
 def test_the_export_is_utf8_whatever_the_connection_speaks(app, admin_client, monkeypatch):
     """PostgreSQL's COPY writes in the connection's client encoding; a server or role set
     to LATIN1 must not turn the file into Latin-1 (or fail on a character it lacks)."""
@@ -1023,6 +1069,7 @@ def test_the_search_index_follows_every_change_to_the_list(app):
     assert searched(app, "example") == ["link@example.com"]
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -1076,6 +1123,7 @@ def test_the_search_pages_and_filters_through_the_index(app):
     assert searched(app, "re") == everyone  # under three characters: no index, same answer
 
 
+@pytest.mark.slow
 def test_a_search_with_control_characters_is_answered(app, admin_client):
     """A NUL would end the search index's query string (SQLite) or be refused by the
     driver (PostgreSQL); control characters are no part of an address or name anyway."""
@@ -1092,6 +1140,7 @@ def test_a_search_with_control_characters_is_answered(app, admin_client):
     assert [row["email"] for row in read_csv(export)] == ["reader0001@example.com"]
 
 
+@pytest.mark.slow
 def test_the_export_holds_what_the_list_shows_for_any_script(app, admin_client):
     """Case folding differs between databases for a few letters (final sigma, dotted I);
     on each database the export and the list agree."""

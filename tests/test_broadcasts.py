@@ -130,6 +130,7 @@ def test_a_newsletter_reaches_every_confirmed_reader_once(app, smtp):
     assert re.search(r"Hi Reader\d", text)
 
 
+@pytest.mark.slow
 def test_a_double_click_sends_nothing_twice(app, owner):
     readers(app, 2)
     broadcast_id = draft(app)
@@ -169,6 +170,7 @@ def test_a_reader_who_leaves_during_a_send_gets_nothing_more(app, smtp):
     assert status_of(app, broadcast_id) is BroadcastStatus.SENT
 
 
+@pytest.mark.slow
 def test_pause_holds_the_rest_and_resume_sends_it(app, smtp, owner):
     readers(app, 3)
     broadcast_id = draft(app)
@@ -189,6 +191,7 @@ def test_pause_holds_the_rest_and_resume_sends_it(app, smtp, owner):
     assert re.search(r"<dt>Sent</dt><dd>3</dd>", page)
 
 
+@pytest.mark.slow
 def test_cancel_stops_what_is_not_sent(app, owner):
     readers(app, 3)
     broadcast_id = draft(app)
@@ -238,6 +241,7 @@ def test_a_scheduled_newsletter_waits_for_its_time(app, clock):
     assert start(app) == [(broadcast_id, 1)]
 
 
+@pytest.mark.slow
 def test_the_owner_composes_previews_tests_and_sends(app, smtp, owner, clock):
     readers(app, 2)
     token = csrf_token(owner, "/admin/newsletters/new")
@@ -307,6 +311,7 @@ def test_a_draft_needs_a_subject_and_a_body(app, subject, body, problem):
         draft(app, subject=subject, body=body)
 
 
+@pytest.mark.slow
 def test_a_hostile_newsletter_stays_inert_in_the_admin_pages(app, owner):
     hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     broadcast_id = draft(app, subject="Tips " + hostile, body=hostile)
@@ -380,6 +385,7 @@ MARKDOWN_PIECES = st.sampled_from(
 )
 
 
+@pytest.mark.slow
 @given(st.lists(MARKDOWN_PIECES, max_size=25).map("".join))
 @settings(max_examples=1500, deadline=None)
 def test_no_markdown_placeholder_or_unsafe_target_ever_reaches_the_email(body):

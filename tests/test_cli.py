@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from service import create_app, migrate
@@ -19,6 +20,7 @@ def test_db_upgrade_creates_the_schema_from_nothing(tmp_path):
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_guide_build_writes_the_pdf(app, tmp_path):
     target = tmp_path / "out" / "guide.pdf"
     result = app.test_cli_runner().invoke(args=["guide", "build", "--output", str(target)])

@@ -126,6 +126,7 @@ def _instance_key(folder: str) -> str:
     return secret_key.instance_secret_key(Path(folder))
 
 
+@pytest.mark.slow
 def test_processes_starting_together_agree_on_one_key(tmp_path):
     with multiprocessing.get_context("spawn").Pool(6) as pool:
         keys = pool.map(_instance_key, [str(tmp_path / "instance")] * 12)
@@ -161,6 +162,7 @@ def _resigned(payload: dict, key: str) -> str:
     return SecureCookieSessionInterface().get_signing_serializer(forger).dumps(payload)
 
 
+@pytest.mark.slow
 def test_a_session_signed_with_the_old_public_key_opens_nothing(database_url, tmp_path):
     """The probe's forged cookie: a real session's contents, signed with the old constant."""
     app = _keyless(database_url, tmp_path, APP_ENV="development")

@@ -52,6 +52,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sqlite_writers_in_several_processes_never_see_database_is_locked(sqlite_url):
     writers = [
         subprocess.Popen(
@@ -105,6 +106,7 @@ def test_migrations_build_exactly_the_models(database_url):
     assert differences == []
 
 
+@pytest.mark.slow
 def test_migrations_go_down_and_up_again(tmp_path):
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     migrate.upgrade(url)
@@ -227,6 +229,7 @@ def test_migrated_sqlite_tables_keep_autoincrement(sqlite_url):
     assert {"subscribers", "outbox"} <= tables
 
 
+@pytest.mark.slow
 def test_without_pg_trgm_the_schema_is_built_all_the_same(postgres_url, caplog):
     """A role that may create tables but not extensions (a managed database, say) gets the
     whole schema; only the trigram indexes are missing, and the migration says how to add

@@ -69,6 +69,7 @@ def test_confirmation_email_is_complete(app, client, smtp):
     assert row.attempts == 1
 
 
+@pytest.mark.slow
 def test_421_holds_the_queue_without_using_attempts(app, client, smtp, clock):
     for n in range(3):
         sign_up(client, f"r{n}@example.com")
@@ -97,6 +98,7 @@ def test_relay_denied_stops_delivery_and_bounces_nobody(app, client, smtp):
     assert get_subscriber(app, "reader@example.com").status is SubscriberStatus.PENDING
 
 
+@pytest.mark.slow
 def test_backoff_doubles_and_gives_up_after_the_last_attempt(make_app, smtp, clock):
     app = make_app(MAIL_URL=smtp.url, SEND_MAX_ATTEMPTS=4)
     sign_up(app.test_client(), "reader@example.com")
@@ -252,6 +254,7 @@ def test_a_row_that_keeps_crashing_its_scheduler_is_given_up(make_app, smtp, clo
     assert smtp.received == []
 
 
+@pytest.mark.slow
 def test_two_dispatchers_at_once_send_every_row_exactly_once(app, smtp):
     services = services_of(app)
     add_pending(app, 120)
@@ -306,6 +309,7 @@ def test_stop_hands_the_rest_of_the_claim_back(app, client, smtp, clock):
     assert run_pass(app).sent == 3
 
 
+@pytest.mark.slow
 def test_a_broken_template_keeps_the_email_until_it_is_fixed(make_app, smtp, tmp_path, clock):
     content = tmp_path / "content"
     (content / "emails").mkdir(parents=True)
@@ -399,6 +403,7 @@ def test_nothing_is_sent_to_unconfirmed_addresses_but_the_confirmation(app, clie
     assert subjects(smtp) == ["Please confirm your email to get the glute guide"]
 
 
+@pytest.mark.slow
 def test_whole_path_through_real_smtp(app, client, smtp, clock):
     """Sign up, confirm from the email, get the guide, unsubscribe by one-click header."""
     sign_up(client, "reader@example.com", first_name="Ann", time_zone="America/Vancouver")
@@ -590,6 +595,7 @@ def test_a_database_error_on_the_next_row_keeps_the_last_email_recorded(
     assert [r.rcpt_tos for r in smtp.handler.wait_for(1)] == [["r0@example.com"]]
 
 
+@pytest.mark.slow
 def test_with_a_pace_each_email_is_recorded_before_the_wait(app, client, smtp):
     from service.dispatch import Pacer
 

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from tests.conftest import TEST_SECRET
+
+pytestmark = pytest.mark.slow
 
 ROWS = 1_000_000
 MAX_RSS_MB = 100

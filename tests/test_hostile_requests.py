@@ -56,6 +56,7 @@ def int_routes(app) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_the_probes_findings_are_each_a_clear_4xx(hostile_app, owner):
     client = hostile_app.test_client()
     assert client.get(f"/l/{TWENTY_FIVE_DIGITS}/x").status_code == 404
@@ -204,6 +205,7 @@ def _path(rule, draw) -> str:
     return re.sub(r"<(?:([^:>]+):)?[^>]+>", segment, rule.rule)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signed_in", [False, True], ids=["anonymous", "owner"])
 def test_no_request_anywhere_gets_a_server_error(hostile_app, owner, signed_in):
     app = hostile_app

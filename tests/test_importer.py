@@ -227,6 +227,7 @@ def test_the_cli_dry_run_writes_nothing(app, tmp_path):
     assert count(app, Subscriber) == 0
 
 
+@pytest.mark.slow
 def test_the_owner_previews_and_imports_in_the_browser_flow(app, admin_client):  # noqa: F811
     data = b"email,first_name\nann@example.com,Ann\nbroken,\n"
     token = csrf_token(admin_client, "/admin/subscribers/import")
@@ -253,6 +254,7 @@ def test_the_owner_previews_and_imports_in_the_browser_flow(app, admin_client): 
     assert again.status_code == 303 and count(app, Subscriber) == 1  # the file is gone
 
 
+@pytest.mark.slow
 def test_an_upload_over_the_limit_gets_a_clear_page(app, admin_client, monkeypatch):  # noqa: F811
     monkeypatch.setattr(importer, "MAX_IMPORT_BYTES", 1000)
     token = csrf_token(admin_client, "/admin/subscribers/import")

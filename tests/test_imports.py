@@ -125,6 +125,7 @@ def small_batches(monkeypatch):
     monkeypatch.setattr(imports, "INLINE_BYTES", 100)  # every test file counts as large
 
 
+@pytest.mark.slow
 def test_a_large_upload_is_checked_and_imported_by_the_scheduler(app, owner, small_batches):
     data = csv_of(40, extra="broken,\nr3@example.com,again\n")
     response = owner.post(
@@ -168,6 +169,7 @@ def test_a_large_upload_is_checked_and_imported_by_the_scheduler(app, owner, sma
     assert job_of(app, import_id).issues == []
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_hands_the_import_on_and_nothing_is_done_twice(
     app, clock, small_batches
 ):
@@ -198,6 +200,7 @@ def test_a_worker_that_dies_hands_the_import_on_and_nothing_is_done_twice(
     assert sorted(addresses) == sorted(f"r{n}@example.com" for n in range(30))
 
 
+@pytest.mark.slow
 def test_a_worker_asked_to_stop_hands_the_import_back_at_once(app, small_batches):
     """SIGTERM to a scheduler (a deploy) finishes the batch in hand and lets the next
     scheduler go on straight away, from the checkpoint."""
@@ -237,6 +240,7 @@ def test_an_unexpected_error_ends_the_import_instead_of_retrying_for_ever(
     assert scheduler_pass(app) == 0
 
 
+@pytest.mark.slow
 def test_a_nul_in_the_file_is_refused_with_its_line(app, owner):
     response = owner.post(
         "/admin/subscribers/import",
@@ -297,6 +301,7 @@ def test_an_upload_nobody_imports_is_deleted_after_a_day(app, clock):
     assert count(app, ImportChunk) == 0 and count(app, ImportRow) == 0
 
 
+@pytest.mark.slow
 def test_the_owner_can_cancel_an_import_in_progress(app, owner, small_batches):
     import_id = upload(app, csv_of(30))
     scheduler_pass(app)
@@ -326,6 +331,7 @@ def test_a_scheduler_tick_with_no_imports_takes_no_write_lock(app, monkeypatch):
 LINE_PIECES = st.sampled_from(["a", "é", ",", '"', "\r", "\n", "\r\n", "☃", "x y"])
 
 
+@pytest.mark.slow
 @given(
     st.lists(LINE_PIECES, max_size=40).map("".join),
     st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=10),
@@ -377,6 +383,7 @@ def test_checking_a_larger_file_takes_no_more_memory(sqlite_url, tmp_path):
     assert large - small < 8, (small, large)
 
 
+@pytest.mark.slow
 def test_a_new_upload_replaces_a_preview_but_not_an_import_under_way(app, owner, small_batches):
     def send(data: bytes) -> int:
         response = owner.post(
@@ -421,6 +428,7 @@ def test_previews_an_earlier_version_left_on_disk_are_removed(tmp_path):
     assert (folder / "my-list.csv").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_import_is_handed_back_and_fails_only_when_it_keeps_failing(
     app, clock, small_batches, monkeypatch
 ):

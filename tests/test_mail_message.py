@@ -90,6 +90,7 @@ def test_non_ascii_local_part_needs_smtputf8():
     assert "josé@example.org".encode() in message.as_bytes()
 
 
+@pytest.mark.slow
 @given(
     text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=400),
     html=st.text(st.characters(blacklist_categories=("Cs",)), max_size=400),

@@ -317,6 +317,7 @@ def enrollment(app, subscriber_id: int) -> Enrollment:
         return session.scalar(select(Enrollment).where(Enrollment.subscriber_id == subscriber_id))
 
 
+@pytest.mark.slow
 def test_vancouver_and_berlin_each_get_their_steps_at_eight_their_time(make_app, smtp, clock):
     app = make_app(MAIL_URL=smtp.url)  # the shipped sequence
     clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
@@ -338,6 +339,7 @@ def test_vancouver_and_berlin_each_get_their_steps_at_eight_their_time(make_app,
     ]
 
 
+@pytest.mark.slow
 def test_the_whole_shipped_sequence_arrives_once_in_order_then_stops(make_app, smtp, clock):
     app = make_app(MAIL_URL=smtp.url)
     reader = confirm_reader(app, "reader@example.com", zone="Europe/Berlin", first_name="Ann")
@@ -362,6 +364,7 @@ def test_the_whole_shipped_sequence_arrives_once_in_order_then_stops(make_app, s
     assert len(smtp.received) == 8
 
 
+@pytest.mark.slow
 def test_the_course_is_offered_once_when_the_owner_sets_its_link(seq_app, smtp, clock):
     toml = (
         (SHIPPED_EMAILS / "sequence.toml")
@@ -381,6 +384,7 @@ def test_the_course_is_offered_once_when_the_owner_sets_its_link(seq_app, smtp, 
     assert sent_on.weekday() in (1, 2, 3)
 
 
+@pytest.mark.slow
 def test_the_affiliate_link_is_disclosed(seq_app, smtp, clock):
     toml = (
         (SHIPPED_EMAILS / "sequence.toml")
@@ -403,6 +407,7 @@ def test_the_affiliate_link_is_disclosed(seq_app, smtp, clock):
     )
 
 
+@pytest.mark.slow
 def test_weekday_restrictions_hold_in_the_engine(seq_app, clock):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day", 'weekdays = ["sat"]')))
     clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # a Tuesday
@@ -414,6 +419,7 @@ def test_weekday_restrictions_hold_in_the_engine(seq_app, clock):
     ]
 
 
+@pytest.mark.slow
 def test_after_a_day_of_downtime_catching_up_sends_one_step_a_day(seq_app, clock):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day"), ("c", "1 day")))
     clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
@@ -433,6 +439,7 @@ def test_after_a_day_of_downtime_catching_up_sends_one_step_a_day(seq_app, clock
     ]
 
 
+@pytest.mark.slow
 def test_after_the_mail_server_was_down_for_days_steps_resume_a_day_apart(seq_app, clock, smtp):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day"), ("c", "1 day")), **HOURLY_RETRIES)
     clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
@@ -455,6 +462,7 @@ def test_after_the_mail_server_was_down_for_days_steps_resume_a_day_apart(seq_ap
     assert steps[1][1] == datetime(2026, 11, 29, 8, 0, tzinfo=UTC)  # a day after a went out
 
 
+@pytest.mark.slow
 def test_a_step_due_while_the_scheduler_was_down_waits_for_the_morning(seq_app, clock):
     app = seq_app(steps_toml(("a", "1 day")))
     clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
@@ -476,6 +484,7 @@ def advance_past_first_step(app, clock, reader: int) -> None:
     assert [s for s, _ in sent_steps(app, reader)] == ["a"]
 
 
+@pytest.mark.slow
 def test_a_step_added_after_where_a_reader_stands_reaches_them(seq_app, clock):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "3 days")))
     reader = confirm_reader(app, "reader@example.com")
@@ -485,6 +494,7 @@ def test_a_step_added_after_where_a_reader_stands_reaches_them(seq_app, clock):
     assert [s for s, _ in sent_steps(app, reader)] == ["a", "new", "b"]
 
 
+@pytest.mark.slow
 def test_a_step_inserted_before_where_a_reader_stands_does_not(seq_app, clock):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "3 days")))
     reader = confirm_reader(app, "reader@example.com")
@@ -494,6 +504,7 @@ def test_a_step_inserted_before_where_a_reader_stands_does_not(seq_app, clock):
     assert [s for s, _ in sent_steps(app, reader)] == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_readers_who_finished_get_no_new_steps(seq_app, clock):
     app = seq_app(steps_toml(("a", "1 day")))
     reader = confirm_reader(app, "reader@example.com")
@@ -506,6 +517,7 @@ def test_readers_who_finished_get_no_new_steps(seq_app, clock):
     assert [s for s, _ in sent_steps(app, late_comer)] == ["a", "later"]
 
 
+@pytest.mark.slow
 def test_a_removed_step_is_skipped_and_never_breaks_a_tick(seq_app, clock, smtp):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day"), ("c", "1 day")), **HOURLY_RETRIES)
     reader = confirm_reader(app, "reader@example.com")
@@ -533,6 +545,7 @@ def test_a_removed_step_is_skipped_and_never_breaks_a_tick(seq_app, clock, smtp)
 # --- pause, resume, stop --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pause_then_resume_carries_on_from_the_resume_time_without_a_burst(seq_app, clock):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "2 days"), ("c", "2 days")))
     clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
@@ -553,6 +566,7 @@ def test_pause_then_resume_carries_on_from_the_resume_time_without_a_burst(seq_a
     ]
 
 
+@pytest.mark.slow
 def test_pausing_takes_back_a_queued_step_and_resuming_sends_it_once(seq_app, clock, smtp):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day")), **HOURLY_RETRIES)
     reader = confirm_reader(app, "reader@example.com")
@@ -576,6 +590,7 @@ def test_pausing_takes_back_a_queued_step_and_resuming_sends_it_once(seq_app, cl
     assert len(rows) == 1  # the same row, revived
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["unsubscribe", "bounce"])
 def test_unsubscribing_or_bouncing_stops_the_sequence_at_once(seq_app, clock, smtp, how):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day")), **HOURLY_RETRIES)
@@ -608,6 +623,7 @@ def test_a_bounce_on_a_step_stops_the_rest(seq_app, clock, smtp):
     assert statuses == [OutboxStatus.FAILED]
 
 
+@pytest.mark.slow
 def test_a_returning_reader_carries_on_where_they_left(seq_app, clock):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day"), ("c", "1 day")))
     reader = confirm_reader(app, "reader@example.com")
@@ -653,6 +669,7 @@ def test_sequence_templates_exist_for_every_step():
         assert Path(str(path)[:-4] + ".html").exists()
 
 
+@pytest.mark.slow
 def test_smtp_faults_in_the_middle_of_a_batch_of_steps(seq_app, clock, smtp):
     """One batch meets a dropped connection after DATA, a 451 and a 550 at RCPT, then a
     421 at MAIL: in the end every reader but the bounced one has each step exactly once."""
@@ -741,6 +758,7 @@ def test_an_unsubscribe_during_a_tick_waits_for_it_then_cancels_the_step(seq_app
     assert sent_steps(app, reader) == []
 
 
+@pytest.mark.slow
 def test_a_step_queued_when_the_reader_left_comes_when_they_return(seq_app, clock):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day"), ("c", "1 day")))
     clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
@@ -761,6 +779,7 @@ def test_a_step_queued_when_the_reader_left_comes_when_they_return(seq_app, cloc
     assert [s for s, _ in sent_steps(app, reader)] == ["a", "b", "c"]
 
 
+@pytest.mark.slow
 def test_an_unsubscribe_stops_a_step_already_claimed_for_sending(seq_app, clock, smtp):
     from tests.test_dispatch import RecordingMailer
 
@@ -791,6 +810,7 @@ def test_an_unsubscribe_stops_a_step_already_claimed_for_sending(seq_app, clock,
     assert enrollment(app, leaves).steps_passed == []
 
 
+@pytest.mark.slow
 def test_a_step_held_back_by_a_mail_outage_still_arrives_in_the_morning(seq_app, clock, smtp):
     app = seq_app(steps_toml(("a", "1 day")), **HOURLY_RETRIES)
     clock.now = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
@@ -804,6 +824,7 @@ def test_a_step_held_back_by_a_mail_outage_still_arrives_in_the_morning(seq_app,
     assert sent_steps(app, reader) == [("a", datetime(2026, 11, 26, 7, 0, tzinfo=UTC))]
 
 
+@pytest.mark.slow
 def test_readers_whose_steps_all_left_the_file_wait_instead_of_finishing(seq_app, clock, caplog):
     app = seq_app(steps_toml(("a", "1 day"), ("b", "1 day")))
     reader = confirm_reader(app, "reader@example.com")

@@ -171,6 +171,7 @@ def test_refused_connection_makes_the_mailer_unavailable():
         mailer.send(message())
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_times_out():
     with SilentServer() as silent:
         mailer = SMTPMailer("127.0.0.1", silent.port, timeout=0.5)
@@ -347,6 +348,7 @@ def test_dot_stuffing_matches_smtplib(data):
     assert _dot_stuffed(data) == smtplib._quote_periods(data)
 
 
+@pytest.mark.slow
 @given(st.emails() | st.text(max_size=40))
 def test_envelope_addresses_match_smtplib(address):
     assert _angle_address(address) == smtplib.quoteaddr(address)

@@ -78,6 +78,7 @@ def test_the_redirect_only_goes_where_our_emails_point(app, smtp, client):
         assert session.scalar(sa.select(Click.outbox_id)) is None
 
 
+@pytest.mark.slow
 def test_clicks_show_on_the_newsletter_and_the_subscriber(app, smtp, client, admin_client):  # noqa: F811
     broadcast_id = send_newsletter(app, readers=1)
     (path,) = tracked_links(smtp.handler.wait_for(1)[0].part("html"))

@@ -158,6 +158,7 @@ def test_internationalized_address_is_stored_with_an_ascii_domain(app, client):
     assert subscriber.email == "josé@xn--bcher-kva.example"
 
 
+@pytest.mark.slow
 def test_download_serves_the_pdf_and_counts(app, client):
     path = confirm_path(app, client, "reader@example.com")
     client.post(path)
@@ -276,6 +277,7 @@ def test_expired_confirmation_link_offers_a_new_one(app, client, clock):
     assert get_subscriber(app, "late@example.com").status is SubscriberStatus.CONFIRMED
 
 
+@pytest.mark.slow
 def test_expired_download_link_offers_a_fresh_one(app, client, clock):
     path = confirm_path(app, client, "reader@example.com")
     client.post(path)
@@ -586,6 +588,7 @@ print(response.status_code)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "database_url,storage",
     [
