@@ -302,6 +302,7 @@ def test_upgrading_gives_existing_subscribers_their_mailbox_key(tmp_path):
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_upgrading_keeps_each_welcome_sent_once_per_magnet(database_url):
     """Migration 0011: the welcome's dedupe key names the lead magnet. Keys written before it
     (one welcome per reader) become the glute guide's, so a reader who had theirs never

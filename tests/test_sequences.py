@@ -840,6 +840,7 @@ def test_readers_whose_steps_all_left_the_file_wait_instead_of_finishing(seq_app
     assert [s for s, _ in sent_steps(app, reader)] == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_a_step_whose_row_names_no_loaded_sequence_goes_with_the_only_one(seq_app, clock, smtp):
     """Each step's row names its sequence. One that names none loaded (a row from before a
     rename) goes with the only sequence there is, as when there was only ever one."""
