@@ -303,6 +303,10 @@ def resume(session: Session, broadcast_id: int, *, now: datetime) -> bool:
     )
     broadcast.status = BroadcastStatus.SENDING
     broadcast.updated_at = now
+    if broadcast.pause_reason is not None:
+        # It paused itself and the owner looked: the circuit breaker stops watching it.
+        broadcast.pause_reason = None
+        broadcast.breaker_overridden = True
     return True
 
 
