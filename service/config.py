@@ -181,6 +181,54 @@ class Settings:
         120, "/healthz reports the scheduler late after this long without a tick."
     )
 
+    # Hearing back: bounces and complaints (service.feedback), and the marks providers
+    # judge a sender by. A webhook whose secret is empty answers 404.
+    SES_TOPIC_ARNS: str = setting(
+        "", "SNS topic ARNs (comma-separated) whose SES notifications /webhooks/ses accepts."
+    )
+    SENDGRID_WEBHOOK_PUBLIC_KEY: str = setting(
+        "", "The Event Webhook's verification key, base64, as SendGrid shows it."
+    )
+    MAILGUN_WEBHOOK_SIGNING_KEY: str = setting("", "Mailgun's HTTP webhook signing key.")
+    POSTMARK_WEBHOOK_USER: str = setting("", "User name in the webhook URL given to Postmark.")
+    POSTMARK_WEBHOOK_PASSWORD: str = setting("", "Password in the webhook URL given to Postmark.")
+    BOUNCE_WEBHOOK_TOKEN: str = setting(
+        "", "Bearer token of the generic /webhooks/bounce endpoint."
+    )
+    BOUNCE_MAILBOX_URL: str = setting(
+        "", "imaps://, imap:// (STARTTLS) or pop3s:// mailbox the scheduler reads bounces from."
+    )
+    BOUNCE_MAILBOX_AFTER: str = setting(
+        "move:Processed", "What becomes of a handled bounce message: move:FOLDER or delete."
+    )
+    BOUNCE_MAILBOX_INTERVAL_SECONDS: int = setting(
+        300, "How often the scheduler reads the bounce mailbox."
+    )
+    MAIL_RETURN_PATH: str = setting(
+        "", "VERP envelope sender, e.g. bounces+{token}@news.example.com; empty: MAIL_FROM."
+    )
+    SOFT_BOUNCE_LIMIT: int = setting(
+        3, "Soft bounces in a row (within the window) that count as a hard bounce."
+    )
+    SOFT_BOUNCE_WINDOW_DAYS: int = setting(15, "The window soft bounces are counted in.")
+    BROADCAST_BOUNCE_PAUSE_RATE: float = setting(
+        0.05, "A newsletter pauses itself past this hard-bounce rate on its first sends."
+    )
+    BROADCAST_COMPLAINT_PAUSE_RATE: float = setting(
+        0.005, "A newsletter pauses itself past this complaint rate on its first sends."
+    )
+    FEEDBACK_PAYLOAD_DAYS: int = setting(
+        30, "How long the raw payload of a bounce or complaint is kept."
+    )
+    LIST_ID: str = setting(
+        "", "The List-Id header's identifier; empty: newsletter.<MAIL_FROM's domain>."
+    )
+    DKIM_PRIVATE_KEY_PATH: str = setting(
+        "", "PEM private key (RSA or Ed25519) to DKIM-sign every email with; empty: no DKIM."
+    )
+    DKIM_SELECTOR: str = setting("", "The DKIM selector (the s= tag; its DNS TXT record's name).")
+    DKIM_DOMAIN: str = setting("", "The DKIM signing domain (d=); usually MAIL_FROM's domain.")
+
     # Logs.
     LOG_LEVEL: str = setting("INFO", "Python logging level.")
 

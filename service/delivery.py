@@ -18,8 +18,10 @@ from typing import Protocol
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from . import outbox, subscriptions
+from . import outbox
+from .feedback import Feedback, Report
 from .mail import Message
+from .models import FeedbackType
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +153,30 @@ def record_bounce(
     worker: str,
     row: outbox.Claimed,
     error: str,
+    code: int | None,
     now: datetime,
     report: PassReport,
+    feedback: Feedback,
 ) -> None:
-    """The server refused the recipient: no more mail to that address."""
+    """The server refused the recipient: a hard bounce, no more mail to that address."""
     outbox.mark_failed(connection, row.id, worker=worker, error=error)
-    if row.subscriber_id is not None:
-        # The domain works on a Session; this one joins the connection's transaction.
-        with Session(bind=connection) as session:
-            subscriptions.mark_bounced(session, row.subscriber_id, reason=error, now=now)
-            session.flush()
+    # The domain works on a Session; this one joins the connection's transaction.
+    with Session(bind=connection) as session:
+        feedback.record(
+            session,
+            Report(
+                source="smtp",
+                event_key=f"smtp:{row.id}",
+                type=FeedbackType.HARD,
+                email=row.to_address,
+                outbox_id=row.id,
+                reason=error,
+                diagnostic=str(code) if code else None,
+                occurred_at=now,
+            ),
+            now=now,
+        )
+        session.flush()
     report.failed += 1
     report.bounced += 1
     logger.warning("outbox %d bounced; no more mail to that address: %s", row.id, error)

@@ -38,6 +38,7 @@ from .delivery import (
     record_sent,
     retry_or_fail,
 )
+from .feedback import Feedback
 from .kinds import Receivers
 from .mail import (
     MailerUnavailable,
@@ -47,6 +48,7 @@ from .mail import (
     ServerBusy,
     TemporaryFailure,
 )
+from .message_ids import MessageIds
 from .models import OutboxMessage, OutboxStatus
 from .sequences import sending_window_opens, zone_of
 
@@ -64,8 +66,11 @@ class Dispatcher:
         default_zone: ZoneInfo,
         worker: str,
         policy: DeliveryPolicy,
+        feedback: Feedback | None = None,
     ) -> None:
         self.database = database
+        # A refused recipient is a bounce like any other (service.feedback).
+        self.feedback = feedback or Feedback(MessageIds("", ""))
         self.composer = composer
         self.default_zone = default_zone
         self.worker = worker
@@ -191,7 +196,14 @@ class Dispatcher:
                         retry_or_fail, **outcome, error=str(exc), now=now, policy=self.policy
                     )
                 except RecipientRejected as exc:
-                    record = functools.partial(record_bounce, **outcome, error=str(exc), now=now)
+                    record = functools.partial(
+                        record_bounce,
+                        **outcome,
+                        error=str(exc),
+                        code=exc.code,
+                        now=now,
+                        feedback=self.feedback,
+                    )
                 except MessageRejected as exc:
                     logger.warning("outbox %d rejected by the server: %s", message_id, exc)
                     record = functools.partial(record_failure, **outcome, error=str(exc))

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
 from pathlib import Path
 
 from . import magnets as lead_magnets
@@ -22,9 +23,11 @@ from .db import Database
 from .delivery import DeliveryPolicy, Mailer
 from .dispatch import Dispatcher
 from .emails import EmailRenderer, email_directories, sequence_file
+from .feedback import Feedback, FeedbackPolicy
 from .links import Links
 from .magnets import DEFAULT_MAGNET, LeadMagnet
 from .mail import mailer_from_url
+from .message_ids import MessageIds
 from .secret_key import instance_secret_key
 from .sequences import DripSequence, SequenceError
 from .sequences import load as load_sequence
@@ -54,6 +57,8 @@ class Services:
     sequences: dict[str, DripSequence]
     tracker: LinkTracker
     composer: Composer
+    message_ids: MessageIds
+    feedback: Feedback
     clock: Callable[[], datetime] = field(default=utc_now)
 
     @classmethod
@@ -82,6 +87,9 @@ class Services:
         database = Database.connect(settings.database_url)
         links = Links(settings.BASE_URL, tokens)
         tracker = LinkTracker(database, base_url=settings.BASE_URL, secret_key=settings.SECRET_KEY)
+        message_ids = MessageIds(
+            settings.SECRET_KEY, parseaddr(settings.MAIL_FROM)[1].rpartition("@")[2]
+        )
         composer = Composer(
             database,
             renderer,
@@ -102,6 +110,16 @@ class Services:
             sequences=sequences,
             tracker=tracker,
             composer=composer,
+            message_ids=message_ids,
+            feedback=Feedback(
+                message_ids,
+                FeedbackPolicy(
+                    soft_limit=settings.SOFT_BOUNCE_LIMIT,
+                    soft_window=timedelta(days=settings.SOFT_BOUNCE_WINDOW_DAYS),
+                    pause_bounce_rate=settings.BROADCAST_BOUNCE_PAUSE_RATE,
+                    pause_complaint_rate=settings.BROADCAST_COMPLAINT_PAUSE_RATE,
+                ),
+            ),
         )
 
     def make_mailer(self) -> Mailer:
@@ -115,6 +133,7 @@ class Services:
             self.composer.fresh(),
             default_zone=s.default_zone,
             worker=worker,
+            feedback=self.feedback,
             policy=DeliveryPolicy(
                 batch_size=s.SEND_BATCH_SIZE,
                 lease=timedelta(seconds=s.SEND_LEASE_SECONDS),
