@@ -25,24 +25,24 @@ def suppression_hash(email: str) -> str:
 
 
 def is_suppressed(session: Session, email: str) -> bool:
-    """Whether `email` belongs to someone who was erased (and so must not be imported)."""
+    """Whether `email` is on the suppression list (erased, or complained): never imported."""
     return bool(suppressed(session, [email]))
 
 
-def suppressed(session: Session, emails: list[str]) -> set[str]:
-    """Those of `emails` that belong to someone who was erased (one query per 500)."""
+def suppressed(session: Session, emails: list[str]) -> dict[str, str]:
+    """Those of `emails` on the suppression list, with why: "erased" (on their request) or
+    "complaint" (they reported an email as spam). One query per 500."""
     by_hash = {suppression_hash(email): email for email in emails}
     hashes = list(by_hash)
-    found: set[str] = set()
+    found: dict[str, str] = {}
     for start in range(0, len(hashes), 500):
-        found.update(
-            session.scalars(
-                select(Suppression.email_hash).where(
-                    Suppression.email_hash.in_(hashes[start : start + 500])
-                )
+        for digest, reason in session.execute(
+            select(Suppression.email_hash, Suppression.reason).where(
+                Suppression.email_hash.in_(hashes[start : start + 500])
             )
-        )
-    return {by_hash[digest] for digest in found}
+        ):
+            found[by_hash[digest]] = reason
+    return found
 
 
 def erase(session: Session, subscriber_id: int, *, now: datetime) -> str:

@@ -67,7 +67,7 @@ class Outcome(enum.StrEnum):
     UNCHANGED = "unchanged"
     INVALID = "invalid"
     DUPLICATE = "duplicate"
-    SKIPPED = "skipped"  # erased on request: never imported again
+    SKIPPED = "skipped"  # erased on request, or complained: never imported again
 
 
 @dataclass
@@ -275,9 +275,16 @@ def read_plan(session: Session, data: bytes, *, default_time_zone: str) -> Plan:
     return plan
 
 
+# Why a suppressed address is not imported, by the suppression's reason.
+SKIPPED_BECAUSE = {
+    "erased": "erased on their request; they can only sign up again themselves",
+    "complaint": "reported an email as spam; they can only sign up again themselves",
+}
+
+
 def compare_with_the_list(session: Session, rows: list[Row]) -> None:
     """New or known? Of `rows`, those still NEW become UPDATED (the file adds a first
-    name), UNCHANGED, or SKIPPED (erased on their request), or stay NEW."""
+    name), UNCHANGED, or SKIPPED (erased on their request, or complained), or stay NEW."""
     candidates = {
         signup_input.email_key(row.email): row for row in rows if row.outcome is Outcome.NEW
     }
@@ -294,11 +301,11 @@ def compare_with_the_list(session: Session, rows: list[Row]) -> None:
             adds_name = row.first_name and not first_name
             row.outcome = Outcome.UPDATED if adds_name else Outcome.UNCHANGED
     new = [row for row in candidates.values() if row.outcome is Outcome.NEW]
-    erased = erasure.suppressed(session, [row.email for row in new])
+    suppressed = erasure.suppressed(session, [row.email for row in new])
     for row in new:
-        if row.email in erased:
+        if row.email in suppressed:
             row.outcome = Outcome.SKIPPED
-            row.reason = "erased on their request; they can only sign up again themselves"
+            row.reason = SKIPPED_BECAUSE.get(suppressed[row.email], SKIPPED_BECAUSE["erased"])
 
 
 @dataclass
