@@ -3,7 +3,7 @@
 APScheduler only keeps time here; the work queue is the outbox table. Each tick claims
 due rows under a lease and sends them, so several schedulers can run at once. A second
 job, on its own thread, checks and imports large CSV uploads (service.imports), so a long
-import never holds up mail. SIGTERM (or Ctrl-C) lets the message in flight and the import
+import never holds up mail; an hourly one forgets old raw bounce reports. SIGTERM (or Ctrl-C) lets the message in flight and the import
 batch in hand finish, hands the rest back, and exits.
 
     python -m scheduler                      tick every SCHEDULER_TICK_SECONDS
@@ -30,9 +30,11 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from service import broadcasts, health, imports, sequences
 from service.config import ConfigError, load_settings
 from service.dispatch import Dispatcher, PassReport
+from service.feedback.outcomes import forget_payloads
 from service.services import Services, configure_logging, worker_name
 
 logger = logging.getLogger("scheduler")
+HOUSEKEEPING_SECONDS = 3600
 
 
 def parse_instant(text: str) -> datetime:
@@ -157,6 +159,18 @@ class StopSignals:
         return signal.Signals(self.received).name if self.received else "stop"
 
 
+def keep_house(services: Services, *, clock: Callable[[], datetime], stop: threading.Event) -> None:
+    """Forget the raw payloads of bounces and complaints past FEEDBACK_PAYLOAD_DAYS."""
+    if stop.is_set():
+        return
+    with services.database.begin() as session:
+        forgotten = forget_payloads(
+            session, now=clock(), days=services.settings.FEEDBACK_PAYLOAD_DAYS
+        )
+    if forgotten:
+        logger.info("forgot the raw reports of %d bounces and complaints", forgotten)
+
+
 def run_forever(
     services: Services, dispatcher: Dispatcher, *, interval: float, signals: StopSignals
 ) -> None:
@@ -164,8 +178,8 @@ def run_forever(
     started_at = services.clock()
     scheduler = BlockingScheduler(
         timezone=UTC,
-        # Mail and imports each on a thread of their own.
-        executors={"default": ThreadPoolExecutor(max_workers=2)},
+        # Mail, imports, the bounce mailbox and housekeeping each on a thread of their own.
+        executors={"default": ThreadPoolExecutor(max_workers=4)},
         # A tick that runs long is not run twice, and missed ticks collapse into one.
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )
@@ -185,6 +199,15 @@ def run_forever(
             kwargs={"services": services, "clock": services.clock, "stop": signals.stop, **kwargs},
             id=job_id,
         )
+
+    scheduler.add_job(
+        keep_house,
+        "interval",
+        seconds=HOUSEKEEPING_SECONDS,
+        next_run_time=datetime.now(UTC),
+        kwargs={"services": services, "clock": services.clock, "stop": signals.stop},
+        id="housekeeping",
+    )
 
     def shut_down_when_asked() -> None:
         signals.stop.wait()

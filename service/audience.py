@@ -20,6 +20,7 @@ from .models import (
     Enrollment,
     EnrollmentStatus,
     Event,
+    FeedbackEvent,
     OutboxMessage,
     Subscriber,
     SubscriberStatus,
@@ -230,6 +231,7 @@ class History:
     emails: list[OutboxMessage]
     enrollments: list[Enrollment] = field(default_factory=list)
     clicks: list[tuple[str, datetime]] = field(default_factory=list)  # (link target, when)
+    feedback: list[FeedbackEvent] = field(default_factory=list)  # bounces and complaints
 
 
 def history(session: Session, subscriber_id: int) -> History | None:
@@ -248,6 +250,7 @@ def history(session: Session, subscriber_id: int) -> History | None:
         events=rows_of(Event),
         emails=rows_of(OutboxMessage),
         enrollments=rows_of(Enrollment),
+        feedback=rows_of(FeedbackEvent),
         clicks=[
             (url, at)
             for url, at in session.execute(
@@ -307,6 +310,23 @@ def personal_data(record: History) -> dict[str, Any]:
             for email in record.emails
         ],
         "clicks": [{"link": url, "at": _stamp(at)} for url, at in record.clicks],
+        "bounces_and_complaints": [
+            {
+                "type": event.type.value,
+                "source": event.source,
+                "received_at": _stamp(event.received_at),
+                "occurred_at": _stamp(event.occurred_at),
+                "address": event.email,
+                "reason": event.reason,
+                "diagnostic": event.diagnostic,
+                "email_kind": event.kind,
+                "sequence_step": event.sequence_step,
+                "newsletter": event.broadcast_id,
+                "outcome": event.outcome,
+                "report": event.payload,
+            }
+            for event in record.feedback
+        ],
         "sequences": [
             {
                 "sequence": enrollment.sequence,

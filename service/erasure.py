@@ -9,12 +9,20 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .db import insert_ignoring_conflicts
 from .journal import record_event
-from .models import ConsentRecord, Enrollment, Event, OutboxMessage, Subscriber, Suppression
+from .models import (
+    ConsentRecord,
+    Enrollment,
+    Event,
+    FeedbackEvent,
+    OutboxMessage,
+    Subscriber,
+    Suppression,
+)
 from .signup_input import email_key
 from .subscriptions import get_subscriber, stop_mail
 
@@ -71,6 +79,19 @@ def erase(session: Session, subscriber_id: int, *, now: datetime) -> str:
         .where(OutboxMessage.subscriber_id == subscriber_id)
         # The dedupe key names the subscriber's id, which would tie these rows together.
         .values(subscriber_id=None, to_address="", context={}, last_error=None, dedupe_key=None)
+        .execution_options(synchronize_session=False)
+    )
+    # Bounces and complaints keep their type and what they were about (the rates), and
+    # lose the address, the server's words (which often quote it) and the raw report.
+    session.execute(
+        update(FeedbackEvent)
+        .where(
+            or_(
+                FeedbackEvent.subscriber_id == subscriber_id,
+                func.lower(FeedbackEvent.email) == email_key(address),
+            )
+        )
+        .values(subscriber_id=None, email=None, reason="", payload=None)
         .execution_options(synchronize_session=False)
     )
     record_event(session, None, "erased", now=now)

@@ -379,3 +379,97 @@ def test_an_import_skips_an_address_that_complained_and_says_why(app):
         ("friend@example.com", importer.Outcome.NEW),
     ]
     assert "reported an email as spam" in plan.rows[0].reason
+
+
+@pytest.mark.slow
+def test_the_owner_sees_events_rates_and_why_a_newsletter_paused(app, services):
+    from tests.test_admin import create_admin, sign_in
+
+    subscriber = reader(services, "bouncy@example.com")
+    _, message_id = sent_email(services, subscriber)
+    record(
+        services,
+        report(
+            "h1",
+            HARD,
+            email="bouncy@example.com",
+            reference=message_id,
+            reason="550 5.1.1 gone",
+            payload={"bounce": "as it came"},
+        ),
+    )
+    broadcast_id, rows = newsletter(services, recipients=100, sent=10)  # judged on 10
+    bounce_all(services, rows[:1], COMPLAINT)
+    create_admin(app)
+    client = app.test_client()
+    sign_in(client)
+
+    page = client.get(f"/admin/subscribers/{subscriber}").get_data(as_text=True)
+    assert "hard bounce" in page and "550 5.1.1 gone" in page and "as it came" in page
+    data = client.get(f"/admin/subscribers/{subscriber}/data.json").get_json()
+    assert [(e["type"], e["source"], e["outcome"]) for e in data["bounces_and_complaints"]] == [
+        ("hard", "bounce", "bounced")
+    ]
+    dashboard = client.get("/admin/").get_data(as_text=True)
+    assert "Spam complaints are over 0.3 %" in dashboard  # 1 complaint in 11 emails sent
+    assert "Newsletter " + str(broadcast_id) in dashboard
+    newsletter_page = client.get(f"/admin/newsletters/{broadcast_id}").get_data(as_text=True)
+    assert "Paused by itself: 1 of its first 10 readers reported it as spam" in newsletter_page
+
+
+def test_a_quiet_month_raises_no_warning(services, clock):
+    from service.feedback import rates
+
+    subscriber = reader(services)
+    for _ in range(100):
+        sent_email(services, subscriber)
+    record(services, report("one", HARD))
+    with services.database.read() as session:
+        month = rates.recent(session, now=clock(), days=30)
+    assert (month.sent, month.hard, month.hard_level, month.level) == (100, 1, "ok", "ok")
+    record(services, report("two", SOFT))
+    for key in ("three", "four"):
+        record(
+            services, Report(source="bounce", event_key=key, type=HARD, email=f"{key}@example.com")
+        )
+    with services.database.read() as session:
+        month = rates.recent(session, now=clock(), days=30)
+    assert (month.hard, month.soft, month.hard_level) == (3, 1, "warn")  # 3 %, over 2 %
+
+
+def test_erasure_keeps_the_count_and_forgets_the_person(services):
+    subscriber = reader(services, "forget.me@example.com")
+    record(
+        services,
+        report(
+            "e1",
+            SOFT,
+            email="forget.me@example.com",
+            reason="mailbox of forget.me full",
+            payload={"x": 1},
+        ),
+    )
+    record(
+        services, Report(source="bounce", event_key="e2", type=SOFT, email="FORGET.ME@example.com")
+    )
+    with services.database.begin() as session:
+        erasure.erase(session, subscriber, now=services.clock())
+
+    assert [(e.type, e.email, e.subscriber_id, e.reason, e.payload) for e in events(services)] == [
+        (SOFT, None, None, "", None),
+        (SOFT, None, None, "", None),
+    ]
+
+
+def test_the_schedulers_housekeeping_forgets_old_reports(services, clock):
+    import threading
+
+    from scheduler.__main__ import keep_house
+
+    reader(services)
+    record(services, report("old", SOFT, payload={"raw": "old"}))
+    clock.advance(days=31)
+
+    keep_house(services, clock=clock, stop=threading.Event())
+
+    assert [event.payload for event in events(services)] == [None]

@@ -8,6 +8,7 @@ from flask import Response, abort, flash, g, redirect, render_template, request,
 from sqlalchemy import select
 
 from ... import audience, broadcasts, dashboard, kinds
+from ...feedback import rates
 from ...models import Broadcast
 from .. import now, services
 from .blueprint import EMAIL_FRAME_POLICY, bp
@@ -78,8 +79,9 @@ def newsletter(broadcast_id: int | None):
             )
             progress = broadcasts.progress(db, broadcast.id)
             links = dashboard.link_clicks(db, broadcast_id=broadcast.id)
+            feedback = rates.per_newsletter(db, [broadcast.id])[broadcast.id]
         else:
-            progress = None
+            progress = feedback = None
             links = []
         sources = audience.sources(db)
         db.expunge_all()
@@ -92,6 +94,7 @@ def newsletter(broadcast_id: int | None):
         recipients=recipients,
         progress=progress,
         links=links,
+        feedback=feedback,
         sources=sources,
         sequence_choices=broadcasts.SEQUENCE_CHOICES,
         sample=sample,

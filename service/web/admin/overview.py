@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import render_template
+from sqlalchemy import select
 
 from ... import dashboard
+from ...feedback import rates
+from ...models import Broadcast
 from .. import now, services
 from .blueprint import bp
 
 CHART_WIDTH, CHART_HEIGHT = 720, 200
+NEWSLETTERS_SHOWN = 10  # the latest, in the bounce and complaint rates
 SERIES = (
     ("signed_up", "Signups"),
     ("confirmed", "Confirmations"),
@@ -64,8 +68,25 @@ def dashboard_page():
             db, now=now(), late_after=timedelta(seconds=settings.SCHEDULER_LATE_SECONDS)
         )
         links = dashboard.link_clicks(db)
+        week = rates.recent(db, now=now(), days=7)
+        month = rates.recent(db, now=now(), days=30)
+        recent_newsletters = db.scalars(
+            select(Broadcast.id)
+            .where(Broadcast.started_at.is_not(None))
+            .order_by(Broadcast.id.desc())
+            .limit(NEWSLETTERS_SHOWN)
+        ).all()
+        newsletters = rates.per_newsletter(db, list(recent_newsletters))
+        order = {step.id: n for n, step in enumerate(sequence.steps)}
+        step_rates = sorted(rates.per_step(db), key=lambda r: order.get(r.label, len(order)))
+        international = rates.international_refused(db, now=now())
     return render_template(
         "admin/dashboard.html",
+        week=week,
+        month=month,
+        newsletters=newsletters,
+        step_rates=step_rates,
+        international=international,
         chart=_chart(days),
         funnel=funnel,
         steps=steps,
