@@ -48,6 +48,7 @@ class PassReport:
     cancelled: int = 0
     released: int = 0
     lost: int = 0  # claims that lapsed before the row's turn (another scheduler may have it)
+    paused: set[int] = field(default_factory=set)  # newsletters that paused themselves
     stopped: str | None = None  # why the pass ended early, if it did
     errors: list[str] = field(default_factory=list)
 
@@ -162,7 +163,7 @@ def record_bounce(
     outbox.mark_failed(connection, row.id, worker=worker, error=error)
     # The domain works on a Session; this one joins the connection's transaction.
     with Session(bind=connection) as session:
-        feedback.record(
+        recorded = feedback.record(
             session,
             Report(
                 source="smtp",
@@ -177,6 +178,8 @@ def record_bounce(
             now=now,
         )
         session.flush()
+    if recorded.paused_broadcast is not None:
+        report.paused.add(recorded.paused_broadcast)
     report.failed += 1
     report.bounced += 1
     logger.warning("outbox %d bounced; no more mail to that address: %s", row.id, error)

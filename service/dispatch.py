@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, select
 
-from . import kinds, outbox
+from . import broadcasts, kinds, outbox
 from .compose import Composer
 from .db import Database
 from .delivery import (
@@ -273,6 +273,12 @@ class Dispatcher:
             else:
                 report.lost += 1
                 logger.warning("outbox %d: the claim lapsed before its turn", message_id)
+            return None
+        if report.paused and row.context.get("broadcast_id") in report.paused:
+            # Its newsletter paused itself during this pass: hold it with the rest.
+            report.released += outbox.release(
+                connection, [message_id], worker=self.worker, due_at=broadcasts.HELD_UNTIL
+            )
             return None
         reader = readers.get(row.subscriber_id) if row.subscriber_id is not None else None
         try:

@@ -168,9 +168,12 @@ class OutboxMessage(Base):
         ),
         # A subscriber's emails, and the last one sent from the index alone (the export).
         Index("ix_outbox_subscriber_sent", "subscriber_id", "sent_at"),
+        # A newsletter's rows in the order they went out: progress, and the circuit
+        # breaker's "first sends" (service.feedback) read only their end of it.
         Index(
             "ix_outbox_broadcast",
             "broadcast_id",
+            "sent_at",
             sqlite_where=text("broadcast_id IS NOT NULL"),
             postgresql_where=text("broadcast_id IS NOT NULL"),
         ),

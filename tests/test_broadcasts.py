@@ -434,3 +434,42 @@ def test_readers_get_the_newsletter_as_sent_not_as_last_tested(app, smtp, clock)
     test_copy, sent = smtp.handler.wait_for(2)
     assert "Version one" in test_copy.message["Subject"]
     assert "Version two" in sent.message["Subject"] and "Better words." in sent.part("plain")
+
+
+@pytest.mark.slow
+def test_a_newsletter_whose_readers_bounce_pauses_itself_and_says_why(app, smtp, owner):
+    # 40 readers: judged on the first 4 sends; one refusal is 25 %, over 5 %.
+    readers(app, 40)
+    smtp.faults.rcpt["r7@example.com"] = "550 5.1.1 No such user here"
+    broadcast_id = draft(app)
+    send_now(app, broadcast_id)
+    start(app)
+
+    run_pass(app)
+
+    assert status_of(app, broadcast_id) is BroadcastStatus.PAUSED
+    page = owner.get(f"/admin/newsletters/{broadcast_id}").get_data(as_text=True)
+    assert "Paused by itself: 1 of its first 4 emails bounced" in page
+    with services_of(app).database.read() as session:
+        held = session.scalar(
+            sa.select(sa.func.count())
+            .select_from(OutboxMessage)
+            .where(
+                OutboxMessage.broadcast_id == broadcast_id,
+                OutboxMessage.status == OutboxStatus.QUEUED,
+            )
+        )
+    assert held > 0  # what the pass had not claimed yet waits for the owner
+
+
+@pytest.mark.slow
+def test_a_newsletter_with_no_bounces_is_not_paused(app, smtp):
+    readers(app, 40)
+    broadcast_id = draft(app)
+    send_now(app, broadcast_id)
+    start(app)
+
+    run_pass(app)
+    finish(app)
+
+    assert status_of(app, broadcast_id) is BroadcastStatus.SENT

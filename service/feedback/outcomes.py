@@ -150,7 +150,7 @@ class Feedback:
             and row.broadcast_id is not None
             and report.type is not FeedbackType.SOFT
         ):
-            paused = self.check_breaker(session, row.broadcast_id, now=now)
+            paused = self.check_breaker(session, row.broadcast_id, now=now, sent_at=row.sent_at)
         logger.info(
             "%s %s from %s: %s", report.source, report.type.value, address or "?", outcome.value
         )
@@ -271,9 +271,12 @@ class Feedback:
         )
         return sum(1 for moment in sent if delivered is None or moment > delivered)
 
-    def check_breaker(self, session: Session, broadcast_id: int, *, now: datetime) -> int | None:
+    def check_breaker(
+        self, session: Session, broadcast_id: int, *, now: datetime, sent_at: datetime | None = None
+    ) -> int | None:
         """Pause a sending newsletter whose first sends bounce or draw complaints past the
-        policy's rates; returns its id if it paused it now."""
+        policy's rates; returns its id if it paused it now. `sent_at`: when the email the
+        new event is about went out (an email past the first sends cannot change them)."""
         broadcast = session.get(Broadcast, broadcast_id, with_for_update=True)
         if (
             broadcast is None
@@ -285,24 +288,30 @@ class Feedback:
         sample = max(
             1, min(policy.breaker_sends, math.ceil(broadcast.recipients * policy.breaker_share))
         )
-        first_sends = (
-            select(OutboxMessage.id)
+        # When the last of the first sends went out (ix_outbox_broadcast: `sample` entries).
+        last_of_sample = session.scalar(
+            select(OutboxMessage.sent_at)
             .where(OutboxMessage.broadcast_id == broadcast_id, OutboxMessage.sent_at.is_not(None))
-            .order_by(OutboxMessage.sent_at, OutboxMessage.id)
-            .limit(sample)
-            .scalar_subquery()
+            .order_by(OutboxMessage.sent_at)
+            .offset(sample - 1)
+            .limit(1)
         )
-        counts = dict(
-            session.execute(
-                select(FeedbackEvent.type, func.count(func.distinct(FeedbackEvent.outbox_id)))
-                .where(
-                    FeedbackEvent.broadcast_id == broadcast_id,
-                    FeedbackEvent.outbox_id.in_(first_sends),
-                    FeedbackEvent.type != FeedbackType.SOFT,
-                )
-                .group_by(FeedbackEvent.type)
-            ).all()
+        # An email the server refused outright has no sent_at: it counts from when it bounced.
+        if last_of_sample is not None and (sent_at or now) > last_of_sample:
+            return None
+        counted = (
+            select(FeedbackEvent.type, func.count(func.distinct(FeedbackEvent.outbox_id)))
+            .join(OutboxMessage, OutboxMessage.id == FeedbackEvent.outbox_id)
+            .where(
+                FeedbackEvent.broadcast_id == broadcast_id,
+                FeedbackEvent.type != FeedbackType.SOFT,
+            )
+            .group_by(FeedbackEvent.type)
         )
+        if last_of_sample is not None:
+            when = func.coalesce(OutboxMessage.sent_at, FeedbackEvent.received_at)
+            counted = counted.where(when <= last_of_sample)
+        counts = dict(session.execute(counted).all())
         hard, complaints = counts.get(FeedbackType.HARD, 0), counts.get(FeedbackType.COMPLAINT, 0)
         if hard / sample > policy.pause_bounce_rate:
             why = (

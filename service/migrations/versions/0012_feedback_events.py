@@ -82,6 +82,8 @@ def upgrade() -> None:
         sqlite_where=sa.text("broadcast_id IS NOT NULL"),
         postgresql_where=sa.text("broadcast_id IS NOT NULL"),
     )
+    # A newsletter's rows in the order they went out, for the circuit breaker.
+    _broadcast_index(["broadcast_id", "sent_at"])
     with op.batch_alter_table("broadcasts") as batch:
         batch.add_column(sa.Column("pause_reason", sa.Text(), nullable=True))
         batch.add_column(
@@ -89,7 +91,16 @@ def upgrade() -> None:
         )
 
 
+def _broadcast_index(columns: list[str]) -> None:
+    where = sa.text("broadcast_id IS NOT NULL")
+    op.drop_index("ix_outbox_broadcast", table_name="outbox")
+    op.create_index(
+        "ix_outbox_broadcast", "outbox", columns, sqlite_where=where, postgresql_where=where
+    )
+
+
 def downgrade() -> None:
+    _broadcast_index(["broadcast_id"])
     with op.batch_alter_table("broadcasts") as batch:
         batch.drop_column("breaker_overridden")
         batch.drop_column("pause_reason")
