@@ -84,6 +84,7 @@ def receive(
 
 def _type(record: dict[str, Any]) -> FeedbackType | None:
     kind = record.get("RecordType")
+    expect(isinstance(kind, str), "the record has a RecordType")
     if kind == "SpamComplaint":
         return FeedbackType.COMPLAINT
     if kind != "Bounce":
