@@ -62,7 +62,9 @@ def _record(reports: list[Report], *, first: Callable[[Session], None] | None = 
     with services().database.begin() as session:
         if first is not None:
             first(session)
-        for report in reports:
+        # In one order (by address), so two batches naming the same readers lock their
+        # rows in the same order rather than each waiting for the other.
+        for report in sorted(reports, key=lambda report: (report.email or "").casefold()):
             outcomes[feedback.record(session, report, now=now()).outcome.value] += 1
     duplicates = outcomes[Outcome.DUPLICATE.value]
     return {
