@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from service import outbox as outbox_module
 from service.erasure import suppression_hash
-from service.feedback.webhooks.ses import SigningCertificates
+from service.feedback.webhooks.ses import SigningCertificates, fetch_https
 from service.models import (
     FeedbackEvent,
     OutboxMessage,
@@ -1007,3 +1007,21 @@ def test_events_about_unknown_addresses_are_recorded_as_unknown(hooks, web, sns_
         (source, "unknown address", None)
         for source in ("ses", "sendgrid", "mailgun", "postmark", "bounce")
     ]
+
+
+# Odds and ends
+
+
+def test_the_default_fetcher_takes_https_only():
+    with pytest.raises(ValueError):
+        fetch_https("http://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc123.pem")
+
+
+def test_a_sendgrid_key_that_does_not_parse_is_the_operators_error(make_app, sendgrid_key):
+    app = make_app(SENDGRID_WEBHOOK_PUBLIC_KEY="c2VuZGdyaWQ=")  # base64, not a key
+    body = b"[]"
+    response = app.test_client().post(
+        "/webhooks/sendgrid", data=body, headers=sendgrid_headers(body, sendgrid_key)
+    )
+    assert response.status_code == 500
+    assert "SENDGRID_WEBHOOK_PUBLIC_KEY" in response.get_json()["error"]
