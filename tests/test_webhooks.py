@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from service import outbox as outbox_module
 from service.erasure import suppression_hash
@@ -1025,3 +1026,26 @@ def test_a_sendgrid_key_that_does_not_parse_is_the_operators_error(make_app, sen
     )
     assert response.status_code == 500
     assert "SENDGRID_WEBHOOK_PUBLIC_KEY" in response.get_json()["error"]
+
+
+def test_a_transaction_postgresql_ends_to_break_a_deadlock_is_done_again(hooks, web, monkeypatch):
+    subscriber(hooks, "gone@example.com")
+    feedback = services_of(hooks).feedback
+    record, calls = feedback.record, []
+
+    class DeadlockDetected(Exception):
+        sqlstate = "40P01"
+
+    def deadlocked_once(session, report, *, now):
+        calls.append(report.email)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE ...", {}, DeadlockDetected())
+        return record(session, report, now=now)
+
+    monkeypatch.setattr(feedback, "record", deadlocked_once)
+    report = {"email": "gone@example.com", "type": "hard"}
+    response = web.post("/webhooks/bounce", json=report, headers=BEARER)
+    assert response.status_code == 200
+    assert calls == ["gone@example.com", "gone@example.com"]
+    assert status_of(hooks, "gone@example.com") is SubscriberStatus.BOUNCED
+    assert len(events(hooks)) == 1

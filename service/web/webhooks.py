@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from flask import Blueprint, abort, request
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -36,6 +37,8 @@ bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 # SendGrid posts its events in batches; SES, Mailgun and Postmark one event a request.
 MAX_BODY_BYTES = 1024 * 1024
+DEADLOCK = "40P01"  # PostgreSQL's SQLSTATE for a transaction it ended to break a deadlock
+DEADLOCK_ATTEMPTS = 3
 
 
 @bp.before_request
@@ -58,14 +61,23 @@ def _body() -> bytes:
 def _record(reports: list[Report], *, first: Callable[[Session], None] | None = None) -> dict:
     """Record every report in one transaction (after `first`, in the same one)."""
     feedback = services().feedback
-    outcomes: Counter[str] = Counter()
-    with services().database.begin() as session:
-        if first is not None:
-            first(session)
-        # In one order (by address), so two batches naming the same readers lock their
-        # rows in the same order rather than each waiting for the other.
-        for report in sorted(reports, key=lambda report: (report.email or "").casefold()):
-            outcomes[feedback.record(session, report, now=now()).outcome.value] += 1
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        outcomes: Counter[str] = Counter()
+        try:
+            with services().database.begin() as session:
+                if first is not None:
+                    first(session)
+                # In one order (by address), so two batches naming the same readers lock
+                # their rows in the same order rather than each waiting for the other.
+                for report in sorted(reports, key=lambda report: (report.email or "").casefold()):
+                    outcomes[feedback.record(session, report, now=now()).outcome.value] += 1
+            break
+        except OperationalError as exc:
+            # Two batches can still cross (a reader's row, then a newsletter's for its
+            # circuit breaker): PostgreSQL ends one; it is done again from the start.
+            if getattr(exc.orig, "sqlstate", None) != DEADLOCK or attempt == DEADLOCK_ATTEMPTS:
+                raise
+            logger.info("webhook %s: deadlock, attempt %d again", request.path, attempt)
     duplicates = outcomes[Outcome.DUPLICATE.value]
     return {
         "received": len(reports),
