@@ -1049,3 +1049,53 @@ def test_a_transaction_postgresql_ends_to_break_a_deadlock_is_done_again(hooks, 
     assert calls == ["gone@example.com", "gone@example.com"]
     assert status_of(hooks, "gone@example.com") is SubscriberStatus.BOUNCED
     assert len(events(hooks)) == 1
+
+
+JUNK = [None, [], {}, [1], 1.5, -1, True, "", "x" * 300]
+
+
+def variants(value, path=()):
+    """`value` with each of its fields (nested ones too) replaced in turn by each JUNK."""
+    if isinstance(value, dict):
+        children = list(value.items())
+    elif isinstance(value, list) and value:
+        children = [(0, value[0])]
+    else:
+        return
+    for key, child in children:
+        for junk in JUNK:
+            yield _replaced(value, key, junk)
+        for inner in variants(child, (*path, key)):
+            yield _replaced(value, key, inner)
+
+
+def _replaced(value, key, new):
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[key] = new
+    return copy
+
+
+@pytest.mark.slow
+def test_no_signed_payload_of_any_shape_is_answered_500(hooks, web, sns_key, sendgrid_key):
+    """Every field of a genuine event of each provider, in turn any JSON type: the answer
+    is 200, 400 or 403, never 500."""
+    subscriber(hooks, "gone@example.com")
+    answers = []
+    envelope = sns_notification(ses_bounce("gone@example.com", message_id="<1.a.b@x>"))
+    for n, notification in enumerate(variants(json.loads(envelope["Message"]))):
+        message = {**envelope, "MessageId": f"m{n}", "Message": json.dumps(notification)}
+        answers.append(post_sns(web, sns_signed(message, sns_key)))
+    for message in variants(envelope):
+        if isinstance(message.get("Type"), str) and message["Type"] in SNS_FIELDS:
+            answers.append(post_sns(web, sns_signed(message, sns_key)))
+    for batch in variants([sendgrid_event("gone@example.com", "bounce", 1, type="bounce")]):
+        answers.append(post_sendgrid(web, batch, sendgrid_key))
+    for n, event in enumerate(variants(mailgun_event("gone@example.com"))):
+        answers.append(web.post("/webhooks/mailgun", data=mailgun_body(event, token=f"{n:050d}")))
+    for record in variants(postmark_bounce("gone@example.com", 1, "HardBounce", Content="x")):
+        answers.append(post_postmark(web, record))
+    generic_report = {"email": "gone@example.com", "type": "soft", "message_id": "m", "id": 1}
+    for report in variants(generic_report):
+        answers.append(web.post("/webhooks/bounce", json=report, headers=BEARER))
+    assert len(answers) > 500
+    assert {a.status_code for a in answers} <= {200, 400, 403}

@@ -59,7 +59,7 @@ SIGNED_FIELDS = {
     ),
 }
 SIGNED_FIELDS["UnsubscribeConfirmation"] = SIGNED_FIELDS["SubscriptionConfirmation"]
-HASHES: dict[Any, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
+HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -125,7 +125,8 @@ def canonical(message: dict[str, Any]) -> bytes:
 
 def verify(message: dict[str, Any], certificates: SigningCertificates, *, now: datetime) -> None:
     """Forged unless SNS signed this message."""
-    algorithm = HASHES.get(message.get("SignatureVersion"))
+    version = message.get("SignatureVersion")
+    algorithm = HASHES.get(version) if isinstance(version, str) else None
     if algorithm is None:
         raise Forged(f"unknown SignatureVersion {str(message.get('SignatureVersion'))[:20]!r}")
     try:
@@ -152,7 +153,7 @@ def receive(
     message = parse_json(body)
     expect(isinstance(message, dict), "an SNS message is a JSON object")
     kind = message.get("Type")
-    expect(kind in SIGNED_FIELDS, f"unknown SNS message type {str(kind)[:40]!r}")
+    expect(isinstance(kind, str) and kind in SIGNED_FIELDS, f"unknown SNS type {str(kind)[:40]!r}")
     for name in SIGNED_FIELDS[kind]:
         if name != "Subject":
             expect(isinstance(message.get(name), str), f"{name} is missing")
