@@ -1085,9 +1085,8 @@ def test_no_signed_payload_of_any_shape_is_answered_500(hooks, web, sns_key, sen
     for n, notification in enumerate(variants(json.loads(envelope["Message"]))):
         message = {**envelope, "MessageId": f"m{n}", "Message": json.dumps(notification)}
         answers.append(post_sns(web, sns_signed(message, sns_key)))
-    for message in variants(envelope):
-        if isinstance(message.get("Type"), str) and message["Type"] in SNS_FIELDS:
-            answers.append(post_sns(web, sns_signed(message, sns_key)))
+    for message in variants(sns_signed(envelope, sns_key)):  # the signature no longer fits
+        answers.append(post_sns(web, message))
     for batch in variants([sendgrid_event("gone@example.com", "bounce", 1, type="bounce")]):
         answers.append(post_sendgrid(web, batch, sendgrid_key))
     for n, event in enumerate(variants(mailgun_event("gone@example.com"))):
