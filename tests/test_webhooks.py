@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from service import outbox as outbox_module
@@ -828,13 +828,23 @@ def test_mailgun_tokens_are_forgotten_once_stale(hooks, web, clock):
         assert list(session.scalars(select(WebhookToken.token))) == ["mailgun:" + "new" * 10]
 
 
-def test_mailgun_refused_request_spends_no_token(hooks, web):
-    """A request that fails after its token was taken (here: a body recorded nowhere,
-    since its event is malformed) leaves the token for the provider's retry."""
-    event = {"id": "x", "event": "failed", "severity": "permanent"}  # no recipient
-    assert web.post("/webhooks/mailgun", data=mailgun_body(event)).status_code == 400
-    with services_of(hooks).database.read() as session:
-        assert session.scalar(select(func.count()).select_from(WebhookToken)) == 0
+def test_mailgun_token_is_spent_only_with_the_event_recorded(hooks, web, monkeypatch):
+    """A request that fails after its token was taken leaves the token for Mailgun's retry:
+    both are in one transaction."""
+    subscriber(hooks, "gone@example.com")
+    feedback = services_of(hooks).feedback
+    record = feedback.record
+
+    def failing_once(session, report, *, now):
+        monkeypatch.setattr(feedback, "record", record)
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(feedback, "record", failing_once)
+    body = mailgun_body(mailgun_event("gone@example.com"))
+    assert web.post("/webhooks/mailgun", data=body).status_code == 500
+    assert events(hooks) == []
+    assert web.post("/webhooks/mailgun", data=body).status_code == 200  # the retry
+    assert status_of(hooks, "gone@example.com") is SubscriberStatus.BOUNCED
 
 
 # Postmark
