@@ -7,8 +7,8 @@ confirmed reader per event, then posts that many webhook events, correctly signe
 spread over the five endpoints (SES through SNS, SendGrid, Mailgun, Postmark, the generic
 one) and over hard bounces, soft bounces and complaints, from `--clients` client processes
 at once, one event a request. SNS's certificate is the bench's own, handed to the app in
-place of the fetch from Amazon (no internet needed). Prints events/s and p50/p99 latency,
-checks that every event was recorded exactly once (the feedback_events rows, by event_key)
+place of the fetch from Amazon (no internet needed). Prints events/s and p50/p99 latency
+beside GET /healthz from the same clients (what the machine serves at all), checks that every event was recorded exactly once (the feedback_events rows, by event_key)
 and acted on (each reader's status), then delivers 5 % of the events again, re-signed as
 the provider would, and checks that nothing more was recorded.
 """
@@ -209,15 +209,17 @@ class Signers:
         return "/webhooks/bounce", headers, json.dumps(report).encode(), f"bounce:g-{n}"
 
 
-def post_all(port: int, requests: list[tuple[str, dict, bytes]]) -> list[tuple[float, int, str]]:
-    """One client: post each request in turn (a new connection each: gunicorn's sync
-    workers close it); (seconds, status, body) for each."""
+def post_all(
+    port: int, requests: list[tuple[str, dict, bytes | None]]
+) -> list[tuple[float, int, str]]:
+    """One client: post each request in turn (GET without a body), a new connection each
+    (gunicorn's sync workers close it); (seconds, status, body) for each."""
     answers = []
     for path, headers, body in requests:
         started = time.perf_counter()
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
-            connection.request("POST", path, body=body, headers=headers)
+            connection.request("GET" if body is None else "POST", path, body=body, headers=headers)
             response = connection.getresponse()
             text = response.read().decode()
             answers.append((time.perf_counter() - started, response.status, text))
@@ -325,6 +327,11 @@ def webhook_benchmark(kind: str, *, events: int, clients: int, workers: int | No
     )
     try:
         wait_until_up(base + "/healthz", server)
+        # The same clients against GET /healthz (one read of the database) first: what this
+        # machine serves at all, as bench/signup.py measures it.
+        healthz_seconds, healthz = post_concurrently(
+            port, [("/healthz", {}, None, "")] * events, clients
+        )
         plan = [
             (n, f"r{n}@bench.example", TYPES[(n // len(PROVIDERS)) % len(TYPES)])
             for n in range(events)
@@ -367,6 +374,8 @@ def webhook_benchmark(kind: str, *, events: int, clients: int, workers: int | No
     return {
         "database": kind,
         "events": events,
+        "healthz_per_second": events / healthz_seconds,
+        "healthz_errors": sum(answer[1] != 200 for answer in healthz),
         "seconds": seconds,
         "per_second": events / seconds,
         "p50_ms": percentile(latencies, 0.50) * 1000,
@@ -399,15 +408,16 @@ def main() -> int:
         f"{args.workers or 'default'} workers, {os.cpu_count()} CPUs\n"
     )
     print(
-        f"{'database':<12}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'rows':>8}{'acted on':>10}{'once':>6}{'again':>7}"
+        f"{'database':<12}{'healthz/s':>10}{'events/s':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'errors':>8}{'rows':>8}{'acted on':>10}{'once':>6}{'again':>7}"
     )
     ok = True
     for r in results:
         once = r["exactly_once"] and r["redelivery_errors"] == 0
         print(
-            f"{r['database']:<12}{r['per_second']:>10.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-            f"{r['errors']:>8d}{r['rows']:>8d}{r['acted_on']:>10d}{'yes' if once else 'NO':>6}"
+            f"{r['database']:<12}{r['healthz_per_second']:>10.0f}{r['per_second']:>10.0f}"
+            f"{r['per_second'] / r['healthz_per_second']:>7.2f}"
+            f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['errors'] + r['healthz_errors']:>8d}{r['rows']:>8d}{r['acted_on']:>10d}{'yes' if once else 'NO':>6}"
             f"{r['redelivered']:>7d}"
         )
         if r["first_error"]:
