@@ -398,6 +398,16 @@ class FeedbackEvent(Base):
     payload: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))
 
 
+class WebhookToken(Base):
+    """A webhook's one-time token (Mailgun's), kept until its signed timestamp is too old
+    to be accepted anyway: a token seen twice is a replay."""
+
+    __tablename__ = "webhook_tokens"
+
+    token: Mapped[str] = mapped_column(String(200), primary_key=True)  # "mailgun:<token>"
+    fresh_until: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class TrackedLink(Base):
     """A link in an email, stored here: the redirect looks it up by id and goes only to a
     target stored by us (never an open redirect)."""

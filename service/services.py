@@ -24,6 +24,7 @@ from .delivery import DeliveryPolicy, Mailer
 from .dispatch import Dispatcher
 from .emails import EmailRenderer, email_directories, sequence_file
 from .feedback import Feedback, FeedbackPolicy
+from .feedback.webhooks.ses import SigningCertificates
 from .links import Links
 from .magnets import DEFAULT_MAGNET, LeadMagnet
 from .mail import mailer_from_url
@@ -60,6 +61,8 @@ class Services:
     message_ids: MessageIds
     feedback: Feedback
     clock: Callable[[], datetime] = field(default=utc_now)
+    # SNS's signing certificates, kept for the process (tests give it a fetcher of their own).
+    sns_certificates: SigningCertificates = field(default_factory=SigningCertificates)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
