@@ -473,3 +473,14 @@ def test_the_schedulers_housekeeping_forgets_old_reports(services, clock):
     keep_house(services, clock=clock, stop=threading.Event())
 
     assert [event.payload for event in events(services)] == [None]
+
+
+def test_retries_of_one_email_reported_one_by_one_count_once(services, clock):
+    subscriber = reader(services)
+    _, message_id = sent_email(services, subscriber)
+    for n in range(4):
+        clock.advance(hours=1)
+        done = record(services, report(f"retry{n}", SOFT, reference=message_id))
+
+    assert done.outcome is Outcome.SOFT_COUNTED
+    assert status_of(services, subscriber) is SubscriberStatus.CONFIRMED

@@ -241,8 +241,8 @@ class Feedback:
         return Outcome.SOFT_LIMIT
 
     def soft_streak(self, session: Session, subscriber_id: int, *, now: datetime) -> int:
-        """Soft bounces within the window since the last email that got through: one sent
-        before the latest soft-bounced email, that nothing came back for."""
+        """Emails soft-bounced within the window since the last email that got through: one
+        sent before the latest soft-bounced email, that nothing came back for."""
         since = now - self.policy.soft_window
         bounces = session.execute(
             select(FeedbackEvent.outbox_id, OutboxMessage.sent_at, FeedbackEvent.received_at)
@@ -255,8 +255,13 @@ class Feedback:
         ).all()
         if not bounces:
             return 0
-        # When each bounced email left us (when the bounce came, if it names none).
-        sent = [sent_at or received_at for _, sent_at, received_at in bounces]
+        # When each bounced email left us (when the bounce came, if it names none). An
+        # email counts once, however many of its retries the source reported.
+        by_email = {
+            outbox_id if outbox_id is not None else f"event {n}": sent_at or received_at
+            for n, (outbox_id, sent_at, received_at) in enumerate(bounces)
+        }
+        sent = list(by_email.values())
         came_back = select(FeedbackEvent.outbox_id).where(
             FeedbackEvent.subscriber_id == subscriber_id, FeedbackEvent.outbox_id.is_not(None)
         )
