@@ -3,8 +3,10 @@
 APScheduler only keeps time here; the work queue is the outbox table. Each tick claims
 due rows under a lease and sends them, so several schedulers can run at once. A second
 job, on its own thread, checks and imports large CSV uploads (service.imports), so a long
-import never holds up mail. SIGTERM (or Ctrl-C) lets the message in flight and the import
-batch in hand finish, hands the rest back, and exits.
+import never holds up mail. With BOUNCE_MAILBOX_URL set, a third reads the bounce
+mailbox every BOUNCE_MAILBOX_INTERVAL_SECONDS (scheduler/bounces.py). SIGTERM (or Ctrl-C)
+lets the message in flight and the import batch in hand finish, hands the rest back, and
+exits.
 
     python -m scheduler                      tick every SCHEDULER_TICK_SECONDS
     python -m scheduler --once               one pass, then exit (cron, catch-up)
@@ -27,6 +29,7 @@ from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from scheduler.bounces import mailbox_job
 from service import broadcasts, health, imports, sequences
 from service.config import ConfigError, load_settings
 from service.dispatch import Dispatcher, PassReport
@@ -164,8 +167,8 @@ def run_forever(
     started_at = services.clock()
     scheduler = BlockingScheduler(
         timezone=UTC,
-        # Mail and imports each on a thread of their own.
-        executors={"default": ThreadPoolExecutor(max_workers=2)},
+        # Mail, imports and the bounce mailbox each on a thread of their own.
+        executors={"default": ThreadPoolExecutor(max_workers=3)},
         # A tick that runs long is not run twice, and missed ticks collapse into one.
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )
@@ -184,6 +187,15 @@ def run_forever(
             next_run_time=datetime.now(UTC),
             kwargs={"services": services, "clock": services.clock, "stop": signals.stop, **kwargs},
             id=job_id,
+        )
+    bounces = mailbox_job(services, clock=services.clock)
+    if bounces is not None:
+        scheduler.add_job(
+            bounces,
+            "interval",
+            seconds=bounces.interval.total_seconds(),
+            next_run_time=datetime.now(UTC),
+            id="bounce-mailbox",
         )
 
     def shut_down_when_asked() -> None:
@@ -221,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             clock = (lambda: args.now) if args.now else services.clock
             report = tick(services, dispatcher, started_at=clock(), clock=clock, stop=signals.stop)
             work_on_imports(services, worker=dispatcher.worker, clock=clock, stop=signals.stop)
+            bounces = mailbox_job(services, clock=clock)
+            if bounces is not None:
+                bounces()
             print(f"pass: {report}")
             return 1 if report.stopped and not signals.stop.is_set() else 0
         run_forever(
