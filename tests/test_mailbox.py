@@ -296,16 +296,14 @@ def test_a_wrong_password_or_an_untrusted_certificate_is_a_clear_error(app, dove
     # address wait a few seconds, and the other tests share this one's.
     with DovecotServer() as own:
         user, _ = own.add_user()
-        with pytest.raises(MailboxError, match="the server said: .*AUTHENTICATIONFAILED"):
+        with pytest.raises(MailboxError, match=r"the server said: .*AUTHENTICATIONFAILED"):
             poll(app, mailbox_for(own, (user, "wrong")))
     untrusted = BounceMailbox.from_settings(dovecot.url("imaps", *account), "delete")
     with pytest.raises(MailboxError, match="certificate is not trusted"):
         poll(app, untrusted)
 
 
-def test_the_scheduler_job_survives_a_dead_mailbox_and_backs_off(
-    smtp_app, clock, caplog, client
-):
+def test_the_scheduler_job_survives_a_dead_mailbox_and_backs_off(smtp_app, clock, caplog, client):
     app = smtp_app
     services = services_of(app)
     services.settings = services.settings.__class__(
@@ -343,7 +341,9 @@ def test_a_wrong_mailbox_url_is_said_once_and_nothing_polls(app, caplog):
 
 
 def test_mailbox_urls_and_after_settings():
-    address = MailboxAddress.from_url("imaps://bounce%40news.example:p%3Ass%2F@mail.example/Bounces")
+    address = MailboxAddress.from_url(
+        "imaps://bounce%40news.example:p%3Ass%2F@mail.example/Bounces"
+    )
     assert (address.user, address.password, address.host, address.port, address.folder) == (
         "bounce@news.example",
         "p:ss/",
