@@ -31,8 +31,16 @@ from service.models import (
     SubscriberStatus,
 )
 from tests.conftest import missing
-from tests.helpers import get_subscriber, make_subscriber, outbox, run_pass, services_of
+from tests.helpers import (
+    add_pending,
+    get_subscriber,
+    make_subscriber,
+    outbox,
+    run_pass,
+    services_of,
+)
 from tests.imap_server import DovecotServer, dovecot_available
+from tests.test_scheduler import run_scheduler, scheduler_env
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 # The outbox rows the corpus's marks name, in the order they are made (ids 1, 2, ...).
@@ -328,6 +336,40 @@ def test_the_scheduler_job_survives_a_dead_mailbox_and_backs_off(smtp_app, clock
     # Mail goes out all the same.
     client.post("/subscribe", data={"email": "new@example.com"})
     assert run_pass(app).sent == 1
+
+
+@pytest.mark.slow
+def test_the_scheduler_process_sends_mail_and_reads_the_mailbox_apart(
+    app, readers, smtp, database_url, tmp_path, dovecot, account
+):
+    add_pending(app, 1)  # r0@example.com, due now
+    dovecot.append(*account, corpus("dsn_hard.eml"))
+    env = scheduler_env(
+        database_url,
+        smtp.url,
+        tmp_path,
+        BOUNCE_MAILBOX_URL=dovecot.url("imaps", *account) + f"?cafile={dovecot.cafile()}",
+        BOUNCE_MAILBOX_AFTER="delete",
+    )
+    result = run_scheduler(env, "--once", "--now", services_of(app).clock().isoformat())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sent 1" in result.stdout
+    assert get_subscriber(app, "gone@example.com").status is SubscriberStatus.BOUNCED
+
+    # A dead mailbox: one line, and mail goes out all the same.
+    services = services_of(app)
+    with services.database.begin() as session:
+        subscriber = make_subscriber(session, "late@example.com", now=services.clock())
+        outbox_module.enqueue(
+            session, subscriber, "confirm", template="confirm", now=services.clock()
+        )
+    env["BOUNCE_MAILBOX_URL"] = f"imaps://bounces:secret@127.0.0.1:{closed_port()}/INBOX"
+    result = run_scheduler(env, "--once", "--now", services_of(app).clock().isoformat())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sent 1" in result.stdout
+    output = result.stdout + result.stderr
+    assert output.count("bounce mailbox imaps://bounces@127.0.0.1") == 1
+    assert "connection refused" in output and "secret" not in output
 
 
 def test_a_wrong_mailbox_url_is_said_once_and_nothing_polls(app, caplog):
