@@ -244,6 +244,8 @@ def test_pop3s_with_percent_encoded_credentials(app, readers, dovecot):
 @pytest.mark.slow
 def test_imap_uses_starttls(app, readers, dovecot, account):
     dovecot.append(*account, corpus("dsn_hard.eml"))
+    # The test server refuses a login before TLS (disable_plaintext_auth): getting in at
+    # all on the plain port means STARTTLS was used.
     report = poll(app, mailbox_for(dovecot, account, scheme="imap"))
     assert report.recorded == 1
 

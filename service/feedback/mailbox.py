@@ -32,6 +32,7 @@ import poplib
 import re
 import socket
 import ssl
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -255,21 +256,27 @@ class _ImapSession:
         self.folder_ready = False
 
     def __enter__(self) -> _ImapSession:
+        try:
+            self._open()
+        except BaseException:
+            self.__exit__(*sys.exc_info())  # no socket left open by a refused login
+            raise
+        return self
+
+    def _open(self) -> None:
         a = self.address
         if a.scheme == "imaps":
-            client = imaplib.IMAP4_SSL(
+            self.client = client = imaplib.IMAP4_SSL(
                 a.host, a.port, ssl_context=self.mailbox.tls(), timeout=self.mailbox.timeout
             )
         else:
-            client = imaplib.IMAP4(a.host, a.port, timeout=self.mailbox.timeout)
+            self.client = client = imaplib.IMAP4(a.host, a.port, timeout=self.mailbox.timeout)
             if "STARTTLS" not in client.capabilities:
-                client.shutdown()
                 raise MailboxError(
                     f"bounce mailbox {a}: the server offers no STARTTLS; refusing to send "
                     "the password unencrypted (use imaps://)"
                 )
             client.starttls(ssl_context=self.mailbox.tls())
-        self.client = client
         _ok(client.login(a.user, a.password))
         # After the login a server may offer more (MOVE, UIDPLUS).
         _, data = client.capability()
@@ -278,7 +285,6 @@ class _ImapSession:
         flags = client.response("PERMANENTFLAGS")[1]
         self.keywords = bool(flags and flags[0] and b"\\*" in flags[0])
         self.uidvalidity = (client.response("UIDVALIDITY")[1] or [b""])[0].decode()
-        return self
 
     def __exit__(self, *exc: object) -> None:
         client, self.client = self.client, None
@@ -348,12 +354,16 @@ class _Pop3Session:
         self.client: poplib.POP3_SSL | None = None
 
     def __enter__(self) -> _Pop3Session:
-        a = self.address = self.mailbox.address
-        self.client = poplib.POP3_SSL(
-            a.host, a.port, context=self.mailbox.tls(), timeout=self.mailbox.timeout
-        )
-        self.client.user(a.user)
-        self.client.pass_(a.password)
+        a = self.mailbox.address
+        try:
+            self.client = poplib.POP3_SSL(
+                a.host, a.port, context=self.mailbox.tls(), timeout=self.mailbox.timeout
+            )
+            self.client.user(a.user)
+            self.client.pass_(a.password)
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
