@@ -159,3 +159,31 @@ def test_damaged_bounces_are_a_result_or_unparseable(name, at, junk):
     at %= len(raw)
     with contextlib.suppress(Unparseable):
         parse(raw[:at] + junk + raw[at + len(junk) :])
+
+
+def test_an_auto_reply_with_an_empty_return_path_is_no_bounce():
+    # RFC 3834 asks auto-replies for one; the address in its text is no failed recipient.
+    raw = read("auto_reply.eml").replace(b"Return-Path: <reader@example.com>", b"Return-Path: <>")
+    assert parse(raw) == []
+    bare = raw.replace(b"Auto-Submitted: auto-replied\n", b"").replace(
+        b"Subject: Automatic reply:", b"Subject: Re:"
+    )
+    with pytest.raises(Unparseable):
+        parse(bare.replace(b"Precedence: bulk\n", b""))
+
+
+def test_a_bounce_that_names_nobody_but_came_back_by_verp_is_tied_by_it():
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.com\nSubject: Undelivered Mail Returned to Sender\n"
+        b"To: bounces+2-hogo73oqo0-2842fb4c2d8d3b43@newsletter.test\n"
+        b"Content-Type: text/plain\n\nYour message could not be delivered: 550 5.1.1\n"
+    )
+    [report] = parse(raw)
+    assert (report.type, report.email, report.diagnostic) == (HARD, None, "5.1.1")
+    assert IDS.find(report.reference).outbox_id == 2
+
+
+def test_a_delivery_report_that_names_nobody_and_nothing_of_ours_is_unparseable():
+    raw = read("dsn_several.eml").replace(b"Final-Recipient: RFC822; several-a@example.com\n", b"")
+    with pytest.raises(Unparseable):
+        parse(raw)

@@ -25,12 +25,14 @@ import email
 import email.header
 import email.message
 import email.utils
+import functools
 import hashlib
 import logging
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from ..message_ids import OURS
 from ..models import FeedbackType
 from .outcomes import Report
 
@@ -193,6 +195,11 @@ class _Reader:
     def payload(self) -> str:
         return self.raw[:MAX_PAYLOAD].decode("utf-8", errors="replace")
 
+    def may_name_our_email(self) -> bool:
+        """Whether something shaped like our mark is in it (the outcome checks its tag)."""
+        return OURS.search(self.reference) is not None
+
+    @functools.cached_property
     def reference(self) -> str:
         """Every text that may carry our mark, the likeliest first."""
         texts = [_header(self.message, name) for name in ENVELOPE_HEADERS]
@@ -213,7 +220,7 @@ class _Reader:
             event_key=f"{SOURCE}:{self.key_base()}:{(recipient or '').lower()}",
             type=kind,
             email=recipient,
-            reference=self.reference(),
+            reference=self.reference,
             reason=_one_line(reason),
             diagnostic=status,
             occurred_at=self.occurred_at(),
@@ -224,9 +231,10 @@ class _Reader:
 
     def reports(self) -> list[Report]:
         if self.message.get_content_type() == "multipart/report":
-            report_type = (self.message.get_param("report-type") or "").lower()
+            report_type = self.message.get_param("report-type") or ""
             if isinstance(report_type, tuple):  # an RFC 2231 value
-                report_type = email.utils.collapse_rfc2231_value(report_type).lower()
+                report_type = email.utils.collapse_rfc2231_value(report_type)
+            report_type = report_type.lower()
             if report_type == "delivery-status":
                 return self.delivery_status()
             if report_type == "feedback-report":
@@ -235,15 +243,17 @@ class _Reader:
                 return []  # a read receipt, not a bounce
         if DELAY_SUBJECT.search(self.subject):
             return []
+        if SYSTEM_SENDER.match(self.sender) or BOUNCE_SUBJECT.search(self.subject):
+            return self.text_bounce(guess=True)
         if self.is_auto_reply():
             return []
-        if self.looks_bounced():
-            return self.text_bounce()
+        # RFC 3834 asks auto-replies for an empty return path too: without a bounce's other
+        # signs, only a recipient in a known bounce layout makes it one.
+        if str(self.message.get("Return-Path", "")).strip() == "<>":
+            return self.text_bounce(guess=False)
         raise Unparseable("neither a delivery report, a complaint nor a known bounce")
 
     def is_auto_reply(self) -> bool:
-        if SYSTEM_SENDER.match(self.sender):
-            return False
         auto = _header(self.message, "Auto-Submitted").strip().lower()
         precedence = _header(self.message, "Precedence").strip().lower()
         return bool(
@@ -252,12 +262,6 @@ class _Reader:
             or self.message.get("X-Autorespond")
             or precedence == "auto_reply"
             or AUTO_REPLY_SUBJECT.match(self.subject)
-        )
-
-    def looks_bounced(self) -> bool:
-        null_sender = str(self.message.get("Return-Path", "")).strip() == "<>"
-        return bool(SYSTEM_SENDER.match(self.sender) or null_sender) or bool(
-            BOUNCE_SUBJECT.search(self.subject)
         )
 
     # --- RFC 3464 ------------------------------------------------------------------
@@ -275,6 +279,8 @@ class _Reader:
             recipient = _address(fields.get("original-recipient", "")) or _address(
                 fields.get("final-recipient", "")
             )
+            if recipient is None and not self.may_name_our_email():
+                raise Unparseable("a delivery report that names no recipient")
             status = (fields.get("status", "").split() or [""])[0]
             diagnostic = fields.get("diagnostic-code", "")
             diagnostic = diagnostic.split(";", 1)[1] if ";" in diagnostic else diagnostic
@@ -356,11 +362,13 @@ class _Reader:
         marker = ORIGINAL_MARKERS.search(text)
         return text[: marker.start()] if marker else text
 
-    def text_bounce(self) -> list[Report]:
+    def text_bounce(self, *, guess: bool) -> list[Report]:
+        """A bounce without a report part, from its words; `guess`: one address named in
+        them may be taken for the recipient."""
         text = self.human_text()
         failures = list(_failed_recipients(text))
         own = {a.lower() for a in ADDRESS_RE.findall(_header(self.message, "To"))}
-        if not failures:
+        if not failures and guess:
             # One address named in the bounce's words, not ours or the server's, is the one.
             named = {
                 a.lower(): a
@@ -372,13 +380,16 @@ class _Reader:
             failed_header = _address(_header(self.message, "X-Failed-Recipients"))
             if failed_header:
                 failures = [(failed_header, text)]
+        if not failures and guess and self.may_name_our_email():
+            failures = [(None, text)]  # the outcome finds the reader by our mark
         if not failures:
             raise Unparseable("a bounce that names no recipient")
         reports, seen = [], set()
         for recipient, detail in failures:
-            if recipient.lower() in seen or recipient.lower() in own:
+            key = (recipient or "").lower()
+            if key in seen or key in own:
                 continue
-            seen.add(recipient.lower())
+            seen.add(key)
             status = _status_in(detail) or _status_in(text)
             kind = _status_type(status or "")
             if kind is None:
