@@ -46,7 +46,10 @@ class MailboxJob:
             return None
         except Exception as exc:  # the database gone, or a fault of ours: still one line
             logger.debug("bounce mailbox poll failed", exc_info=True)
-            self._failed(now, f"bounce mailbox {self.mailbox.address}: {type(exc).__name__}: {exc}")
+            first_line = (str(exc).splitlines() or [""])[0]
+            self._failed(
+                now, f"bounce mailbox {self.mailbox.address}: {type(exc).__name__}: {first_line}"
+            )
             return None
         if self.failures:
             logger.info(

@@ -406,6 +406,8 @@ def test_mailbox_urls_and_after_settings():
     for wrong in ("move:", "archive", ""):
         with pytest.raises(ValueError):
             AfterHandling.from_setting(wrong)
+    with pytest.raises(ValueError, match="into the folder that is read"):
+        BounceMailbox.from_settings("imaps://u:p@h/Bounces", "move:Bounces")
 
 
 # --- flask bounces receive --------------------------------------------------------------

@@ -160,7 +160,12 @@ class BounceMailbox:
     def from_settings(
         cls, url: str, after: str, *, ssl_context: ssl.SSLContext | None = None
     ) -> BounceMailbox:
-        return cls(MailboxAddress.from_url(url), AfterHandling.from_setting(after), ssl_context)
+        address, handling = MailboxAddress.from_url(url), AfterHandling.from_setting(after)
+        if address.scheme != "pop3s" and handling.folder == address.folder:
+            raise ValueError(
+                f"BOUNCE_MAILBOX_AFTER moves messages into the folder that is read ({after!r})"
+            )
+        return cls(address, handling, ssl_context)
 
     def tls(self) -> ssl.SSLContext:
         if self.ssl_context is not None:
