@@ -297,7 +297,7 @@ class _ImapSession:
             return
         try:
             if exc[0] is None:
-                client.close()
+                # LOGOUT without CLOSE: CLOSE would expunge whatever else is marked deleted.
                 client.logout()
             else:
                 client.shutdown()
