@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from scheduler.bounces import MailboxJob, mailbox_job
 from service import outbox as outbox_module
@@ -203,6 +204,30 @@ def test_a_crash_after_the_commit_records_nothing_twice(
     assert (report.read, report.recorded, report.duplicates, report.filed) == (2, 0, 2, 2)
     assert len(events(app)) == 2
     assert dovecot.folder(*account) == []
+
+
+@pytest.mark.slow
+def test_a_message_the_database_refuses_is_left_in_place_and_holds_up_no_other(
+    app, readers, dovecot, account
+):
+    dovecot.append(*account, corpus("dsn_hard.eml", "exim_failed.eml", "arf_complaint.eml"))
+    services = services_of(app)
+
+    class Refusing:
+        """The service's Feedback, refusing what is about exim-gone@example.net."""
+
+        def record(self, session, report, *, now):
+            if report.email == "exim-gone@example.net":
+                raise IntegrityError("INSERT ...", {}, Exception("value too long"))
+            return services.feedback.record(session, report, now=now)
+
+    mailbox = mailbox_for(dovecot, account)
+    report = mailbox.poll(services.database, Refusing(), now=services.clock())
+    assert (report.read, report.recorded, report.unparseable, report.filed) == (3, 2, 1, 2)
+    [left] = dovecot.folder(*account)
+    assert b"exim-gone@example.net" in left
+    assert {event.email for event in events(app)} == {"gone@example.com", "complainer@example.com"}
+    assert poll(app, mailbox).read == 0  # counted once
 
 
 @pytest.mark.slow

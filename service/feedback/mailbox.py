@@ -6,8 +6,8 @@ before the password is sent) or `pop3s://user:pass@host:995`. User name and pass
 percent-encoded (`%40` for @); `?cafile=/path/ca.pem` trusts a private CA.
 
 One poll reads the messages it has not seen (by UID; read with BODY.PEEK, so they stay
-unread), records each message's reports in a transaction of its own, and only after that
-commit files it as `BOUNCE_MAILBOX_AFTER` says: `move:FOLDER` (the folder is created if
+unread), records their reports (a batch of messages per transaction), and only after that
+commit files them as `BOUNCE_MAILBOX_AFTER` says: `move:FOLDER` (the folder is created if
 missing; IMAP MOVE, or COPY + \\Deleted + EXPUNGE where MOVE is missing) or `delete`. A
 crash between the commit and the filing is harmless: the next poll reads the message
 again, every report is a duplicate (service.feedback.outcomes keys them), and it is filed.
@@ -15,7 +15,9 @@ again, every report is a duplicate (service.feedback.outcomes keys them), and it
 A message that is no bounce (an auto-reply) is filed the same way. A message we cannot
 read stays where it is, unread, for a person; on IMAP it gets the keyword
 `NewsletterUnparseable`, which later polls skip, so it is counted once (a server that
-keeps no keywords has it re-read and re-counted at every poll).
+keeps no keywords has it re-read at every poll, counted once per process). A message whose
+report the database refuses (a value it cannot store) is left in place the same way, so
+one such message never holds up the others.
 
 POP3 has one folder and no flags. There, `move:` means the same as `delete`: the message
 is deleted from the server once its reports are committed (its text stays in the event's
@@ -38,14 +40,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from sqlalchemy.exc import DataError, IntegrityError
+
 from ..db import Database
-from .outcomes import Feedback, Outcome
+from .outcomes import Feedback, Outcome, Report
 from .reports import Unparseable, parse
 
 logger = logging.getLogger(__name__)
 
 UNPARSEABLE_KEYWORD = "NewsletterUnparseable"
-FETCH_BATCH = 100  # messages fetched, and then filed, with one command each
+# Messages fetched with one command, recorded in one transaction, filed with one command.
+FETCH_BATCH = 100
 DEFAULT_PORTS = {"imaps": 993, "imap": 143, "pop3s": 995}
 
 
@@ -137,11 +142,12 @@ class PollReport:
         return ", ".join(f"{name} {value}" for name, value in vars(self).items())
 
 
-@dataclass
+@dataclass(eq=False)
 class _Message:
     key: str  # the IMAP UID or POP3 message number
     ident: str  # stable across polls: UIDVALIDITY/UID or the UIDL
     raw: bytes
+    reports: list[Report] = field(default_factory=list)
 
 
 @dataclass
@@ -179,55 +185,85 @@ class BounceMailbox:
         try:
             with session_type(self) as server:
                 for batch in server.batches(self._known_unparseable):
-                    handled = []
+                    readable = []
                     for message in batch:
-                        if self._handle(message, database, feedback, report, now=now):
-                            handled.append(message.key)
+                        if self._read(message, report):
+                            readable.append(message)
                         else:
                             server.set_aside(message)
-                    if handled:
-                        server.file(handled)
-                        report.filed += len(handled)
+                    for message in self._record(readable, database, feedback, report, now=now):
+                        server.set_aside(message)
+                        readable.remove(message)
+                    if readable:
+                        # Only now that their reports are committed.
+                        server.file([message.key for message in readable])
+                        report.filed += len(readable)
         except (OSError, imaplib.IMAP4.error, poplib.error_proto, EOFError) as exc:
             raise MailboxError(f"bounce mailbox {self.address}: {_describe(exc)}") from exc
         return report
 
-    def _handle(
+    def _read(self, message: _Message, report: PollReport) -> bool:
+        """Parse one message into message.reports; False if it cannot be read."""
+        report.read += 1
+        try:
+            message.reports = parse(message.raw)
+        except Unparseable as exc:
+            self._left_in_place(message, report, str(exc))
+            return False
+        if not message.reports:
+            report.not_bounces += 1
+        return True
+
+    def _left_in_place(self, message: _Message, report: PollReport, why: str) -> None:
+        if message.ident not in self._known_unparseable:
+            report.unparseable += 1
+            logger.warning(
+                "bounce mailbox %s: message %s left in place: %s", self.address, message.key, why
+            )
+        self._known_unparseable.add(message.ident)
+
+    def _record(
         self,
-        message: _Message,
+        messages: list[_Message],
         database: Database,
         feedback: Feedback,
         report: PollReport,
         *,
         now: datetime,
-    ) -> bool:
-        """Record one message's reports; whether it may be filed."""
-        report.read += 1
+    ) -> list[_Message]:
+        """Record the messages' reports, a batch in one transaction (a commit costs more
+        than the recording); returns those the database refused, to be left in place."""
         try:
-            reports = parse(message.raw)
-        except Unparseable as exc:
-            if message.ident not in self._known_unparseable:
-                report.unparseable += 1
-                logger.warning(
-                    "bounce mailbox %s: message %s left in place: %s",
-                    self.address,
-                    message.key,
-                    exc,
-                )
-            self._known_unparseable.add(message.ident)
-            return False
+            self._record_together(messages, database, feedback, report, now=now)
+            return []
+        except (IntegrityError, DataError):
+            pass  # one message's fault, most likely: find it, and keep the rest
+        refused = []
+        for message in messages:
+            try:
+                self._record_together([message], database, feedback, report, now=now)
+            except (IntegrityError, DataError) as exc:
+                self._left_in_place(message, report, f"the database refused it: {exc.orig}")
+                refused.append(message)
+        return refused
+
+    @staticmethod
+    def _record_together(
+        messages: list[_Message],
+        database: Database,
+        feedback: Feedback,
+        report: PollReport,
+        *,
+        now: datetime,
+    ) -> None:
+        reports = [r for message in messages for r in message.reports]
         if not reports:
-            report.not_bounces += 1
-            return True
-        # One transaction per message: it is filed only once this commits.
+            return
         with database.begin() as session:
             outcomes = [feedback.record(session, r, now=now).outcome for r in reports]
-        for outcome in outcomes:
-            if outcome is Outcome.DUPLICATE:
-                report.duplicates += 1
-            else:
-                report.recorded += 1
-        return True
+        duplicates = sum(1 for outcome in outcomes if outcome is Outcome.DUPLICATE)
+        report.duplicates += duplicates
+        report.recorded += len(outcomes) - duplicates
 
 
 def _describe(exc: BaseException) -> str:
