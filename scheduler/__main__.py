@@ -3,10 +3,8 @@
 APScheduler only keeps time here; the work queue is the outbox table. Each tick claims
 due rows under a lease and sends them, so several schedulers can run at once. A second
 job, on its own thread, checks and imports large CSV uploads (service.imports), so a long
-import never holds up mail. With BOUNCE_MAILBOX_URL set, a third reads the bounce
-mailbox every BOUNCE_MAILBOX_INTERVAL_SECONDS (scheduler/bounces.py). SIGTERM (or Ctrl-C)
-lets the message in flight and the import batch in hand finish, hands the rest back, and
-exits.
+import never holds up mail. SIGTERM (or Ctrl-C) lets the message in flight and the import
+batch in hand finish, hands the rest back, and exits.
 
     python -m scheduler                      tick every SCHEDULER_TICK_SECONDS
     python -m scheduler --once               one pass, then exit (cron, catch-up)
@@ -167,11 +165,24 @@ def run_forever(
     started_at = services.clock()
     scheduler = BlockingScheduler(
         timezone=UTC,
-        # Mail, imports and the bounce mailbox each on a thread of their own.
-        executors={"default": ThreadPoolExecutor(max_workers=3)},
+        # Mail and imports each on a thread of their own.
+        executors={"default": ThreadPoolExecutor(max_workers=2)},
         # A tick that runs long is not run twice, and missed ticks collapse into one.
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )
+    # The bounce mailbox (BOUNCE_MAILBOX_URL), every BOUNCE_MAILBOX_INTERVAL_SECONDS on a
+    # thread of its own: a mailbox slow to answer never holds up mail (scheduler/bounces.py).
+    bounces = mailbox_job(services, clock=services.clock)
+    if bounces is not None:
+        scheduler.add_executor(ThreadPoolExecutor(max_workers=1), alias="bounce-mailbox")
+        scheduler.add_job(
+            bounces,
+            "interval",
+            seconds=bounces.interval.total_seconds(),
+            next_run_time=datetime.now(UTC),
+            id="bounce-mailbox",
+            executor="bounce-mailbox",
+        )
     jobs = {
         "dispatch": (
             tick,
@@ -187,15 +198,6 @@ def run_forever(
             next_run_time=datetime.now(UTC),
             kwargs={"services": services, "clock": services.clock, "stop": signals.stop, **kwargs},
             id=job_id,
-        )
-    bounces = mailbox_job(services, clock=services.clock)
-    if bounces is not None:
-        scheduler.add_job(
-            bounces,
-            "interval",
-            seconds=bounces.interval.total_seconds(),
-            next_run_time=datetime.now(UTC),
-            id="bounce-mailbox",
         )
 
     def shut_down_when_asked() -> None:
