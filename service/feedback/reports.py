@@ -5,7 +5,8 @@
   4.x.x one (the server gave up after temporary failures) a soft bounce.
 - RFC 5965 complaints (`report-type=feedback-report`, Feedback-Type `abuse`).
 - The common bounces with no report part: Postfix ("Undelivered Mail Returned to Sender"),
-  Exchange/Outlook NDRs, Gmail's, Exim's and qmail's, read from their human-readable text.
+  Exchange/Outlook NDRs, Gmail's, Exim's and qmail's, read from their human-readable text
+  (service.feedback.text_bounces).
 
 An empty list means the message is no bounce: an auto-reply, or a notice that delivery is
 merely delayed (`Action: delayed`, "still being retried"). Those are left alone because
@@ -29,12 +30,18 @@ import functools
 import hashlib
 import logging
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from ..message_ids import OURS
 from ..models import FeedbackType
 from .outcomes import Report
+from .text_bounces import (
+    ADDRESS_RE,
+    failed_recipients,
+    failure_of,
+    original_starts,
+    status_type,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +57,6 @@ ENVELOPE_HEADERS = (
     "X-Envelope-To",
     "X-Failed-Recipients",
 )
-
-ADDRESS = r"[^\s<>()\[\]\"',;:@]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
-ADDRESS_RE = re.compile(ADDRESS)
-# 5.1.1 but not the tail of 192.0.2.1; 550 but not part of a longer number.
-ENHANCED_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-BASIC_STATUS = re.compile(r"(?<![\d.])([45]\d\d)(?![\d.])")
 
 SYSTEM_SENDER = re.compile(
     r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon|microsoftexchange[0-9a-f]*)@",
@@ -76,20 +77,6 @@ AUTO_REPLY_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|auto:|out of (the )?office|abwesenheit"
     r"|r[ée]ponse automatique|vacation|away from)",
     re.IGNORECASE,
-)
-# Where the human-readable part of a text bounce ends and the returned message begins.
-ORIGINAL_MARKERS = re.compile(
-    r"^\s*(-+\s*(this is a copy of the message|below this line is a copy|original message"
-    r"|the original message)|original message headers:|--- below this line)",
-    re.IGNORECASE | re.MULTILINE,
-)
-HARD_WORDS = re.compile(
-    r"permanent|user unknown|unknown user|no such (user|mailbox|address)|does not exist"
-    r"|address (couldn't|could not) be found|not found|mailbox unavailable|invalid recipient",
-    re.IGNORECASE,
-)
-SOFT_WORDS = re.compile(
-    r"temporar|mailbox (is )?full|over quota|quota exceeded|try again later", re.IGNORECASE
 )
 
 
@@ -140,25 +127,6 @@ def _address(value: str) -> str | None:
     value = value.split(";", 1)[1] if ";" in value else value
     match = ADDRESS_RE.search(value)
     return match.group(0).strip(".") if match else None
-
-
-def _status_type(code: str) -> FeedbackType | None:
-    """Hard for 5.x.x or 5xx, soft for 4.x.x or 4xx, None for anything else."""
-    code = code.strip()
-    if code.startswith("5"):
-        return FeedbackType.HARD
-    if code.startswith("4"):
-        return FeedbackType.SOFT
-    return None
-
-
-def _status_in(text: str) -> str | None:
-    """The first failure status in a server's words: 5.1.1, else 550."""
-    for match in ENHANCED_STATUS.finditer(text):
-        if match.group(1) in "45":
-            return match.group(0)
-    match = BASIC_STATUS.search(text)
-    return match.group(1) if match else None
 
 
 def _one_line(text: str, limit: int = 1000) -> str:
@@ -284,7 +252,7 @@ class _Reader:
             status = (fields.get("status", "").split() or [""])[0]
             diagnostic = fields.get("diagnostic-code", "")
             diagnostic = diagnostic.split(";", 1)[1] if ";" in diagnostic else diagnostic
-            kind = _status_type(status) or FeedbackType.HARD  # failed, with no status
+            kind = status_type(status) or FeedbackType.HARD  # failed, with no status
             if recipient and recipient.lower() in seen:
                 continue
             seen.add((recipient or "").lower())
@@ -359,14 +327,13 @@ class _Reader:
                 break
             if part.get_content_type() == "text/html" and not text:
                 text = re.sub(r"<[^>]*>", " ", _text_of(part))
-        marker = ORIGINAL_MARKERS.search(text)
-        return text[: marker.start()] if marker else text
+        return text[: original_starts(text)]
 
     def text_bounce(self, *, guess: bool) -> list[Report]:
         """A bounce without a report part, from its words; `guess`: one address named in
         them may be taken for the recipient."""
         text = self.human_text()
-        failures = list(_failed_recipients(text))
+        failures = list(failed_recipients(text))
         own = {a.lower() for a in ADDRESS_RE.findall(_header(self.message, "To"))}
         if not failures and guess:
             # One address named in the bounce's words, not ours or the server's, is the one.
@@ -390,14 +357,7 @@ class _Reader:
             if key in seen or key in own:
                 continue
             seen.add(key)
-            status = _status_in(detail) or _status_in(text)
-            kind = _status_type(status or "")
-            if kind is None:
-                kind = (
-                    FeedbackType.SOFT
-                    if SOFT_WORDS.search(detail) and not HARD_WORDS.search(detail)
-                    else FeedbackType.HARD  # the server gave up on it
-                )
+            kind, status = failure_of(detail, text)
             reason = _one_line(detail) or self.subject or "returned as undeliverable"
             reports.append(self.make(kind, recipient, reason, status))
         return reports
@@ -420,56 +380,3 @@ def _field_blocks(text: str) -> list[dict[str, str]]:
     if fields:
         blocks.append(fields)
     return blocks
-
-
-# Each pattern finds (recipient, what was said about it) in one family's bounce text.
-POSTFIX_OR_QMAIL = re.compile(
-    rf"^[ \t]*<({ADDRESS})>[^:\n]*:[ \t]*\n?(.*?)(?=\n[ \t]*\n|\n[ \t]*<{ADDRESS}>|\Z)",
-    re.MULTILINE | re.DOTALL,
-)
-EXIM_REGION = re.compile(
-    r"following address(?:\(es\)|es)? failed:?\s*\n(.*?)(?:\n\s*\n\s*(?:-|\Z)|\Z)",
-    re.IGNORECASE | re.DOTALL,
-)
-EXIM_ENTRY = re.compile(rf"^[ \t]+({ADDRESS})[ \t]*\n((?:[ \t]{{3,}}.*(?:\n|$))*)", re.MULTILINE)
-EXCHANGE_REGION = re.compile(
-    r"(?:delivery has failed to these recipients or groups|your message (?:to .* )?"
-    r"couldn't be delivered|did not reach some or all of the intended recipients)"
-    r"(.*?)(?=diagnostic information for administrators|original message headers|\Z)",
-    re.IGNORECASE | re.DOTALL,
-)
-EXCHANGE_DIAGNOSTIC = re.compile(r"remote server returned '([^']*)'", re.IGNORECASE)
-GMAIL_PERMANENT = re.compile(
-    rf"delivery to the following recipients? failed permanently:\s*\n\s*({ADDRESS})"
-    rf"(.*?)(?=\n-+ ?original message|\Z)",
-    re.IGNORECASE | re.DOTALL,
-)
-GMAIL_NOT_DELIVERED = re.compile(
-    rf"your message wasn't delivered to ({ADDRESS})(.*?)(?=\n-+ ?original message|\Z)",
-    re.IGNORECASE | re.DOTALL,
-)
-
-
-def _failed_recipients(text: str) -> Iterator[tuple[str, str]]:
-    """(recipient, detail) for each failure the bounce's words name."""
-    for pattern in (GMAIL_PERMANENT, GMAIL_NOT_DELIVERED):
-        found = [(m.group(1), m.group(2)) for m in pattern.finditer(text)]
-        if found:
-            yield from found
-            return
-    exim = EXIM_REGION.search(text)
-    if exim:
-        found = [(m.group(1), m.group(2)) for m in EXIM_ENTRY.finditer(exim.group(1) + "\n")]
-        if found:
-            yield from found
-            return
-    exchange = EXCHANGE_REGION.search(text)
-    if exchange:
-        region = exchange.group(1)
-        diagnostics = EXCHANGE_DIAGNOSTIC.findall(text)
-        found = list(dict.fromkeys(ADDRESS_RE.findall(region)))
-        if found:
-            for address in found:
-                yield address, (diagnostics[0] if diagnostics else region)
-            return
-    yield from ((m.group(1), m.group(2)) for m in POSTFIX_OR_QMAIL.finditer(text))
