@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from scheduler.bounces import MailboxJob, mailbox_job
 from service import outbox as outbox_module
-from service.feedback import mailbox as mailbox_module
+from service.feedback import mailbox_sessions
 from service.feedback.mailbox import (
     AfterHandling,
     BounceMailbox,
@@ -194,7 +194,7 @@ def test_a_crash_after_the_commit_records_nothing_twice(
         raise ConnectionResetError("connection reset by peer")
 
     with monkeypatch.context() as patch:
-        patch.setattr(mailbox_module._ImapSession, "file", cut)
+        patch.setattr(mailbox_sessions.ImapSession, "file", cut)
         with pytest.raises(MailboxError, match="connection reset"):
             poll(app, mailbox_for(dovecot, account))
     assert len(events(app)) == 2  # committed before the move failed
@@ -236,14 +236,14 @@ def test_without_move_the_message_is_copied_deleted_and_expunged(
 ):
     dovecot.append(*account, corpus("dsn_hard.eml", "junk.eml"))
     mailbox = mailbox_for(dovecot, account, after="move:Bounced mail")
-    real_enter = mailbox_module._ImapSession.__enter__
+    real_enter = mailbox_sessions.ImapSession.__enter__
 
     def without_move(self):
         session = real_enter(self)
         session.capabilities.discard("MOVE")
         return session
 
-    monkeypatch.setattr(mailbox_module._ImapSession, "__enter__", without_move)
+    monkeypatch.setattr(mailbox_sessions.ImapSession, "__enter__", without_move)
     assert poll(app, mailbox).filed == 1
     assert len(dovecot.folder(*account, "Bounced mail")) == 1
     assert len(dovecot.folder(*account)) == 1

@@ -31,11 +31,8 @@ from __future__ import annotations
 import imaplib
 import logging
 import poplib
-import re
 import socket
 import ssl
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -43,19 +40,19 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from sqlalchemy.exc import DataError, IntegrityError
 
 from ..db import Database
-from .outcomes import Feedback, Outcome, Report
+from .mailbox_sessions import (
+    UNPARSEABLE_KEYWORD,
+    FetchedMessage,
+    ImapSession,
+    MailboxError,
+    Pop3Session,
+)
+from .outcomes import Feedback, Outcome
 from .reports import Unparseable, parse
 
 logger = logging.getLogger(__name__)
 
-UNPARSEABLE_KEYWORD = "NewsletterUnparseable"
-# Messages fetched with one command, recorded in one transaction, filed with one command.
-FETCH_BATCH = 100
 DEFAULT_PORTS = {"imaps": 993, "imap": 143, "pop3s": 995}
-
-
-class MailboxError(Exception):
-    """The mailbox could not be read; the message says why, in one line."""
 
 
 @dataclass(frozen=True)
@@ -142,14 +139,6 @@ class PollReport:
         return ", ".join(f"{name} {value}" for name, value in vars(self).items())
 
 
-@dataclass(eq=False)
-class _Message:
-    key: str  # the IMAP UID or POP3 message number
-    ident: str  # stable across polls: UIDVALIDITY/UID or the UIDL
-    raw: bytes
-    reports: list[Report] = field(default_factory=list)
-
-
 @dataclass
 class BounceMailbox:
     """One bounce mailbox, polled again and again by one process."""
@@ -181,7 +170,7 @@ class BounceMailbox:
     def poll(self, database: Database, feedback: Feedback, *, now: datetime) -> PollReport:
         """Read the new messages, record their reports, file them; raises MailboxError."""
         report = PollReport()
-        session_type = _Pop3Session if self.address.scheme == "pop3s" else _ImapSession
+        session_type = Pop3Session if self.address.scheme == "pop3s" else ImapSession
         try:
             with session_type(self) as server:
                 for batch in server.batches(self._known_unparseable):
@@ -202,7 +191,7 @@ class BounceMailbox:
             raise MailboxError(f"bounce mailbox {self.address}: {_describe(exc)}") from exc
         return report
 
-    def _read(self, message: _Message, report: PollReport) -> bool:
+    def _read(self, message: FetchedMessage, report: PollReport) -> bool:
         """Parse one message into message.reports; False if it cannot be read."""
         report.read += 1
         try:
@@ -214,7 +203,7 @@ class BounceMailbox:
             report.not_bounces += 1
         return True
 
-    def _left_in_place(self, message: _Message, report: PollReport, why: str) -> None:
+    def _left_in_place(self, message: FetchedMessage, report: PollReport, why: str) -> None:
         if message.ident not in self._known_unparseable:
             report.unparseable += 1
             logger.warning(
@@ -224,13 +213,13 @@ class BounceMailbox:
 
     def _record(
         self,
-        messages: list[_Message],
+        messages: list[FetchedMessage],
         database: Database,
         feedback: Feedback,
         report: PollReport,
         *,
         now: datetime,
-    ) -> list[_Message]:
+    ) -> list[FetchedMessage]:
         """Record the messages' reports, a batch in one transaction (a commit costs more
         than the recording); returns those the database refused, to be left in place."""
         try:
@@ -249,7 +238,7 @@ class BounceMailbox:
 
     @staticmethod
     def _record_together(
-        messages: list[_Message],
+        messages: list[FetchedMessage],
         database: Database,
         feedback: Feedback,
         report: PollReport,
@@ -282,170 +271,11 @@ def _describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _quote(folder: str) -> str:
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-class _ImapSession:
-    def __init__(self, mailbox: BounceMailbox) -> None:
-        self.mailbox = mailbox
-        self.address = mailbox.address
-        self.client: imaplib.IMAP4 | None = None
-        self.capabilities: set[str] = set()
-        self.keywords = False
-        self.uidvalidity = ""
-        self.folder_ready = False
-
-    def __enter__(self) -> _ImapSession:
-        try:
-            self._open()
-        except BaseException:
-            self.__exit__(*sys.exc_info())  # no socket left open by a refused login
-            raise
-        return self
-
-    def _open(self) -> None:
-        a = self.address
-        if a.scheme == "imaps":
-            self.client = client = imaplib.IMAP4_SSL(
-                a.host, a.port, ssl_context=self.mailbox.tls(), timeout=self.mailbox.timeout
-            )
-        else:
-            self.client = client = imaplib.IMAP4(a.host, a.port, timeout=self.mailbox.timeout)
-            if "STARTTLS" not in client.capabilities:
-                raise MailboxError(
-                    f"bounce mailbox {a}: the server offers no STARTTLS; refusing to send "
-                    "the password unencrypted (use imaps://)"
-                )
-            client.starttls(ssl_context=self.mailbox.tls())
-        _ok(client.login(a.user, a.password))
-        # After the login a server may offer more (MOVE, UIDPLUS).
-        _, data = client.capability()
-        self.capabilities = {c.upper() for c in data[0].decode().split()}
-        _ok(client.select(_quote(a.folder)))
-        flags = client.response("PERMANENTFLAGS")[1]
-        self.keywords = bool(flags and flags[0] and b"\\*" in flags[0])
-        self.uidvalidity = (client.response("UIDVALIDITY")[1] or [b""])[0].decode()
-
-    def __exit__(self, *exc: object) -> None:
-        client, self.client = self.client, None
-        if client is None:
-            return
-        try:
-            if exc[0] is None:
-                # LOGOUT without CLOSE: CLOSE would expunge whatever else is marked deleted.
-                client.logout()
-            else:
-                client.shutdown()
-        except (OSError, imaplib.IMAP4.error):
-            pass  # the connection is going anyway
-
-    def batches(self, known: set[str]) -> Iterator[list[_Message]]:
-        criteria = ["UNDELETED"]
-        if self.keywords:
-            criteria += ["UNKEYWORD", UNPARSEABLE_KEYWORD]
-        _, data = _ok(self.client.uid("SEARCH", *criteria))
-        uids = [u.decode() for u in (data[0] or b"").split()]
-        for start in range(0, len(uids), FETCH_BATCH):
-            chunk = uids[start : start + FETCH_BATCH]
-            _, fetched = _ok(self.client.uid("FETCH", ",".join(chunk), "(UID BODY.PEEK[])"))
-            messages = []
-            for item in fetched:
-                if not isinstance(item, tuple):
-                    continue
-                match = re.search(rb"UID (\d+)", item[0])
-                if match:
-                    uid = match.group(1).decode()
-                    messages.append(_Message(uid, f"{self.uidvalidity}/{uid}", item[1]))
-            yield messages
-
-    def set_aside(self, message: _Message) -> None:
-        if self.keywords:
-            _ok(self.client.uid("STORE", message.key, "+FLAGS.SILENT", f"({UNPARSEABLE_KEYWORD})"))
-
-    def file(self, uids: list[str]) -> None:
-        uid_set = ",".join(uids)
-        folder = self.mailbox.after.folder
-        if folder is not None:
-            self._create(folder)
-            if "MOVE" in self.capabilities:
-                _ok(self.client.uid("MOVE", uid_set, _quote(folder)))
-                return
-            _ok(self.client.uid("COPY", uid_set, _quote(folder)))
-        _ok(self.client.uid("STORE", uid_set, "+FLAGS.SILENT", r"(\Deleted)"))
-        if "UIDPLUS" in self.capabilities:
-            _ok(self.client.uid("EXPUNGE", uid_set))
-        else:
-            # Also expunges any message someone else marked deleted in this folder.
-            _ok(self.client.expunge())
-
-    def _create(self, folder: str) -> None:
-        if self.folder_ready:
-            return
-        _, listed = _ok(self.client.list('""', _quote(folder)))
-        if not any(listed or []):
-            _ok(self.client.create(_quote(folder)))
-            self.client.subscribe(_quote(folder))
-        self.folder_ready = True
-
-
-class _Pop3Session:
-    def __init__(self, mailbox: BounceMailbox) -> None:
-        self.mailbox = mailbox
-        self.client: poplib.POP3_SSL | None = None
-
-    def __enter__(self) -> _Pop3Session:
-        a = self.mailbox.address
-        try:
-            self.client = poplib.POP3_SSL(
-                a.host, a.port, context=self.mailbox.tls(), timeout=self.mailbox.timeout
-            )
-            self.client.user(a.user)
-            self.client.pass_(a.password)
-        except BaseException:
-            self.__exit__(*sys.exc_info())
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        client, self.client = self.client, None
-        if client is None:
-            return
-        try:
-            if exc[0] is None:
-                client.quit()  # deletions happen here, and only here
-            else:
-                client.close()
-        except (OSError, poplib.error_proto):
-            pass
-
-    def batches(self, known: set[str]) -> Iterator[list[_Message]]:
-        _, listing, _ = self.client.uidl()
-        numbered = [line.decode().split(None, 1) for line in listing]
-        batch = []
-        for number, uidl in numbered:
-            if uidl in known:
-                continue
-            _, lines, _ = self.client.retr(number)
-            batch.append(_Message(number, uidl, b"\r\n".join(lines) + b"\r\n"))
-            if len(batch) == FETCH_BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    def set_aside(self, message: _Message) -> None:
-        """Nothing to mark on POP3: the message stays, remembered by its UIDL."""
-
-    def file(self, numbers: list[str]) -> None:
-        for number in numbers:
-            self.client.dele(number)
-
-
-def _ok(response: tuple[str, list]) -> tuple[str, list]:
-    """An IMAP response, or IMAP4.error with the server's words when it is not OK."""
-    typ, data = response
-    if typ != "OK":
-        words = b" ".join(d for d in data if isinstance(d, bytes)).decode(errors="replace")
-        raise imaplib.IMAP4.error(f"{typ} {words}".strip())
-    return response
+__all__ = [
+    "UNPARSEABLE_KEYWORD",
+    "AfterHandling",
+    "BounceMailbox",
+    "MailboxAddress",
+    "MailboxError",
+    "PollReport",
+]
