@@ -27,6 +27,7 @@ from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from scheduler.bounces import mailbox_job
 from service import broadcasts, health, imports, sequences
 from service.config import ConfigError, load_settings
 from service.dispatch import Dispatcher, PassReport
@@ -183,6 +184,19 @@ def run_forever(
         # A tick that runs long is not run twice, and missed ticks collapse into one.
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )
+    # The bounce mailbox (BOUNCE_MAILBOX_URL), every BOUNCE_MAILBOX_INTERVAL_SECONDS on a
+    # thread of its own: a mailbox slow to answer never holds up mail (scheduler/bounces.py).
+    bounces = mailbox_job(services, clock=services.clock)
+    if bounces is not None:
+        scheduler.add_executor(ThreadPoolExecutor(max_workers=1), alias="bounce-mailbox")
+        scheduler.add_job(
+            bounces,
+            "interval",
+            seconds=bounces.interval.total_seconds(),
+            next_run_time=datetime.now(UTC),
+            id="bounce-mailbox",
+            executor="bounce-mailbox",
+        )
     jobs = {
         "dispatch": (
             tick,
@@ -244,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             clock = (lambda: args.now) if args.now else services.clock
             report = tick(services, dispatcher, started_at=clock(), clock=clock, stop=signals.stop)
             work_on_imports(services, worker=dispatcher.worker, clock=clock, stop=signals.stop)
+            bounces = mailbox_job(services, clock=clock)
+            if bounces is not None:
+                bounces()
             print(f"pass: {report}")
             return 1 if report.stopped and not signals.stop.is_set() else 0
         run_forever(

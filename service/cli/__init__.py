@@ -1,5 +1,6 @@
 """Commands: `flask --app wsgi db ...`, `guide build`, `embed-snippet`, `emails ...`,
-`sequence ...`, `admin ...`, and `subscribers ...` (service/cli/subscribers.py)."""
+`sequence ...`, `admin ...`, `subscribers ...` (service/cli/subscribers.py) and
+`bounces ...` (service/cli/bounces.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from .. import admins, dashboard, guide, kinds, sequences
 from ..mail import DeliveryError
 from ..models import Subscriber
+from .bounces import bounces_group
 from .common import services as _services
 from .subscribers import subscribers_group
 
@@ -292,3 +294,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(sequence_group)
     app.cli.add_command(admin_group)
     app.cli.add_command(subscribers_group)
+    app.cli.add_command(bounces_group)
