@@ -40,6 +40,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bounce_mailbox  # noqa: E402
 from common import free_port, fresh_database  # noqa: E402
 
 PROVIDERS = ("ses", "sendgrid", "mailgun", "postmark", "bounce")
@@ -396,6 +397,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: gunicorn.conf.py)")
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--messages", type=int, default=1000, help="delivery reports for the mailbox half"
+    )
     args = parser.parse_args()
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     results = [
@@ -429,7 +433,9 @@ def main() -> int:
         if ok
         else "\nCHECK FAILED"
     )
-    return 0 if ok else 1
+    print("\nThe bounce mailbox: one poll of a real Dovecot's INBOX (bench/bounce_mailbox.py)\n")
+    mailbox_status = bounce_mailbox.report(kinds, args.messages)
+    return 0 if ok and mailbox_status == 0 else 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Reading the bounce mailbox: N delivery reports in a real Dovecot's INBOX, handled by one
 poll (fetch, parse, record, move), measured against fetching them alone.
 
-    .venv/bin/python bench/mailbox.py [--messages 1000] [--database sqlite|postgresql|both]
+    .venv/bin/python bench/bounce_mailbox.py [--messages 1000] [--database sqlite|postgresql|both]
 
 Dovecot (Debian packages dovecot-imapd, dovecot-pop3d) is started on loopback with a
 throwaway configuration, as the tests do (tests/imap_server.py). Each of N readers was
@@ -215,12 +215,17 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
     args = parser.parse_args()
+    databases = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
+    return report(databases, args.messages)
+
+
+def report(databases: list[str], messages: int) -> int:
+    """Run the poll benchmark on each database and print its figures; the exit status."""
     why = dovecot_available()
     if why:
         print(f"Dovecot is needed: {why}")
         return 2
-    databases = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
-    print(f"{args.messages} delivery reports in INBOX; {os.cpu_count()} CPUs\n")
+    print(f"{messages} delivery reports in INBOX; {os.cpu_count()} CPUs\n")
     print(f"{'database':<12}{'fetch/s':>10}{'parse/s':>10}{'poll/s':>10}  check")
     workdir = Path(tempfile.mkdtemp(prefix="mailbox-bench-"))
     failed = False
@@ -229,7 +234,7 @@ def main() -> int:
             for database in databases:
                 run_dir = workdir / database
                 run_dir.mkdir()
-                figures = run(database, args.messages, server, run_dir)
+                figures = run(database, messages, server, run_dir)
                 failed = failed or not figures["ok"]
                 print(
                     f"{database:<12}{figures['fetch_per_second']:>10.0f}"
