@@ -13,9 +13,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from email.utils import parseaddr
 from pathlib import Path
 
+from . import dkim
 from . import magnets as lead_magnets
 from .compose import Composer
 from .config import ConfigError, Settings
@@ -87,9 +87,7 @@ class Services:
         database = Database.connect(settings.database_url)
         links = Links(settings.BASE_URL, tokens)
         tracker = LinkTracker(database, base_url=settings.BASE_URL, secret_key=settings.SECRET_KEY)
-        message_ids = MessageIds(
-            settings.SECRET_KEY, parseaddr(settings.MAIL_FROM)[1].rpartition("@")[2]
-        )
+        message_ids = MessageIds(settings.SECRET_KEY, settings.mail_domain)
         composer = Composer(
             database,
             renderer,
@@ -97,7 +95,12 @@ class Services:
             sequences=sequences,
             sender=settings.MAIL_FROM,
             reply_to=settings.MAIL_REPLY_TO,
-            secret_key=settings.SECRET_KEY,
+            ids=message_ids,
+            site_name=settings.SITE_NAME,
+            list_id=settings.list_id,
+            return_path=settings.MAIL_RETURN_PATH,
+            # The key is read here, once: a missing or broken one stops the start.
+            signer=dkim.signer_from_settings(settings),
             tracker=tracker if settings.TRACK_LINKS else None,
         )
         return cls(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import functools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
@@ -107,9 +108,17 @@ class Message:
     message_id: str  # '<...@...>'
     reply_to: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # more headers, ASCII values
+    # The SMTP envelope sender (MAIL FROM), where bounces go, when it is not the From
+    # address: a VERP address that names this very email.
+    return_path: str = ""
+    # Given the finished message, returns header lines to put on top of it (a
+    # DKIM-Signature): a signature must cover the bytes exactly as they go out.
+    signer: Callable[[bytes], bytes] | None = None
 
     @property
     def envelope_from(self) -> str:
+        if self.return_path:
+            return address_for_transport(self.return_path)[0]
         return _envelope_address(self.sender)
 
     @property
@@ -159,4 +168,7 @@ class Message:
             f"--{boundary}--",
             "",
         ]
-        return CRLF.join(lines).encode("utf-8")
+        data = CRLF.join(lines).encode("utf-8")
+        if self.signer is not None:
+            return self.signer(data) + data
+        return data

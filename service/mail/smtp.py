@@ -8,7 +8,9 @@ The classification decides what happens to a message:
   at RCPT: RecipientRejected (the address bounced);
 - 5.7.x replies about relaying or authentication, our MAIL FROM refused, no connection,
   failed login: MailerUnavailable (our configuration; stop and tell the operator);
-- any other 5xx: MessageRejected (this message failed; the subscriber is left alone).
+- any other 5xx: MessageRejected (this message failed; the subscriber is left alone);
+- an international address (a non-ASCII local part) and a server without SMTPUTF8:
+  AddressNotSupported, a MessageRejected found before anything is sent.
 
 A reply that never comes after DATA is a TemporaryFailure too: the server may have
 accepted the message, so the retry can deliver it twice. Like a crash between the
@@ -23,6 +25,7 @@ import smtplib
 import ssl
 
 from .errors import (
+    AddressNotSupported,
     DeliveryError,
     MailerUnavailable,
     MessageRejected,
@@ -228,7 +231,11 @@ class SMTPMailer:
         except smtplib.SMTPDataError as exc:
             raise self._classify(exc.smtp_code, exc.smtp_error, at="DATA") from exc
         except smtplib.SMTPNotSupportedError as exc:
-            raise MessageRejected(f"the server does not support SMTPUTF8 for {recipient}") from exc
+            # Raised before anything is sent: the connection is fine for the next email.
+            raise AddressNotSupported(
+                f"the mail server does not accept international addresses (no SMTPUTF8): "
+                f"{recipient}"
+            ) from exc
         except (smtplib.SMTPException, OSError) as exc:
             # Disconnects, timeouts, garbled replies: the connection's state is unknown.
             self._drop()
