@@ -1,5 +1,6 @@
 """Commands: `flask --app wsgi db ...`, `guide build`, `embed-snippet`, `emails ...`,
-`sequence ...`, `admin ...`, and `subscribers ...` (service/cli/subscribers.py)."""
+`sequence ...`, `admin ...`, `subscribers ...` (service/cli/subscribers.py) and
+`dkim generate` (service/cli/dkim.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .. import admins, dashboard, guide, kinds, sequences
 from ..mail import DeliveryError
 from ..models import Subscriber
 from .common import services as _services
+from .dkim import dkim_group
 from .subscribers import subscribers_group
 
 
@@ -292,3 +294,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(sequence_group)
     app.cli.add_command(admin_group)
     app.cli.add_command(subscribers_group)
+    app.cli.add_command(dkim_group)
