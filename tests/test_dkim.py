@@ -65,6 +65,8 @@ def test_emails_signed_by_the_dispatcher_verify(make_app, smtp, tmp_path, kind):
     for received in smtp.handler.wait_for(3):
         assert received.data.startswith(b"DKIM-Signature:")
         assert dkim.verify(received.data, dnsfunc=dns(name, record))
+        # MAIL FROM declared the size before the signature was made: it was right.
+        assert f"SIZE={len(received.data)}" in received.mail_options
         fields = dkim.util.parse_tag_value(
             received.message["DKIM-Signature"].encode().replace(b"\r\n", b"")
         )
@@ -197,3 +199,27 @@ lines = st.lists(
 def test_the_quick_relaxed_body_is_dkimpys(parts, final_newline):
     body = b"\r\n".join(parts) + (b"\r\n" if final_newline else b"")
     assert relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_a_signed_message_knows_its_size_before_its_signature_is_made(kind):
+    from datetime import UTC, datetime
+
+    from service.dkim import DkimSigner
+    from service.mail import Message
+
+    signer = DkimSigner(generate_key(kind), selector="s1", domain=DOMAIN)
+    for subject in ("Hi", "A subject long enough to be folded, " * 4):
+        message = Message(
+            sender="Low Back Relief <hello@newsletter.test>",
+            to="reader@example.com",
+            subject=subject,
+            text="Hello\n",
+            html="<p>Hello</p>",
+            date=datetime(2026, 11, 24, tzinfo=UTC),
+            message_id="<1.x@newsletter.test>",
+            signer=signer,
+        )
+        prepared = message.prepare()
+        assert prepared.size == len(prepared.data())
+        assert message.prepare() is prepared  # made once, signed once

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
+from typing import Protocol
 
 CRLF = "\r\n"
 MAX_LINE = 78  # RFC 5322's recommended limit for a header line
@@ -112,8 +113,9 @@ class Message:
     # address: a VERP address that names this very email.
     return_path: str = ""
     # Given the finished message, returns header lines to put on top of it (a
-    # DKIM-Signature): a signature must cover the bytes exactly as they go out.
-    signer: Callable[[bytes], bytes] | None = None
+    # DKIM-Signature), made or still in the making: a signature must cover the bytes
+    # exactly as they go out.
+    signer: Callable[[bytes], bytes | PendingHeader] | None = None
 
     @property
     def envelope_from(self) -> str:
@@ -131,6 +133,24 @@ class Message:
 
     def as_bytes(self, boundary: str | None = None) -> bytes:
         """The message in MIME form, CRLF line endings, ready for SMTP DATA."""
+        return self._prepared_with(boundary).data()
+
+    def prepare(self) -> Prepared:
+        """The message as it will be sent, made once: its size at once, its bytes when its
+        signer's header is ready. Made as soon as the message is composed, a signature
+        (OpenSSL's RSA, which leaves the interpreter free) is made in another thread while
+        the sender commits and opens the SMTP transaction."""
+        return self._prepared
+
+    @functools.cached_property
+    def _prepared(self) -> Prepared:
+        return self._prepared_with(None)
+
+    def _prepared_with(self, boundary: str | None) -> Prepared:
+        data = self._mime(boundary)
+        return Prepared(data, self.signer(data) if self.signer is not None else b"")
+
+    def _mime(self, boundary: str | None) -> bytes:
         boundary = boundary or f"=_{secrets.token_hex(12)}"
         while boundary in self.text or boundary in self.html:  # 7bit bodies go unencoded
             boundary = f"=_{secrets.token_hex(12)}"
@@ -168,7 +188,28 @@ class Message:
             f"--{boundary}--",
             "",
         ]
-        data = CRLF.join(lines).encode("utf-8")
-        if self.signer is not None:
-            return self.signer(data) + data
-        return data
+        return CRLF.join(lines).encode("utf-8")
+
+
+class PendingHeader(Protocol):
+    """Header lines still in the making (a signature in another thread): their length is
+    known at once, their bytes when `result()` returns."""
+
+    size: int
+
+    def result(self) -> bytes: ...
+
+
+class Prepared:
+    """A message's bytes as they go out: a header made by its signer on top of the MIME."""
+
+    def __init__(self, mime: bytes, header: bytes | PendingHeader) -> None:
+        self._mime = mime
+        self._header = header
+        self.size = len(mime) + (len(header) if isinstance(header, bytes) else header.size)
+
+    def data(self) -> bytes:
+        header = self._header
+        if not isinstance(header, bytes):
+            header = self._header = header.result()
+        return header + self._mime if header else self._mime

@@ -33,7 +33,7 @@ from .errors import (
     ServerBusy,
     TemporaryFailure,
 )
-from .message import Message
+from .message import Message, Prepared
 
 MESSAGE_TOO_BIG = 552
 SERVICE_CLOSING = 421
@@ -67,10 +67,12 @@ def _dot_stuffed(data: bytes) -> bytes:
 
 
 def _send_pipelined(
-    connection: smtplib.SMTP, sender: str, recipient: str, data: bytes, options: list[str]
+    connection: smtplib.SMTP, sender: str, recipient: str, message: Prepared, options: list[str]
 ) -> None:
     """One transaction with RFC 2920 PIPELINING: MAIL, RCPT and DATA go in one write and
     their replies are read in order, so an email costs two round trips instead of four.
+    The message's bytes are asked for only after the replies: its signature may still be in
+    the making until then.
 
     Failures raise the same smtplib exceptions as SMTP.sendmail, and leave the connection
     ready for the next email (or closed, after a 421), as sendmail does.
@@ -80,7 +82,7 @@ def _send_pipelined(
             raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
         connection.command_encoding = "utf-8"
     if connection.does_esmtp and connection.has_extn("size"):
-        options = [*options, f"SIZE={len(data)}"]
+        options = [*options, f"SIZE={message.size}"]
     mail = f"MAIL FROM:{_angle_address(sender)}" + "".join(f" {o}" for o in options)
     connection.send(f"{mail}\r\nRCPT TO:{_angle_address(recipient)}\r\nDATA\r\n")
     replies: list[tuple[int, bytes]] = []
@@ -108,7 +110,7 @@ def _send_pipelined(
     if data_code != 354:
         _reset(connection, data_code)
         raise smtplib.SMTPDataError(data_code, data_reply)
-    body = _dot_stuffed(data)
+    body = _dot_stuffed(message.data())
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     connection.send(body + b".\r\n")
@@ -210,11 +212,14 @@ class SMTPMailer:
         try:
             if connection.has_extn("pipelining"):
                 _send_pipelined(
-                    connection, message.envelope_from, recipient, message.as_bytes(), options
+                    connection, message.envelope_from, recipient, message.prepare(), options
                 )
             else:
                 connection.sendmail(
-                    message.envelope_from, [recipient], message.as_bytes(), mail_options=options
+                    message.envelope_from,
+                    [recipient],
+                    message.prepare().data(),
+                    mail_options=options,
                 )
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = exc.recipients.get(recipient, (0, b""))
