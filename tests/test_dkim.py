@@ -19,6 +19,7 @@ from service.config import ConfigError
 from service.dkim import generate_key, relaxed_body, write_key
 from tests.conftest import settings_for
 from tests.helpers import add_pending, run_pass, sign_up
+from tests.smtp_server import SMTPServer
 
 DOMAIN = "newsletter.test"
 
@@ -44,6 +45,14 @@ def dns(name: str, record: bytes):
         return record if asked.decode().rstrip(".") == name else None
 
     return lookup
+
+
+@pytest.fixture
+def smtp():
+    """A server that offers PIPELINING: the path that declares SIZE before the signature
+    is made."""
+    with SMTPServer(pipelining=True) as server:
+        yield server
 
 
 @pytest.mark.slow
