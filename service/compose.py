@@ -2,8 +2,10 @@
 
 Everything between a queued row and the bytes on the wire is here: the template rendered
 once per step or newsletter and filled in per reader (service.emails.Skeleton), each
-reader's own links, click tracking, the List-Unsubscribe headers and a Message-ID that is
-the same on every attempt. Dispatch composes what it sends with it; the admin's previews
+reader's own links, click tracking, the List-Unsubscribe headers, a Message-ID that is
+the same on every attempt of a row (service.message_ids), the headers mailbox providers
+sort bulk mail by (List-Id, Feedback-ID, Precedence), the VERP envelope sender and the
+DKIM signer. Dispatch composes what it sends with it; the admin's previews
 and the CLI's `emails preview` / `send-test` compose samples with the same code, so what
 the owner looks at is what readers get.
 
@@ -23,7 +25,7 @@ import copy
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from email.charset import Charset
 from typing import Any
@@ -36,6 +38,7 @@ from .emails import PERSONAL_FIELDS, EmailRenderer, Skeleton
 from .kinds import ExtraData, Receivers
 from .links import Links
 from .mail import Message
+from .mail.message import Signer
 from .message_ids import MessageIds
 from .models import Broadcast, OutboxMessage, Subscriber
 from .outbox import Claimed, Reader
@@ -83,7 +86,7 @@ class Composer:
         site_name: str,
         list_id: str,
         return_path: str = "",
-        signer: Callable[[bytes], bytes] | None = None,
+        signer: Signer | None = None,
         tracker: LinkTracker | None = None,
     ) -> None:
         self.database = database

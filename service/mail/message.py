@@ -6,6 +6,10 @@ costs far more than the encoding itself (bench/dispatch.py: 30 times). Bodies go
 are when plain ASCII, else quoted-printable (binascii, in C); headers with non-ASCII text
 use RFC 2047 encoded words. Tests parse the output back with the standard library to prove
 it is well formed.
+
+A Message may carry a signer (a DKIM signature, service.dkim) that puts header lines on top
+of the finished bytes; `prepare()` makes them once, and lets a signature made in another
+thread finish while the sender does other work.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from email.utils import format_datetime, formataddr, parseaddr
 from typing import Protocol
 
 CRLF = "\r\n"
+# Given a finished message, the header lines to put on top of it (service.dkim's signer).
+Signer = Callable[[bytes], "bytes | PendingHeader"]
 MAX_LINE = 78  # RFC 5322's recommended limit for a header line
 MAX_SMTP_LINE = 998  # RFC 5322's hard limit for any line
 
@@ -115,7 +121,7 @@ class Message:
     # Given the finished message, returns header lines to put on top of it (a
     # DKIM-Signature), made or still in the making: a signature must cover the bytes
     # exactly as they go out.
-    signer: Callable[[bytes], bytes | PendingHeader] | None = None
+    signer: Signer | None = None
 
     @property
     def envelope_from(self) -> str:
