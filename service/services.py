@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from . import dkim
 from . import magnets as lead_magnets
 from .compose import Composer
 from .config import ConfigError, Settings
@@ -27,6 +26,7 @@ from .feedback import Feedback, FeedbackPolicy
 from .links import Links
 from .magnets import DEFAULT_MAGNET, LeadMagnet
 from .mail import mailer_from_url
+from .mail.message import Signer
 from .message_ids import MessageIds
 from .secret_key import instance_secret_key
 from .sequences import DripSequence, SequenceError
@@ -99,8 +99,7 @@ class Services:
             site_name=settings.SITE_NAME,
             list_id=settings.list_id,
             return_path=settings.MAIL_RETURN_PATH,
-            # The key is read here, once: a missing or broken one stops the start.
-            signer=dkim.signer_from_settings(settings),
+            signer=_dkim_signer(settings),
             tracker=tracker if settings.TRACK_LINKS else None,
         )
         return cls(
@@ -161,6 +160,17 @@ class Services:
     @property
     def resend_cooldown(self) -> timedelta:
         return timedelta(minutes=self.settings.RESEND_COOLDOWN_MINUTES)
+
+
+def _dkim_signer(settings: Settings) -> Signer | None:
+    """The DKIM signer, its key read here, once: a missing or broken key stops the start.
+    dkimpy and cryptography are loaded only when DKIM is on (the export's process, among
+    others, stays small)."""
+    if not settings.dkim_enabled:
+        return None
+    from .dkim import signer_from_settings
+
+    return signer_from_settings(settings)
 
 
 def _check_step_templates(renderer: EmailRenderer, sequence: DripSequence) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup
 
-from .. import dkim
 from ..config import HOST_NAME
 from .common import services as _services
 
@@ -41,6 +40,8 @@ def _host_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def dkim_generate(selector: str, domain: str, kind: str, bits: int, output: Path | None) -> None:
     """Write a new private key (readable by you only; never over an existing file) and
     print the DNS TXT record that publishes it, and the settings that sign with it."""
+    from .. import dkim  # dkimpy and cryptography, loaded for this command only
+
     path = output or Path(_services().settings.INSTANCE_DIR) / f"dkim-{selector}-{domain}.pem"
     if path.exists():
         raise click.ClickException(
