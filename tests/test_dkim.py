@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from service import create_app
 from service.config import ConfigError
-from service.dkim import generate_key, relaxed_body, write_key
+from service.dkim import generate_key, relaxed_body, relaxed_header, write_key
 from tests.conftest import settings_for
 from tests.helpers import add_pending, run_pass, sign_up
 from tests.smtp_server import SMTPServer
@@ -199,7 +199,7 @@ def test_a_bad_selector_or_domain_is_refused(tmp_path):
 
 
 lines = st.lists(
-    st.text(alphabet=" \tab<>=\u00e9", max_size=12).map(lambda s: s.encode("utf-8")),
+    st.text(alphabet=" \t\r\nab<>=\u00e9", max_size=12).map(lambda s: s.encode("utf-8")),
     max_size=8,
 )
 
@@ -232,3 +232,11 @@ def test_a_signed_message_knows_its_size_before_its_signature_is_made(kind):
         prepared = message.prepare()
         assert prepared.size == len(prepared.data())
         assert message.prepare() is prepared  # made once, signed once
+
+
+header_values = st.text(alphabet=" \t\r\nab:;=\u00e9", max_size=20).map(lambda s: s.encode("utf-8"))
+
+
+@given(st.sampled_from([b"Subject", b"LIST-ID ", b"x"]), header_values)
+def test_the_quick_relaxed_header_is_dkimpys(name, value):
+    assert [relaxed_header(name, value)] == Relaxed.canonicalize_headers([(name, value)])
