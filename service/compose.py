@@ -2,8 +2,10 @@
 
 Everything between a queued row and the bytes on the wire is here: the template rendered
 once per step or newsletter and filled in per reader (service.emails.Skeleton), each
-reader's own links, click tracking, the List-Unsubscribe headers and a Message-ID that is
-the same on every attempt. Dispatch composes what it sends with it; the admin's previews
+reader's own links, click tracking, the List-Unsubscribe headers, a Message-ID that is
+the same on every attempt of a row (service.message_ids), the headers mailbox providers
+sort bulk mail by (List-Id, Feedback-ID, Precedence), the VERP envelope sender and the
+DKIM signer. Dispatch composes what it sends with it; the admin's previews
 and the CLI's `emails preview` / `send-test` compose samples with the same code, so what
 the owner looks at is what readers get.
 
@@ -22,10 +24,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import hmac
+import re
 from collections.abc import Mapping
 from datetime import datetime
-from email.utils import parseaddr
+from email.charset import Charset
 from typing import Any
 
 from sqlalchemy import Connection
@@ -33,9 +35,11 @@ from sqlalchemy import Connection
 from . import broadcasts, kinds
 from .db import Database
 from .emails import PERSONAL_FIELDS, EmailRenderer, Skeleton
-from .kinds import ExtraData
+from .kinds import ExtraData, Receivers
 from .links import Links
 from .mail import Message
+from .mail.message import Signer
+from .message_ids import MessageIds
 from .models import Broadcast, OutboxMessage, Subscriber
 from .outbox import Claimed, Reader
 from .sequences import DripSequence
@@ -43,6 +47,27 @@ from .tracking import LinkTracker
 
 # What a sample email (a preview, a test send) is composed for.
 SAMPLE_ID = 0
+# What a Feedback-ID field may hold: Gmail splits the header at colons.
+NOT_A_FEEDBACK_CHARACTER = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def list_id_header(site_name: str, list_id: str) -> str:
+    """RFC 2919's List-Id: the newsletter's name, then its identifier in angle brackets."""
+    if site_name.isascii():
+        quoted = site_name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{quoted}" <{list_id}>'
+    return f"{Charset('utf-8').header_encode(site_name)} <{list_id}>"
+
+
+def feedback_field(value: str) -> str:
+    """One field of a Feedback-ID: no colon, no space, nothing Gmail could split at."""
+    return NOT_A_FEEDBACK_CHARACTER.sub("-", value).strip("-") or "-"
+
+
+def sender_id(domain: str) -> str:
+    """Gmail's SenderId: 5 to 15 characters, the same for all our mail. A short digest of
+    the sending domain: stable, and the same length whatever the domain."""
+    return hashlib.sha256(domain.lower().encode()).hexdigest()[:12]
 
 
 class Composer:
@@ -57,7 +82,11 @@ class Composer:
         sequences: Mapping[str, DripSequence],
         sender: str,
         reply_to: str,
-        secret_key: str,
+        ids: MessageIds,
+        site_name: str,
+        list_id: str,
+        return_path: str = "",
+        signer: Signer | None = None,
         tracker: LinkTracker | None = None,
     ) -> None:
         self.database = database
@@ -66,9 +95,14 @@ class Composer:
         self.sequences = sequences
         self.sender = sender
         self.reply_to = reply_to
+        self.ids = ids
+        self.list_id = list_id
+        self.return_path = return_path  # MAIL_RETURN_PATH, with {token}; '' for MAIL_FROM
+        self.signer = signer
         self.tracker = tracker
-        self._message_id_key = hashlib.sha256(f"message-id:{secret_key}".encode()).digest()
-        self._message_id_domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+        self._list_id_header = list_id_header(site_name, list_id)
+        self._feedback_tail = f"{feedback_field(list_id.partition('.')[0])}:{sender_id(ids.domain)}"
+        self._marks: dict[tuple[str, str], dict[str, str]] = {}
         self._skeletons: dict[tuple[Any, ...], Skeleton | None] = {}
         self._newsletters: dict[int, broadcasts.Content] = {}
 
@@ -129,21 +163,65 @@ class Composer:
             rendered = skeleton.fill(values)
         if tracked:
             rendered = dataclasses.replace(rendered, html=self.tracker.stamp(rendered.html, row.id))
-        return Message(
+        # A copy for the owner to look at (a preview, a test send) names no row: nothing that
+        # comes back about it may count against a reader or a newsletter.
+        one_off = row.id == SAMPLE_ID or rules.receivers is Receivers.OWNER
+        message = Message(
             sender=self.sender,
             to=row.to_address,
             subject=rendered.subject,
             text=rendered.text,
             html=rendered.html,
             date=now,
-            message_id=self.message_id(row.id),
+            message_id=(
+                self.ids.one_off() if one_off else self.ids.message_id(row.id, row.created_at)
+            ),
             reply_to=self.reply_to,
             headers={
                 # RFC 8058: mailbox providers POST List-Unsubscribe=One-Click to this URL.
                 "List-Unsubscribe": f"<{values['unsubscribe_url']}>",
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                **self._marks_of(row, rules),
             },
+            return_path=(
+                self.ids.return_path(self.return_path, row.id, row.created_at)
+                if self.return_path and not one_off
+                else ""
+            ),
+            signer=self.signer,
         )
+        if self.signer is not None:
+            # Signed now: the signature is made while the sending loop commits (see
+            # Message.prepare), not while the SMTP server waits for the message.
+            message.prepare()
+        return message
+
+    def _marks_of(self, row: OutboxMessage | Claimed, rules: kinds.Rules) -> dict[str, str]:
+        """The headers mailbox providers sort and judge mail by, the same for every email of
+        one kind and campaign (made once for each)."""
+        if rules.bulk and rules.sequence_step:
+            campaign = f"step-{row.sequence_step}"
+        elif rules.bulk and rules.data is ExtraData.NEWSLETTER:
+            campaign = f"newsletter-{row.context.get('broadcast_id')}"
+        else:
+            campaign = row.kind
+        key = (row.kind, campaign)
+        marks = self._marks.get(key)
+        if marks is None:
+            marks = {
+                "List-Id": self._list_id_header,
+                # Gmail's feedback loop (Postmaster Tools) reports complaints per field:
+                # campaign:kind:list:sender, the sender field last and required.
+                "Feedback-ID": (
+                    f"{feedback_field(campaign)}:{feedback_field(row.kind)}:{self._feedback_tail}"
+                ),
+            }
+            if rules.bulk:
+                # RFC 3834: automatic responders (out-of-office replies) leave these alone.
+                marks["Precedence"] = "bulk"
+                marks["Auto-Submitted"] = "auto-generated"
+            self._marks[key] = marks
+        return marks
 
     def sample(
         self,
@@ -169,17 +247,13 @@ class Composer:
             sequence_step=sequence_step,
             attempts=0,
             last_error=None,
+            created_at=now,
         )
         return self.compose(row, Reader.stand_in(to, first_name or None), now=now)
 
     def forget_rendered(self) -> None:
         """Drop every rendered skeleton: a transaction that stored their links rolled back."""
         self._skeletons.clear()
-
-    def message_id(self, outbox_id: int) -> str:
-        """A Message-ID that is the same on every attempt, so receivers can spot repeats."""
-        tag = hmac.new(self._message_id_key, str(outbox_id).encode(), "sha256").hexdigest()[:16]
-        return f"<{outbox_id}.{tag}@{self._message_id_domain}>"
 
     def _skeleton(
         self,

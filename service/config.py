@@ -8,8 +8,10 @@ Nothing here runs at import time; `load_settings()` is called by `create_app()`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +37,13 @@ MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_hex(
 DEV_MAIL_SCHEMES = ("console:", "file:")
 
 ENVIRONMENTS = ("development", "testing", "production")
+# RFC 5322's dot-atom-text: the form of a List-Id (RFC 2919) and of a local part.
+DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+HOST_NAME = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]"
+    r"(?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
+DKIM_SETTINGS = ("DKIM_PRIVATE_KEY_PATH", "DKIM_SELECTOR", "DKIM_DOMAIN")
 
 
 def _is_off(limit: str) -> bool:
@@ -254,6 +263,21 @@ class Settings:
         return not self.GUIDE_PATH
 
     @property
+    def mail_domain(self) -> str:
+        """MAIL_FROM's domain, in its ASCII form ('localhost' when it has none)."""
+        domain = parseaddr(self.MAIL_FROM)[1].rpartition("@")[2] or "localhost"
+        return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+
+    @property
+    def list_id(self) -> str:
+        """The List-Id header's identifier (RFC 2919): LIST_ID or newsletter.<domain>."""
+        return self.LIST_ID or f"newsletter.{self.mail_domain}"
+
+    @property
+    def dkim_enabled(self) -> bool:
+        return bool(self.DKIM_PRIVATE_KEY_PATH)
+
+    @property
     def default_zone(self) -> ZoneInfo:
         return ZoneInfo(self.DEFAULT_TIME_ZONE)
 
@@ -290,6 +314,7 @@ class Settings:
                 f"DEFAULT_TIME_ZONE {self.DEFAULT_TIME_ZONE!r} is not a known time zone"
             ) from exc
         self._check_mail_url()
+        self._check_marks()
         for name in (
             "SEND_BATCH_SIZE",
             "SEND_LEASE_SECONDS",
@@ -331,6 +356,43 @@ class Settings:
                 "smtp://USER:PASSWORD@smtp.example.com:587 (console: and file: deliver "
                 "nothing, and would write live confirmation links into logs or files)"
             )
+
+    def _check_marks(self) -> None:
+        """The List-Id, the VERP return path and DKIM: mistakes here would otherwise show
+        only as mail that providers file as spam, or bounces that never come back."""
+        # RFC 2919: a label, a dot, a namespace (a domain the owner controls).
+        if not DOT_ATOM.fullmatch(self.list_id) or "." not in self.list_id:
+            raise ConfigError(
+                f"LIST_ID must look like newsletter.example.com (RFC 2919), not {self.list_id!r}"
+            )
+        if self.MAIL_RETURN_PATH:
+            local, at, domain = self.MAIL_RETURN_PATH.rpartition("@")
+            if "{token}" not in local or not at or not HOST_NAME.fullmatch(domain):
+                raise ConfigError(
+                    "MAIL_RETURN_PATH must be an address whose local part holds {token}, "
+                    f"like bounces+{{token}}@news.example.com (not {self.MAIL_RETURN_PATH!r})"
+                )
+            if not DOT_ATOM.fullmatch(local.replace("{token}", "t")):
+                raise ConfigError(
+                    "MAIL_RETURN_PATH's local part may hold only letters, digits and "
+                    f"!#$%&'*+-/=?^_`{{|}}~. (not {local!r})"
+                )
+        given = [name for name in DKIM_SETTINGS if getattr(self, name)]
+        if given and len(given) < len(DKIM_SETTINGS):
+            missing = [name for name in DKIM_SETTINGS if name not in given]
+            raise ConfigError(
+                f"DKIM signing needs {', '.join(DKIM_SETTINGS)} set together; "
+                f"{', '.join(given)} set but {', '.join(missing)} missing"
+            )
+        if given:
+            if not HOST_NAME.fullmatch(self.DKIM_SELECTOR):
+                raise ConfigError(
+                    f"DKIM_SELECTOR must be DNS labels like s1 (not {self.DKIM_SELECTOR!r})"
+                )
+            if not HOST_NAME.fullmatch(self.DKIM_DOMAIN) or "." not in self.DKIM_DOMAIN:
+                raise ConfigError(
+                    f"DKIM_DOMAIN must be a domain like news.example.com (not {self.DKIM_DOMAIN!r})"
+                )
 
     def _check_mail_url(self) -> None:
         try:

@@ -24,8 +24,9 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
 
-from . import broadcasts, kinds, outbox
+from . import broadcasts, journal, kinds, outbox
 from .compose import Composer
 from .db import Database
 from .delivery import (
@@ -41,6 +42,7 @@ from .delivery import (
 from .feedback import Feedback
 from .kinds import Receivers
 from .mail import (
+    AddressNotSupported,
     MailerUnavailable,
     Message,
     MessageRejected,
@@ -53,6 +55,37 @@ from .models import OutboxMessage, OutboxStatus
 from .sequences import sending_window_opens, zone_of
 
 logger = logging.getLogger(__name__)
+
+# What the outbox row and the reader's history say when the mail server cannot take an
+# international address (service.mail.AddressNotSupported).
+INTERNATIONAL_ADDRESS_REFUSED = "the mail server does not accept international addresses"
+UNDELIVERABLE = "undeliverable"  # the event's kind
+
+
+def record_undeliverable(
+    connection: Connection,
+    *,
+    worker: str,
+    row: outbox.Claimed,
+    now: datetime,
+    report: PassReport,
+    reason: str = INTERNATIONAL_ADDRESS_REFUSED,
+) -> None:
+    """The email cannot go through this mail server, whatever the reader does: it failed
+    (retrying would fail alike), and the reader's history says why, for the owner to see.
+    Not a bounce: the address may well work, so the reader stays on the list."""
+    record_failure(connection, worker=worker, row=row, error=reason, report=report)
+    if row.subscriber_id is None:
+        return
+    # The journal works on a Session; this one joins the connection's transaction.
+    with Session(bind=connection) as session:
+        journal.record_event(
+            session,
+            row.subscriber_id,
+            UNDELIVERABLE,
+            now=now,
+            detail={"reason": reason, "outbox_id": row.id, "email_kind": row.kind},
+        )
 
 
 class Dispatcher:
@@ -204,6 +237,9 @@ class Dispatcher:
                         now=now,
                         feedback=self.feedback,
                     )
+                except AddressNotSupported as exc:
+                    logger.warning("outbox %d cannot go through this server: %s", message_id, exc)
+                    record = functools.partial(record_undeliverable, **outcome, now=now)
                 except MessageRejected as exc:
                     logger.warning("outbox %d rejected by the server: %s", message_id, exc)
                     record = functools.partial(record_failure, **outcome, error=str(exc))

@@ -53,6 +53,9 @@ class Rules:
     # reader's sending hours begin (service.sequences.sending_window_opens) and dropped once
     # its step has left the sequence.
     sequence_step: bool = False
+    # Mail sent to many readers at once rather than in answer to one reader's action: it
+    # says so (Precedence: bulk, Auto-Submitted), so out-of-office replies stay away.
+    bulk: bool = False
 
 
 RULES: dict[str, Rules] = {
@@ -60,10 +63,18 @@ RULES: dict[str, Rules] = {
     WELCOME: Rules(Receivers.CONFIRMED),
     GUIDE_AGAIN: Rules(Receivers.CONFIRMED, template="guide_again"),
     SEQUENCE_STEP: Rules(
-        Receivers.CONFIRMED, tracked=True, data=ExtraData.SEQUENCE, sequence_step=True
+        Receivers.CONFIRMED,
+        tracked=True,
+        data=ExtraData.SEQUENCE,
+        sequence_step=True,
+        bulk=True,
     ),
     NEWSLETTER: Rules(
-        Receivers.CONFIRMED, template="broadcast", tracked=True, data=ExtraData.NEWSLETTER
+        Receivers.CONFIRMED,
+        template="broadcast",
+        tracked=True,
+        data=ExtraData.NEWSLETTER,
+        bulk=True,
     ),
     # Its links are the newsletter's own: the owner's clicks are not readers' clicks.
     NEWSLETTER_TEST: Rules(

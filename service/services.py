@@ -13,7 +13,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from email.utils import parseaddr
 from pathlib import Path
 
 from . import magnets as lead_magnets
@@ -28,6 +27,7 @@ from .feedback.webhooks.ses import SigningCertificates
 from .links import Links
 from .magnets import DEFAULT_MAGNET, LeadMagnet
 from .mail import mailer_from_url
+from .mail.message import Signer
 from .message_ids import MessageIds
 from .secret_key import instance_secret_key
 from .sequences import DripSequence, SequenceError
@@ -90,9 +90,7 @@ class Services:
         database = Database.connect(settings.database_url)
         links = Links(settings.BASE_URL, tokens)
         tracker = LinkTracker(database, base_url=settings.BASE_URL, secret_key=settings.SECRET_KEY)
-        message_ids = MessageIds(
-            settings.SECRET_KEY, parseaddr(settings.MAIL_FROM)[1].rpartition("@")[2]
-        )
+        message_ids = MessageIds(settings.SECRET_KEY, settings.mail_domain)
         composer = Composer(
             database,
             renderer,
@@ -100,7 +98,11 @@ class Services:
             sequences=sequences,
             sender=settings.MAIL_FROM,
             reply_to=settings.MAIL_REPLY_TO,
-            secret_key=settings.SECRET_KEY,
+            ids=message_ids,
+            site_name=settings.SITE_NAME,
+            list_id=settings.list_id,
+            return_path=settings.MAIL_RETURN_PATH,
+            signer=_dkim_signer(settings),
             tracker=tracker if settings.TRACK_LINKS else None,
         )
         return cls(
@@ -161,6 +163,17 @@ class Services:
     @property
     def resend_cooldown(self) -> timedelta:
         return timedelta(minutes=self.settings.RESEND_COOLDOWN_MINUTES)
+
+
+def _dkim_signer(settings: Settings) -> Signer | None:
+    """The DKIM signer, its key read here, once: a missing or broken key stops the start.
+    dkimpy and cryptography are loaded only when DKIM is on (the export's process, among
+    others, stays small)."""
+    if not settings.dkim_enabled:
+        return None
+    from .dkim import signer_from_settings
+
+    return signer_from_settings(settings)
 
 
 def _check_step_templates(renderer: EmailRenderer, sequence: DripSequence) -> None:

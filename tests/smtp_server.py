@@ -132,10 +132,12 @@ class SMTPServer:
         tls_context: ssl.SSLContext | None = None,
         credentials: tuple[str, str] | None = None,
         pipelining: bool = False,
+        smtputf8: bool = True,
     ) -> None:
         self.handler = FaultyHandler()
         self.handler.pipelining = pipelining
-        kwargs: dict = {"enable_SMTPUTF8": True, "decode_data": False}
+        # smtputf8=False: a server that takes ASCII addresses only, as many relays do.
+        kwargs: dict = {"enable_SMTPUTF8": smtputf8, "decode_data": False}
         if tls_context is not None:
             kwargs.update(tls_context=tls_context, require_starttls=True)
         if credentials is not None:

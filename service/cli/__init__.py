@@ -1,6 +1,6 @@
 """Commands: `flask --app wsgi db ...`, `guide build`, `embed-snippet`, `emails ...`,
-`sequence ...`, `admin ...`, `subscribers ...` (service/cli/subscribers.py) and
-`bounces ...` (service/cli/bounces.py)."""
+`sequence ...`, `admin ...`, `subscribers ...` (service/cli/subscribers.py),
+`bounces ...` (service/cli/bounces.py) and `dkim generate` (service/cli/dkim.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..mail import DeliveryError
 from ..models import Subscriber
 from .bounces import bounces_group
 from .common import services as _services
+from .dkim import dkim_group
 from .subscribers import subscribers_group
 
 
@@ -295,3 +296,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(admin_group)
     app.cli.add_command(subscribers_group)
     app.cli.add_command(bounces_group)
+    app.cli.add_command(dkim_group)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import (
+    AddressNotSupported,
     DeliveryError,
     MailerUnavailable,
     MessageRejected,
@@ -21,6 +22,7 @@ from .errors import (
 from .message import HeaderInjection, Message
 
 __all__ = [
+    "AddressNotSupported",
     "DeliveryError",
     "HeaderInjection",
     "MailerUnavailable",

@@ -30,6 +30,12 @@ class MessageRejected(DeliveryError):
     (policy, content, size): this message failed; the subscriber is left alone."""
 
 
+class AddressNotSupported(MessageRejected):
+    """The server cannot take this recipient's address at all: an international local part
+    (zoë@...) and a server without SMTPUTF8. This email failed; the address may be fine, and
+    another server would deliver it."""
+
+
 class MailerUnavailable(DeliveryError):
     """Nothing can be sent until the operator acts (no connection, bad credentials, our
     sender or relaying refused). Keep the mail queued, stop the pass, say so loudly."""

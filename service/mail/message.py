@@ -6,6 +6,10 @@ costs far more than the encoding itself (bench/dispatch.py: 30 times). Bodies go
 are when plain ASCII, else quoted-printable (binascii, in C); headers with non-ASCII text
 use RFC 2047 encoded words. Tests parse the output back with the standard library to prove
 it is well formed.
+
+A Message may carry a signer (a DKIM signature, service.dkim) that puts header lines on top
+of the finished bytes; `prepare()` makes them once, and lets a signature made in another
+thread finish while the sender does other work.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ from __future__ import annotations
 import binascii
 import functools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
+from typing import Protocol
 
 CRLF = "\r\n"
+# Given a finished message, the header lines to put on top of it (service.dkim's signer).
+Signer = Callable[[bytes], "bytes | PendingHeader"]
 MAX_LINE = 78  # RFC 5322's recommended limit for a header line
 MAX_SMTP_LINE = 998  # RFC 5322's hard limit for any line
 
@@ -107,9 +115,18 @@ class Message:
     message_id: str  # '<...@...>'
     reply_to: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # more headers, ASCII values
+    # The SMTP envelope sender (MAIL FROM), where bounces go, when it is not the From
+    # address: a VERP address that names this very email.
+    return_path: str = ""
+    # Given the finished message, returns header lines to put on top of it (a
+    # DKIM-Signature), made or still in the making: a signature must cover the bytes
+    # exactly as they go out.
+    signer: Signer | None = None
 
     @property
     def envelope_from(self) -> str:
+        if self.return_path:
+            return address_for_transport(self.return_path)[0]
         return _envelope_address(self.sender)
 
     @property
@@ -122,6 +139,24 @@ class Message:
 
     def as_bytes(self, boundary: str | None = None) -> bytes:
         """The message in MIME form, CRLF line endings, ready for SMTP DATA."""
+        return self._prepared_with(boundary).data()
+
+    def prepare(self) -> Prepared:
+        """The message as it will be sent, made once: its size at once, its bytes when its
+        signer's header is ready. Made as soon as the message is composed, a signature
+        (OpenSSL's RSA, which leaves the interpreter free) is made in another thread while
+        the sender commits and opens the SMTP transaction."""
+        return self._prepared
+
+    @functools.cached_property
+    def _prepared(self) -> Prepared:
+        return self._prepared_with(None)
+
+    def _prepared_with(self, boundary: str | None) -> Prepared:
+        data = self._mime(boundary)
+        return Prepared(data, self.signer(data) if self.signer is not None else b"")
+
+    def _mime(self, boundary: str | None) -> bytes:
         boundary = boundary or f"=_{secrets.token_hex(12)}"
         while boundary in self.text or boundary in self.html:  # 7bit bodies go unencoded
             boundary = f"=_{secrets.token_hex(12)}"
@@ -160,3 +195,27 @@ class Message:
             "",
         ]
         return CRLF.join(lines).encode("utf-8")
+
+
+class PendingHeader(Protocol):
+    """Header lines still in the making (a signature in another thread): their length is
+    known at once, their bytes when `result()` returns."""
+
+    size: int
+
+    def result(self) -> bytes: ...
+
+
+class Prepared:
+    """A message's bytes as they go out: a header made by its signer on top of the MIME."""
+
+    def __init__(self, mime: bytes, header: bytes | PendingHeader) -> None:
+        self._mime = mime
+        self._header = header
+        self.size = len(mime) + (len(header) if isinstance(header, bytes) else header.size)
+
+    def data(self) -> bytes:
+        header = self._header
+        if not isinstance(header, bytes):
+            header = self._header = header.result()
+        return header + self._mime if header else self._mime

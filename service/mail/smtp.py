@@ -8,7 +8,9 @@ The classification decides what happens to a message:
   at RCPT: RecipientRejected (the address bounced);
 - 5.7.x replies about relaying or authentication, our MAIL FROM refused, no connection,
   failed login: MailerUnavailable (our configuration; stop and tell the operator);
-- any other 5xx: MessageRejected (this message failed; the subscriber is left alone).
+- any other 5xx: MessageRejected (this message failed; the subscriber is left alone);
+- an international address (a non-ASCII local part) and a server without SMTPUTF8:
+  AddressNotSupported, a MessageRejected found before anything is sent.
 
 A reply that never comes after DATA is a TemporaryFailure too: the server may have
 accepted the message, so the retry can deliver it twice. Like a crash between the
@@ -23,6 +25,7 @@ import smtplib
 import ssl
 
 from .errors import (
+    AddressNotSupported,
     DeliveryError,
     MailerUnavailable,
     MessageRejected,
@@ -30,7 +33,7 @@ from .errors import (
     ServerBusy,
     TemporaryFailure,
 )
-from .message import Message
+from .message import Message, Prepared
 
 MESSAGE_TOO_BIG = 552
 SERVICE_CLOSING = 421
@@ -64,10 +67,12 @@ def _dot_stuffed(data: bytes) -> bytes:
 
 
 def _send_pipelined(
-    connection: smtplib.SMTP, sender: str, recipient: str, data: bytes, options: list[str]
+    connection: smtplib.SMTP, sender: str, recipient: str, message: Prepared, options: list[str]
 ) -> None:
     """One transaction with RFC 2920 PIPELINING: MAIL, RCPT and DATA go in one write and
     their replies are read in order, so an email costs two round trips instead of four.
+    The message's bytes are asked for only after the replies: its signature may still be in
+    the making until then.
 
     Failures raise the same smtplib exceptions as SMTP.sendmail, and leave the connection
     ready for the next email (or closed, after a 421), as sendmail does.
@@ -77,7 +82,7 @@ def _send_pipelined(
             raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
         connection.command_encoding = "utf-8"
     if connection.does_esmtp and connection.has_extn("size"):
-        options = [*options, f"SIZE={len(data)}"]
+        options = [*options, f"SIZE={message.size}"]
     mail = f"MAIL FROM:{_angle_address(sender)}" + "".join(f" {o}" for o in options)
     connection.send(f"{mail}\r\nRCPT TO:{_angle_address(recipient)}\r\nDATA\r\n")
     replies: list[tuple[int, bytes]] = []
@@ -105,7 +110,7 @@ def _send_pipelined(
     if data_code != 354:
         _reset(connection, data_code)
         raise smtplib.SMTPDataError(data_code, data_reply)
-    body = _dot_stuffed(data)
+    body = _dot_stuffed(message.data())
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     connection.send(body + b".\r\n")
@@ -207,11 +212,14 @@ class SMTPMailer:
         try:
             if connection.has_extn("pipelining"):
                 _send_pipelined(
-                    connection, message.envelope_from, recipient, message.as_bytes(), options
+                    connection, message.envelope_from, recipient, message.prepare(), options
                 )
             else:
                 connection.sendmail(
-                    message.envelope_from, [recipient], message.as_bytes(), mail_options=options
+                    message.envelope_from,
+                    [recipient],
+                    message.prepare().data(),
+                    mail_options=options,
                 )
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = exc.recipients.get(recipient, (0, b""))
@@ -228,7 +236,11 @@ class SMTPMailer:
         except smtplib.SMTPDataError as exc:
             raise self._classify(exc.smtp_code, exc.smtp_error, at="DATA") from exc
         except smtplib.SMTPNotSupportedError as exc:
-            raise MessageRejected(f"the server does not support SMTPUTF8 for {recipient}") from exc
+            # Raised before anything is sent: the connection is fine for the next email.
+            raise AddressNotSupported(
+                f"the mail server does not accept international addresses (no SMTPUTF8): "
+                f"{recipient}"
+            ) from exc
         except (smtplib.SMTPException, OSError) as exc:
             # Disconnects, timeouts, garbled replies: the connection's state is unknown.
             self._drop()

@@ -81,6 +81,9 @@ class Claimed:
     sequence_step: str | None
     attempts: int
     last_error: str | None
+    # Part of the row's Message-ID and VERP token (service.message_ids): ids alone repeat
+    # across databases.
+    created_at: datetime
 
 
 @dataclass(frozen=True)
