@@ -31,7 +31,7 @@ from scheduler.bounces import mailbox_job
 from service import broadcasts, health, imports, sequences
 from service.config import ConfigError, load_settings
 from service.dispatch import Dispatcher, PassReport
-from service.feedback.outcomes import forget_payloads
+from service.feedback.outcomes import forget_payloads, forget_unparseable, unparseable_folder
 from service.services import Services, configure_logging, worker_name
 
 logger = logging.getLogger("scheduler")
@@ -161,13 +161,18 @@ class StopSignals:
 
 
 def keep_house(services: Services, *, clock: Callable[[], datetime], stop: threading.Event) -> None:
-    """Forget the raw payloads of bounces and complaints past FEEDBACK_PAYLOAD_DAYS."""
+    """Forget the raw payloads of bounces and complaints past FEEDBACK_PAYLOAD_DAYS, and
+    the unreadable messages `bounces receive` kept."""
     if stop.is_set():
         return
     with services.database.begin() as session:
         forgotten = forget_payloads(
             session, now=clock(), days=services.settings.FEEDBACK_PAYLOAD_DAYS
         )
+    folder = unparseable_folder(services.settings.INSTANCE_DIR)
+    forgotten += forget_unparseable(
+        folder, now=clock(), days=services.settings.FEEDBACK_PAYLOAD_DAYS
+    )
     if forgotten:
         logger.info("forgot the raw reports of %d bounces and complaints", forgotten)
 

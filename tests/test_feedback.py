@@ -462,17 +462,28 @@ def test_erasure_keeps_the_count_and_forgets_the_person(services):
 
 
 def test_the_schedulers_housekeeping_forgets_old_reports(services, clock):
+    import os
     import threading
 
     from scheduler.__main__ import keep_house
+    from service.feedback.outcomes import unparseable_folder
 
     reader(services)
     record(services, report("old", SOFT, payload={"raw": "old"}))
-    clock.advance(days=31)
+    folder = unparseable_folder(services.settings.INSTANCE_DIR)
+    folder.mkdir(parents=True)
+    old, new = folder / "old.eml", folder / "new.eml"
+    for path, age in ((old, 31), (new, 29)):
+        path.write_bytes(b"junk")
+        moment = (clock() - timedelta(days=age)).timestamp()
+        os.utime(path, (moment, moment))
 
+    keep_house(services, clock=clock, stop=threading.Event())
+    clock.advance(days=31)
     keep_house(services, clock=clock, stop=threading.Event())
 
     assert [event.payload for event in events(services)] == [None]
+    assert not old.exists() and not new.exists()
 
 
 def test_retries_of_one_email_reported_one_by_one_count_once(services, clock):
@@ -484,3 +495,75 @@ def test_retries_of_one_email_reported_one_by_one_count_once(services, clock):
 
     assert done.outcome is Outcome.SOFT_COUNTED
     assert status_of(services, subscriber) is SubscriberStatus.CONFIRMED
+
+
+def test_a_report_from_the_mailbox_without_our_mark_changes_nothing(services):
+    # Anyone can mail the bounce address: a hand-made complaint naming a reader.
+    subscriber = reader(services, "victim@example.com")
+    _, message_id = sent_email(services, subscriber)
+    forged = Report(
+        source="mailbox",
+        event_key="mailbox:forged",
+        type=COMPLAINT,
+        email="victim@example.com",
+        reference="no mark of ours here",
+        authenticated=False,
+    )
+    genuine = Report(
+        source="mailbox",
+        event_key="mailbox:genuine",
+        type=HARD,
+        email="victim@example.com",
+        reference=f"Message-ID: {message_id}",
+        authenticated=False,
+    )
+
+    assert record(services, forged).outcome is Outcome.UNVERIFIED
+    assert status_of(services, subscriber) is SubscriberStatus.CONFIRMED
+    with services.database.read() as session:
+        assert not erasure.is_suppressed(session, "victim@example.com")
+    assert record(services, genuine).outcome is Outcome.BOUNCED
+
+
+def test_a_complaint_tied_to_our_email_suppresses_the_address_we_sent_to(services):
+    # Feedback loops often redact the recipient; our mark still names the email.
+    subscriber = reader(services, "real.reader@example.com")
+    _, message_id = sent_email(services, subscriber)
+
+    record(services, report("r1", COMPLAINT, email="redacted@example.com", reference=message_id))
+
+    with services.database.read() as session:
+        assert erasure.is_suppressed(session, "real.reader@example.com")
+        assert not erasure.is_suppressed(session, "redacted@example.com")
+    assert events(services)[0].email == "real.reader@example.com"
+
+
+def test_one_bounce_heard_from_two_sources_counts_once_in_the_rates(services, clock):
+    from service.feedback import rates
+
+    subscriber = reader(services)
+    _, message_id = sent_email(services, subscriber)
+    record(services, report("ses:1", HARD, reference=message_id))
+    record(
+        services,
+        Report(
+            source="mailbox",
+            event_key="mailbox:1",
+            type=HARD,
+            reference=message_id,
+            authenticated=False,
+        ),
+    )
+
+    with services.database.read() as session:
+        month = rates.recent(session, now=clock(), days=30)
+    assert (month.sent, month.hard) == (1, 1)
+
+
+def test_a_long_event_key_is_hashed_not_cut(services):
+    reader(services)
+    stem = "mailbox:" + "m" * 190
+    record(services, report(stem + ":a@example.com", SOFT))
+    record(services, report(stem + ":b@example.com", SOFT))
+
+    assert len(events(services)) == 2

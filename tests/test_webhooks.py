@@ -376,6 +376,9 @@ def test_ses_certificate_off_amazons_sns_hosts_is_never_fetched(hooks, web, sns_
         "https://user@sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc123.pem",
         "https://s3.amazonaws.com/SimpleNotificationService-abc123.pem",
         "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc123.pem.txt",
+        # Amazon hosts that start with "sns." but are an S3 bucket of that name.
+        "https://sns.s3-external-1.amazonaws.com/SimpleNotificationService-abc123.pem",
+        "https://sns.s3-website-us-east-1.amazonaws.com/SimpleNotificationService-abc123.pem",
     ]:
         fetcher.pages[cert_url] = fetcher.pages[CERT_URL]
         message = sns_signed(
@@ -775,6 +778,9 @@ def test_mailgun_forged_signature_is_refused(hooks, web):
     tampered = json.loads(mailgun_body(event))
     tampered["signature"]["token"] = "b" * 50
     assert web.post("/webhooks/mailgun", json=tampered).status_code == 403
+    not_hex = json.loads(mailgun_body(event))
+    not_hex["signature"]["signature"] = "é" * 64  # compared as bytes: a 403, not a 500
+    assert web.post("/webhooks/mailgun", json=not_hex).status_code == 403
     assert web.post("/webhooks/mailgun", json={"event-data": event}).status_code == 403
     assert status_of(hooks, "reader@example.com") is SubscriberStatus.CONFIRMED
     assert events(hooks) == []
@@ -1108,3 +1114,13 @@ def test_no_signed_payload_of_any_shape_is_answered_500(hooks, web, sns_key, sen
         answers.append(web.post("/webhooks/bounce", json=report, headers=BEARER))
     assert len(answers) > 500
     assert {a.status_code for a in answers} <= {200, 400, 403}
+
+
+def test_generic_nan_is_malformed_and_a_nul_is_stored_without_it(hooks, web):
+    subscriber(hooks, "full@example.com")
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"email": "full@example.com", "type": "soft", "reason": ' + constant + b"}"
+        assert web.post("/webhooks/bounce", data=body, headers=BEARER).status_code == 400
+    nul = {"email": "full@example.com", "type": "soft", "reason": "full\u0000box", "id": "n1"}
+    assert web.post("/webhooks/bounce", json=nul, headers=BEARER).status_code == 200
+    assert [event.reason for event in events(hooks)] == ["fullbox"]

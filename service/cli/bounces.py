@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-from pathlib import Path
 
 import click
 from flask.cli import AppGroup
 
 from ..feedback.mailbox import BounceMailbox, MailboxError
-from ..feedback.outcomes import Outcome
+from ..feedback.outcomes import Outcome, unparseable_folder
 from ..feedback.reports import Unparseable, parse
 from .common import services as _services
 
@@ -43,7 +42,7 @@ def bounces_receive() -> None:
     try:
         reports = parse(raw)
     except Unparseable as exc:
-        folder = Path(services.settings.INSTANCE_DIR) / "unparseable-bounces"
+        folder = unparseable_folder(services.settings.INSTANCE_DIR)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{hashlib.sha256(raw).hexdigest()[:24]}.eml"
         path.write_bytes(raw)

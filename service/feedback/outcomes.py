@@ -15,12 +15,15 @@ domain: takes a session and `now`, never commits.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -46,6 +49,7 @@ from ..signup_input import email_key
 logger = logging.getLogger(__name__)
 
 MAX_REASON = 2000
+MAX_KEY = 200  # FeedbackEvent.event_key's length
 # A report that names no email of ours is put down to the last one sent to its address,
 # if that went out within this long before it.
 ATTRIBUTION_WINDOW = timedelta(days=7)
@@ -67,6 +71,10 @@ class Report:
     diagnostic: str | None = None  # a status code, e.g. "5.1.1" or "550"
     occurred_at: datetime | None = None
     payload: Any = None  # the event as it came (JSON-able), kept FEEDBACK_PAYLOAD_DAYS
+    # Whether the source proved who sent it (a webhook's signature or password, our own
+    # SMTP session). Anyone can mail the bounce address: a report from the mailbox is
+    # acted on only when our mark ties it to an email we sent.
+    authenticated: bool = True
 
 
 class Outcome(enum.StrEnum):
@@ -77,6 +85,7 @@ class Outcome(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     SUPPRESSED = "suppressed"  # a complaint from an address not on the list
     NO_CHANGE = "no change"  # already bounced or unsubscribed
+    UNVERIFIED = "not verified"  # from the mailbox without our mark: kept, not acted on
     UNKNOWN = "unknown address"
 
 
@@ -112,14 +121,16 @@ class Feedback:
         """Write the report down and act on it, once; a repeat changes nothing."""
         row = self._outbox_row(session, report)
         subscriber = self._subscriber(session, report, row)
-        if row is None and subscriber is not None:
+        verified = report.authenticated or row is not None
+        if row is None and subscriber is not None and verified:
             row = self._last_sent_to(session, subscriber.id, before=report.occurred_at or now)
-        address = parseaddr(report.email or "")[1] or (row.to_address if row else None)
+        # The email's own address when we know the email: a report may redact or mangle it.
+        address = (row.to_address if row else None) or parseaddr(_text(report.email))[1]
         event_id = insert_ignoring_conflicts(
             session,
             FeedbackEvent.__table__,
             {
-                "event_key": report.event_key[:200],
+                "event_key": _key(report),
                 "source": report.source,
                 "type": report.type.value,
                 "email": (address or None) and address[:320],
@@ -129,8 +140,8 @@ class Feedback:
                 "sequence": (row.context.get("sequence") if row and row.sequence_step else None),
                 "sequence_step": row.sequence_step if row else None,
                 "broadcast_id": row.broadcast_id if row else None,
-                "reason": (report.reason or "")[:MAX_REASON],
-                "diagnostic": (report.diagnostic or None) and report.diagnostic[:64],
+                "reason": _text(report.reason)[:MAX_REASON],
+                "diagnostic": _text(report.diagnostic)[:64] or None,
                 "outcome": "",
                 "occurred_at": report.occurred_at,
                 "received_at": now,
@@ -140,13 +151,17 @@ class Feedback:
         )
         if event_id is None:
             return Recorded(Outcome.DUPLICATE)
-        outcome = self._act(session, report, subscriber, address, now=now)
+        if verified:
+            outcome = self._act(session, report, subscriber, address, now=now)
+        else:
+            outcome = Outcome.UNVERIFIED
         session.execute(
             update(FeedbackEvent).where(FeedbackEvent.id == event_id).values(outcome=outcome)
         )
         paused = None
         if (
-            row is not None
+            verified
+            and row is not None
             and row.broadcast_id is not None
             and report.type is not FeedbackType.SOFT
         ):
@@ -174,7 +189,7 @@ class Feedback:
     ) -> Subscriber | None:
         if row is not None and row.subscriber_id is not None:
             return session.get(Subscriber, row.subscriber_id)
-        address = parseaddr(report.email or "")[1]
+        address = parseaddr(_text(report.email))[1]
         if not address:
             return None
         return session.scalar(select(Subscriber).where(Subscriber.email_key == email_key(address)))
@@ -282,7 +297,7 @@ class Feedback:
         """Pause a sending newsletter whose first sends bounce or draw complaints past the
         policy's rates; returns its id if it paused it now. `sent_at`: when the email the
         new event is about went out (an email past the first sends cannot change them)."""
-        broadcast = session.get(Broadcast, broadcast_id, with_for_update=True)
+        broadcast = session.get(Broadcast, broadcast_id)
         if (
             broadcast is None
             or broadcast.status is not BroadcastStatus.SENDING
@@ -330,13 +345,28 @@ class Feedback:
             )
         else:
             return None
+        # Locked only now, so the events that cannot trip it never wait for each other.
+        session.refresh(broadcast, with_for_update=True)
         if not broadcasts.pause(session, broadcast_id, now=now):
-            return None  # pragma: no cover - checked above, under the row's lock
+            return None  # paused or cancelled meanwhile
         broadcast.pause_reason = (
             f"Paused by itself: {why}. Check the list, then resume or cancel it."
         )
         logger.warning("newsletter %d paused itself: %s", broadcast_id, why)
         return broadcast_id
+
+
+def _text(value: str | None) -> str:
+    """Text as the database takes it: PostgreSQL refuses NUL in a text column."""
+    return (value or "").replace("\x00", "")
+
+
+def _key(report: Report) -> str:
+    """The event's key as stored: hashed, not cut, when too long (two keys stay two)."""
+    key = _text(report.event_key)
+    if len(key) <= MAX_KEY:
+        return key
+    return f"{report.source}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def forget_payloads(session: Session, *, now: datetime, days: int) -> int:
@@ -351,3 +381,20 @@ def forget_payloads(session: Session, *, now: datetime, days: int) -> int:
         .execution_options(synchronize_session=False)
     )
     return result.rowcount or 0
+
+
+def unparseable_folder(instance_dir: str) -> Path:
+    """Where `bounces receive` keeps a message it cannot read, for the owner to look at."""
+    return Path(instance_dir) / "unparseable-bounces"
+
+
+def forget_unparseable(folder: Path, *, now: datetime, days: int) -> int:
+    """Delete the kept messages older than `days`, as raw payloads are forgotten."""
+    cutoff = (now - timedelta(days=days)).timestamp()
+    forgotten = 0
+    for path in folder.glob("*.eml"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                forgotten += 1
+    return forgotten

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..kinds import SEQUENCE_STEP
@@ -69,20 +69,48 @@ class Rates:
         return Level.WARN if Level.WARN in levels else Level.OK
 
 
-def _counts_by_type(*conditions) -> list:
+def _counts_by_type() -> list:
+    """Hard bounces, soft bounces and complaints, each counted once per email however many
+    sources told of it (an event naming no email counts by itself)."""
     return [
-        func.coalesce(func.sum(case((FeedbackEvent.type == kind, 1), else_=0)), 0)
+        func.count(
+            distinct(
+                case(
+                    (
+                        FeedbackEvent.type == kind,
+                        func.coalesce(FeedbackEvent.outbox_id, -FeedbackEvent.id),
+                    )
+                )
+            )
+        )
         for kind in (FeedbackType.HARD, FeedbackType.SOFT, FeedbackType.COMPLAINT)
     ]
 
 
+def _went_out():
+    """Emails that left us: accepted by the SMTP server, or refused by it for good (a
+    refused email bounced as surely as one returned later)."""
+    return or_(OutboxMessage.sent_at.is_not(None), OutboxMessage.status == OutboxStatus.FAILED)
+
+
 def recent(session: Session, *, now: datetime, days: int) -> Rates:
-    """Emails sent in the last `days`, and the bounces and complaints received in them."""
+    """Emails sent in the last `days` (or refused by the SMTP server), and the bounces and
+    complaints received in them."""
     since = now - timedelta(days=days)
     sent = session.scalar(
         select(func.count())
         .select_from(OutboxMessage)
         .where(OutboxMessage.sent_at >= since, OutboxMessage.sent_at <= now)
+    )
+    # A refused email never got a sent_at, but it was sent as much as it bounced.
+    sent += session.scalar(
+        select(func.count())
+        .select_from(FeedbackEvent)
+        .where(
+            FeedbackEvent.source == "smtp",
+            FeedbackEvent.received_at >= since,
+            FeedbackEvent.received_at <= now,
+        )
     )
     hard, soft, complaints = session.execute(
         select(*_counts_by_type()).where(
@@ -101,7 +129,7 @@ def per_newsletter(session: Session, broadcast_ids: list[int]) -> dict[int, Rate
             select(OutboxMessage.broadcast_id, func.count())
             .where(
                 OutboxMessage.broadcast_id.in_(broadcast_ids),
-                OutboxMessage.sent_at.is_not(None),
+                _went_out(),
             )
             .group_by(OutboxMessage.broadcast_id)
         ).all()
@@ -131,7 +159,7 @@ def per_step(session: Session) -> list[Rates]:
             select(OutboxMessage.sequence_step, func.count())
             .where(
                 OutboxMessage.kind == SEQUENCE_STEP,
-                OutboxMessage.status == OutboxStatus.SENT,
+                _went_out(),
             )
             .group_by(OutboxMessage.sequence_step)
         ).all()

@@ -193,6 +193,7 @@ class _Reader:
             diagnostic=status,
             occurred_at=self.occurred_at(),
             payload=self.payload(),
+            authenticated=False,  # anyone can mail us: acted on only with our mark
         )
 
     # --- deciding what the message is -----------------------------------------------

@@ -72,10 +72,15 @@ class Unreachable(WebhookError):
     status = 502
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json(body: bytes) -> Any:
     """The body as JSON, or Malformed."""
     try:
-        return json.loads(body)
+        # NaN and Infinity are no JSON (RFC 8259), and PostgreSQL refuses them.
+        return json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise Malformed(f"the body is not JSON: {exc}") from None
 

@@ -52,7 +52,8 @@ def verify(body: bytes, *, signing_key: str, now: datetime) -> Signed:
         raise Forged("the request is not signed")
     timestamp, token = signature["timestamp"], signature["token"]
     expected = hmac.new(signing_key.encode(), (timestamp + token).encode(), hashlib.sha256)
-    if not hmac.compare_digest(expected.hexdigest(), signature["signature"].lower()):
+    given = str(signature["signature"]).lower().encode("utf-8", "replace")
+    if not hmac.compare_digest(expected.hexdigest().encode(), given):
         raise Forged("the signature does not verify")
     try:
         moment = from_unix(timestamp)

@@ -41,7 +41,9 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "ses"
 # SNS's own hosts: sns.<region>.amazonaws.com (and .com.cn in China's regions).
-AMAZON_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+# A region's shape (us-east-1, eu-central-2, us-gov-west-1, cn-north-1), so that no other
+# Amazon host that starts with "sns." (an S3 bucket of that name) passes.
+AMAZON_HOST = re.compile(r"sns\.[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d\.amazonaws\.com(\.cn)?")
 FETCH_TIMEOUT = 10.0
 MAX_FETCH = 64 * 1024  # a certificate is 2 KB; SubscribeURL's answer is small too
 MAX_CERTIFICATES = 32
