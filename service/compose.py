@@ -166,7 +166,7 @@ class Composer:
         # A copy for the owner to look at (a preview, a test send) names no row: nothing that
         # comes back about it may count against a reader or a newsletter.
         one_off = row.id == SAMPLE_ID or rules.receivers is Receivers.OWNER
-        message = Message(
+        return Message(
             sender=self.sender,
             to=row.to_address,
             subject=rendered.subject,
@@ -190,11 +190,6 @@ class Composer:
             ),
             signer=self.signer,
         )
-        if self.signer is not None:
-            # Signed now: the signature is made while the sending loop commits (see
-            # Message.prepare), not while the SMTP server waits for the message.
-            message.prepare()
-        return message
 
     def _marks_of(self, row: OutboxMessage | Claimed, rules: kinds.Rules) -> dict[str, str]:
         """The headers mailbox providers sort and judge mail by, the same for every email of

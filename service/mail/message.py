@@ -8,8 +8,7 @@ use RFC 2047 encoded words. Tests parse the output back with the standard librar
 it is well formed.
 
 A Message may carry a signer (a DKIM signature, service.dkim) that puts header lines on top
-of the finished bytes; `prepare()` makes them once, and lets a signature made in another
-thread finish while the sender does other work.
+of the finished bytes; `prepare()` makes them once (the SMTP SIZE and the data agree).
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
-from typing import Protocol
 
 CRLF = "\r\n"
 # Given a finished message, the header lines to put on top of it (service.dkim's signer).
-Signer = Callable[[bytes], "bytes | PendingHeader"]
+Signer = Callable[[bytes], bytes]
 MAX_LINE = 78  # RFC 5322's recommended limit for a header line
 MAX_SMTP_LINE = 998  # RFC 5322's hard limit for any line
 
@@ -119,8 +117,7 @@ class Message:
     # address: a VERP address that names this very email.
     return_path: str = ""
     # Given the finished message, returns header lines to put on top of it (a
-    # DKIM-Signature), made or still in the making: a signature must cover the bytes
-    # exactly as they go out.
+    # DKIM-Signature): a signature must cover the bytes exactly as they go out.
     signer: Signer | None = None
 
     @property
@@ -142,10 +139,7 @@ class Message:
         return self._prepared_with(boundary).data()
 
     def prepare(self) -> Prepared:
-        """The message as it will be sent, made once: its size at once, its bytes when its
-        signer's header is ready. Made as soon as the message is composed, a signature
-        (OpenSSL's RSA, which leaves the interpreter free) is made in another thread while
-        the sender commits and opens the SMTP transaction."""
+        """The message as it will be sent, signed, made once."""
         return self._prepared
 
     @functools.cached_property
@@ -197,25 +191,12 @@ class Message:
         return CRLF.join(lines).encode("utf-8")
 
 
-class PendingHeader(Protocol):
-    """Header lines still in the making (a signature in another thread): their length is
-    known at once, their bytes when `result()` returns."""
-
-    size: int
-
-    def result(self) -> bytes: ...
-
-
 class Prepared:
     """A message's bytes as they go out: a header made by its signer on top of the MIME."""
 
-    def __init__(self, mime: bytes, header: bytes | PendingHeader) -> None:
-        self._mime = mime
-        self._header = header
-        self.size = len(mime) + (len(header) if isinstance(header, bytes) else header.size)
+    def __init__(self, mime: bytes, header: bytes) -> None:
+        self._data = header + mime if header else mime
+        self.size = len(self._data)
 
     def data(self) -> bytes:
-        header = self._header
-        if not isinstance(header, bytes):
-            header = self._header = header.result()
-        return header + self._mime if header else self._mime
+        return self._data
