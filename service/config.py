@@ -8,42 +8,25 @@ Nothing here runs at import time; `load_settings()` is called by `create_app()`.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from dotenv import dotenv_values
-
-from .mail import mailer_from_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
 
 # Once the built-in default key: it is in this project's history, so it signs nothing.
 DEV_SECRET_KEY = "dev-only-insecure-secret-key"
-MIN_SECRET_KEY_LENGTH = 16
-# zxcvbn's estimate of the guesses a key needs, as a power of ten: 10^12 is about 40 bits,
-# out of reach of anyone without the key (64 random hex characters estimate at 10^64).
-MIN_SECRET_KEY_GUESSES_LOG10 = 12
-MIN_POSTAL_ADDRESS_LENGTH = 10
 DEV_POSTAL_ADDRESS = "100 Example Street, Springfield, ST 00000, USA (set OWNER_POSTAL_ADDRESS)"
-MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
 # Mail backends that deliver nothing: they print or store emails, live links included.
 DEV_MAIL_SCHEMES = ("console:", "file:")
 
 ENVIRONMENTS = ("development", "testing", "production")
-# RFC 5322's dot-atom-text: the form of a List-Id (RFC 2919) and of a local part.
-DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-HOST_NAME = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]"
-    r"(?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-)
-DKIM_SETTINGS = ("DKIM_PRIVATE_KEY_PATH", "DKIM_SELECTOR", "DKIM_DOMAIN")
 
 
 def _is_off(limit: str) -> bool:
@@ -52,20 +35,6 @@ def _is_off(limit: str) -> bool:
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the setting."""
-
-
-def key_problem(key: str) -> str | None:
-    """Why `key` may not sign sessions and links, or None."""
-    if key == DEV_SECRET_KEY:
-        return "it is the old built-in key, which anyone can read in the source"
-    if len(key) < MIN_SECRET_KEY_LENGTH:
-        return f"it is shorter than {MIN_SECRET_KEY_LENGTH} characters"
-    from zxcvbn import zxcvbn  # loaded only when a key is checked
-
-    # zxcvbn refuses more than 72 characters; a longer key is at least as strong.
-    if zxcvbn(key[:72])["guesses_log10"] < MIN_SECRET_KEY_GUESSES_LOG10:
-        return "it is easy to guess (repeated characters, a sequence or common words)"
-    return None
 
 
 def setting(default: Any, meaning: str) -> Any:
@@ -291,123 +260,10 @@ class Settings:
 
     def check(self) -> None:
         """Refuse settings that are unsafe or invalid; raise ConfigError naming the setting."""
-        if self.APP_ENV not in ENVIRONMENTS:
-            raise ConfigError(
-                f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {self.APP_ENV!r}"
-            )
-        if self.SECRET_KEY:
-            problem = key_problem(self.SECRET_KEY)
-            if problem:
-                raise ConfigError(f"SECRET_KEY cannot be used: {problem}; {MAKE_A_KEY}")
-        base = urlsplit(self.BASE_URL)
-        if base.scheme not in ("http", "https") or not base.hostname:
-            raise ConfigError(
-                "BASE_URL must be the web app's public address with its host name, "
-                f"like https://news.example.com (not {self.BASE_URL!r})"
-            )
-        if self.APP_ENV == "production":
-            self._check_production()
-        try:
-            ZoneInfo(self.DEFAULT_TIME_ZONE)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(
-                f"DEFAULT_TIME_ZONE {self.DEFAULT_TIME_ZONE!r} is not a known time zone"
-            ) from exc
-        self._check_mail_url()
-        self._check_marks()
-        for name in (
-            "SEND_BATCH_SIZE",
-            "SEND_LEASE_SECONDS",
-            "SEND_MAX_ATTEMPTS",
-            "SEQUENCE_BATCH_SIZE",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1")
-        if self.SCHEDULER_TICK_SECONDS <= 0:
-            raise ConfigError("SCHEDULER_TICK_SECONDS must be positive")
-        if self.SEND_RATE_PER_SECOND < 0 or self.SEND_RATE_PER_HOUR < 0:
-            raise ConfigError("SEND_RATE_PER_SECOND and SEND_RATE_PER_HOUR must not be negative")
-        # One send is several SMTP commands, each allowed SMTP_TIMEOUT_SECONDS; a lease that
-        # ran out in mid-send would let a second scheduler send the same email.
-        if self.SEND_LEASE_SECONDS < 5 * self.SMTP_TIMEOUT_SECONDS:
-            raise ConfigError(
-                "SEND_LEASE_SECONDS must be at least 5 x SMTP_TIMEOUT_SECONDS "
-                f"({self.SEND_LEASE_SECONDS} < 5 x {self.SMTP_TIMEOUT_SECONDS:g})"
-            )
+        # The checks live in a module of their own, which imports this one.
+        from .config_checks import check_settings
 
-    def _check_production(self) -> None:
-        """What development forgives and production must not: each refusal says what to set."""
-        if not self.SECRET_KEY:
-            raise ConfigError(
-                "SECRET_KEY must be set in production, and kept: every link in every email "
-                f"sent is signed with it; {MAKE_A_KEY}"
-            )
-        address = " ".join(self.OWNER_POSTAL_ADDRESS.split())
-        if address in ("", DEV_POSTAL_ADDRESS) or len(address) < MIN_POSTAL_ADDRESS_LENGTH:
-            raise ConfigError(
-                "OWNER_POSTAL_ADDRESS must be your full postal address in production (street, "
-                "town, postcode, country): anti-spam law wants it in every email"
-            )
-        if not self.BASE_URL.startswith("https://"):
-            raise ConfigError("BASE_URL must be an https:// address in production")
-        if self.MAIL_URL.strip().lower().startswith(DEV_MAIL_SCHEMES):
-            raise ConfigError(
-                "MAIL_URL must name your SMTP server in production, like "
-                "smtp://USER:PASSWORD@smtp.example.com:587 (console: and file: deliver "
-                "nothing, and would write live confirmation links into logs or files)"
-            )
-
-    def _check_marks(self) -> None:
-        """The List-Id, the VERP return path and DKIM: mistakes here would otherwise show
-        only as mail that providers file as spam, or bounces that never come back."""
-        # RFC 2919: a label, a dot, a namespace (a domain the owner controls).
-        if not DOT_ATOM.fullmatch(self.list_id) or "." not in self.list_id:
-            raise ConfigError(
-                f"LIST_ID must look like newsletter.example.com (RFC 2919), not {self.list_id!r}"
-            )
-        if self.MAIL_RETURN_PATH:
-            local, at, domain = self.MAIL_RETURN_PATH.rpartition("@")
-            if "{token}" not in local or not at or not HOST_NAME.fullmatch(domain):
-                raise ConfigError(
-                    "MAIL_RETURN_PATH must be an address whose local part holds {token}, "
-                    f"like bounces+{{token}}@news.example.com (not {self.MAIL_RETURN_PATH!r})"
-                )
-            if not DOT_ATOM.fullmatch(local.replace("{token}", "t")):
-                raise ConfigError(
-                    "MAIL_RETURN_PATH's local part may hold only letters, digits and "
-                    f"!#$%&'*+-/=?^_`{{|}}~. (not {local!r})"
-                )
-        given = [name for name in DKIM_SETTINGS if getattr(self, name)]
-        if given and len(given) < len(DKIM_SETTINGS):
-            missing = [name for name in DKIM_SETTINGS if name not in given]
-            raise ConfigError(
-                f"DKIM signing needs {', '.join(DKIM_SETTINGS)} set together; "
-                f"{', '.join(given)} set but {', '.join(missing)} missing"
-            )
-        if given:
-            if not HOST_NAME.fullmatch(self.DKIM_SELECTOR):
-                raise ConfigError(
-                    f"DKIM_SELECTOR must be DNS labels like s1 (not {self.DKIM_SELECTOR!r})"
-                )
-            if not HOST_NAME.fullmatch(self.DKIM_DOMAIN) or "." not in self.DKIM_DOMAIN:
-                raise ConfigError(
-                    f"DKIM_DOMAIN must be a domain like news.example.com (not {self.DKIM_DOMAIN!r})"
-                )
-
-    def _check_mail_url(self) -> None:
-        try:
-            mailer = mailer_from_url(self.MAIL_URL)
-        except ValueError as exc:
-            raise ConfigError(f"MAIL_URL: {exc}") from exc
-        if (
-            self.APP_ENV == "production"
-            and getattr(mailer, "username", None)
-            and getattr(mailer, "tls", None) == "none"
-            and mailer.host not in ("localhost", "127.0.0.1", "::1")
-        ):
-            raise ConfigError(
-                "MAIL_URL would send the SMTP password unencrypted: use ?tls=starttls or ?tls=ssl"
-            )
+        check_settings(self)
 
 
 def _coerce(name: str, kind: type, raw: Any) -> Any:

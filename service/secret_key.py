@@ -16,7 +16,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from .config import ConfigError, key_problem
+from .config import ConfigError
+from .config_checks import key_problem
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup
 
-from ..config import HOST_NAME
+from ..config_checks import HOST_NAME
 from .common import services as _services
 
 
