@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -40,3 +43,19 @@ def fresh_database(kind: str, workdir: Path, name: str) -> str:
         url = sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
     migrate.upgrade(url)
     return url
+
+
+def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait for a server just started (gunicorn) to answer 200 at `url`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            sys.exit(f"gunicorn exited with status {server.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)

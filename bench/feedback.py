@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bounce_mailbox  # noqa: E402
-from common import free_port, fresh_database  # noqa: E402
+from common import free_port, fresh_database, wait_until_up  # noqa: E402
 
 PROVIDERS = ("ses", "sendgrid", "mailgun", "postmark", "bounce")
 TYPES = ("hard", "soft", "complaint")
@@ -268,21 +267,6 @@ def add_readers(database_url: str, count: int) -> None:
     with engine.begin() as connection:
         connection.execute(Subscriber.__table__.insert(), rows)
     engine.dispose()
-
-
-def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if server.poll() is not None:
-            sys.exit(f"gunicorn exited with status {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)
 
 
 def webhook_benchmark(kind: str, *, events: int, clients: int, workers: int | None) -> dict:

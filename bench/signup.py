@@ -19,8 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -28,7 +26,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import free_port, fresh_database  # noqa: E402
+from common import free_port, fresh_database, wait_until_up  # noqa: E402
 
 REPORT_LUA = """
 done = function(summary, latency, requests)
@@ -90,21 +88,6 @@ end
 """
     + REPORT_LUA
 )
-
-
-def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if server.poll() is not None:
-            sys.exit(f"gunicorn exited with status {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)
 
 
 def run_wrk(script: str, url: str, *, connections: int, duration: int, threads: int) -> dict:
