@@ -400,6 +400,21 @@ def test_the_owner_sees_events_rates_and_why_a_newsletter_paused(app, services):
     )
     broadcast_id, rows = newsletter(services, recipients=100, sent=10)  # judged on 10
     bounce_all(services, rows[:1], COMPLAINT)
+    with services.database.begin() as session:
+        session.add(
+            OutboxMessage(
+                subscriber_id=subscriber,
+                to_address="bouncy@example.com",
+                kind="confirm",
+                template="confirm",
+                context={},
+                status=OutboxStatus.FAILED,
+                due_at=services.clock(),
+                created_at=services.clock(),
+                last_error="the mail server does not accept international addresses "
+                "(no SMTPUTF8): jos\u00e9@example.com",
+            )
+        )
     create_admin(app)
     client = app.test_client()
     sign_in(client)
@@ -413,6 +428,7 @@ def test_the_owner_sees_events_rates_and_why_a_newsletter_paused(app, services):
     dashboard = client.get("/admin/").get_data(as_text=True)
     assert "Spam complaints are over 0.3 %" in dashboard  # 1 complaint in 11 emails sent
     assert "Newsletter " + str(broadcast_id) in dashboard
+    assert "1 email in the last 30 days could not go: the mail server does not accept" in dashboard
     newsletter_page = client.get(f"/admin/newsletters/{broadcast_id}").get_data(as_text=True)
     assert "Paused by itself: 1 of its first 10 readers reported it as spam" in newsletter_page
 
