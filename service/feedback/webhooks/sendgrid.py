@@ -8,11 +8,7 @@ import base64
 import binascii
 import functools
 from datetime import datetime
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any
 
 from ...models import FeedbackType
 from ..outcomes import Report
@@ -29,6 +25,9 @@ from . import (
     text,
 )
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
 SOURCE = "sendgrid"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -44,6 +43,10 @@ DROPPED = {
 @functools.lru_cache(maxsize=4)
 def public_key(setting: str) -> ec.EllipticCurvePublicKey:
     """The verification key as SendGrid shows it (base64 DER, PEM armour allowed)."""
+    # cryptography (11 MB) is loaded by the processes that check a signature, not all.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     body = "".join(line for line in setting.strip().splitlines() if not line.startswith("-----"))
     try:
         key = serialization.load_der_public_key(base64.b64decode(body, validate=True))
@@ -58,6 +61,10 @@ def receive(
     body: bytes, *, signature: str | None, timestamp: str | None, key: str, now: datetime
 ) -> list[Report]:
     """The Reports in one signed batch of events."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if not signature or not timestamp:
         raise Forged("the request is not signed")
     try:

@@ -16,13 +16,8 @@ import re
 import urllib.request
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ...models import FeedbackType
 from ..outcomes import Report
@@ -36,6 +31,10 @@ from . import (
     parse_json,
     text,
 )
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,8 @@ SIGNED_FIELDS = {
     ),
 }
 SIGNED_FIELDS["UnsubscribeConfirmation"] = SIGNED_FIELDS["SubscriptionConfirmation"]
-HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
+# SignatureVersion: the hash the signature is made over (SHA1withRSA, SHA256withRSA).
+HASHES = {"1": "SHA1", "2": "SHA256"}
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -96,6 +96,10 @@ class SigningCertificates:
 
     def public_key(self, url: str, *, now: datetime) -> rsa.RSAPublicKey:
         """The RSA key of the certificate at `url`; Forged for a URL off Amazon's hosts."""
+        # cryptography (11 MB) is loaded by the processes that check a signature, not all.
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         if not (is_amazon_url(url) and urlsplit(url).path.endswith(".pem")):
             raise Forged(f"signing certificate not on an SNS host: {url[:200]!r}")
         certificate = self._keys.get(url)
@@ -127,6 +131,10 @@ def canonical(message: dict[str, Any]) -> bytes:
 
 def verify(message: dict[str, Any], certificates: SigningCertificates, *, now: datetime) -> None:
     """Forged unless SNS signed this message."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     version = message.get("SignatureVersion")
     algorithm = HASHES.get(version) if isinstance(version, str) else None
     if algorithm is None:
@@ -138,7 +146,7 @@ def verify(message: dict[str, Any], certificates: SigningCertificates, *, now: d
     url = message.get("SigningCertURL") or message.get("SigningCertUrl") or ""
     key = certificates.public_key(str(url), now=now)
     try:
-        key.verify(signature, canonical(message), padding.PKCS1v15(), algorithm())
+        key.verify(signature, canonical(message), padding.PKCS1v15(), getattr(hashes, algorithm)())
     except InvalidSignature:
         raise Forged("the SNS signature does not verify") from None
 
