@@ -53,6 +53,10 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(
             f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {settings.APP_ENV!r}"
         )
+    for name in ("SITE_NAME", "MAIL_FROM", "MAIL_REPLY_TO"):
+        # They go into headers of every email, where a line break could forge others.
+        if any(character in getattr(settings, name) for character in "\r\n\0"):
+            raise ConfigError(f"{name} must be one line, with no control characters")
     if settings.SECRET_KEY:
         problem = key_problem(settings.SECRET_KEY)
         if problem:

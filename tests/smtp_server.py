@@ -251,3 +251,44 @@ class HangUpServer(RawServer):
             connection.sendall(b"250-hang-up\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
             lines.readline()  # MAIL FROM (the rest of the pipeline is never answered)
             connection.sendall(self.reply.encode() + b"\r\n")
+
+
+class HeloOnlyServer(RawServer):
+    """An old server: 502 to EHLO, HELO accepted; it records the commands it is sent and
+    refuses a MAIL inside an open transaction, as real servers do."""
+
+    def __init__(self) -> None:
+        self.commands: list[bytes] = []
+        self.delivered = 0
+
+    def answer(self, connection: socket.socket) -> None:
+        in_transaction = in_data = False
+        with connection.makefile("rb") as lines:
+            connection.sendall(b"220 old.example ready\r\n")
+            for line in lines:
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = in_transaction = False
+                        self.delivered += 1
+                        connection.sendall(b"250 ok\r\n")
+                    continue
+                command = line[:4].upper()
+                self.commands.append(command)
+                if command == b"EHLO":
+                    connection.sendall(b"502 command not implemented\r\n")
+                elif command == b"MAIL" and in_transaction:
+                    connection.sendall(b"503 5.5.1 nested MAIL command\r\n")
+                elif command == b"MAIL":
+                    in_transaction = True
+                    connection.sendall(b"250 ok\r\n")
+                elif command == b"DATA":
+                    in_data = True
+                    connection.sendall(b"354 go on\r\n")
+                elif command == b"RSET":
+                    in_transaction = False
+                    connection.sendall(b"250 ok\r\n")
+                elif command == b"QUIT":
+                    connection.sendall(b"221 bye\r\n")
+                    return
+                else:  # HELO, RCPT
+                    connection.sendall(b"250 ok\r\n")

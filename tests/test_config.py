@@ -235,3 +235,13 @@ def test_every_setting_is_documented_in_the_readme():
     for name, _default, meaning in settings_table():
         assert meaning, f"{name} has no help text"
         assert f"`{name}`" in readme, f"README does not document {name}"
+
+
+@pytest.mark.parametrize("name", ["SITE_NAME", "MAIL_FROM", "MAIL_REPLY_TO"])
+def test_a_header_setting_with_a_line_break_stops_the_start(tmp_path, name):
+    with pytest.raises(ConfigError, match=f"{name} must be one line"):
+        load_settings(
+            {"INSTANCE_DIR": str(tmp_path), name: "Low Back\nBcc: everyone@example.com"},
+            environ={},
+            dotenv_path=None,
+        )

@@ -105,6 +105,17 @@ def test_emails_signed_by_the_dispatcher_verify(make_app, smtp, tmp_path, kind):
         assert not dkim.verify(changed, dnsfunc=dns(name, record))
         body = received.data.replace(b"</html>", b"</html><!-- -->", 1)
         assert not dkim.verify(body, dnsfunc=dns(name, record))
+        # Headers added on the way (a second Subject or List-Unsubscribe, a Reply-To or Cc
+        # of someone else's) no longer verify either: every name is signed once more.
+        head, _, rest = received.data.partition(b"\r\nFrom:")
+        for added in (
+            b"Subject: Something else",
+            b"List-Unsubscribe: <https://attacker.example/u>",
+            b"Reply-To: attacker@attacker.example",
+            b"Cc: someone@attacker.example",
+        ):
+            forged = head + b"\r\n" + added + b"\r\nFrom:" + rest
+            assert not dkim.verify(forged, dnsfunc=dns(name, record)), added
 
 
 @pytest.mark.slow

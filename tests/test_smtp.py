@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.mail import (
+    AddressNotSupported,
     MailerUnavailable,
     Message,
     MessageRejected,
@@ -22,7 +23,13 @@ from service.mail import (
     mailer_from_url,
 )
 from service.mail.smtp import SMTPMailer, _angle_address, _dot_stuffed
-from tests.smtp_server import GreetingServer, HangUpServer, SilentServer, SMTPServer
+from tests.smtp_server import (
+    GreetingServer,
+    HangUpServer,
+    HeloOnlyServer,
+    SilentServer,
+    SMTPServer,
+)
 
 
 @pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
@@ -352,3 +359,16 @@ def test_dot_stuffing_matches_smtplib(data):
 @given(st.emails() | st.text(max_size=40))
 def test_envelope_addresses_match_smtplib(address):
     assert _angle_address(address) == smtplib.quoteaddr(address)
+
+
+def test_an_old_server_without_ehlo_refuses_an_international_address_before_any_command():
+    with HeloOnlyServer() as server:
+        mailer = SMTPMailer("127.0.0.1", server.port, timeout=5)
+        try:
+            with pytest.raises(AddressNotSupported, match="does not accept international"):
+                mailer.send(message("zoë@example.org"))
+            mailer.send(message("reader@example.org"))  # the connection is still good
+        finally:
+            mailer.close()
+    assert server.delivered == 1
+    assert server.commands.count(b"MAIL") == 1

@@ -71,8 +71,6 @@ def _send_pipelined(
 ) -> None:
     """One transaction with RFC 2920 PIPELINING: MAIL, RCPT and DATA go in one write and
     their replies are read in order, so an email costs two round trips instead of four.
-    The message's bytes are asked for only after the replies: its signature may still be in
-    the making until then.
 
     Failures raise the same smtplib exceptions as SMTP.sendmail, and leave the connection
     ready for the next email (or closed, after a 421), as sendmail does.
@@ -209,6 +207,13 @@ class SMTPMailer:
         connection = self._connection
         recipient = message.envelope_to
         options = ["SMTPUTF8"] if message.needs_smtputf8 else []
+        if options and not connection.has_extn("smtputf8"):
+            # Refused before any command (smtplib checks only after EHLO, and a HELO-only
+            # server would be left in the middle of a transaction).
+            raise AddressNotSupported(
+                f"the mail server does not accept international addresses (no SMTPUTF8): "
+                f"{recipient}"
+            )
         try:
             if connection.has_extn("pipelining"):
                 _send_pipelined(
