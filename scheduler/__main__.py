@@ -31,7 +31,7 @@ from scheduler.bounces import mailbox_job
 from service import broadcasts, health, imports, sequences
 from service.config import ConfigError, load_settings
 from service.dispatch import Dispatcher, PassReport
-from service.feedback.outcomes import forget_payloads, forget_unparseable, unparseable_folder
+from service.feedback.retention import forget_payloads, forget_unparseable, unparseable_folder
 from service.services import Services, configure_logging, worker_name
 
 logger = logging.getLogger("scheduler")

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 
 from service import broadcasts, erasure, outbox
 from service.feedback import Report
-from service.feedback.outcomes import Outcome, forget_payloads
+from service.feedback.outcomes import Outcome
+from service.feedback.retention import forget_payloads
 from service.models import (
     Broadcast,
     BroadcastStatus,
@@ -482,7 +483,7 @@ def test_the_schedulers_housekeeping_forgets_old_reports(services, clock):
     import threading
 
     from scheduler.__main__ import keep_house
-    from service.feedback.outcomes import unparseable_folder
+    from service.feedback.retention import unparseable_folder
 
     reader(services)
     record(services, report("old", SOFT, payload={"raw": "old"}))

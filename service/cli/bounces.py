@@ -19,8 +19,9 @@ import click
 from flask.cli import AppGroup
 
 from ..feedback.mailbox import BounceMailbox, MailboxError
-from ..feedback.outcomes import Outcome, unparseable_folder
+from ..feedback.outcomes import Outcome
 from ..feedback.reports import Unparseable, parse
+from ..feedback.retention import unparseable_folder
 from .common import services as _services
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ domain: takes a session and `now`, never commits.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import logging
@@ -23,7 +22,6 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -367,34 +365,3 @@ def _key(report: Report) -> str:
     if len(key) <= MAX_KEY:
         return key
     return f"{report.source}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
-
-
-def forget_payloads(session: Session, *, now: datetime, days: int) -> int:
-    """Empty the raw payloads of events older than `days` (what was done stays)."""
-    result = session.execute(
-        update(FeedbackEvent)
-        .where(
-            FeedbackEvent.payload.is_not(None),
-            FeedbackEvent.received_at < now - timedelta(days=days),
-        )
-        .values(payload=None)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount or 0
-
-
-def unparseable_folder(instance_dir: str) -> Path:
-    """Where `bounces receive` keeps a message it cannot read, for the owner to look at."""
-    return Path(instance_dir) / "unparseable-bounces"
-
-
-def forget_unparseable(folder: Path, *, now: datetime, days: int) -> int:
-    """Delete the kept messages older than `days`, as raw payloads are forgotten."""
-    cutoff = (now - timedelta(days=days)).timestamp()
-    forgotten = 0
-    for path in folder.glob("*.eml"):
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                forgotten += 1
-    return forgotten
