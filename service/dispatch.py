@@ -42,6 +42,7 @@ from .delivery import (
 from .feedback import Feedback
 from .kinds import Receivers
 from .mail import (
+    INTERNATIONAL_ADDRESSES_REFUSED,
     AddressNotSupported,
     MailerUnavailable,
     Message,
@@ -56,9 +57,6 @@ from .sequences import sending_window_opens, zone_of
 
 logger = logging.getLogger(__name__)
 
-# What the outbox row and the reader's history say when the mail server cannot take an
-# international address (service.mail.AddressNotSupported).
-INTERNATIONAL_ADDRESS_REFUSED = "the mail server does not accept international addresses"
 UNDELIVERABLE = "undeliverable"  # the event's kind
 
 
@@ -69,7 +67,7 @@ def record_undeliverable(
     row: outbox.Claimed,
     now: datetime,
     report: PassReport,
-    reason: str = INTERNATIONAL_ADDRESS_REFUSED,
+    reason: str = INTERNATIONAL_ADDRESSES_REFUSED,
 ) -> None:
     """The email cannot go through this mail server, whatever the reader does: it failed
     (retrying would fail alike), and the reader's history says why, for the owner to see.

@@ -16,13 +16,12 @@ from sqlalchemy import case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..kinds import SEQUENCE_STEP
+from ..mail import INTERNATIONAL_ADDRESSES_REFUSED
 from ..models import FeedbackEvent, FeedbackType, OutboxMessage, OutboxStatus
 
 COMPLAINT_WARN = 0.001
 COMPLAINT_ALARM = 0.003
 HARD_BOUNCE_WARN = 0.02
-# What the SMTP server says when it cannot take an address with a non-ASCII local part.
-NO_INTERNATIONAL_ADDRESSES = "the mail server does not accept international addresses"
 
 
 class Level(enum.StrEnum):
@@ -186,6 +185,6 @@ def international_refused(session: Session, *, now: datetime, days: int = 30) ->
         .where(
             OutboxMessage.status == OutboxStatus.FAILED,
             OutboxMessage.created_at >= now - timedelta(days=days),
-            OutboxMessage.last_error.startswith(NO_INTERNATIONAL_ADDRESSES, autoescape=True),
+            OutboxMessage.last_error.startswith(INTERNATIONAL_ADDRESSES_REFUSED, autoescape=True),
         )
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import (
+    INTERNATIONAL_ADDRESSES_REFUSED,
     AddressNotSupported,
     DeliveryError,
     MailerUnavailable,
@@ -22,6 +23,7 @@ from .errors import (
 from .message import HeaderInjection, Message
 
 __all__ = [
+    "INTERNATIONAL_ADDRESSES_REFUSED",
     "AddressNotSupported",
     "DeliveryError",
     "HeaderInjection",

@@ -30,6 +30,11 @@ class MessageRejected(DeliveryError):
     (policy, content, size): this message failed; the subscriber is left alone."""
 
 
+# Why an email to an international address failed, as the outbox row and the reader's
+# history say it (and the dashboard counts it by).
+INTERNATIONAL_ADDRESSES_REFUSED = "the mail server does not accept international addresses"
+
+
 class AddressNotSupported(MessageRejected):
     """The server cannot take this recipient's address at all: an international local part
     (zoë@...) and a server without SMTPUTF8. This email failed; the address may be fine, and

@@ -25,6 +25,7 @@ import smtplib
 import ssl
 
 from .errors import (
+    INTERNATIONAL_ADDRESSES_REFUSED,
     AddressNotSupported,
     DeliveryError,
     MailerUnavailable,
@@ -76,9 +77,7 @@ def _send_pipelined(
     ready for the next email (or closed, after a 421), as sendmail does.
     """
     if any(option.upper() == "SMTPUTF8" for option in options):
-        if not connection.has_extn("smtputf8"):  # as smtplib.SMTP.mail() checks
-            raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
-        connection.command_encoding = "utf-8"
+        connection.command_encoding = "utf-8"  # SMTPMailer.send saw the server takes it
     if connection.does_esmtp and connection.has_extn("size"):
         options = [*options, f"SIZE={message.size}"]
     mail = f"MAIL FROM:{_angle_address(sender)}" + "".join(f" {o}" for o in options)
@@ -211,8 +210,7 @@ class SMTPMailer:
             # Refused before any command (smtplib checks only after EHLO, and a HELO-only
             # server would be left in the middle of a transaction).
             raise AddressNotSupported(
-                f"the mail server does not accept international addresses (no SMTPUTF8): "
-                f"{recipient}"
+                f"{INTERNATIONAL_ADDRESSES_REFUSED} (no SMTPUTF8): {recipient}"
             )
         try:
             if connection.has_extn("pipelining"):
@@ -240,12 +238,6 @@ class SMTPMailer:
             raise ServerBusy(f"{code} {reply} (at MAIL)", code) from exc
         except smtplib.SMTPDataError as exc:
             raise self._classify(exc.smtp_code, exc.smtp_error, at="DATA") from exc
-        except smtplib.SMTPNotSupportedError as exc:
-            # Raised before anything is sent: the connection is fine for the next email.
-            raise AddressNotSupported(
-                f"the mail server does not accept international addresses (no SMTPUTF8): "
-                f"{recipient}"
-            ) from exc
         except (smtplib.SMTPException, OSError) as exc:
             # Disconnects, timeouts, garbled replies: the connection's state is unknown.
             self._drop()
