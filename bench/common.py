@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -59,3 +61,47 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 30) -> No
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def gunicorn(
+    app: str, *, database_url: str, workdir: Path, settings: dict[str, str], args: list[str]
+) -> Iterator[int]:
+    """gunicorn with gunicorn.conf.py serving `app` on a free loopback port, with a
+    development configuration on `database_url` and `settings` on top; yields the port once
+    /healthz answers, and stops it afterwards."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DOTENV_PATH": "",
+        "APP_ENV": "development",
+        "DATABASE_URL": database_url,
+        "INSTANCE_DIR": str(workdir),
+        "BASE_URL": f"http://127.0.0.1:{port}",
+        "MAIL_URL": "console:",
+        "LOG_LEVEL": "WARNING",
+        **settings,
+    }
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "--config",
+            str(ROOT / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--access-logfile",
+            "/dev/null",
+            *args,
+            app,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", server)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

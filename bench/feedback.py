@@ -25,7 +25,6 @@ import os
 import random
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bounce_mailbox  # noqa: E402
-from common import free_port, fresh_database, wait_until_up  # noqa: E402
+from common import fresh_database, gunicorn  # noqa: E402
 
 PROVIDERS = ("ses", "sendgrid", "mailgun", "postmark", "bounce")
 TYPES = ("hard", "soft", "complaint")
@@ -277,41 +276,17 @@ def webhook_benchmark(kind: str, *, events: int, clients: int, workers: int | No
     signers = Signers()
     certificate = workdir / "sns.pem"
     certificate.write_bytes(signers.sns_certificate)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DOTENV_PATH": "",
-        "APP_ENV": "development",
-        "DATABASE_URL": database_url,
-        "INSTANCE_DIR": str(workdir),
-        "BASE_URL": base,
-        "MAIL_URL": "console:",
-        "LOG_LEVEL": "WARNING",
-        "BENCH_SNS_CERT": str(certificate),
-        **signers.settings(),
-    }
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "--config",
-            str(ROOT / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--access-logfile",
-            "/dev/null",
+    with gunicorn(
+        "feedback:bench_app()",
+        database_url=database_url,
+        workdir=workdir,
+        settings={"BENCH_SNS_CERT": str(certificate), **signers.settings()},
+        args=[
             "--pythonpath",
             f"{ROOT},{ROOT / 'bench'}",
             *(["--workers", str(workers)] if workers else []),
-            "feedback:bench_app()",
         ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_up(base + "/healthz", server)
+    ) as port:
         # The same clients against GET /healthz (one read of the database) first: what this
         # machine serves at all, as bench/signup.py measures it.
         healthz_seconds, healthz = post_concurrently(
@@ -336,9 +311,6 @@ def webhook_benchmark(kind: str, *, events: int, clients: int, workers: int | No
         again = random.Random(1).sample(plan, max(1, events // 20))
         redelivered = [signers.request(n, email, type_) for n, email, type_ in again]
         _, second = post_concurrently(port, redelivered, clients)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     engine = sa.create_engine(database_url)
     with engine.connect() as connection:

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import free_port, fresh_database, wait_until_up  # noqa: E402
+from common import fresh_database, gunicorn  # noqa: E402
 
 REPORT_LUA = """
 done = function(summary, latency, requests)
@@ -123,39 +123,17 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="signup-bench-"))
     database_url = fresh_database(args.database, workdir, "newsletter_bench_signup")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DOTENV_PATH": "",
-        "APP_ENV": "development",
-        "DATABASE_URL": database_url,
-        "INSTANCE_DIR": str(workdir),
-        "BASE_URL": base,
-        "MAIL_URL": "console:",
-        "SIGNUP_RATE_LIMIT": "1000000 per minute",
-        "LOG_LEVEL": "WARNING",
-    }
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "--config",
-            str(ROOT / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--access-logfile",
-            "/dev/null",
+    with gunicorn(
+        "wsgi:app",
+        database_url=database_url,
+        workdir=workdir,
+        settings={"SIGNUP_RATE_LIMIT": "1000000 per minute"},
+        args=[
             *(["--workers", str(args.workers)] if args.workers else []),
             *(["--worker-class", args.worker_class] if args.worker_class else []),
-            "wsgi:app",
         ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_up(base + "/healthz", server)
+    ) as port:
+        base = f"http://127.0.0.1:{port}"
         load = {
             "connections": args.connections,
             "duration": args.duration,
@@ -164,9 +142,6 @@ def main() -> int:
         run_wrk(HEALTHZ_LUA, base + "/healthz", **{**load, "duration": 2})  # warm up
         healthz = run_wrk(HEALTHZ_LUA, base + "/healthz", **load)
         signup = run_wrk(SIGNUP_LUA, base + "/subscribe", **load)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     engine = sa.create_engine(database_url)
     with engine.connect() as connection:
