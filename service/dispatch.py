@@ -51,7 +51,6 @@ from .mail import (
     ServerBusy,
     TemporaryFailure,
 )
-from .message_ids import MessageIds
 from .models import OutboxMessage, OutboxStatus
 from .sequences import sending_window_opens, zone_of
 
@@ -97,11 +96,11 @@ class Dispatcher:
         default_zone: ZoneInfo,
         worker: str,
         policy: DeliveryPolicy,
-        feedback: Feedback | None = None,
+        feedback: Feedback,
     ) -> None:
         self.database = database
         # A refused recipient is a bounce like any other (service.feedback).
-        self.feedback = feedback or Feedback(MessageIds("", ""))
+        self.feedback = feedback
         self.composer = composer
         self.default_zone = default_zone
         self.worker = worker
