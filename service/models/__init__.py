@@ -10,6 +10,7 @@ from ..db import Base
 from .admins import AdminSession, AdminUser
 from .columns import UTCDateTime
 from .feedback import FeedbackEvent, FeedbackType, WebhookToken
+from .funnels import MagnetRequest, SubscriberTag
 from .imports import Import, ImportChunk, ImportRow, ImportStatus
 from .newsletters import Broadcast, BroadcastStatus, Click, TrackedLink
 from .sending import (
@@ -42,11 +43,13 @@ __all__ = [
     "ImportChunk",
     "ImportRow",
     "ImportStatus",
+    "MagnetRequest",
     "OutboxMessage",
     "OutboxStatus",
     "SchedulerHeartbeat",
     "Subscriber",
     "SubscriberStatus",
+    "SubscriberTag",
     "Suppression",
     "TrackedLink",
     "UTCDateTime",

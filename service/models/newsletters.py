@@ -6,6 +6,7 @@ import enum
 from datetime import datetime
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     ForeignKey,
     Index,
@@ -32,6 +33,7 @@ class Broadcast(Base):
     """A one-off newsletter to all confirmed subscribers or a part of them."""
 
     __tablename__ = "broadcasts"
+    __table_args__ = (Index("uq_broadcasts_slug", "slug", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subject: Mapped[str] = mapped_column(String(200))
@@ -42,6 +44,14 @@ class Broadcast(Base):
     # Who gets it: confirmed subscribers, narrowed by these (empty: no narrowing).
     audience_source: Mapped[str] = mapped_column(String(100), default="")
     audience_sequence: Mapped[str] = mapped_column(String(16), default="")
+    # Tags: readers with any of `include_tags` (or all of them, `tags_match` "all"), and
+    # none of `exclude_tags`. Empty lists narrow nothing.
+    include_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    exclude_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    tags_match: Mapped[str] = mapped_column(String(8), default="any")
+    # Shown in the public archive (/archive/<slug>) once sent.
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    slug: Mapped[str | None] = mapped_column(String(120))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -60,6 +60,7 @@ class OutboxMessage(Base):
             sqlite_where=text("broadcast_id IS NOT NULL"),
             postgresql_where=text("broadcast_id IS NOT NULL"),
         ),
+        Index("uq_outbox_day_slot", "day_slot", unique=True),
         # Ids are in Message-IDs: never reused, even after rows are deleted.
         {"sqlite_autoincrement": True},
     )
@@ -88,6 +89,11 @@ class OutboxMessage(Base):
     broadcast_id: Mapped[int | None] = mapped_column(
         ForeignKey("broadcasts.id", ondelete="SET NULL")
     )
+    # For kind "sequence": `<subscriber>:<local day>:<n>`, the n-th sequence email of that
+    # reader's day. Unique: however many schedulers queue steps at once, a reader gets at
+    # most MAX_SEQUENCE_EMAILS_PER_DAY a day (service.sequences.engine). A step taken
+    # back gives its place up (NULL).
+    day_slot: Mapped[str | None] = mapped_column(String(48))
 
     def __repr__(self) -> str:
         return f"<OutboxMessage {self.id} {self.kind} {self.status.value}>"
@@ -137,6 +143,9 @@ class Enrollment(Base):
     resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The reader paused their email until then (the preference centre): the next step
+    # goes on the first sending morning after it, and the rest are timed from that one.
+    held_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SchedulerHeartbeat(Base):

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     ForeignKey,
     Index,
     String,
@@ -51,6 +52,11 @@ class Subscriber(Base):
     # When a signup request last caused an email (confirmation or guide again); a new
     # request inside the cooldown sends nothing, so nobody can flood an inbox.
     last_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The reader's own choices (the preference centre): no email of any kind goes out
+    # before `paused_until` except what they ask for; without newsletters they still get
+    # their sequences.
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    wants_newsletters: Mapped[bool] = mapped_column(Boolean, default=True)
 
     consents: Mapped[list[ConsentRecord]] = relationship(
         back_populates="subscriber", order_by="ConsentRecord.id", passive_deletes=True
