@@ -153,7 +153,9 @@ class Composer:
                 row, context, subscriber, tracked=tracked, now=now, connection=connection
             )
         fields = PERSONAL_FIELDS if skeleton is None else skeleton.fields | {"unsubscribe_url"}
-        values = self._personal_values(subscriber, fields, now=now)
+        values = self._personal_values(
+            subscriber, fields, now=now, magnet=row.context.get("magnet", "")
+        )
         if skeleton is None:
             rendered = self.renderer.render(row.template, {**context, **values})
             if tracked:
@@ -299,11 +301,13 @@ class Composer:
         fields: frozenset[str] | tuple[str, ...],
         *,
         now: datetime,
+        magnet: str = "",
     ) -> dict[str, Any]:
         makers = {
             "first_name": lambda: subscriber.first_name,
             "confirm_url": lambda: self.links.confirm(subscriber.id, now=now),
-            "download_url": lambda: self.links.download(subscriber.id, now=now),
+            "download_url": lambda: self.links.download(subscriber.id, now=now, magnet=magnet),
             "unsubscribe_url": lambda: self.links.unsubscribe(subscriber.id, now=now),
+            "preferences_url": lambda: self.links.preferences(subscriber.id, now=now),
         }
         return {field: makers[field]() for field in fields}

@@ -31,7 +31,13 @@ from .config import PROJECT_ROOT
 SHIPPED_EMAILS = PROJECT_ROOT / "templates" / "emails"
 MAX_SUBJECT_LENGTH = 200
 # What differs from one reader to the next; everything else is the same for all copies.
-PERSONAL_FIELDS = ("first_name", "confirm_url", "download_url", "unsubscribe_url")
+PERSONAL_FIELDS = (
+    "first_name",
+    "confirm_url",
+    "download_url",
+    "unsubscribe_url",
+    "preferences_url",
+)
 SKELETON_CACHE_SIZE = 256
 
 

@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service import broadcasts, sequences
-from service.emails import SHIPPED_EMAILS, EmailRenderer, TemplateProblem, email_directories
+from service.emails import (
+    PERSONAL_FIELDS,
+    SHIPPED_EMAILS,
+    EmailRenderer,
+    TemplateProblem,
+    email_directories,
+)
 
 SITE = {
     "name": "Low Back Relief",
@@ -23,6 +29,7 @@ CONTEXT = {
     "confirm_url": "https://news.example.com/confirm/T",
     "download_url": "https://news.example.com/download/T",
     "unsubscribe_url": "https://news.example.com/unsubscribe/T",
+    "preferences_url": "https://news.example.com/preferences/T",
 }
 EMAILS = sorted(
     str(p.relative_to(SHIPPED_EMAILS).with_suffix(""))
@@ -113,11 +120,7 @@ NAMES = st.one_of(
 def test_rendering_once_for_everyone_gives_each_reader_the_same_email(renderer, name, first_name):
     """The skeleton filled in with a reader's values equals a full render for that reader."""
     context = context_for(name, first_name=first_name)
-    shared = {
-        k: v
-        for k, v in context.items()
-        if k not in ("first_name", "confirm_url", "download_url", "unsubscribe_url")
-    }
+    shared = {k: v for k, v in context.items() if k not in PERSONAL_FIELDS}
     skeleton = renderer.skeleton(name, shared, has_first_name=bool(first_name))
     assert skeleton is not None, f"{name} cannot be rendered once for everyone"
     personal = {k: context[k] for k in skeleton.fields}
