@@ -169,6 +169,15 @@ def sequence_file(content_dir: str) -> Path:
     return SHIPPED_EMAILS / "sequence.toml"
 
 
+def sequence_files(content_dir: str) -> list[Path]:
+    """Every sequence definition: the default (`sequence.toml`), then each file in
+    `sequences/`, the shipped ones before the owner's (a later one of the same name wins)."""
+    files = [sequence_file(content_dir), *sorted((SHIPPED_EMAILS / "sequences").glob("*.toml"))]
+    if content_dir:
+        files.extend(sorted((Path(content_dir) / "emails" / "sequences").glob("*.toml")))
+    return files
+
+
 def email_directories(content_dir: str) -> list[Path]:
     """Where email templates are looked up, the owner's own folder first."""
     directories = [SHIPPED_EMAILS]

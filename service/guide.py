@@ -1,8 +1,9 @@
-"""The lead magnet: building the shipped guide's PDF from its Markdown source.
+"""Building a lead magnet's PDF from its Markdown source (the shipped guide's, and any
+magnet whose magnet.toml names `markdown`).
 
-The source (content/guide/*.md) is the owner's to edit; `build_pdf` turns it into the
-PDF the download link serves. The built file is not kept in git: `make run` builds it,
-and the download view builds it on first use if it is missing.
+The source (content/magnets/<id>/*.md) is the owner's to edit; `build_pdf` turns it into
+the PDF the download link serves. The built file is not kept in git: `make run` builds it,
+and the download view builds it on first use if it is missing or older than its source.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import markdown
 
 from .config import PROJECT_ROOT
 
-GUIDE_SOURCE = PROJECT_ROOT / "content" / "guide" / "glute-strengthening-guide.md"
+GUIDE_SOURCE = PROJECT_ROOT / "content" / "magnets" / "glute-guide" / "guide.md"
 GUIDE_TITLE = "The Glute-Strengthening Guide"
 
 ACCENT = (47, 111, 94)
@@ -57,8 +58,8 @@ def _guide_pdf(footer_text: str):
     return GuidePDF(format="A4")
 
 
-def render_pdf(source: str, *, site_name: str) -> bytes:
-    """The guide as PDF bytes, from its Markdown source."""
+def render_pdf(source: str, *, site_name: str, title: str = GUIDE_TITLE) -> bytes:
+    """A magnet as PDF bytes, from its Markdown source."""
     text = source.translate(PLAIN_PUNCTUATION)
     try:
         text.encode("latin-1")
@@ -72,7 +73,7 @@ def render_pdf(source: str, *, site_name: str) -> bytes:
     from fpdf import FontFace
 
     pdf = _guide_pdf(f"{site_name}  -  general information, not medical advice")
-    pdf.set_title(GUIDE_TITLE)
+    pdf.set_title(title)
     pdf.set_author(site_name)
     pdf.set_margins(20, 20, 20)
     pdf.set_auto_page_break(auto=True, margin=20)
@@ -89,9 +90,11 @@ def render_pdf(source: str, *, site_name: str) -> bytes:
     return bytes(pdf.output())
 
 
-def build_pdf(destination: Path, *, site_name: str, source: Path = GUIDE_SOURCE) -> Path:
-    """Write the guide to `destination` atomically (readers never see half a file)."""
-    data = render_pdf(source.read_text(encoding="utf-8"), site_name=site_name)
+def build_pdf(
+    destination: Path, *, site_name: str, source: Path = GUIDE_SOURCE, title: str = GUIDE_TITLE
+) -> Path:
+    """Write the PDF to `destination` atomically (readers never see half a file)."""
+    data = render_pdf(source.read_text(encoding="utf-8"), site_name=site_name, title=title)
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(dir=destination.parent, prefix=".guide-", suffix=".pdf")
     try:
@@ -104,9 +107,11 @@ def build_pdf(destination: Path, *, site_name: str, source: Path = GUIDE_SOURCE)
     return destination
 
 
-def ensure_built(destination: Path, *, site_name: str) -> Path:
-    """Build the shipped guide if it is missing (or older than its source)."""
+def ensure_built(
+    destination: Path, *, site_name: str, source: Path = GUIDE_SOURCE, title: str = GUIDE_TITLE
+) -> Path:
+    """Build the PDF if it is missing (or older than its source)."""
     with _build_lock:
-        if not destination.exists() or destination.stat().st_mtime < GUIDE_SOURCE.stat().st_mtime:
-            build_pdf(destination, site_name=site_name)
+        if not destination.exists() or destination.stat().st_mtime < source.stat().st_mtime:
+            build_pdf(destination, site_name=site_name, source=source, title=title)
     return destination

@@ -21,7 +21,7 @@ from .config import ConfigError, Settings
 from .db import Database
 from .delivery import DeliveryPolicy, Mailer
 from .dispatch import Dispatcher
-from .emails import EmailRenderer, email_directories, sequence_file
+from .emails import EmailRenderer, email_directories, sequence_files
 from .feedback import Feedback, FeedbackPolicy
 from .feedback.webhooks.ses import SigningCertificates
 from .links import Links
@@ -53,7 +53,7 @@ class Services:
     tokens: Tokens
     links: Links
     renderer: EmailRenderer
-    # Keyed by id; today the content has one of each (see service.magnets).
+    # Lead magnets by id, in listing order; sequences by name.
     magnets: dict[str, LeadMagnet]
     sequences: dict[str, DripSequence]
     tracker: LinkTracker
@@ -79,14 +79,16 @@ class Services:
                 "postal_address": settings.OWNER_POSTAL_ADDRESS,
             },
         )
+        sequences = _load_sequences(settings, renderer)
         try:
-            sequence = load_sequence(
-                sequence_file(settings.CONTENT_DIR), template_exists=renderer.has_template
+            magnets = lead_magnets.load_all(
+                settings,
+                default_sequence=_default_sequence_name(sequences),
+                template_exists=renderer.has_template,
+                sequence_exists=sequences.__contains__,
             )
-        except SequenceError as exc:
-            raise ConfigError(f"the drip sequence: {exc}") from exc
-        _check_step_templates(renderer, sequence)
-        sequences = {sequence.name: sequence}
+        except lead_magnets.MagnetError as exc:
+            raise ConfigError(f"the lead magnets: {exc}") from exc
         database = Database.connect(settings.database_url)
         links = Links(settings.BASE_URL, tokens)
         tracker = LinkTracker(database, base_url=settings.BASE_URL, secret_key=settings.SECRET_KEY)
@@ -111,7 +113,7 @@ class Services:
             tokens=tokens,
             links=links,
             renderer=renderer,
-            magnets=lead_magnets.from_settings(settings, sequence=sequence.name),
+            magnets=magnets,
             sequences=sequences,
             tracker=tracker,
             composer=composer,
@@ -174,6 +176,51 @@ def _dkim_signer(settings: Settings) -> Signer | None:
     from .dkim import signer_from_settings
 
     return signer_from_settings(settings)
+
+
+def _load_sequences(settings: Settings, renderer: EmailRenderer) -> dict[str, DripSequence]:
+    """Every sequence, by name, each checked and every step rendered once; a broken one
+    stops the start, naming its file."""
+    found: dict[str, DripSequence] = {}
+    origins: dict[str, Path] = {}
+    for path in sequence_files(settings.CONTENT_DIR):
+        try:
+            sequence = load_sequence(path, template_exists=renderer.has_template)
+        except SequenceError as exc:
+            raise ConfigError(f"the drip sequence: {exc}") from exc
+        seen = origins.get(sequence.name)
+        if seen is not None and seen.parent == path.parent:
+            raise ConfigError(
+                f"the drip sequence: {path} and {seen} are both called {sequence.name!r}"
+            )
+        _check_step_templates(renderer, sequence)
+        found[sequence.name] = sequence
+        origins[sequence.name] = path
+    try:
+        _check_chains(found)
+    except SequenceError as exc:
+        raise ConfigError(f"the drip sequence: {exc}") from exc
+    return found
+
+
+def _default_sequence_name(sequences: dict[str, DripSequence]) -> str:
+    """The name `sequence.toml` gives its sequence: the first loaded."""
+    return next(iter(sequences))
+
+
+def _check_chains(found: dict[str, DripSequence]) -> None:
+    """Each `then` and `exclude` names a sequence that exists, and `then` never loops."""
+    for sequence in found.values():
+        for name in (*sequence.excludes, *([sequence.then] if sequence.then else [])):
+            if name not in found:
+                raise SequenceError(f"sequence {sequence.name}: no sequence called {name!r}")
+        seen = {sequence.name}
+        following = sequence.then
+        while following is not None:
+            if following in seen:
+                raise SequenceError(f"sequence {sequence.name}: 'then' leads back to {following}")
+            seen.add(following)
+            following = found[following].then
 
 
 def _check_step_templates(renderer: EmailRenderer, sequence: DripSequence) -> None:

@@ -78,7 +78,7 @@ def test_emails_preview_refuses_an_email_that_needs_more_than_a_reader(app):
     result = app.test_cli_runner().invoke(args=["emails", "preview", "broadcast"])
     assert result.exit_code != 0
     assert "no sequence step or email called 'broadcast'" in result.output
-    assert "emails: confirm, guide_again, welcome" in result.output
+    assert "emails: confirm, guide_again, incentives/foam-rolling-planner, welcome" in result.output
 
 
 def test_emails_send_test_sends_one_now(smtp_app, smtp):

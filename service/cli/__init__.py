@@ -93,7 +93,15 @@ def emails_group() -> None:
 def _sample_email(name: str, address: str, first_name: str):
     """An email as dispatch would compose it, for a sample reader (not stored)."""
     services = _services()
-    step = services.default_sequence.step(name)
+    # A step of the default sequence, else of any other (step ids may repeat across them).
+    owner, step = next(
+        (
+            (sequence, sequence.step(name))
+            for sequence in (services.default_sequence, *services.sequences.values())
+            if sequence.step(name) is not None
+        ),
+        (services.default_sequence, None),
+    )
     template = step.template if step else name
     # Emails whose template needs nothing beyond the reader: the fixed ones, and each lead
     # magnet's incentive email.
@@ -102,17 +110,18 @@ def _sample_email(name: str, address: str, first_name: str):
         for rules in kinds.RULES.values()
         if rules.template and rules.data is kinds.ExtraData.NONE
     } | {magnet.incentive_template for magnet in services.magnets.values()}
+    magnet = next((m.id for m in services.magnets.values() if m.incentive_template == template), "")
     if step is None and (template not in plain or not services.renderer.has_template(template)):
-        steps = ", ".join(s.id for s in services.default_sequence.steps)
+        steps = ", ".join(s.id for sequence in services.sequences.values() for s in sequence.steps)
         raise click.ClickException(
             f"no sequence step or email called {name!r} (steps: {steps}; emails: "
             f"{', '.join(sorted(plain))})"
         )
     if step is not None:
         kind = kinds.SEQUENCE_STEP
-        context = {"sequence": services.default_sequence.name, "step": step.id}
+        context = {"sequence": owner.name, "step": step.id}
     else:
-        kind, context = kinds.with_template(template) or kinds.WELCOME, {}
+        kind, context = kinds.with_template(template) or kinds.WELCOME, {"magnet": magnet}
     return services.composer.sample(
         kind,
         template,

@@ -1,10 +1,12 @@
 """A drip sequence as its file describes it: the steps, their delays and weekdays, and
 where a subscriber stands among them.
 
-A sequence is data: `templates/emails/sequence.toml` lists its steps in order, each with
+A sequence is data: `templates/emails/sequence.toml` (and each file in
+`templates/emails/sequences/`) lists its steps in order, each with
 a delay after the previous step (the first counted from confirmation), a template, and
 optionally the weekdays it may go out on (service.sequences.timing turns these into
-moments). `load` reads and checks the file; SequenceError says what is wrong and where.
+moments). A sequence may name the one a reader starts when they finish it (`then`), and
+the ones whose readers it leaves out (`exclude`: in them now, or finished). `load` reads and checks the file; SequenceError says what is wrong and where.
 
 Where a subscriber stands is worked out from the steps they have passed, against the file
 as it is now: the next step is the one after the furthest step they have passed. So a step
@@ -74,6 +76,10 @@ class DripSequence:
     steps: tuple[Step, ...]
     links: Mapping[str, str] = field(default_factory=dict)
     videos: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The sequence a reader starts when they finish this one.
+    then: str | None = None
+    # Readers in (or past the end of) any of these are not started on this one.
+    excludes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Looked up for every email sent: a dict, not a scan.
@@ -138,6 +144,19 @@ def load(path: Path, *, template_exists: Any = None) -> DripSequence:
     if not isinstance(videos, dict) or not all(isinstance(v, dict) for v in videos.values()):
         raise fail("[videos.NAME] tables must each hold 'url' and 'thumbnail'")
 
+    then = data.get("then")
+    if then is not None and (not isinstance(then, str) or not STEP_ID.fullmatch(then)):
+        raise fail("'then' must name the sequence to start next, like 'strength-plan'")
+    if then == name:
+        raise fail("'then' cannot name the sequence itself")
+    excludes = data.get("exclude", [])
+    if isinstance(excludes, str):
+        excludes = [excludes]
+    if not isinstance(excludes, list) or not all(
+        isinstance(e, str) and STEP_ID.fullmatch(e) for e in excludes
+    ):
+        raise fail("'exclude' must list sequence names, like ['back-pain-tips']")
+
     steps: list[Step] = []
     for number, raw in enumerate(data.get("steps", []), start=1):
         where = f"step {number}"
@@ -183,4 +202,6 @@ def load(path: Path, *, template_exists: Any = None) -> DripSequence:
         steps.append(Step(step_id, template, delay, allowed, tuple(requires)))
     if not steps:
         raise fail("the sequence has no [[steps]]")
-    return DripSequence(name, send_hour, latest_hour, tuple(steps), links, videos)
+    return DripSequence(
+        name, send_hour, latest_hour, tuple(steps), links, videos, then, tuple(excludes)
+    )
