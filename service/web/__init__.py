@@ -203,7 +203,7 @@ def _configure_rate_limit_storage(app: Flask) -> None:
 
 def init_app(app: Flask) -> None:
     """Register blueprints, the limiter, error handlers and headers on `app`."""
-    from . import admin, api, public, webhooks
+    from . import admin, api, archive, public, webhooks
 
     proxies = services_of(app).settings.TRUSTED_PROXIES
     if proxies:
@@ -214,6 +214,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(archive.bp)
     # One limiter per app: its counters live where RATELIMIT_STORAGE_URI says.
     _configure_rate_limit_storage(app)
     limiter = Limiter(key_func=get_remote_address, app=app)

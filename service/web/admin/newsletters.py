@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from flask import Response, abort, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from ... import audience, broadcasts, dashboard, kinds
+from ... import archive, audience, broadcasts, dashboard, kinds
 from ...feedback import rates
 from ...models import Broadcast
 from .. import now, services
-from .blueprint import EMAIL_FRAME_POLICY, bp
+from .blueprint import EMAIL_FRAME_POLICY, bp, logger
 
 
 def _sample_email(broadcast_id: int, to: str):
@@ -173,4 +173,28 @@ def newsletter_action(broadcast_id: int, action: str):
         done = change[action](db, broadcast_id, now=now())
     past = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
     flash(f"Newsletter {past}." if done else f"Nothing to {action} in its present state.")
+    return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
+
+
+@bp.post("/newsletters/<int:broadcast_id>/archive")
+def newsletter_archive(broadcast_id: int):
+    """Show the newsletter in the public archive (once sent), or hide it."""
+    public = request.form.get("public") == "on"
+    with services().database.begin() as db:
+        _broadcast_or_404(db, broadcast_id)
+        broadcast = archive.publish(db, broadcast_id, public, now=now())
+        slug, listed = broadcast.slug, broadcast.status in archive.LISTED_STATUSES
+    logger.info(
+        "newsletter %d %s the public archive by %s",
+        broadcast_id,
+        "shown in" if public else "hidden from",
+        g.admin.email,
+    )
+    if not public:
+        flash("Hidden from the public archive.")
+    elif listed:
+        base = services().settings.BASE_URL.rstrip("/")
+        flash(f"In the public archive at {base}/archive/{slug}.")
+    else:
+        flash("It will be in the public archive once it has been sent.")
     return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
