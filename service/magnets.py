@@ -66,6 +66,7 @@ class LeadMagnet:
     tags: tuple[str, ...] = ()  # besides magnet:<id>
     order: int = 100
     consent: str = ""  # "" for the shipped wording (templates/pages/consent.txt)
+    short_name: str = ""  # in a subject line: "the glute guide"
     landing: Landing | None = None
 
     @property
@@ -174,6 +175,7 @@ def load(
         tags=tags,
         order=order,
         consent=text("consent", required=False),
+        short_name=text("short_name", required=False) or title.removeprefix("The ").lower(),
         landing=landing,
     )
 

@@ -24,6 +24,7 @@ from .dispatch import Dispatcher
 from .emails import EmailRenderer, email_directories, sequence_files
 from .feedback import Feedback, FeedbackPolicy
 from .feedback.webhooks.ses import SigningCertificates
+from .funnels import Funnels
 from .links import Links
 from .magnets import DEFAULT_MAGNET, LeadMagnet
 from .mail import mailer_from_url
@@ -156,6 +157,11 @@ class Services:
     def default_magnet(self) -> LeadMagnet:
         """The lead magnet of the landing page and of signups that name none."""
         return self.magnets[DEFAULT_MAGNET]
+
+    @property
+    def funnels(self) -> Funnels:
+        """The magnets and sequences a signup or a confirmation may lead to."""
+        return Funnels(self.magnets, self.sequences)
 
     @property
     def default_sequence(self) -> DripSequence:

@@ -14,10 +14,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
 
+from . import funnels as funnels_
 from . import kinds, outbox, sequences
 from .db import insert_ignoring_conflicts
+from .funnels import Funnels
+from .funnels import incentive_key as incentive_key
 from .journal import Origin, record_consent, record_event
-from .magnets import LeadMagnet
+from .magnets import DEFAULT_MAGNET, LeadMagnet
 from .models import (
     Subscriber,
     SubscriberStatus,
@@ -36,7 +39,8 @@ class SupersededToken(ValueError):
 class SignupResult(enum.StrEnum):
     CREATED = "created"  # new subscriber, confirmation email queued
     CONFIRMATION_SENT = "confirmation_sent"  # known, not confirmed: confirmation queued again
-    GUIDE_SENT = "guide_sent"  # already confirmed: the guide link is emailed again
+    GUIDE_SENT = "guide_sent"  # already confirmed: the magnet's link is emailed again
+    MAGNET_SENT = "magnet_sent"  # already confirmed, a magnet new to them: delivered at once
     SUPPRESSED = "suppressed"  # asked again inside the cooldown: nothing sent
 
 
@@ -114,8 +118,16 @@ def subscribe(
     consent_text: str,
     cooldown: timedelta,
     now: datetime,
+    magnet: LeadMagnet | None = None,
+    funnels: Funnels | None = None,
 ) -> tuple[int, SignupResult]:
     """Handle a signup request for any address, new or known; (subscriber id, what happened).
+
+    The request is for `magnet` (the default magnet when None) and is recorded whatever
+    happens, so a pending reader who asks for two magnets confirms once and gets both. A
+    confirmed reader asking for a magnet new to them gets it at once, without confirming
+    again (the consent record notes the request); asking for one they have sends its
+    link again, within the cooldown's limit.
 
     The caller answers every request the same way, so nobody learns whether an address is
     on the list; this decides which email (if any) goes out:
@@ -150,6 +162,7 @@ def subscribe(
         },
         returning=Subscriber.id,
     )
+    magnet_id = magnet.id if magnet is not None else DEFAULT_MAGNET
     if new_id is not None:
         record_consent(
             session,
@@ -160,15 +173,60 @@ def subscribe(
             consent_text=consent_text,
             now=now,
         )
-        record_event(session, new_id, "signed_up", now=now, detail={"source": signup.source})
+        funnels_.record_request(session, new_id, magnet_id, source=signup.source, now=now)
+        record_event(
+            session,
+            new_id,
+            "signed_up",
+            now=now,
+            detail={"source": signup.source, "magnet": magnet_id},
+        )
         if cooling_down:
             record_event(session, new_id, "signup_suppressed", now=now)
             return new_id, SignupResult.SUPPRESSED
-        outbox.enqueue(session, NewSubscriber(new_id, signup.email), kinds.CONFIRM, now=now)
+        outbox.enqueue(
+            session,
+            NewSubscriber(new_id, signup.email),
+            kinds.CONFIRM,
+            now=now,
+            context=funnels_.email_context(magnet),
+        )
         return new_id, SignupResult.CREATED
 
     subscriber = _find(session, signup.email)
     assert subscriber is not None  # the insert found it there
+    new_request = funnels_.record_request(
+        session, subscriber.id, magnet_id, source=signup.source, now=now
+    )
+    if subscriber.status is SubscriberStatus.CONFIRMED and magnet is not None and funnels:
+        undelivered = funnels_.requested(session, subscriber.id).get(magnet.id) is None
+        if new_request or undelivered:
+            # They opted in already: a magnet new to them comes at once. Each magnet comes
+            # once, so this needs no cooldown of its own.
+            record_consent(
+                session,
+                subscriber.id,
+                action="request",
+                origin=origin,
+                source=f"{signup.source}:{magnet.id}"[:100],
+                consent_text=consent_text,
+                now=now,
+            )
+            funnels_.deliver(
+                session,
+                subscriber,
+                magnet,
+                sequence=funnels.sequences.get(magnet.sequence or ""),
+                now=now,
+            )
+            record_event(
+                session,
+                subscriber.id,
+                "magnet_requested",
+                now=now,
+                detail={"magnet": magnet.id, "source": signup.source},
+            )
+            return subscriber.id, SignupResult.MAGNET_SENT
     # The mailbox was looked up above; only the address's own cooldown is left to check.
     if cooling_down or _address_asked_recently(subscriber, cooldown=cooldown, now=now):
         record_event(session, subscriber.id, "signup_suppressed", now=now)
@@ -176,8 +234,14 @@ def subscribe(
     subscriber.last_requested_at = now
 
     if subscriber.status is SubscriberStatus.CONFIRMED:
-        outbox.enqueue(session, subscriber, kinds.GUIDE_AGAIN, now=now)
-        record_event(session, subscriber.id, "guide_resent", now=now)
+        outbox.enqueue(
+            session,
+            subscriber,
+            kinds.GUIDE_AGAIN,
+            now=now,
+            context=funnels_.email_context(magnet),
+        )
+        record_event(session, subscriber.id, "guide_resent", now=now, detail={"magnet": magnet_id})
         return subscriber.id, SignupResult.GUIDE_SENT
 
     # Pending, unsubscribed or bounced: they may come (back) in, by confirming again.
@@ -190,7 +254,9 @@ def subscribe(
         consent_text=consent_text,
         now=now,
     )
-    outbox.enqueue(session, subscriber, kinds.CONFIRM, now=now)
+    outbox.enqueue(
+        session, subscriber, kinds.CONFIRM, now=now, context=funnels_.email_context(magnet)
+    )
     record_event(session, subscriber.id, "confirmation_resent", now=now)
     return subscriber.id, SignupResult.CONFIRMATION_SENT
 
@@ -213,14 +279,15 @@ def confirm(
     *,
     token_issued_at: datetime,
     consent_text: str,
-    magnet: LeadMagnet,
     now: datetime,
+    magnet: LeadMagnet | None = None,
+    funnels: Funnels | None = None,
 ) -> tuple[Subscriber, bool]:
     """Confirm a subscription; (subscriber, True) if this call confirmed it.
 
-    Confirming records the consent, queues the email that delivers the lead `magnet`
-    (once per subscriber and magnet, ever) and enrolls the subscriber in the magnet's drip
-    sequence. Confirming again is harmless. A link made before the subscriber unsubscribed or bounced is refused, so an
+    Confirming records the consent and delivers every magnet the reader asked for
+    (service.funnels: its email once per subscriber and magnet, ever; its tags; its drip
+    sequence), or just `magnet` when no `funnels` are given. Confirming again is harmless. A link made before the subscriber unsubscribed or bounced is refused, so an
     old email cannot silently bring them back.
     """
     subscriber = get_subscriber(session, subscriber_id, for_update=True)
@@ -245,22 +312,14 @@ def confirm(
         now=now,
     )
     record_event(session, subscriber.id, "confirmed", now=now)
-    outbox.enqueue(
-        session,
-        subscriber,
-        kinds.WELCOME,
-        template=magnet.incentive_template,
-        now=now,
-        dedupe_key=incentive_key(magnet.id, subscriber.id),
-    )
-    if magnet.sequence is not None:
-        sequences.enroll(session, subscriber, now=now, sequence=magnet.sequence)
+    if funnels is None:
+        funnels = Funnels({magnet.id: magnet} if magnet is not None else {})
+    if magnet is not None:
+        funnels_.record_request(
+            session, subscriber.id, magnet.id, source=subscriber.source, now=now
+        )
+    funnels_.deliver_requested(session, subscriber, funnels, now=now)
     return subscriber, True
-
-
-def incentive_key(magnet_id: str, subscriber_id: int) -> str:
-    """The dedupe key of a magnet's incentive email to a subscriber: one, ever."""
-    return f"{kinds.WELCOME}:{magnet_id}:{subscriber_id}"
 
 
 def stop_mail(session: Session, subscriber: Subscriber, reason: str, now: datetime) -> None:
@@ -307,10 +366,12 @@ def mark_bounced(
     return subscriber
 
 
-def record_download(session: Session, subscriber_id: int, *, now: datetime) -> Subscriber:
-    """Count a download of the guide."""
+def record_download(
+    session: Session, subscriber_id: int, *, now: datetime, magnet: str = DEFAULT_MAGNET
+) -> Subscriber:
+    """Count a download of a magnet."""
     subscriber = get_subscriber(session, subscriber_id)
-    record_event(session, subscriber.id, "downloaded", now=now)
+    record_event(session, subscriber.id, "downloaded", now=now, detail={"magnet": magnet})
     return subscriber
 
 

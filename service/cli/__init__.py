@@ -14,6 +14,7 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from .. import admins, dashboard, guide, kinds, sequences
+from ..magnets import DEFAULT_MAGNET
 from ..mail import DeliveryError
 from ..models import Subscriber
 from .bounces import bounces_group
@@ -77,12 +78,23 @@ def guide_build(output: Path | None, source: Path) -> None:
 
 
 @click.command("embed-snippet")
+@click.option(
+    "--magnet",
+    "magnet_id",
+    default=DEFAULT_MAGNET,
+    show_default=True,
+    help="The free resource the form offers (see `magnets list`).",
+)
 @with_appcontext
-def embed_snippet() -> None:
-    """Print the HTML to paste into another site to show the signup form."""
-    click.echo(
-        render_template("embed_snippet.html", consent_text=render_template("consent.txt").strip())
-    )
+def embed_snippet(magnet_id: str) -> None:
+    """Print the HTML to paste into another site to show a magnet's signup form."""
+    magnet = _services().magnets.get(magnet_id)
+    if magnet is None:
+        raise click.ClickException(
+            f"no magnet {magnet_id!r} (magnets: {', '.join(_services().magnets)})"
+        )
+    consent = magnet.consent or render_template("consent.txt").strip()
+    click.echo(render_template("embed_snippet.html", magnet=magnet, consent_text=consent))
 
 
 @click.group("emails", cls=AppGroup)

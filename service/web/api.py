@@ -6,7 +6,7 @@ from flask import Blueprint, request
 
 from .. import signup_input
 from . import services
-from .public import HONEYPOT_FIELD, record_signup
+from .public import HONEYPOT_FIELD, UNKNOWN_MAGNET, magnet_named, record_signup
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -18,7 +18,8 @@ ACCEPTED = {
 
 @bp.post("/subscribers")
 def create_subscriber():
-    """Sign up {"email", "first_name", "time_zone", "source"}; 202 whatever the address's state."""
+    """Sign up {"email", "first_name", "time_zone", "source", "magnet"}; 202 whatever the
+    address's state (an unknown magnet is a 422, the same for every address)."""
     if not request.is_json:
         return {"error": "Send the signup as JSON (Content-Type: application/json)."}, 415
     data = request.get_json(silent=True)
@@ -31,7 +32,10 @@ def create_subscriber():
         signup = signup_input.parse_signup(
             data, default_time_zone=settings.DEFAULT_TIME_ZONE, default_source="api"
         )
+        magnet = magnet_named(data.get("magnet"))
+        if magnet is None:
+            raise signup_input.InvalidSignup({"magnet": UNKNOWN_MAGNET})
     except signup_input.InvalidSignup as exc:
         return {"error": "Some fields are not valid.", "errors": exc.errors}, 422
-    record_signup(signup)
+    record_signup(signup, magnet)
     return ACCEPTED, 202

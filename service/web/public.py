@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
 from datetime import timedelta
 
 from flask import Blueprint, abort, redirect, render_template, request, send_file, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import guide, health, journal, signup_input, subscriptions, tracking
+from .. import funnels, guide, health, journal, signup_input, subscriptions, tracking
+from ..magnets import DEFAULT_MAGNET, LeadMagnet
 from ..tokens import ExpiredToken, Purpose, TokenData
 from . import MAX_ID, ExpiredLink, now, services
 
@@ -26,6 +28,7 @@ def read_token(purpose: Purpose, token: str) -> TokenData:
         Purpose.CONFIRM: timedelta(days=settings.CONFIRM_TOKEN_MAX_AGE_DAYS),
         Purpose.DOWNLOAD: timedelta(days=settings.DOWNLOAD_TOKEN_MAX_AGE_DAYS),
         Purpose.UNSUBSCRIBE: None,  # an unsubscribe link must work for ever
+        Purpose.PREFERENCES: None,  # and so must the preferences link beside it
     }[purpose]
     try:
         return services().tokens.read(purpose, token, now=now(), max_age=max_age)
@@ -37,15 +40,49 @@ def origin() -> journal.Origin:
     return journal.Origin(ip=request.remote_addr, user_agent=request.user_agent.string or None)
 
 
-def consent_text() -> str:
-    """The consent wording shown on the form and the confirm page, exactly as recorded."""
+def consent_text(magnet: LeadMagnet | None = None) -> str:
+    """The consent wording shown on a magnet's form (or the confirm page), exactly as
+    recorded: the magnet's own, or the shipped sentence."""
+    if magnet is not None and magnet.consent:
+        return magnet.consent
     return render_template("consent.txt").strip()
+
+
+def landing_page(magnet: LeadMagnet, *, errors=None, values=None):
+    """A magnet's landing page with its signup form."""
+    return render_template(
+        "landing.html",
+        magnet=magnet,
+        errors=errors or {},
+        values=values or {},
+        consent_text=consent_text(magnet),
+    )
+
+
+def magnet_named(magnet_id: str | None) -> LeadMagnet | None:
+    """The magnet a signup asks for: the default when it names none, None when it names
+    one that does not exist."""
+    if not magnet_id:
+        return services().default_magnet
+    return services().magnets.get(magnet_id) if isinstance(magnet_id, str) else None
+
+
+UNKNOWN_MAGNET = "There is no free resource with that name here."
 
 
 @bp.get("/")
 def landing():
-    """The guide's landing page with the signup form."""
-    return render_template("landing.html", errors={}, values={}, consent_text=consent_text())
+    """The default magnet's landing page with the signup form."""
+    return landing_page(services().default_magnet)
+
+
+@bp.get("/free/<magnet_id>")
+def magnet_landing(magnet_id: str):
+    """A magnet's own landing page."""
+    magnet = services().magnets.get(magnet_id)
+    if magnet is None:
+        abort(404)
+    return landing_page(magnet)
 
 
 @bp.post("/subscribe")
@@ -55,19 +92,22 @@ def subscribe():
         logger.info("honeypot filled from %s; signup ignored", request.remote_addr)
         return redirect(url_for(".check_inbox"), 303)
     settings = services().settings
+    magnet = magnet_named(request.form.get("magnet"))
     try:
         signup = signup_input.parse_signup(
             request.form, default_time_zone=settings.DEFAULT_TIME_ZONE, default_source="form"
         )
+        if magnet is None:
+            raise signup_input.InvalidSignup({"magnet": UNKNOWN_MAGNET})
     except signup_input.InvalidSignup as exc:
-        return render_template(
-            "landing.html", errors=exc.errors, values=request.form, consent_text=consent_text()
+        return landing_page(
+            magnet or services().default_magnet, errors=exc.errors, values=request.form
         ), 422
-    record_signup(signup)
+    record_signup(signup, magnet)
     return redirect(url_for(".check_inbox"), 303)
 
 
-def record_signup(signup: signup_input.Signup) -> None:
+def record_signup(signup: signup_input.Signup, magnet: LeadMagnet) -> None:
     """Sign up in one unit of work; the form and the JSON API answer the same whatever
     happened, so the outcome is not returned."""
     with services().database.begin() as session:
@@ -75,9 +115,11 @@ def record_signup(signup: signup_input.Signup) -> None:
             session,
             signup,
             origin(),
-            consent_text=consent_text(),
+            consent_text=consent_text(magnet),
             cooldown=services().resend_cooldown,
             now=now(),
+            magnet=magnet,
+            funnels=services().funnels,
         )
 
 
@@ -96,7 +138,7 @@ def confirm_page(token: str):
 
 @bp.post("/confirm/<token>")
 def confirm(token: str):
-    """Confirm the subscription and show the download straight away."""
+    """Confirm the subscription and show the downloads straight away."""
     data = read_token(Purpose.CONFIRM, token)
     with services().database.begin() as session:
         subscriber, _ = subscriptions.confirm(
@@ -105,7 +147,7 @@ def confirm(token: str):
             origin(),
             token_issued_at=data.issued_at,
             consent_text=consent_text(),
-            magnet=services().default_magnet,
+            funnels=services().funnels,
             now=now(),
         )
     download = services().tokens.make(Purpose.DOWNLOAD, subscriber.id, now=now())
@@ -114,11 +156,20 @@ def confirm(token: str):
 
 @bp.get("/confirmed/<token>")
 def confirmed(token: str):
-    """The 'you're in' page with the download button."""
+    """The 'you're in' page with a download button for each magnet the reader asked for."""
     data = read_token(Purpose.DOWNLOAD, token)
     with services().database.read() as session:
         subscriber = subscriptions.get_subscriber(session, data.subscriber_id)
-    return render_template("confirmed.html", token=token, first_name=subscriber.first_name)
+        asked = funnels.requested(session, subscriber.id)
+    magnets = [m for m in services().magnets.values() if m.id in asked] or [
+        services().default_magnet
+    ]
+    downloads = [
+        (magnet, services().tokens.make(Purpose.DOWNLOAD, subscriber.id, now=now(), scope=scope))
+        for magnet in magnets
+        for scope in ["" if magnet.id == DEFAULT_MAGNET else magnet.id]
+    ]
+    return render_template("confirmed.html", downloads=downloads, first_name=subscriber.first_name)
 
 
 @bp.post("/resend/<any(confirm, download):purpose>/<token>")
@@ -137,20 +188,31 @@ def resend(purpose: str, token: str):
 
 @bp.get("/download/<token>")
 def download(token: str):
-    """Serve the guide and count the download."""
+    """Serve the magnet the link is for (or send the reader to its page), counting it."""
     data = read_token(Purpose.DOWNLOAD, token)
-    magnet = services().default_magnet
+    magnet = services().magnets.get(data.scope or DEFAULT_MAGNET)
+    if magnet is None:
+        logger.warning("a download link names magnet %r, which no longer exists", data.scope)
+        abort(404)
     path = magnet.resource
-    if magnet.built:
-        guide.ensure_built(path, site_name=services().settings.SITE_NAME)
-    if not path.is_file():
-        logger.error("the guide is missing: GUIDE_PATH %s is not a file", path)
-        return render_template("guide_unavailable.html"), 503
+    if magnet.url is None and path is not None:
+        if magnet.built and magnet.source is not None:
+            guide.ensure_built(
+                path,
+                site_name=services().settings.SITE_NAME,
+                source=magnet.source,
+                title=magnet.title,
+            )
+        if not path.is_file():
+            logger.error("magnet %s is missing: %s is not a file", magnet.id, path)
+            return render_template("guide_unavailable.html"), 503
     with services().database.begin() as session:
-        subscriptions.record_download(session, data.subscriber_id, now=now())
+        subscriptions.record_download(session, data.subscriber_id, magnet=magnet.id, now=now())
+    if magnet.url is not None:
+        return redirect(magnet.url, 303)
     return send_file(
         path,
-        mimetype="application/pdf",
+        mimetype=mimetypes.guess_type(magnet.download_name)[0] or "application/octet-stream",
         as_attachment=True,
         download_name=magnet.download_name,
         max_age=0,

@@ -1,0 +1,168 @@
+"""Delivering lead magnets: what a reader gets when a magnet they asked for is theirs.
+
+A request is a `magnet_requests` row, written when the reader asks (service.subscriptions).
+It is delivered when they confirm, or at once when they had confirmed already: the
+magnet's incentive email (once per reader and magnet, ever), its tags, and its sequence,
+unless the sequence leaves out readers of another they are in or finished. Finishing a
+sequence tags the reader `finished:<sequence>` and starts the one it names `then`
+(service.sequences.engine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from . import kinds, outbox, sequences, tags
+from .db import insert_ignoring_conflicts
+from .magnets import DEFAULT_MAGNET, LeadMagnet
+from .models import Enrollment, EnrollmentStatus, MagnetRequest, Subscriber
+from .outbox.queue import Recipient
+from .sequences import DripSequence
+
+# Enrollments that count as "in or finished" a sequence, for `exclude`.
+EXCLUDING_STATES = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED, EnrollmentStatus.FINISHED)
+
+
+@dataclass(frozen=True)
+class Funnels:
+    """The magnets and sequences a request may lead to."""
+
+    magnets: Mapping[str, LeadMagnet]
+    sequences: Mapping[str, DripSequence] = field(default_factory=dict)
+
+    @property
+    def default(self) -> LeadMagnet:
+        return self.magnets[DEFAULT_MAGNET]
+
+
+def email_context(magnet: LeadMagnet | None) -> dict[str, str]:
+    """What an email about a magnet (its confirmation, delivery, link again) is told of it:
+    its id (for the download link) and its name as a sentence says it."""
+    if magnet is None:
+        return {}
+    name = magnet.title.removeprefix("The ").removeprefix("the ")
+    return {"magnet": magnet.id, "magnet_name": name, "magnet_short_name": magnet.short_name}
+
+
+def incentive_key(magnet_id: str, subscriber_id: int) -> str:
+    """The dedupe key of a magnet's incentive email to a subscriber: one, ever."""
+    return f"{kinds.WELCOME}:{magnet_id}:{subscriber_id}"
+
+
+def record_request(
+    session: Session, subscriber_id: int, magnet_id: str, *, source: str, now: datetime
+) -> bool:
+    """Note that a reader asked for a magnet; False if they had asked for it before."""
+    return insert_ignoring_conflicts(
+        session,
+        MagnetRequest.__table__,
+        {
+            "subscriber_id": subscriber_id,
+            "magnet": magnet_id,
+            "requested_at": now,
+            "delivered_at": None,
+            "source": source,
+        },
+    )
+
+
+def requested(session: Session, subscriber_id: int) -> dict[str, datetime | None]:
+    """The magnets a reader asked for, with when each was delivered (None: not yet)."""
+    return dict(
+        session.execute(
+            select(MagnetRequest.magnet, MagnetRequest.delivered_at).where(
+                MagnetRequest.subscriber_id == subscriber_id
+            )
+        ).all()
+    )
+
+
+def deliver(
+    session: Session,
+    subscriber: Recipient,
+    magnet: LeadMagnet,
+    *,
+    sequence: DripSequence | None,
+    now: datetime,
+) -> None:
+    """Give a confirmed reader a magnet: its email, its tags, its sequence. Safe to repeat:
+    the email goes once ever, and a sequence left or finished is not started again (one
+    stopped by an unsubscribe is carried on, as a returning reader's is)."""
+    outbox.enqueue(
+        session,
+        subscriber,
+        kinds.WELCOME,
+        template=magnet.incentive_template,
+        context=email_context(magnet),
+        now=now,
+        dedupe_key=incentive_key(magnet.id, subscriber.id),
+    )
+    tags.add(session, subscriber.id, magnet.all_tags, added_by="magnet", now=now)
+    if magnet.sequence is not None:
+        start_sequence(session, subscriber, magnet.sequence, sequence=sequence, now=now)
+    session.execute(
+        update(MagnetRequest)
+        .where(
+            MagnetRequest.subscriber_id == subscriber.id,
+            MagnetRequest.magnet == magnet.id,
+            MagnetRequest.delivered_at.is_(None),
+        )
+        .values(delivered_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def start_sequence(
+    session: Session,
+    subscriber: Recipient,
+    name: str,
+    *,
+    sequence: DripSequence | None,
+    now: datetime,
+) -> bool:
+    """Enroll a reader unless the sequence leaves out readers of one they are in or
+    finished; whether they were enrolled (or taken back in)."""
+    if sequence is not None and sequence.excludes and excluded(session, subscriber.id, sequence):
+        return False
+    return sequences.enroll(session, subscriber, now=now, sequence=name)
+
+
+def excluded(session: Session, subscriber_id: int, sequence: DripSequence) -> bool:
+    """Whether the reader is in, or finished, a sequence `sequence` leaves out."""
+    found = session.scalar(
+        select(Enrollment.id)
+        .where(
+            Enrollment.subscriber_id == subscriber_id,
+            Enrollment.sequence.in_(sequence.excludes),
+            Enrollment.status.in_(EXCLUDING_STATES),
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def deliver_requested(
+    session: Session, subscriber: Subscriber, funnels: Funnels, *, now: datetime
+) -> list[str]:
+    """On confirmation: every magnet the reader asked for (the default one if the request
+    came before magnets were recorded, an import's say); the ids delivered."""
+    asked = requested(session, subscriber.id) or {DEFAULT_MAGNET: None}
+    delivered = []
+    for magnet_id in asked:
+        magnet = funnels.magnets.get(magnet_id)
+        if magnet is None:  # its folder was removed since
+            continue
+        deliver(
+            session,
+            subscriber,
+            magnet,
+            sequence=funnels.sequences.get(magnet.sequence or ""),
+            now=now,
+        )
+        delivered.append(magnet_id)
+    return delivered
