@@ -46,31 +46,28 @@ def parse_instant(text: str) -> datetime:
 
 def advance_sequences(
     services: Services, *, clock: Callable[[], datetime], stop: threading.Event
-) -> dict[str, sequences.TickReport]:
-    """Move every subscriber whose next step is due one step on, in every sequence, a batch
-    per transaction; what each sequence did, by name."""
+) -> sequences.TickReport:
+    """Move every subscriber whose next step is due one step on, in every sequence at
+    once (earliest due first, the daily cap across them), a batch per transaction."""
     limit = services.settings.SEQUENCE_BATCH_SIZE
-    totals = {}
-    for name, sequence in services.sequences.items():
-        total = totals[name] = sequences.TickReport()
-        while not stop.is_set():
-            with services.database.begin() as session:
-                report = sequences.advance_due(
-                    session,
-                    sequence,
-                    now=clock(),
-                    default_zone=services.settings.default_zone,
-                    limit=limit,
-                )
-            for outcome in sequences.Outcome:
-                setattr(
-                    total,
-                    outcome.value,
-                    getattr(total, outcome.value) + getattr(report, outcome.value),
-                )
-            if report.total < limit:
-                break
-    return totals
+    total = sequences.TickReport()
+    while not stop.is_set():
+        with services.database.begin() as session:
+            report = sequences.advance_due(
+                session,
+                services.sequences,
+                now=clock(),
+                default_zone=services.settings.default_zone,
+                limit=limit,
+                max_per_day=services.settings.MAX_SEQUENCE_EMAILS_PER_DAY,
+            )
+        for outcome in sequences.Outcome:
+            setattr(
+                total, outcome.value, getattr(total, outcome.value) + getattr(report, outcome.value)
+            )
+        if report.total < limit:
+            break
+    return total
 
 
 def tick(
@@ -89,9 +86,9 @@ def tick(
             health.record_tick(session, dispatcher.worker, started_at=started_at, now=now)
 
     heartbeat(clock())
-    for name, steps in advance_sequences(services, clock=clock, stop=stop).items():
-        if steps.total:
-            logger.info("sequence %s: %s", name, steps)
+    steps = advance_sequences(services, clock=clock, stop=stop)
+    if steps.total:
+        logger.info("sequences: %s", steps)
     with services.database.read() as session:
         newsletters = broadcasts.in_progress(session)
     if newsletters:

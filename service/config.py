@@ -154,6 +154,11 @@ class Settings:
     SEQUENCE_BATCH_SIZE: int = setting(
         500, "Due sequence steps moved into the outbox per transaction."
     )
+    MAX_SEQUENCE_EMAILS_PER_DAY: int = setting(
+        1,
+        "Sequence emails a reader gets on one local day at most, however many sequences"
+        " they are in; another due that day waits for the next morning.",
+    )
     SMTP_TIMEOUT_SECONDS: float = setting(30.0, "Socket timeout for every SMTP command.")
     SCHEDULER_LATE_SECONDS: int = setting(
         120, "/healthz reports the scheduler late after this long without a tick."

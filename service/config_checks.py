@@ -82,6 +82,7 @@ def check_settings(settings: Settings) -> None:
         "SEND_LEASE_SECONDS",
         "SEND_MAX_ATTEMPTS",
         "SEQUENCE_BATCH_SIZE",
+        "MAX_SEQUENCE_EMAILS_PER_DAY",
     ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1")

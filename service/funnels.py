@@ -20,12 +20,9 @@ from sqlalchemy.orm import Session
 from . import kinds, outbox, sequences, tags
 from .db import insert_ignoring_conflicts
 from .magnets import DEFAULT_MAGNET, LeadMagnet
-from .models import Enrollment, EnrollmentStatus, MagnetRequest, Subscriber
+from .models import MagnetRequest, Subscriber
 from .outbox.queue import Recipient
 from .sequences import DripSequence
-
-# Enrollments that count as "in or finished" a sequence, for `exclude`.
-EXCLUDING_STATES = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED, EnrollmentStatus.FINISHED)
 
 
 @dataclass(frozen=True)
@@ -103,8 +100,10 @@ def deliver(
         dedupe_key=incentive_key(magnet.id, subscriber.id),
     )
     tags.add(session, subscriber.id, magnet.all_tags, added_by="magnet", now=now)
-    if magnet.sequence is not None:
-        start_sequence(session, subscriber, magnet.sequence, sequence=sequence, now=now)
+    if sequence is not None:
+        sequences.start(session, subscriber, sequence, now=now)
+    elif magnet.sequence is not None:
+        sequences.enroll(session, subscriber, now=now, sequence=magnet.sequence)
     session.execute(
         update(MagnetRequest)
         .where(
@@ -115,35 +114,6 @@ def deliver(
         .values(delivered_at=now)
         .execution_options(synchronize_session=False)
     )
-
-
-def start_sequence(
-    session: Session,
-    subscriber: Recipient,
-    name: str,
-    *,
-    sequence: DripSequence | None,
-    now: datetime,
-) -> bool:
-    """Enroll a reader unless the sequence leaves out readers of one they are in or
-    finished; whether they were enrolled (or taken back in)."""
-    if sequence is not None and sequence.excludes and excluded(session, subscriber.id, sequence):
-        return False
-    return sequences.enroll(session, subscriber, now=now, sequence=name)
-
-
-def excluded(session: Session, subscriber_id: int, sequence: DripSequence) -> bool:
-    """Whether the reader is in, or finished, a sequence `sequence` leaves out."""
-    found = session.scalar(
-        select(Enrollment.id)
-        .where(
-            Enrollment.subscriber_id == subscriber_id,
-            Enrollment.sequence.in_(sequence.excludes),
-            Enrollment.status.in_(EXCLUDING_STATES),
-        )
-        .limit(1)
-    )
-    return found is not None
 
 
 def deliver_requested(

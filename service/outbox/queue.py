@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import String, Subquery, cast, literal, select, true, update
+from sqlalchemy import String, Subquery, bindparam, cast, literal, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -146,25 +146,42 @@ def step_row(
     }
 
 
-def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime) -> None:
+def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime) -> set[str]:
     """Queue sequence steps (`step_row`s): one row per (subscriber, step), ever, inserted
-    all at once, a conflict left alone. A row cancelled by a pause is revived on resume; a
-    row already sent is never sent again."""
+    all at once, a conflict left alone. A row cancelled by a pause is revived on resume,
+    with its new day slot; a row already sent is never sent again. The dedupe keys of the
+    rows written or revived."""
     if not rows:
-        return
+        return set()
+    rows = [{"day_slot": None, **row} for row in rows]
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.connection().execute(insert(OutboxMessage.__table__).on_conflict_do_nothing(), rows)
-    session.execute(
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.dedupe_key.in_([row["dedupe_key"] for row in rows]),
-            OutboxMessage.status == OutboxStatus.CANCELLED,
-        )
-        .values(
-            status=OutboxStatus.QUEUED, attempts=0, due_at=now, claimed_by=None, last_error=None
-        )
-        .execution_options(synchronize_session=False)
+    table = OutboxMessage.__table__
+    written = set(
+        session.connection()
+        .execute(insert(table).on_conflict_do_nothing().returning(table.c.dedupe_key), rows)
+        .scalars()
     )
+    revive = (
+        update(table)
+        .where(table.c.dedupe_key == bindparam("key"), table.c.status == OutboxStatus.CANCELLED)
+        .values(
+            status=OutboxStatus.QUEUED,
+            attempts=0,
+            due_at=now,
+            claimed_by=None,
+            last_error=None,
+            day_slot=bindparam("slot"),
+        )
+        .returning(table.c.dedupe_key)
+    )
+    # Rare (a resume after a pause): one statement each, for RETURNING.
+    for row in rows:
+        if row["dedupe_key"] not in written:
+            found = session.connection().execute(
+                revive, {"key": row["dedupe_key"], "slot": row["day_slot"]}
+            )
+            written.update(found.scalars())
+    return written
 
 
 def cancel_for_subscriber(session: Session, subscriber_id: int, *, reason: str) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .definition import EVERY_DAY, Delay, DripSequence, SequenceError, Step, load
 from .engine import Outcome, TickReport, advance_due, due_enrollments
-from .enrollments import enroll, pause, resume, stop
+from .enrollments import enroll, excluded, pause, resume, start, stop
 from .timing import due_time, sending_window_opens, zone_of
 
 __all__ = [
@@ -27,10 +27,12 @@ __all__ = [
     "due_enrollments",
     "due_time",
     "enroll",
+    "excluded",
     "load",
     "pause",
     "resume",
     "sending_window_opens",
+    "start",
     "stop",
     "zone_of",
 ]

@@ -3,22 +3,31 @@ each one step on.
 
 A tick turns due enrollments into outbox rows (one per subscriber and step, unique) in the
 same transaction that moves the enrollment on, so the work of a tick is proportional to
-what is due, found through an index on the due time.
+what is due, found through an index on the due time. One pass covers every sequence,
+earliest due first.
+
+A reader in several sequences gets at most `max_per_day` sequence emails on one local
+day: each step's row takes a day slot (`<subscriber>:<local day>:<n>`, unique in the
+outbox), and a step that finds its reader's slots taken moves to the next allowed morning,
+its own sequence's timing otherwise unchanged (the steps after it are timed from when it
+goes). The slots are read for the whole batch in one query; the unique index settles a
+race between two schedulers, the loser waiting for the next morning like any other.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from .. import outbox
+from .. import outbox, tags
 from ..models import (
     ENROLLMENT_DUE_STATES,
     Enrollment,
@@ -29,8 +38,8 @@ from ..models import (
     SubscriberStatus,
 )
 from .definition import DripSequence
-from .enrollments import dedupe_key
-from .timing import due_time, sending_window_opens, zone_of
+from .enrollments import dedupe_key, start
+from .timing import due_time, first_morning, sending_window_opens, zone_of
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,7 @@ class Outcome(enum.StrEnum):
     QUEUED = "queued"  # an email for the step is in the outbox
     PLANNED = "planned"  # the next step's time was (re)calculated; nothing sent yet
     SKIPPED = "skipped"  # the step needs a link the owner has not set
+    DEFERRED = "deferred"  # the reader had their sequence emails for the day: next morning
     FINISHED = "finished"
     STOPPED = "stopped"  # the subscriber may no longer receive mail
 
@@ -52,6 +62,7 @@ class TickReport:
     queued: int = 0
     planned: int = 0
     skipped: int = 0
+    deferred: int = 0
     finished: int = 0
     stopped: int = 0
 
@@ -60,12 +71,14 @@ class TickReport:
 
     @property
     def total(self) -> int:
-        return self.queued + self.planned + self.skipped + self.finished + self.stopped
+        return (
+            self.queued + self.planned + self.skipped + self.deferred + self.finished + self.stopped
+        )
 
     def __str__(self) -> str:
         return ", ".join(
             f"{k} {getattr(self, k)}"
-            for k in ("queued", "planned", "skipped", "finished", "stopped")
+            for k in ("queued", "planned", "skipped", "deferred", "finished", "stopped")
         )
 
 
@@ -76,16 +89,23 @@ class _Due:
     email: str
     subscriber_status: SubscriberStatus
     time_zone: str
+    sequence: str
     enrolled_at: datetime
     last_step_at: datetime | None
     next_step: str | None
-    passed: list[str]
+    held_until: datetime | None
+    passed: list[str] = field(default_factory=list)
 
 
 def due_enrollments(
-    session: Session, sequence: DripSequence, *, now: datetime, limit: int
+    session: Session,
+    sequence: DripSequence | None = None,
+    *,
+    now: datetime,
+    limit: int,
 ) -> list[_Due]:
-    """Enrollments whose next step is due, earliest first (an index range scan).
+    """Enrollments whose next step is due, earliest first (an index range scan), in every
+    sequence or in `sequence`.
 
     On PostgreSQL the rows are locked, skipping rows another scheduler holds.
     """
@@ -96,9 +116,11 @@ def due_enrollments(
             Subscriber.email,
             Subscriber.status,
             Subscriber.time_zone,
+            Enrollment.sequence,
             Enrollment.enrolled_at,
             Enrollment.last_step_at,
             Enrollment.next_step,
+            Enrollment.held_until,
             Enrollment.steps_passed,
         )
         .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
@@ -106,60 +128,88 @@ def due_enrollments(
             # The index's own terms, with the table named (the query joins subscribers).
             text(f"enrollments.{ENROLLMENT_DUE_STATES}"),
             Enrollment.next_due_at <= now,
-            Enrollment.sequence == sequence.name,
         )
         .order_by(Enrollment.next_due_at)
         .limit(limit)
     )
+    if sequence is not None:
+        statement = statement.where(Enrollment.sequence == sequence.name)
     if session.get_bind().dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True, of=Enrollment)
-    return [_Due(*row[:8], passed=list(row[8] or [])) for row in session.execute(statement)]
+    return [_Due(*row[:10], passed=list(row[10] or [])) for row in session.execute(statement)]
+
+
+Decision = tuple["_Due", Outcome, dict[str, Any], dict[str, Any] | None]
 
 
 def advance_due(
     session: Session,
-    sequence: DripSequence,
+    sequences: DripSequence | Mapping[str, DripSequence],
     *,
     now: datetime,
     default_zone: ZoneInfo,
     limit: int = 500,
+    max_per_day: int = 1,
 ) -> TickReport:
-    """Move every due enrollment (up to `limit`) one step on, in this transaction.
+    """Move every due enrollment (up to `limit`) one step on, in this transaction: in
+    every sequence of the mapping, or in the one sequence given.
 
     Each gets at most one step per call, and never while its previous step is still
     waiting in the outbox: a step is timed from when the previous one actually went out.
     So a scheduler or mail server that was down catches up without sending anyone two
-    steps at once.
+    steps at once. No reader gets more than `max_per_day` sequence emails on a local day.
     """
+    if isinstance(sequences, DripSequence):
+        loaded, only = {sequences.name: sequences}, sequences
+    else:
+        loaded, only = sequences, None
     report = TickReport()
-    due = due_enrollments(session, sequence, now=now, limit=limit)
-    previous = _previous_emails(session, sequence, due)
-    outbox_rows: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
+    due = due_enrollments(session, only, now=now, limit=limit)
+    previous = _previous_emails(session, due)
+    decisions: list[Decision] = []
     for entry in due:
+        sequence = loaded.get(entry.sequence)
+        if sequence is None:
+            logger.warning(
+                "subscriber %d is in sequence %s, which is not loaded",
+                entry.subscriber_id,
+                entry.sequence,
+            )
+            decisions.append((entry, Outcome.PLANNED, {"next_due_at": now + LOST_RECHECK}, None))
+            continue
         outcome, changes, email = _advance_one(
             entry,
             sequence,
-            previous.get(entry.subscriber_id),
+            previous.get((entry.sequence, entry.subscriber_id)),
             now=now,
             default_zone=default_zone,
         )
+        decisions.append((entry, outcome, changes, email))
+    decisions = _within_daily_cap(session, decisions, loaded, now, default_zone, max_per_day)
+    lost = _enqueue(session, [email for *_, email in decisions if email is not None], now=now)
+    updates: list[dict[str, Any]] = []
+    finished: list[_Due] = []
+    for entry, outcome, changes, email in decisions:
+        if email is not None and email["dedupe_key"] in lost:
+            # Another scheduler took the reader's last slot of the day a moment ago.
+            outcome, changes = _deferred(entry, loaded[entry.sequence], now, default_zone)
         report.add(outcome)
         updates.append({"id": entry.enrollment_id, **changes})
-        if email is not None:
-            outbox_rows.append(email)
-    outbox.enqueue_steps(session, outbox_rows, now=now)
+        if changes.get("status") is EnrollmentStatus.FINISHED:
+            finished.append(entry)
     if updates:
         session.execute(update(Enrollment), updates)
+    _after_finishing(session, finished, loaded, now=now)
     return report
 
 
 def _previous_emails(
-    session: Session, sequence: DripSequence, due: list[_Due]
-) -> dict[int, tuple[OutboxStatus, datetime | None]]:
-    """The outbox state of each subscriber's last step (one query, by unique key)."""
+    session: Session, due: list[_Due]
+) -> dict[tuple[str, int], tuple[OutboxStatus, datetime | None]]:
+    """The outbox state of each subscriber's last step in each sequence (one query, by
+    unique key)."""
     keys = {
-        dedupe_key(sequence.name, d.subscriber_id, d.passed[-1]): d.subscriber_id
+        dedupe_key(d.sequence, d.subscriber_id, d.passed[-1]): (d.sequence, d.subscriber_id)
         for d in due
         if d.passed
     }
@@ -171,6 +221,106 @@ def _previous_emails(
         )
     )
     return {keys[key]: (state, sent_at) for key, state, sent_at in rows}
+
+
+def day_slot(subscriber_id: int, day: date, number: int) -> str:
+    """The outbox's key for a reader's `number`-th sequence email of a local day."""
+    return f"{subscriber_id}:{day.isoformat()}:{number}"
+
+
+def _within_daily_cap(
+    session: Session,
+    decisions: list[Decision],
+    loaded: Mapping[str, DripSequence],
+    now: datetime,
+    default_zone: ZoneInfo,
+    max_per_day: int,
+) -> list[Decision]:
+    """Give each step to queue a free slot of its reader's local day, earliest due first
+    (the order of `decisions`); a step that finds none waits for the next allowed morning.
+    The slots taken already are read in one query."""
+    wanted: dict[int, list[str]] = {}
+    for entry, _, _, email in decisions:
+        if email is not None:
+            day = now.astimezone(zone_of(entry.time_zone, default_zone)).date()
+            wanted[entry.enrollment_id] = [
+                day_slot(entry.subscriber_id, day, n) for n in range(max_per_day)
+            ]
+    if not wanted:
+        return decisions
+    every_slot = [slot for slots in wanted.values() for slot in slots]
+    taken = set(
+        session.scalars(
+            select(OutboxMessage.day_slot).where(OutboxMessage.day_slot.in_(every_slot))
+        )
+    )
+    kept: list[Decision] = []
+    for entry, outcome, changes, email in decisions:
+        if email is not None:
+            free = next((slot for slot in wanted[entry.enrollment_id] if slot not in taken), None)
+            if free is None:
+                outcome, changes = _deferred(entry, loaded[entry.sequence], now, default_zone)
+                email = None
+            else:
+                taken.add(free)
+                email = {**email, "day_slot": free}
+        kept.append((entry, outcome, changes, email))
+    return kept
+
+
+def _deferred(
+    entry: _Due, sequence: DripSequence, now: datetime, default_zone: ZoneInfo
+) -> tuple[Outcome, dict[str, Any]]:
+    """The step waits for the reader's next allowed morning; nothing else changes."""
+    step = sequence.next_step(entry.passed)
+    assert step is not None  # only a step about to be queued is deferred
+    zone = zone_of(entry.time_zone, default_zone)
+    tomorrow = now.astimezone(zone).date() + timedelta(days=1)
+    return Outcome.DEFERRED, {
+        "next_step": step.id,
+        "next_due_at": first_morning(step, tomorrow, zone=zone, send_hour=sequence.send_hour),
+    }
+
+
+def _enqueue(session: Session, rows: list[dict[str, Any]], *, now: datetime) -> set[str]:
+    """Queue the steps; the dedupe keys of those that lost their day slot to another
+    scheduler (none were written for them)."""
+    if not rows:
+        return set()
+    written = outbox.enqueue_steps(session, rows, now=now)
+    missing = [row["dedupe_key"] for row in rows if row["dedupe_key"] not in written]
+    if not missing:
+        return set()
+    present = set(
+        session.scalars(
+            select(OutboxMessage.dedupe_key).where(OutboxMessage.dedupe_key.in_(missing))
+        )
+    )
+    return set(missing) - present
+
+
+@dataclass(frozen=True)
+class _Reader:
+    id: int
+    email: str
+
+
+def _after_finishing(
+    session: Session,
+    finished: list[_Due],
+    loaded: Mapping[str, DripSequence],
+    *,
+    now: datetime,
+) -> None:
+    """Readers who finished a sequence carry `finished:<sequence>`, and start the sequence
+    it names `then` (unless that one leaves them out)."""
+    for entry in finished:
+        tag = tags.finished_tag(entry.sequence)
+        tags.add(session, entry.subscriber_id, [tag], added_by="sequence", now=now)
+        following = loaded[entry.sequence].then if entry.sequence in loaded else None
+        if following is not None and following in loaded:
+            reader = _Reader(entry.subscriber_id, entry.email)
+            start(session, reader, loaded[following], now=now)
 
 
 # How soon to look again at a subscriber whose previous step has not gone out yet.
@@ -219,7 +369,18 @@ def _advance_one(
     moments = [t for t in (due.last_step_at, sent_at) if t is not None]
     base = max(moments) if moments else due.enrolled_at
     previous = base if due.passed else None
-    planned = due_time(step, base=base, zone=zone, send_hour=sequence.send_hour, previous=previous)
+    if due.held_until is not None:
+        # Back from the reader's own pause: the first sending morning after it.
+        day = due.held_until.astimezone(zone).date()
+        planned = first_morning(step, day, zone=zone, send_hour=sequence.send_hour)
+        if planned < due.held_until:
+            planned = first_morning(
+                step, day + timedelta(days=1), zone=zone, send_hour=sequence.send_hour
+            )
+    else:
+        planned = due_time(
+            step, base=base, zone=zone, send_hour=sequence.send_hour, previous=previous
+        )
     if planned > now:
         return Outcome.PLANNED, {"next_step": step.id, "next_due_at": planned}, None
     opens = sending_window_opens(step, now=now, zone=zone, sequence=sequence)
@@ -228,7 +389,7 @@ def _advance_one(
 
     passed = [*due.passed, step.id]
     following = sequence.next_step(passed)
-    changes: dict[str, Any] = {"steps_passed": passed, "last_step_at": now}
+    changes: dict[str, Any] = {"steps_passed": passed, "last_step_at": now, "held_until": None}
     if following is None:
         changes.update(_finished(now))
     else:

@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session
 
 from ..db import insert_ignoring_conflicts
 from ..kinds import SEQUENCE_STEP
-from ..models import Enrollment, EnrollmentStatus, OutboxMessage, OutboxStatus, Subscriber
+from ..models import Enrollment, EnrollmentStatus, OutboxMessage, OutboxStatus
+from ..outbox.queue import Recipient
+from .definition import DripSequence
 
 
 def dedupe_key(sequence: str, subscriber_id: int, step_id: str) -> str:
@@ -24,7 +26,7 @@ def dedupe_key(sequence: str, subscriber_id: int, step_id: str) -> str:
     return f"{SEQUENCE_STEP}:{sequence}:{subscriber_id}:{step_id}"
 
 
-def enroll(session: Session, subscriber: Subscriber, *, now: datetime, sequence: str) -> bool:
+def enroll(session: Session, subscriber: Recipient, *, now: datetime, sequence: str) -> bool:
     """Start (or, after a new confirmation, restart) a subscriber's place in a sequence.
 
     The first step is planned by the next scheduler tick, which knows the sequence file.
@@ -64,6 +66,34 @@ def enroll(session: Session, subscriber: Subscriber, *, now: datetime, sequence:
     return result.rowcount == 1
 
 
+def start(
+    session: Session, subscriber: Recipient, sequence: DripSequence, *, now: datetime
+) -> bool:
+    """Enroll a reader in `sequence` (see `enroll`) unless it leaves out readers of a
+    sequence they are in or finished; whether they were enrolled or taken back in."""
+    if sequence.excludes and excluded(session, subscriber.id, sequence):
+        return False
+    return enroll(session, subscriber, now=now, sequence=sequence.name)
+
+
+# Enrollments that count as "in or finished" a sequence, for `exclude`.
+EXCLUDING_STATES = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED, EnrollmentStatus.FINISHED)
+
+
+def excluded(session: Session, subscriber_id: int, sequence: DripSequence) -> bool:
+    """Whether the reader is in, or finished, a sequence that `sequence` leaves out."""
+    found = session.scalar(
+        select(Enrollment.id)
+        .where(
+            Enrollment.subscriber_id == subscriber_id,
+            Enrollment.sequence.in_(sequence.excludes),
+            Enrollment.status.in_(EXCLUDING_STATES),
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
 def _take_back_steps(
     session: Session,
     enrollment: Enrollment,
@@ -81,7 +111,8 @@ def _take_back_steps(
             ),
             OutboxMessage.status.in_(states),
         )
-        .values(status=OutboxStatus.CANCELLED, last_error=reason)
+        # Its day slot is given up: another step may have the reader's day.
+        .values(status=OutboxStatus.CANCELLED, last_error=reason, day_slot=None)
         .returning(OutboxMessage.sequence_step)
         .execution_options(synchronize_session=False)
     ).all()

@@ -64,6 +64,13 @@ def due_time(
     return _at_hour(day, send_hour, zone)
 
 
+def first_morning(step: Step, day: date, *, zone: ZoneInfo, send_hour: int) -> datetime:
+    """The send hour of `day`, or of the first day after it that the step allows."""
+    while day.weekday() not in step.weekdays:
+        day += timedelta(days=1)
+    return _at_hour(day, send_hour, zone)
+
+
 def sending_window_opens(
     step: Step, *, now: datetime, zone: ZoneInfo, sequence: DripSequence
 ) -> datetime | None:
