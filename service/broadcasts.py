@@ -25,17 +25,14 @@ from markdown.treeprocessors import Treeprocessor
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from . import kinds, outbox
+from . import kinds, newsletter_audience, outbox
 from .models import (
     Broadcast,
     BroadcastStatus,
-    Enrollment,
-    EnrollmentStatus,
     OutboxMessage,
     OutboxStatus,
-    Subscriber,
-    SubscriberStatus,
 )
+from .newsletter_audience import SEQUENCE_CHOICES
 
 # Far enough ahead that no scheduler claims a held row.
 HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
@@ -43,11 +40,6 @@ HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
 LATEST_SEND = timedelta(days=366)
 MAX_SUBJECT_LENGTH = 200
 MAX_BODY_LENGTH = 100_000
-SEQUENCE_CHOICES = {
-    "": "everyone confirmed",
-    "finished": "only those who finished the sequence",
-    "not_finished": "only those still in the sequence (or never in it)",
-}
 # [label](target), the target possibly holding one level of parentheses (Wikipedia's do).
 _MARKDOWN_LINK = re.compile(r"\[([^\]]+)\]\(((?:[^()\s]|\([^()\s]*\))+)\)")
 # Where a newsletter's links and images may point: javascript:, data:, vbscript:, relative
@@ -186,34 +178,6 @@ def schedule(session: Session, broadcast_id: int, *, at: datetime, now: datetime
     return result.rowcount == 1
 
 
-def _recipients(broadcast: Broadcast, sequence: str):
-    """Confirmed subscribers the broadcast is for, as (subscriber id, address) rows."""
-    query = select(Subscriber.id, Subscriber.email).where(
-        Subscriber.status == SubscriberStatus.CONFIRMED
-    )
-    if broadcast.audience_source:
-        query = query.where(Subscriber.source == broadcast.audience_source)
-    if broadcast.audience_sequence:
-        finished = (
-            select(Enrollment.id)
-            .where(
-                Enrollment.subscriber_id == Subscriber.id,
-                Enrollment.sequence == sequence,
-                Enrollment.status == EnrollmentStatus.FINISHED,
-            )
-            .exists()
-        )
-        query = query.where(finished if broadcast.audience_sequence == "finished" else ~finished)
-    return query
-
-
-def audience_size(session: Session, broadcast: Broadcast, *, sequence: str) -> int:
-    """How many would get it if it went now."""
-    return session.scalar(
-        select(func.count()).select_from(_recipients(broadcast, sequence).subquery())
-    )
-
-
 def in_progress(session: Session) -> bool:
     """Whether any newsletter is scheduled or being sent (a read: a tick with nothing to do
     for newsletters need not take the write lock)."""
@@ -235,7 +199,7 @@ def start_due(session: Session, *, now: datetime, sequence: str) -> list[tuple[i
     for broadcast in session.scalars(due).all():
         outbox.enqueue_for_each(
             session,
-            _recipients(broadcast, sequence).subquery(),
+            newsletter_audience.recipients(broadcast, sequence).subquery(),
             kinds.NEWSLETTER,
             now=now,
             context={"broadcast_id": broadcast.id},

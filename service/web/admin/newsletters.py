@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from flask import Response, abort, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from ... import audience, broadcasts, dashboard, kinds
+from ... import audience, broadcasts, dashboard, kinds, newsletter_audience
 from ...feedback import rates
 from ...models import Broadcast
 from .. import now, services
@@ -74,7 +74,7 @@ def newsletter(broadcast_id: int | None):
         broadcast = _broadcast_or_404(db, broadcast_id) if broadcast_id else None
         recipients = None
         if broadcast is not None:
-            recipients = broadcasts.audience_size(
+            recipients = newsletter_audience.size(
                 db, broadcast, sequence=services().default_sequence.name
             )
             progress = broadcasts.progress(db, broadcast.id)
@@ -96,7 +96,7 @@ def newsletter(broadcast_id: int | None):
         links=links,
         feedback=feedback,
         sources=sources,
-        sequence_choices=broadcasts.SEQUENCE_CHOICES,
+        sequence_choices=newsletter_audience.SEQUENCE_CHOICES,
         sample=sample,
         zone=services().settings.DEFAULT_TIME_ZONE,
     ), 422 if error else 200
