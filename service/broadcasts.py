@@ -15,6 +15,7 @@ import html
 import re
 import xml.etree.ElementTree as etree
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -139,10 +140,19 @@ def save_draft(
     body: str,
     audience_source: str = "",
     audience_sequence: str = "",
+    include_tags: Iterable[str] = (),
+    exclude_tags: Iterable[str] = (),
+    tags_match: str = "any",
     now: datetime,
 ) -> Broadcast:
     """Create a draft, or change one; a newsletter that left the drafts cannot change."""
     subject, body = _checked(subject, body, audience_sequence)
+    try:
+        tag_choice = newsletter_audience.checked_tags(
+            session, include_tags, exclude_tags, tags_match
+        )
+    except ValueError as exc:
+        raise BroadcastError(str(exc)) from None
     if broadcast_id is None:
         broadcast = Broadcast(status=BroadcastStatus.DRAFT, created_at=now, recipients=0)
         session.add(broadcast)
@@ -154,6 +164,9 @@ def save_draft(
     broadcast.body = body
     broadcast.audience_source = _CONTROL.sub("", audience_source).strip()[:100]
     broadcast.audience_sequence = audience_sequence
+    broadcast.include_tags = tag_choice.include
+    broadcast.exclude_tags = tag_choice.exclude
+    broadcast.tags_match = tag_choice.match
     broadcast.updated_at = now
     session.flush()
     return broadcast
@@ -199,7 +212,7 @@ def start_due(session: Session, *, now: datetime, sequence: str) -> list[tuple[i
     for broadcast in session.scalars(due).all():
         outbox.enqueue_for_each(
             session,
-            newsletter_audience.recipients(broadcast, sequence).subquery(),
+            newsletter_audience.recipients(broadcast, sequence, now=now).subquery(),
             kinds.NEWSLETTER,
             now=now,
             context={"broadcast_id": broadcast.id},

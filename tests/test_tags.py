@@ -1,0 +1,168 @@
+"""Tags: where readers get them (import, the owner), what they choose (exports, the
+subscriber list, newsletters), and the dashboard's funnel per magnet."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from service import broadcasts, kinds, newsletter_audience, tags
+from service.models import OutboxMessage, Subscriber, SubscriberStatus
+from tests.helpers import make_subscriber, services_of
+from tests.test_admin import create_admin, csrf_token, sign_in
+
+
+@pytest.fixture
+def owner(app):
+    create_admin(app)
+    client = app.test_client()
+    sign_in(client)
+    return client
+
+
+def reader(app, email: str, *tagged: str, status=SubscriberStatus.CONFIRMED, **fields) -> int:
+    """A reader carrying `tagged`, added by the owner."""
+    services = services_of(app)
+    with services.database.begin() as session:
+        subscriber = make_subscriber(session, email, now=services.clock(), status=status, **fields)
+        tags.add(session, subscriber.id, tagged, added_by="owner", now=services.clock())
+        return subscriber.id
+
+
+def tags_by_address(app) -> dict[str, list[str]]:
+    with services_of(app).database.read() as session:
+        ids = dict(session.execute(sa.select(Subscriber.email, Subscriber.id)).all())
+        return {email: tags.of(session, subscriber_id) for email, subscriber_id in ids.items()}
+
+
+# --- newsletters to tags -----------------------------------------------------------------
+
+
+@pytest.fixture
+def tagged_readers(app):
+    """Five confirmed readers with tags in different combinations, and two who would
+    match any choice but are not confirmed."""
+    reader(app, "ab@example.com", "a", "b")
+    reader(app, "a@example.com", "a")
+    reader(app, "b@example.com", "b")
+    reader(app, "ac@example.com", "a", "c")
+    reader(app, "none@example.com")
+    reader(app, "pending@example.com", "a", "b", status=SubscriberStatus.PENDING)
+    reader(app, "gone@example.com", "a", "b", status=SubscriberStatus.UNSUBSCRIBED)
+
+
+def send_to(app, **audience) -> tuple[int, set[str]]:
+    """Draft, count, send and start a newsletter; the count shown before sending and the
+    addresses of the rows queued."""
+    services = services_of(app)
+    now = services.clock()
+    sequence = services.default_sequence.name
+    with services.database.begin() as session:
+        broadcast = broadcasts.save_draft(
+            session, None, subject="Hello", body="Body", now=now, **audience
+        )
+        shown = newsletter_audience.size(session, broadcast, sequence=sequence, now=now)
+        broadcasts.schedule(session, broadcast.id, at=now, now=now)
+    with services.database.begin() as session:
+        [(broadcast_id, queued)] = broadcasts.start_due(session, now=now, sequence=sequence)
+        assert queued == shown
+    with services.database.read() as session:
+        addresses = set(
+            session.scalars(
+                sa.select(Subscriber.email)
+                .join(OutboxMessage, OutboxMessage.subscriber_id == Subscriber.id)
+                .where(OutboxMessage.kind == kinds.NEWSLETTER)
+                .where(OutboxMessage.broadcast_id == broadcast_id)
+            )
+        )
+    assert len(addresses) == shown
+    return shown, addresses
+
+
+@pytest.mark.parametrize(
+    ("audience", "expected"),
+    [
+        ({}, {"ab", "a", "b", "ac", "none"}),
+        ({"include_tags": ["a"]}, {"ab", "a", "ac"}),
+        ({"include_tags": ["a", "b"]}, {"ab", "a", "b", "ac"}),
+        ({"include_tags": ["a", "b"], "tags_match": "all"}, {"ab"}),
+        ({"include_tags": ["A ", "c"], "tags_match": "all"}, {"ac"}),
+        ({"exclude_tags": ["a"]}, {"b", "none"}),
+        ({"include_tags": ["a"], "exclude_tags": ["b", "c"]}, {"a"}),
+        ({"include_tags": ["b"], "exclude_tags": ["a"], "tags_match": "all"}, {"b"}),
+    ],
+)
+def test_a_newsletter_reaches_exactly_the_readers_of_its_tags(
+    app, tagged_readers, audience, expected
+):
+    shown, addresses = send_to(app, **audience)
+    assert addresses == {f"{name}@example.com" for name in expected}
+    assert shown == len(expected)
+
+
+def test_readers_who_turned_newsletters_off_or_paused_get_none(app, clock):
+    reader(app, "keen@example.com", "a")
+    reader(app, "off@example.com", "a", wants_newsletters=False)
+    reader(app, "paused@example.com", "a", paused_until=clock.now + timedelta(days=3))
+    reader(app, "back@example.com", "a", paused_until=clock.now - timedelta(minutes=1))
+    assert send_to(app)[1] == {"keen@example.com", "back@example.com"}
+    assert send_to(app, include_tags=["a"])[1] == {"keen@example.com", "back@example.com"}
+
+
+@pytest.mark.parametrize(
+    ("audience", "error"),
+    [
+        ({"include_tags": ["nobody-has-it"]}, "No reader carries the tag 'nobody-has-it'"),
+        ({"exclude_tags": ["Not a tag!"]}, "'Not a tag!' is not a tag"),
+        ({"include_tags": ["a"], "exclude_tags": ["a"]}, "both included and excluded"),
+        ({"include_tags": ["a"], "tags_match": "some"}, "any or all"),
+    ],
+)
+def test_a_tag_choice_that_cannot_be_is_refused(app, tagged_readers, audience, error):
+    services = services_of(app)
+    with pytest.raises(broadcasts.BroadcastError, match=error), services.database.begin() as s:
+        broadcasts.save_draft(s, None, subject="S", body="B", now=services.clock(), **audience)
+
+
+def test_the_compose_page_counts_the_tag_choice_and_keeps_a_refused_draft(
+    app, owner, tagged_readers
+):
+    token = csrf_token(owner, "/admin/newsletters/new")
+    page = owner.get("/admin/newsletters/new").get_data(as_text=True)
+    assert '<option value="a">a (5)</option>' in page  # pending and gone carry it too
+    response = owner.post(
+        "/admin/newsletters/new",
+        data={
+            "csrf_token": token,
+            "subject": "To a, not c",
+            "body": "Hi",
+            "include_tags": ["a", "b"],
+            "exclude_tags": "c",
+        },
+    )
+    assert response.status_code == 303
+    page = owner.get(response.headers["Location"]).get_data(as_text=True)
+    assert 'It goes to <strong id="recipient-count">3</strong>' in page
+    assert '<option value="a" selected>' in page and '<option value="c" selected>' in page
+    refused = owner.post(
+        response.headers["Location"],
+        data={
+            "csrf_token": token,
+            "subject": "Changed",
+            "body": "Kept in the form",
+            "include_tags": "ghost",
+        },
+    )
+    assert refused.status_code == 422
+    page = refused.get_data(as_text=True)
+    assert "No reader carries the tag &#39;ghost&#39;" in page
+    assert "Kept in the form" in page
+    with services_of(app).database.read() as session:
+        [saved] = session.scalars(sa.select(broadcasts.Broadcast)).all()
+        assert (saved.subject, saved.include_tags, saved.exclude_tags) == (
+            "To a, not c",
+            ["a", "b"],
+            ["c"],
+        )
