@@ -3,6 +3,9 @@ subscriber list, newsletters), and the dashboard's funnel per magnet."""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 from datetime import timedelta
 
 import pytest
@@ -166,3 +169,149 @@ def test_the_compose_page_counts_the_tag_choice_and_keeps_a_refused_draft(
             ["a", "b"],
             ["c"],
         )
+
+
+# --- import ------------------------------------------------------------------------------
+
+CONSENT = "Signed up at the spring workshop"
+
+
+def import_file(app, tmp_path, text: str, *options: str):
+    path = tmp_path / "readers.csv"
+    path.write_text(text)
+    return app.test_cli_runner().invoke(
+        args=["subscribers", "import", str(path), "--consent", CONSENT, *options]
+    )
+
+
+def test_an_import_adds_the_files_tags_and_the_commands_to_new_and_known_readers(app, tmp_path):
+    reader(app, "known@example.com", "vip")
+    result = import_file(
+        app,
+        tmp_path,
+        "email,tags\n"
+        "new@example.com,Topic:Hips; workshop\n"
+        "known@example.com,workshop\n"
+        "plain@example.com,\n"
+        "bad@example.com,ok;not a tag!\n",
+        "--mode",
+        "confirmed",
+        "--tag",
+        "spring-2026",
+        "--tag",
+        "Workshop",
+    )
+    assert result.exit_code == 0, result.output
+    assert "line 5: invalid: bad@example.com tags: 'not a tag!' is not a tag" in result.output
+    assert "imported 2 new" in result.output and "1 already on the list given new tags" in (
+        result.output
+    )
+    assert tags_by_address(app) == {
+        "new@example.com": ["spring-2026", "topic:hips", "workshop"],
+        "known@example.com": ["spring-2026", "vip", "workshop"],  # vip stays
+        "plain@example.com": ["spring-2026", "workshop"],
+    }
+    with services_of(app).database.read() as session:
+        by = dict(
+            session.execute(
+                sa.select(tags.SubscriberTag.tag, tags.SubscriberTag.added_by).where(
+                    tags.SubscriberTag.subscriber_id
+                    == sa.select(Subscriber.id)
+                    .where(Subscriber.email == "known@example.com")
+                    .scalar_subquery()
+                )
+            ).all()
+        )
+    assert by == {"vip": "owner", "workshop": "import", "spring-2026": "import"}
+
+
+def test_an_invalid_tag_option_imports_nothing(app, tmp_path):
+    result = import_file(
+        app, tmp_path, "email\na@example.com\n", "--mode", "confirmed", "--tag", "no way"
+    )
+    assert result.exit_code != 0 and "'no way' is not a tag" in result.output
+    assert tags_by_address(app) == {}
+
+
+def test_the_admin_import_adds_the_tags_of_its_field(app, owner):
+    reader(app, "known@example.com")
+    response = owner.post(
+        "/admin/subscribers/import",
+        data={
+            "csrf_token": csrf_token(owner, "/admin/subscribers/import"),
+            "file": (
+                io.BytesIO(b"email,tags\nnew@example.com,hips\nknown@example.com,\n"),
+                "f.csv",
+            ),
+        },
+        content_type="multipart/form-data",
+    )
+    page = response.get_data(as_text=True)
+    assert 'name="tags"' in page
+    import_id = re.search(r'name="import_id" value="(\d+)"', page).group(1)
+    refused = owner.post(
+        "/admin/subscribers/import/apply",
+        data={
+            "csrf_token": csrf_token(owner, "/admin/subscribers/import"),
+            "import_id": import_id,
+            "consent": CONSENT,
+            "mode": "confirmed",
+            "tags": "fine, not fine",
+        },
+    )
+    assert refused.status_code == 303
+    assert tags_by_address(app) == {"known@example.com": []}
+    done = owner.post(
+        "/admin/subscribers/import/apply",
+        data={
+            "csrf_token": csrf_token(owner, "/admin/subscribers/import"),
+            "import_id": import_id,
+            "consent": CONSENT,
+            "mode": "confirmed",
+            "tags": "Webinar; spring,",
+        },
+    )
+    assert done.status_code == 303
+    assert tags_by_address(app) == {
+        "known@example.com": ["spring", "webinar"],
+        "new@example.com": ["hips", "spring", "webinar"],
+    }
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+def exported(app, *options: str) -> dict[str, str]:
+    result = app.test_cli_runner().invoke(args=["subscribers", "export", *options])
+    assert result.exit_code == 0, result.output
+    return {row["email"]: row["tags"] for row in csv.DictReader(io.StringIO(result.output))}
+
+
+def test_the_export_has_the_tags_and_exports_by_tag(app, tmp_path):
+    reader(app, "ab@example.com", "b", "a")
+    reader(app, "c@example.com", "c")
+    reader(app, "none@example.com")
+    assert exported(app) == {
+        "ab@example.com": "a;b",
+        "c@example.com": "c",
+        "none@example.com": "",
+    }
+    assert exported(app, "--tag", "a") == {"ab@example.com": "a;b"}
+    assert exported(app, "--tag", "B", "--tag", "c") == {
+        "ab@example.com": "a;b",
+        "c@example.com": "c",
+    }
+    assert exported(app, "--tag", "nobody") == {}
+    result = app.test_cli_runner().invoke(args=["subscribers", "export", "--tag", "a b"])
+    assert result.exit_code != 0 and "is not a tag" in result.output
+    # The export goes back in with its tags.
+    path = tmp_path / "out.csv"
+    path.write_text(app.test_cli_runner().invoke(args=["subscribers", "export"]).output)
+    with services_of(app).database.begin() as session:
+        session.execute(sa.delete(tags.SubscriberTag))
+    assert import_file(app, tmp_path, path.read_text(), "--mode", "confirmed").exit_code == 0
+    assert tags_by_address(app) == {
+        "ab@example.com": ["a", "b"],
+        "c@example.com": ["c"],
+        "none@example.com": [],
+    }
