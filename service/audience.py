@@ -22,6 +22,7 @@ from .models import (
     EnrollmentStatus,
     Event,
     FeedbackEvent,
+    MagnetRequest,
     OutboxMessage,
     Subscriber,
     SubscriberStatus,
@@ -254,6 +255,8 @@ class History:
     enrollments: list[Enrollment] = field(default_factory=list)
     clicks: list[tuple[str, datetime]] = field(default_factory=list)  # (link target, when)
     feedback: list[FeedbackEvent] = field(default_factory=list)  # bounces and complaints
+    tags: list[SubscriberTag] = field(default_factory=list)  # by name
+    magnets: list[MagnetRequest] = field(default_factory=list)  # the lead magnets asked for
 
 
 def history(session: Session, subscriber_id: int) -> History | None:
@@ -273,6 +276,20 @@ def history(session: Session, subscriber_id: int) -> History | None:
         emails=rows_of(OutboxMessage),
         enrollments=rows_of(Enrollment),
         feedback=rows_of(FeedbackEvent),
+        tags=list(
+            session.scalars(
+                select(SubscriberTag)
+                .where(SubscriberTag.subscriber_id == subscriber_id)
+                .order_by(SubscriberTag.tag)
+            )
+        ),
+        magnets=list(
+            session.scalars(
+                select(MagnetRequest)
+                .where(MagnetRequest.subscriber_id == subscriber_id)
+                .order_by(MagnetRequest.requested_at)
+            )
+        ),
         clicks=[
             (url, at)
             for url, at in session.execute(

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from service import broadcasts, kinds, newsletter_audience, tags
-from service.models import OutboxMessage, Subscriber, SubscriberStatus
+from service.models import Event, MagnetRequest, OutboxMessage, Subscriber, SubscriberStatus
 from tests.helpers import make_subscriber, services_of
 from tests.test_admin import create_admin, csrf_token, sign_in
 
@@ -315,3 +315,78 @@ def test_the_export_has_the_tags_and_exports_by_tag(app, tmp_path):
         "c@example.com": ["c"],
         "none@example.com": [],
     }
+
+
+# --- the subscriber list and page --------------------------------------------------------
+
+
+def test_the_subscriber_list_filters_by_tag_and_its_export_follows(app, owner):
+    reader(app, "ab@example.com", "a", "b")
+    reader(app, "b@example.com", "b", source="blog")
+    reader(app, "none@example.com")
+    page = owner.get("/admin/subscribers").get_data(as_text=True)
+    assert '<option value="b">b (2)</option>' in page
+    page = owner.get("/admin/subscribers?tag=b&source=blog").get_data(as_text=True)
+    assert "b@example.com" in page and "ab@example.com" not in page
+    page = owner.get("/admin/subscribers?tag=b").get_data(as_text=True)
+    assert "ab@example.com" in page and "b@example.com" in page
+    assert "none@example.com" not in page
+    assert 'href="/admin/subscribers/export.csv?tag=b"' in page
+    data = owner.get("/admin/subscribers/export.csv?tag=a").get_data(as_text=True)
+    assert [row["email"] for row in csv.DictReader(io.StringIO(data))] == ["ab@example.com"]
+    assert owner.get("/admin/subscribers?tag=not+a+tag").status_code == 400
+
+
+def test_the_owner_adds_and_removes_tags_on_the_subscriber_page(app, owner):
+    subscriber_id = reader(app, "kim@example.com", "magnet:glute-guide")
+    path = f"/admin/subscribers/{subscriber_id}"
+    token = csrf_token(owner, path)
+    assert owner.post(f"{path}/tags", data={"csrf_token": token, "tag": " VIP "}).status_code == 303
+    owner.post(f"{path}/tags", data={"csrf_token": token, "tag": "vip"})  # again: no change
+    refused = owner.post(
+        f"{path}/tags", data={"csrf_token": token, "tag": "no good"}, follow_redirects=True
+    )
+    assert "Not tagged: &#39;no good&#39; is not a tag" in refused.get_data(as_text=True)
+    assert owner.post(f"{path}/tags", data={"tag": "x"}).status_code == 400  # no CSRF token
+    assert tags_by_address(app) == {"kim@example.com": ["magnet:glute-guide", "vip"]}
+    page = owner.get(path).get_data(as_text=True)
+    assert "<td>vip</td><td>owner</td>" in page
+    assert "<td>magnet:glute-guide</td><td>owner</td>" in page
+    owner.post(f"{path}/tags/remove", data={"csrf_token": token, "tag": "magnet:glute-guide"})
+    owner.post(f"{path}/tags/remove", data={"csrf_token": token, "tag": "magnet:glute-guide"})
+    assert tags_by_address(app) == {"kim@example.com": ["vip"]}
+    with services_of(app).database.read() as session:
+        events = session.execute(
+            sa.select(Event.kind, Event.detail)
+            .where(Event.subscriber_id == subscriber_id)
+            .order_by(Event.id)
+        ).all()
+    assert [tuple(event) for event in events] == [
+        ("tag_added", {"tag": "vip", "by": "owner"}),
+        ("tag_removed", {"tag": "magnet:glute-guide", "by": "owner"}),
+    ]
+
+
+def test_the_subscriber_page_shows_the_magnets_asked_for(app, owner, clock):
+    subscriber_id = reader(app, "kim@example.com")
+    with services_of(app).database.begin() as session:
+        session.add_all(
+            [
+                MagnetRequest(
+                    subscriber_id=subscriber_id,
+                    magnet="glute-guide",
+                    requested_at=clock.now,
+                    delivered_at=clock.now,
+                    source="form",
+                ),
+                MagnetRequest(
+                    subscriber_id=subscriber_id,
+                    magnet="foam-rolling-planner",
+                    requested_at=clock.now,
+                    source="form",
+                ),
+            ]
+        )
+    page = owner.get(f"/admin/subscribers/{subscriber_id}").get_data(as_text=True)
+    assert "<td>glute-guide</td><td>2026-11-24 15:00 UTC</td><td>2026-11-24 15:00 UTC</td>" in page
+    assert "<td>foam-rolling-planner</td><td>2026-11-24 15:00 UTC</td><td>not yet</td>" in page
