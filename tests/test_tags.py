@@ -4,6 +4,7 @@ subscriber list, newsletters), and the dashboard's funnel per magnet."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 from datetime import timedelta
@@ -11,8 +12,16 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from service import broadcasts, kinds, newsletter_audience, tags
-from service.models import Event, MagnetRequest, OutboxMessage, Subscriber, SubscriberStatus
+from service import broadcasts, dashboard, journal, kinds, newsletter_audience, tags
+from service.models import (
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    MagnetRequest,
+    OutboxMessage,
+    Subscriber,
+    SubscriberStatus,
+)
 from tests.helpers import make_subscriber, services_of
 from tests.test_admin import create_admin, csrf_token, sign_in
 
@@ -390,3 +399,70 @@ def test_the_subscriber_page_shows_the_magnets_asked_for(app, owner, clock):
     page = owner.get(f"/admin/subscribers/{subscriber_id}").get_data(as_text=True)
     assert "<td>glute-guide</td><td>2026-11-24 15:00 UTC</td><td>2026-11-24 15:00 UTC</td>" in page
     assert "<td>foam-rolling-planner</td><td>2026-11-24 15:00 UTC</td><td>not yet</td>" in page
+
+
+# --- the dashboard's funnel per magnet ---------------------------------------------------
+
+
+def test_the_dashboard_counts_each_magnets_funnel(app, owner, clock):
+    services = services_of(app)
+    guide = services.magnets["glute-guide"]
+    planner = dataclasses.replace(
+        guide, id="foam-rolling-planner", title="Foam rolling planner", sequence="planner-week"
+    )
+    no_sequence = dataclasses.replace(guide, id="cheat-sheet", title="Cheat sheet", sequence=None)
+    ids = [reader(app, f"r{n}@example.com") for n in range(5)]
+    now = clock.now
+    with services.database.begin() as session:
+        for subscriber_id, magnet, delivered in [
+            (ids[0], "glute-guide", True),
+            (ids[1], "glute-guide", True),
+            (ids[2], "glute-guide", False),
+            (ids[0], "foam-rolling-planner", True),
+            (ids[3], "foam-rolling-planner", False),
+        ]:
+            session.add(
+                MagnetRequest(
+                    subscriber_id=subscriber_id,
+                    magnet=magnet,
+                    requested_at=now,
+                    delivered_at=now if delivered else None,
+                    source="form",
+                )
+            )
+        for subscriber_id, detail in [
+            (ids[0], None),  # before there were several magnets: the guide
+            (ids[0], {"magnet": "glute-guide"}),  # the same reader again
+            (ids[1], {"magnet": "glute-guide"}),
+            (ids[0], {"magnet": "foam-rolling-planner"}),
+        ]:
+            journal.record_event(session, subscriber_id, "downloaded", now=now, detail=detail)
+        journal.record_event(session, ids[4], "confirmed", now=now)
+        for subscriber_id, sequence, status in [
+            (ids[0], guide.sequence, EnrollmentStatus.FINISHED),
+            (ids[1], guide.sequence, EnrollmentStatus.ACTIVE),
+            (ids[2], guide.sequence, EnrollmentStatus.PAUSED),
+            (ids[3], guide.sequence, EnrollmentStatus.STOPPED),
+            (ids[0], "planner-week", EnrollmentStatus.ACTIVE),
+        ]:
+            session.add(
+                Enrollment(
+                    subscriber_id=subscriber_id, sequence=sequence, status=status, enrolled_at=now
+                )
+            )
+    with services.database.read() as session:
+        funnels = dashboard.magnet_funnels(
+            session, {m.id: m for m in (guide, planner, no_sequence)}
+        )
+    assert [
+        (f.magnet, f.asked, f.delivered, f.downloaded, f.in_sequence, f.finished) for f in funnels
+    ] == [
+        ("glute-guide", 3, 2, 2, 2, 1),
+        ("foam-rolling-planner", 2, 1, 1, 1, 0),
+        ("cheat-sheet", 0, 0, 0, None, None),
+    ]
+    page = owner.get("/admin/").get_data(as_text=True)
+    assert (
+        f'<tr id="magnet-glute-guide"><td>{guide.title}</td><td>3</td><td>2</td><td>2</td>'
+        "<td>2</td><td>1</td></tr>"
+    ) in page
