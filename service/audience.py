@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, Select, column, func, or_, select, table
 from sqlalchemy.orm import Session
 
+from . import tags
 from .models import (
     Click,
     ConsentRecord,
@@ -21,9 +22,11 @@ from .models import (
     EnrollmentStatus,
     Event,
     FeedbackEvent,
+    MagnetRequest,
     OutboxMessage,
     Subscriber,
     SubscriberStatus,
+    SubscriberTag,
     TrackedLink,
 )
 
@@ -55,6 +58,7 @@ class SubscriberFilter:
     signed_up_to: date | None = None  # inclusive
     step: str = ""  # a step id, FINISHED or NOT_ENROLLED
     sequence: str = ""  # the sequence `step` refers to
+    tags: tuple[str, ...] = ()  # readers carrying any of these
 
     @classmethod
     def parse(cls, args: Any, *, sequence: str) -> SubscriberFilter:
@@ -72,6 +76,11 @@ class SubscriberFilter:
                 raise InvalidFilter(f"{name}: {raw!r} is too far from today")
             return value
 
+        raw_tags = args.getlist("tag") if hasattr(args, "getlist") else args.get("tag") or ()
+        try:
+            wanted_tags = tags.clean_all([raw_tags] if isinstance(raw_tags, str) else raw_tags)
+        except tags.InvalidTag as exc:
+            raise InvalidFilter(f"tag: {exc}") from None
         raw_status = (args.get("status") or "").strip()
         try:
             status = SubscriberStatus(raw_status) if raw_status else None
@@ -85,17 +94,19 @@ class SubscriberFilter:
             signed_up_to=day("to"),
             step=_searchable(args.get("step") or "")[:64],
             sequence=sequence,
+            tags=tuple(wanted_tags),
         )
 
-    def as_args(self) -> dict[str, str]:
+    def as_args(self) -> dict[str, str | list[str]]:
         """The filter as query-string arguments (for links to the next page and exports)."""
-        args = {
+        args: dict[str, str | list[str]] = {
             "q": self.query,
             "status": self.status.value if self.status else "",
             "source": self.source,
             "from": self.signed_up_from.isoformat() if self.signed_up_from else "",
             "to": self.signed_up_to.isoformat() if self.signed_up_to else "",
             "step": self.step,
+            "tag": list(self.tags),
         }
         return {name: value for name, value in args.items() if value}
 
@@ -135,6 +146,18 @@ class SubscriberFilter:
         if self.signed_up_to:
             next_day = _midnight(self.signed_up_to + timedelta(days=1))
             statement = statement.where(Subscriber.created_at < next_day)
+        if self.tags:
+            # Along the (tag, subscriber) index; EXISTS, so a reader with two of them is
+            # one row.
+            statement = statement.where(
+                select(SubscriberTag.subscriber_id)
+                .where(
+                    SubscriberTag.subscriber_id == Subscriber.id,
+                    # Not IN, as below.
+                    or_(*(SubscriberTag.tag == tag for tag in self.tags)),
+                )
+                .exists()
+            )
         if self.step == NOT_ENROLLED:
             statement = statement.where(Enrollment.id.is_(None))
         elif self.step == FINISHED:
@@ -232,6 +255,8 @@ class History:
     enrollments: list[Enrollment] = field(default_factory=list)
     clicks: list[tuple[str, datetime]] = field(default_factory=list)  # (link target, when)
     feedback: list[FeedbackEvent] = field(default_factory=list)  # bounces and complaints
+    tags: list[SubscriberTag] = field(default_factory=list)  # by name
+    magnets: list[MagnetRequest] = field(default_factory=list)  # the lead magnets asked for
 
 
 def history(session: Session, subscriber_id: int) -> History | None:
@@ -251,6 +276,20 @@ def history(session: Session, subscriber_id: int) -> History | None:
         emails=rows_of(OutboxMessage),
         enrollments=rows_of(Enrollment),
         feedback=rows_of(FeedbackEvent),
+        tags=list(
+            session.scalars(
+                select(SubscriberTag)
+                .where(SubscriberTag.subscriber_id == subscriber_id)
+                .order_by(SubscriberTag.tag)
+            )
+        ),
+        magnets=list(
+            session.scalars(
+                select(MagnetRequest)
+                .where(MagnetRequest.subscriber_id == subscriber_id)
+                .order_by(MagnetRequest.requested_at)
+            )
+        ),
         clicks=[
             (url, at)
             for url, at in session.execute(

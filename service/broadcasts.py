@@ -15,6 +15,7 @@ import html
 import re
 import xml.etree.ElementTree as etree
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -25,17 +26,14 @@ from markdown.treeprocessors import Treeprocessor
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from . import kinds, outbox
+from . import kinds, newsletter_audience, outbox
 from .models import (
     Broadcast,
     BroadcastStatus,
-    Enrollment,
-    EnrollmentStatus,
     OutboxMessage,
     OutboxStatus,
-    Subscriber,
-    SubscriberStatus,
 )
+from .newsletter_audience import SEQUENCE_CHOICES
 
 # Far enough ahead that no scheduler claims a held row.
 HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
@@ -43,11 +41,6 @@ HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
 LATEST_SEND = timedelta(days=366)
 MAX_SUBJECT_LENGTH = 200
 MAX_BODY_LENGTH = 100_000
-SEQUENCE_CHOICES = {
-    "": "everyone confirmed",
-    "finished": "only those who finished the sequence",
-    "not_finished": "only those still in the sequence (or never in it)",
-}
 # [label](target), the target possibly holding one level of parentheses (Wikipedia's do).
 _MARKDOWN_LINK = re.compile(r"\[([^\]]+)\]\(((?:[^()\s]|\([^()\s]*\))+)\)")
 # Where a newsletter's links and images may point: javascript:, data:, vbscript:, relative
@@ -147,10 +140,19 @@ def save_draft(
     body: str,
     audience_source: str = "",
     audience_sequence: str = "",
+    include_tags: Iterable[str] = (),
+    exclude_tags: Iterable[str] = (),
+    tags_match: str = "any",
     now: datetime,
 ) -> Broadcast:
     """Create a draft, or change one; a newsletter that left the drafts cannot change."""
     subject, body = _checked(subject, body, audience_sequence)
+    try:
+        tag_choice = newsletter_audience.checked_tags(
+            session, include_tags, exclude_tags, tags_match
+        )
+    except ValueError as exc:
+        raise BroadcastError(str(exc)) from None
     if broadcast_id is None:
         broadcast = Broadcast(status=BroadcastStatus.DRAFT, created_at=now, recipients=0)
         session.add(broadcast)
@@ -162,6 +164,9 @@ def save_draft(
     broadcast.body = body
     broadcast.audience_source = _CONTROL.sub("", audience_source).strip()[:100]
     broadcast.audience_sequence = audience_sequence
+    broadcast.include_tags = tag_choice.include
+    broadcast.exclude_tags = tag_choice.exclude
+    broadcast.tags_match = tag_choice.match
     broadcast.updated_at = now
     session.flush()
     return broadcast
@@ -186,34 +191,6 @@ def schedule(session: Session, broadcast_id: int, *, at: datetime, now: datetime
     return result.rowcount == 1
 
 
-def _recipients(broadcast: Broadcast, sequence: str):
-    """Confirmed subscribers the broadcast is for, as (subscriber id, address) rows."""
-    query = select(Subscriber.id, Subscriber.email).where(
-        Subscriber.status == SubscriberStatus.CONFIRMED
-    )
-    if broadcast.audience_source:
-        query = query.where(Subscriber.source == broadcast.audience_source)
-    if broadcast.audience_sequence:
-        finished = (
-            select(Enrollment.id)
-            .where(
-                Enrollment.subscriber_id == Subscriber.id,
-                Enrollment.sequence == sequence,
-                Enrollment.status == EnrollmentStatus.FINISHED,
-            )
-            .exists()
-        )
-        query = query.where(finished if broadcast.audience_sequence == "finished" else ~finished)
-    return query
-
-
-def audience_size(session: Session, broadcast: Broadcast, *, sequence: str) -> int:
-    """How many would get it if it went now."""
-    return session.scalar(
-        select(func.count()).select_from(_recipients(broadcast, sequence).subquery())
-    )
-
-
 def in_progress(session: Session) -> bool:
     """Whether any newsletter is scheduled or being sent (a read: a tick with nothing to do
     for newsletters need not take the write lock)."""
@@ -235,7 +212,7 @@ def start_due(session: Session, *, now: datetime, sequence: str) -> list[tuple[i
     for broadcast in session.scalars(due).all():
         outbox.enqueue_for_each(
             session,
-            _recipients(broadcast, sequence).subquery(),
+            newsletter_audience.recipients(broadcast, sequence, now=now).subquery(),
             kinds.NEWSLETTER,
             now=now,
             context={"broadcast_id": broadcast.id},

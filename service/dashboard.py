@@ -4,6 +4,7 @@ readers stand in the sequence, and whether mail is flowing."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -13,12 +14,14 @@ from sqlalchemy.orm import Session
 
 from . import health
 from .kinds import SEQUENCE_STEP
+from .magnets import DEFAULT_MAGNET, LeadMagnet
 from .models import (
     OUTBOX_DUE_STATES,
     Click,
     Enrollment,
     EnrollmentStatus,
     Event,
+    MagnetRequest,
     OutboxMessage,
     OutboxStatus,
     Subscriber,
@@ -280,3 +283,65 @@ def link_clicks(session: Session, *, broadcast_id: int | None = None) -> list[tu
             OutboxMessage.broadcast_id == broadcast_id
         )
     return [(url, clicks, readers) for url, clicks, readers in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class MagnetFunnel:
+    """One lead magnet's readers: asked for it, had it delivered, downloaded it, and (if it
+    starts a sequence) in that sequence now or finished it."""
+
+    magnet: str
+    title: str
+    asked: int
+    delivered: int
+    downloaded: int
+    in_sequence: int | None
+    finished: int | None
+
+
+def magnet_funnels(session: Session, magnets: Mapping[str, LeadMagnet]) -> list[MagnetFunnel]:
+    """A MagnetFunnel for each of `magnets`, in their order, from a few grouped counts."""
+    requests = {
+        magnet: (asked, delivered)
+        for magnet, asked, delivered in session.execute(
+            select(
+                MagnetRequest.magnet,
+                func.count(),
+                func.count(MagnetRequest.delivered_at),
+            ).group_by(MagnetRequest.magnet)
+        )
+    }
+    # Downloads before there were several magnets say nothing: they were the default one.
+    downloaded_magnet = func.coalesce(Event.detail["magnet"].as_string(), DEFAULT_MAGNET)
+    downloads = dict(
+        session.execute(
+            select(downloaded_magnet, func.count(distinct(Event.subscriber_id)))
+            .where(Event.kind == "downloaded")
+            .group_by(downloaded_magnet)
+        ).all()
+    )
+    sequences = {magnet.sequence for magnet in magnets.values() if magnet.sequence}
+    standing: dict[str, Counter[str]] = {name: Counter() for name in sequences}
+    if sequences:
+        for name, status, count in session.execute(
+            select(Enrollment.sequence, Enrollment.status, func.count())
+            .where(Enrollment.sequence.in_(sequences))
+            .group_by(Enrollment.sequence, Enrollment.status)
+        ):
+            standing[name][EnrollmentStatus(status).value] += count
+    funnels = []
+    for magnet in magnets.values():
+        asked, delivered = requests.get(magnet.id, (0, 0))
+        in_it = standing.get(magnet.sequence or "")
+        funnels.append(
+            MagnetFunnel(
+                magnet=magnet.id,
+                title=magnet.title,
+                asked=asked,
+                delivered=delivered,
+                downloaded=downloads.get(magnet.id, 0),
+                in_sequence=in_it["active"] + in_it["paused"] if in_it is not None else None,
+                finished=in_it["finished"] if in_it is not None else None,
+            )
+        )
+    return funnels

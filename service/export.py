@@ -24,14 +24,22 @@ from sqlalchemy import (
     case,
     func,
     literal,
+    literal_column,
     select,
     type_coerce,
 )
-from sqlalchemy.dialects.postgresql import array, distinct_on
+from sqlalchemy.dialects.postgresql import aggregate_order_by, array, distinct_on
 
 from .audience import SubscriberFilter
 from .db import PreparedStatement
-from .models import ConsentRecord, Enrollment, EnrollmentStatus, OutboxMessage, Subscriber
+from .models import (
+    ConsentRecord,
+    Enrollment,
+    EnrollmentStatus,
+    OutboxMessage,
+    Subscriber,
+    SubscriberTag,
+)
 
 EXPORT_SPAN = 5_000  # subscriber ids per piece of an export
 EXPORT_READERS = 2  # pieces of an export read at once
@@ -54,12 +62,13 @@ EXPORT_COLUMNS = (
     "consent_text_version",
     "sequence_step",
     "last_email_sent_utc",
+    "tags",  # separated by ';', as the importer reads them
 )
 # Free text, which people type: quoted and defused.
 _TEXT_COLUMNS = ("email", "first_name", "source", "consent_ip")
 # Names and ids the service checks before storing them (zone names, hex versions, step
 # ids): quoted too, so that a value put into the database by hand cannot break a row.
-_NAME_COLUMNS = ("time_zone", "consent_text_version", "sequence_step")
+_NAME_COLUMNS = ("time_zone", "consent_text_version", "sequence_step", "tags")
 # The subscriber's status and the dates are written as they are.
 _DATE_COLUMNS = ("signed_up_utc", "confirmed_utc", "unsubscribed_utc", "last_email_sent_utc")
 
@@ -172,6 +181,18 @@ def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
             .subquery("last_sent")
         )
         last_sent = sent.c.last_sent
+        tagged = (
+            select(
+                SubscriberTag.subscriber_id,
+                func.string_agg(
+                    SubscriberTag.tag, aggregate_order_by(literal_column("';'"), SubscriberTag.tag)
+                ).label("tags"),
+            )
+            .where(in_range(SubscriberTag.subscriber_id))
+            .group_by(SubscriberTag.subscriber_id)
+            .subquery("tagged")
+        )
+        reader_tags = tagged.c.tags
     else:
         # SQLite runs a subquery per row as one index lookup: faster there than the joins.
         consent = ConsentRecord.__table__.alias("latest_consent")
@@ -191,6 +212,13 @@ def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
             .limit(1)
             .scalar_subquery()
         )
+        tagged = None
+        # Read along the primary key (subscriber, tag): in tag order.
+        reader_tags = (
+            select(func.group_concat(SubscriberTag.tag, literal_column("';'")))
+            .where(SubscriberTag.subscriber_id == Subscriber.id)
+            .scalar_subquery()
+        )
     values = dict(
         zip(
             EXPORT_COLUMNS,
@@ -208,6 +236,7 @@ def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
                 consent.c.text_version,
                 _step_text(),
                 last_sent,
+                reader_tags,
             ],
             strict=True,
         )
@@ -226,6 +255,8 @@ def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
     )
     if sent is not None:
         statement = statement.outerjoin(sent, sent.c.subscriber_id == Subscriber.id)
+    if tagged is not None:
+        statement = statement.outerjoin(tagged, tagged.c.subscriber_id == Subscriber.id)
     statement, key = wanted.apply(statement, dialect)
     return statement.where(in_range(key)).order_by(key)
 

@@ -10,8 +10,13 @@ record. New subscribers are either confirmed already (consent given elsewhere) o
 confirmation email (double opt-in), as the owner chooses; unsubscribed and bounced people
 in the file are imported as such and never mailed.
 
-The file may be our own export: its apostrophe-defused cells, status and dates come back
-as they went out.
+The file may be our own export: its apostrophe-defused cells, status, dates and tags come
+back as they went out.
+
+Tags: a `tags` column (tags separated by ';' or ',') and the tags the owner chose for the
+whole file are added to each row's reader, new or already on the list (added, never
+removed: a reader keeps the tags they had). A row with a cell that is not a tag is
+invalid, and reported, like any other; the other rows import.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import codecs
 import csv
 import enum
 import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +33,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import erasure, journal, kinds, outbox, sequences, signup_input, subscriptions
+from . import erasure, journal, kinds, outbox, sequences, signup_input, subscriptions, tags
 from .db import insert_ignoring_conflicts
 from .export import FORMULA_STARTS
 from .models import Subscriber, SubscriberStatus
@@ -48,7 +54,9 @@ COLUMNS = {
     "signed_up": ("signed_up_utc", "signed_up", "created_at"),
     "confirmed": ("confirmed_utc", "confirmed_at"),
     "unsubscribed": ("unsubscribed_utc", "unsubscribed_at"),
+    "tags": ("tags", "tag"),
 }
+TAG_SEPARATORS = re.compile(r"[;,]")
 LEFT = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED)
 
 
@@ -84,6 +92,7 @@ class Row:
     unsubscribed: datetime | None = None
     reason: str = ""
     existing_id: int | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -244,6 +253,10 @@ def _checked_rows(
             row.signed_up = _when(cell("signed_up", ""), "signed up")
             row.confirmed = _when(cell("confirmed", ""), "confirmed")
             row.unsubscribed = _when(cell("unsubscribed", ""), "unsubscribed")
+            row.tags = tags.clean_all(TAG_SEPARATORS.split(cell("tags", "")))
+        except tags.InvalidTag as exc:
+            row.outcome = Outcome.INVALID
+            row.reason = f"tags: {exc}"[:300]
         except ValueError as exc:
             row.outcome = Outcome.INVALID
             row.reason = (str(exc) or "not a valid row")[:300]
@@ -314,6 +327,7 @@ class Applied:
     updated: int = 0
     confirmations_queued: int = 0
     enrolled: int = 0
+    tagged: int = 0  # readers already on the list given a tag they did not carry
 
 
 def apply_plan(
@@ -325,14 +339,21 @@ def apply_plan(
     join_sequence: bool,
     sequence: str,
     now: datetime,
+    tags_for_all: list[str] | None = None,
 ) -> Applied:
-    """Carry out `plan` in the caller's transaction (all rows or, on any error, none)."""
+    """Carry out `plan` in the caller's transaction (all rows or, on any error, none).
+    Each row's reader, new or already on the list, gets the row's tags and `tags_for_all`."""
     consent_text = " ".join(consent_text.split())
     if not consent_text:
         raise ImportProblem("Say where these people gave their consent; it is kept as proof.")
     done = Applied()
     origin = journal.Origin(ip=None, user_agent=None)
     for row in plan.rows:
+        row_tags = list(dict.fromkeys([*row.tags, *(tags_for_all or [])]))
+        on_the_list = row.outcome in (Outcome.UPDATED, Outcome.UNCHANGED)
+        if on_the_list and row.existing_id is not None and row_tags:
+            added = tags.add(session, row.existing_id, row_tags, added_by="import", now=now)
+            done.tagged += bool(added)
         if row.outcome is Outcome.UPDATED and row.existing_id is not None:
             subscriber = session.get(Subscriber, row.existing_id)
             if subscriber is not None and not subscriber.first_name:
@@ -370,6 +391,7 @@ def apply_plan(
         if subscriber_id is None:
             continue  # signed up meanwhile: the form's own record stands
         done.created += 1
+        tags.add(session, subscriber_id, row_tags, added_by="import", now=now)
         journal.record_consent(
             session,
             subscriber_id,

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from . import journal
 from .db import insert_ignoring_conflicts
 from .models import SubscriberTag
 
@@ -99,3 +100,26 @@ def in_use(session: Session) -> list[tuple[str, int]]:
             .order_by(SubscriberTag.tag)
         )
     ]
+
+
+def add_by_owner(session: Session, subscriber_id: int, name: str, *, now: datetime) -> bool:
+    """The owner tags a reader (their page), written in the reader's history; whether the
+    reader did not carry it yet. InvalidTag for a name that cannot be one."""
+    tag = clean(name)
+    if not add(session, subscriber_id, [tag], added_by="owner", now=now):
+        return False
+    journal.record_event(
+        session, subscriber_id, "tag_added", now=now, detail={"tag": tag, "by": "owner"}
+    )
+    return True
+
+
+def remove_by_owner(session: Session, subscriber_id: int, tag: str, *, now: datetime) -> bool:
+    """The owner takes a tag off a reader, written in the reader's history; whether they
+    carried it."""
+    if not remove(session, subscriber_id, tag):
+        return False
+    journal.record_event(
+        session, subscriber_id, "tag_removed", now=now, detail={"tag": tag, "by": "owner"}
+    )
+    return True

@@ -900,9 +900,9 @@ def test_the_database_writes_each_row_as_python_would(app, name, ip):
     data = b"".join(piece.data for piece in pieces).decode()
     assert data.split("\r\n", 1)[1] == (
         f"{quoted('a@example.com')},{quoted(export.neutralize(name or ''))},pending,"
-        f'"test","UTC",2026-11-24 15:00:00,,,{quoted(export.neutralize(ip or ""))},"v1","",\r\n'
+        f'"test","UTC",2026-11-24 15:00:00,,,{quoted(export.neutralize(ip or ""))},"v1","",,""\r\n'
         f'{quoted(export.neutralize("-b@example.com"))},"",pending,'
-        f'"\'=blog","UTC",2026-11-24 15:00:00,,,"","","",\r\n'
+        f'"\'=blog","UTC",2026-11-24 15:00:00,,,"","","",,""\r\n'
     )
 
 

@@ -12,6 +12,7 @@ import click
 from flask.cli import AppGroup
 
 from .. import audience, export, importer, imports
+from .. import tags as tag_names
 from ..models import Import, ImportStatus, SubscriberStatus
 from ..services import worker_name
 from .common import services as _services
@@ -31,6 +32,12 @@ def subscribers_group() -> None:
 @click.option("--until", help="Signed up on or before this day (YYYY-MM-DD).")
 @click.option("--step", default="", help="At this sequence step (or 'finished', 'none').")
 @click.option("--query", default="", help="Email or name contains this.")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="Only readers carrying this tag; repeated: carrying any of them.",
+)
 @click.option("--bom", is_flag=True, help="Start with a UTF-8 byte order mark (for Excel).")
 @click.option(
     "-o",
@@ -45,6 +52,7 @@ def subscribers_export(
     until: str | None,
     step: str,
     query: str,
+    tags: tuple[str, ...],
     bom: bool,
     output: Path | None,
 ) -> None:
@@ -59,6 +67,7 @@ def subscribers_export(
                 "to": until,
                 "step": step,
                 "q": query,
+                "tag": list(tags),
             },
             sequence=services.default_sequence.name,
         )
@@ -92,13 +101,29 @@ def subscribers_export(
     help="confirmed: they opted in already; confirm: send each a confirmation email.",
 )
 @click.option("--join-sequence", is_flag=True, help="Confirmed people start the drip sequence.")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="Add this tag to every reader in the file, new or already on the list (repeatable).",
+)
 @click.option("--dry-run", is_flag=True, help="Only say what would happen.")
 def subscribers_import(
-    file: Path, consent: str, mode: str | None, join_sequence: bool, dry_run: bool
+    file: Path,
+    consent: str,
+    mode: str | None,
+    join_sequence: bool,
+    tags: tuple[str, ...],
+    dry_run: bool,
 ) -> None:
     """Import subscribers from a CSV file of any size (up to 50 MB), in flat memory: checked
     first, then imported a batch at a time (each batch whole or not at all, none twice).
-    Nothing goes on without the command: Ctrl-C, SIGTERM or a closed terminal cancels it."""
+    Nothing goes on without the command: Ctrl-C, SIGTERM or a closed terminal cancels it.
+    A `tags` column (tags separated by ';' or ',') and --tag add tags; none are removed."""
+    try:
+        tags_for_all = tag_names.clean_all(tags)
+    except tag_names.InvalidTag as exc:
+        raise click.BadParameter(str(exc), param_hint="--tag") from None
     services = _services()
     worker = f"cli:{worker_name()}"
     runner = imports.ImportRunner(
@@ -127,6 +152,7 @@ def subscribers_import(
                 mode=importer.Mode(mode) if mode else None,
                 consent=consent,
                 join_sequence=join_sequence,
+                tags_for_all=tags_for_all,
                 dry_run=dry_run,
             )
         except KeyboardInterrupt:
@@ -145,7 +171,8 @@ def subscribers_import(
         click.echo(
             f"imported {done.get('created', 0)} new ({done.get('confirmations_queued', 0)} "
             f"asked to confirm, {done.get('enrolled', 0)} started the sequence), "
-            f"{done.get('updated', 0)} updated"
+            f"{done.get('updated', 0)} updated, {done.get('tagged', 0)} already on the list "
+            "given new tags"
         )
 
 
@@ -156,6 +183,7 @@ def _check_then_import(
     mode: importer.Mode | None,
     consent: str,
     join_sequence: bool,
+    tags_for_all: list[str],
     dry_run: bool,
 ) -> dict[str, int] | None:
     """Check the stored file and print the preview; then, unless it is a dry run, import
@@ -187,6 +215,7 @@ def _check_then_import(
                 sequence=services.default_sequence.name,
                 claimed_by=runner.worker,
                 now=services.clock(),
+                tags_for_all=tags_for_all,
             )
     except importer.ImportProblem as exc:
         raise click.ClickException(f"nothing imported: {exc}") from None

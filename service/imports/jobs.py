@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -13,7 +14,7 @@ from typing import BinaryIO
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from .. import importer
+from .. import importer, tags
 from ..db import Database, insert_row
 from ..importer import ImportProblem
 from ..models import Import, ImportChunk, ImportRow, ImportStatus
@@ -56,6 +57,7 @@ def store_upload(
         issues=[],
         bytes_read=0,
         join_sequence=False,
+        tags=[],
         applied_line=0,
         applied={},
         interruptions=0,
@@ -88,12 +90,18 @@ def start_import(
     sequence: str,
     claimed_by: str | None,
     now: datetime,
+    tags_for_all: Iterable[str] = (),
 ) -> Import | None:
     """The owner's go-ahead for a checked import; None if it is not waiting for one (done,
-    cancelled, or gone). ImportProblem without a consent statement."""
+    cancelled, or gone). ImportProblem without a consent statement, or for a tag to add
+    to every row that cannot be one."""
     consent_text = " ".join("".join(ch for ch in consent_text if ch.isprintable()).split())
     if not consent_text:
         raise ImportProblem("Say where these people gave their consent; it is kept as proof.")
+    try:
+        chosen_tags = tags.clean_all(tags_for_all)
+    except tags.InvalidTag as exc:
+        raise ImportProblem(f"Tags for every row: {exc}.") from None
     job = locked(session, import_id)
     if job is None or job.status is not ImportStatus.CHECKED:
         return None
@@ -102,6 +110,7 @@ def start_import(
     job.consent_text = consent_text
     job.join_sequence = join_sequence
     job.sequence = sequence
+    job.tags = chosen_tags
     job.claimed_by = claimed_by
     job.lease_until = now + LEASE if claimed_by else None
     job.updated_at = now

@@ -182,7 +182,10 @@ class ImportRunner:
                     .where(
                         ImportRow.import_id == import_id,
                         ImportRow.line > job.applied_line,
-                        ImportRow.outcome.in_([Outcome.NEW.value, Outcome.UPDATED.value]),
+                        # Unchanged readers too: they may get tags.
+                        ImportRow.outcome.in_(
+                            [Outcome.NEW.value, Outcome.UPDATED.value, Outcome.UNCHANGED.value]
+                        ),
                     )
                     .order_by(ImportRow.line)
                     .limit(BATCH_ROWS)
@@ -202,6 +205,7 @@ class ImportRunner:
                     join_sequence=job.join_sequence,
                     sequence=job.sequence or "",
                     now=now,
+                    tags_for_all=job.tags,
                 )
                 before = job.applied.get("created", 0)
                 job.applied = {
@@ -234,6 +238,7 @@ def _row(staged: ImportRow) -> Row:
         signed_up=staged.signed_up,
         confirmed=staged.confirmed,
         unsubscribed=staged.unsubscribed,
+        tags=staged.tags.split(";") if staged.tags else [],
     )
 
 
@@ -281,6 +286,7 @@ def _staged_values(job: Import, row: Row, *, keyed: bool) -> dict:
         "signed_up": row.signed_up,
         "confirmed": row.confirmed,
         "unsubscribed": row.unsubscribed,
+        "tags": ";".join(row.tags) or None,
     }
 
 

@@ -59,6 +59,7 @@ class Import(Base):
     consent_text: Mapped[str | None] = mapped_column(Text)
     join_sequence: Mapped[bool] = mapped_column(Boolean, default=False)
     sequence: Mapped[str | None] = mapped_column(String(64))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)  # added to every row
     applied_line: Mapped[int] = mapped_column(Integer, default=0)  # rows up to it are done
     applied: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
@@ -105,3 +106,4 @@ class ImportRow(Base):
     signed_up: Mapped[datetime | None] = mapped_column(UTCDateTime)
     confirmed: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    tags: Mapped[str | None] = mapped_column(Text)  # the row's own, checked, joined by ';'

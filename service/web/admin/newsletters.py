@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from flask import Response, abort, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from ... import archive, audience, broadcasts, dashboard, kinds
+from ... import archive, audience, broadcasts, dashboard, kinds, newsletter_audience, tags
 from ...feedback import rates
 from ...models import Broadcast
 from .. import now, services
@@ -59,6 +59,9 @@ def newsletter(broadcast_id: int | None):
                     body=form.get("body", ""),
                     audience_source=form.get("audience_source", ""),
                     audience_sequence=form.get("audience_sequence", ""),
+                    include_tags=form.getlist("include_tags"),
+                    exclude_tags=form.getlist("exclude_tags"),
+                    tags_match=form.get("tags_match", "any"),
                     now=now(),
                 )
                 saved_id = saved.id
@@ -74,8 +77,8 @@ def newsletter(broadcast_id: int | None):
         broadcast = _broadcast_or_404(db, broadcast_id) if broadcast_id else None
         recipients = None
         if broadcast is not None:
-            recipients = broadcasts.audience_size(
-                db, broadcast, sequence=services().default_sequence.name
+            recipients = newsletter_audience.size(
+                db, broadcast, sequence=services().default_sequence.name, now=now()
             )
             progress = broadcasts.progress(db, broadcast.id)
             links = dashboard.link_clicks(db, broadcast_id=broadcast.id)
@@ -84,6 +87,7 @@ def newsletter(broadcast_id: int | None):
             progress = feedback = None
             links = []
         sources = audience.sources(db)
+        tags_in_use = tags.in_use(db)
         db.expunge_all()
     sample = _sample_email(broadcast.id, g.admin.email) if broadcast else None
     return render_template(
@@ -96,7 +100,9 @@ def newsletter(broadcast_id: int | None):
         links=links,
         feedback=feedback,
         sources=sources,
-        sequence_choices=broadcasts.SEQUENCE_CHOICES,
+        sequence_choices=newsletter_audience.SEQUENCE_CHOICES,
+        tags_in_use=tags_in_use,
+        tags_match_choices=newsletter_audience.TAGS_MATCH,
         sample=sample,
         zone=services().settings.DEFAULT_TIME_ZONE,
     ), 422 if error else 200

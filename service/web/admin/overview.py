@@ -68,6 +68,7 @@ def dashboard_page():
             db, now=now(), late_after=timedelta(seconds=settings.SCHEDULER_LATE_SECONDS)
         )
         links = dashboard.link_clicks(db)
+        magnet_funnels = dashboard.magnet_funnels(db, services().magnets)
         week = rates.recent(db, now=now(), days=7)
         month = rates.recent(db, now=now(), days=30)
         recent_newsletters = db.scalars(
@@ -89,6 +90,7 @@ def dashboard_page():
         international=international,
         chart=_chart(days),
         funnel=funnel,
+        magnet_funnels=magnet_funnels,
         steps=steps,
         outbox=outbox,
         links=links,

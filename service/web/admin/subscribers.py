@@ -18,7 +18,7 @@ from flask import (
     url_for,
 )
 
-from ... import audience, erasure, export, sequences, subscriptions
+from ... import audience, erasure, export, sequences, subscriptions, tags
 from ...models import Subscriber
 from .. import MAX_ID, now, services
 from .blueprint import bp, logger
@@ -43,12 +43,14 @@ def subscribers():
     with services().database.read() as db:
         page = audience.find(db, wanted, before=before)
         sources = audience.sources(db)
+        tags_in_use = tags.in_use(db)
     return render_template(
         "admin/subscribers.html",
         page=page,
         wanted=wanted,
         args=wanted.as_args(),
         sources=sources,
+        tags_in_use=tags_in_use,
         statuses=[s.value for s in subscriptions.SubscriberStatus],
         steps=[step.id for step in services().default_sequence.steps],
         first_page=before is None,
@@ -130,6 +132,32 @@ def sequence_action(subscriber_id: int, action: str):
         else f"Nothing to {action}: the sequence is not "
         f"{'running' if action == 'pause' else 'paused'}."
     )
+    return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
+
+
+@bp.post("/subscribers/<int:subscriber_id>/tags")
+def tag_add(subscriber_id: int):
+    """Tag the subscriber (the owner's own tags: a topic, vip, ...)."""
+    with services().database.begin() as db:
+        if db.get(Subscriber, subscriber_id) is None:
+            abort(404)
+        try:
+            added = tags.add_by_owner(db, subscriber_id, request.form.get("tag", ""), now=now())
+        except tags.InvalidTag as exc:
+            flash(f"Not tagged: {exc}.")
+        else:
+            flash("Tagged." if added else "They already carry that tag.")
+    return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
+
+
+@bp.post("/subscribers/<int:subscriber_id>/tags/remove")
+def tag_remove(subscriber_id: int):
+    """Take a tag off the subscriber."""
+    with services().database.begin() as db:
+        if db.get(Subscriber, subscriber_id) is None:
+            abort(404)
+        removed = tags.remove_by_owner(db, subscriber_id, request.form.get("tag", ""), now=now())
+    flash("Tag removed." if removed else "They did not carry that tag.")
     return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
 
 

@@ -123,6 +123,7 @@ def import_apply():
                     sequence=services().default_sequence.name,
                     claimed_by=worker,
                     now=now(),
+                    tags_for_all=importer.TAG_SEPARATORS.split(request.form.get("tags", "")),
                 )
                 inline = job is not None and job.size_bytes <= imports.INLINE_BYTES
                 if job is not None and not inline:
@@ -142,7 +143,8 @@ def import_apply():
     flash(
         f"Imported {done.get('created', 0)} new subscribers ({done.get('confirmations_queued', 0)}"
         f" asked to confirm, {done.get('enrolled', 0)} started the sequence); "
-        f"{done.get('updated', 0)} updated."
+        f"{done.get('updated', 0)} updated; {done.get('tagged', 0)} already on the list "
+        "given new tags."
     )
     return redirect(url_for("admin.subscribers"), 303)
 
