@@ -1,6 +1,7 @@
 """Commands: `flask --app wsgi db ...`, `guide build`, `embed-snippet`, `emails ...`,
 `sequence ...`, `admin ...`, `subscribers ...` (service/cli/subscribers.py),
-`bounces ...` (service/cli/bounces.py) and `dkim generate` (service/cli/dkim.py)."""
+`bounces ...` (service/cli/bounces.py), `dkim generate` (service/cli/dkim.py) and
+`magnets ...` (service/cli/magnets.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..models import Subscriber
 from .bounces import bounces_group
 from .common import services as _services
 from .dkim import dkim_group
+from .magnets import magnets_group
 from .subscribers import subscribers_group
 
 
@@ -67,7 +69,7 @@ def guide_group() -> None:
     show_default=True,
 )
 def guide_build(output: Path | None, source: Path) -> None:
-    """Build the guide's PDF from its Markdown source."""
+    """Build the guide's PDF from its Markdown source (and every other magnet's)."""
     settings = _services().settings
     destination = output or settings.guide_path
     try:
@@ -75,6 +77,22 @@ def guide_build(output: Path | None, source: Path) -> None:
     except guide.GuideSourceError as exc:
         raise click.ClickException(f"{source}: {exc}") from exc
     click.echo(f"wrote {destination} ({destination.stat().st_size} bytes)")
+    if output is not None:
+        return
+    # And every other magnet built from Markdown (content/magnets/<id>/).
+    for magnet in _services().magnets.values():
+        if magnet.id == DEFAULT_MAGNET or not magnet.built or magnet.source is None:
+            continue
+        try:
+            built = guide.build_pdf(
+                magnet.resource,
+                site_name=settings.SITE_NAME,
+                source=magnet.source,
+                title=magnet.title,
+            )
+        except guide.GuideSourceError as exc:
+            raise click.ClickException(f"{magnet.source}: {exc}") from exc
+        click.echo(f"wrote {built} ({built.stat().st_size} bytes)")
 
 
 @click.command("embed-snippet")
@@ -318,3 +336,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(subscribers_group)
     app.cli.add_command(bounces_group)
     app.cli.add_command(dkim_group)
+    app.cli.add_command(magnets_group)
