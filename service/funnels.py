@@ -69,12 +69,13 @@ def record_request(
 
 
 def requested(session: Session, subscriber_id: int) -> dict[str, datetime | None]:
-    """The magnets a reader asked for, with when each was delivered (None: not yet)."""
+    """The magnets a reader asked for, in the order asked, with when each was delivered
+    (None: not yet)."""
     return dict(
         session.execute(
-            select(MagnetRequest.magnet, MagnetRequest.delivered_at).where(
-                MagnetRequest.subscriber_id == subscriber_id
-            )
+            select(MagnetRequest.magnet, MagnetRequest.delivered_at)
+            .where(MagnetRequest.subscriber_id == subscriber_id)
+            .order_by(MagnetRequest.requested_at)
         ).all()
     )
 
@@ -123,7 +124,10 @@ def deliver_requested(
     came before magnets were recorded, an import's say); the ids delivered."""
     asked = requested(session, subscriber.id) or {DEFAULT_MAGNET: None}
     delivered = []
-    for magnet_id in asked:
+    # In the magnets' listing order, so that a sequence's `exclude` always sees the same
+    # ones started before it, whichever the reader happened to ask for first.
+    listed = list(funnels.magnets)
+    for magnet_id in sorted(asked, key=lambda m: listed.index(m) if m in listed else len(listed)):
         magnet = funnels.magnets.get(magnet_id)
         if magnet is None:  # its folder was removed since
             continue

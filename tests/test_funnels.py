@@ -1,0 +1,540 @@
+"""Many funnels: lead magnets as folders, a page and form each, joining a second funnel,
+several sequences under one daily cap, `then` and `exclude`, finishing tags."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+
+from scheduler.__main__ import tick
+from service import sequences, tags
+from service.config import ConfigError
+from service.models import (
+    ConsentRecord,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    MagnetRequest,
+    OutboxMessage,
+    OutboxStatus,
+)
+from tests.helpers import get_subscriber, link_path, run_pass, services_of, sign_up
+
+PLANNER = "foam-rolling-planner"
+GUIDE = "glute-guide"
+
+
+def run_tick(app):
+    services = services_of(app)
+    return tick(
+        services,
+        services.make_dispatcher("test"),
+        started_at=services.clock(),
+        clock=services.clock,
+        stop=threading.Event(),
+    )
+
+
+def next_due(app):
+    with services_of(app).database.read() as session:
+        times = [
+            session.scalar(
+                select(Enrollment.next_due_at)
+                .where(Enrollment.status == EnrollmentStatus.ACTIVE)
+                .order_by(Enrollment.next_due_at)
+                .limit(1)
+            ),
+            session.scalar(
+                select(OutboxMessage.due_at)
+                .where(OutboxMessage.status == OutboxStatus.QUEUED)
+                .order_by(OutboxMessage.due_at)
+                .limit(1)
+            ),
+        ]
+    times = [t for t in times if t is not None]
+    return min(times) if times else None
+
+
+def run_until(app, clock, until) -> None:
+    """Tick at every moment something falls due, up to `until` (a punctual scheduler)."""
+    run_tick(app)
+    while (due := next_due(app)) is not None and due <= until:
+        clock.now = max(clock.now, due)
+        run_tick(app)
+    clock.now = max(clock.now, until)
+
+
+def confirm_by_email(app, client, smtp, email: str, count: int) -> None:
+    """Follow the confirmation link in the `count`-th email that arrived."""
+    received = smtp.handler.wait_for(count)[count - 1]
+    assert received.rcpt_tos == [email]
+    path = link_path(received.part("plain"), "/confirm/")
+    assert client.post(path).status_code == 303
+
+
+def sent_to(app, email: str) -> list[OutboxMessage]:
+    with services_of(app).database.read() as session:
+        return list(
+            session.scalars(
+                select(OutboxMessage)
+                .where(OutboxMessage.to_address == email)
+                .order_by(OutboxMessage.id)
+            )
+        )
+
+
+def enrollments_of(app, subscriber_id: int) -> dict[str, EnrollmentStatus]:
+    with services_of(app).database.read() as session:
+        rows = session.execute(
+            select(Enrollment.sequence, Enrollment.status).where(
+                Enrollment.subscriber_id == subscriber_id
+            )
+        )
+        return dict(rows.all())
+
+
+# --- magnets as data -----------------------------------------------------------------
+
+
+def test_the_shipped_content_has_two_magnets_each_with_its_sequence(app):
+    services = services_of(app)
+    assert list(services.magnets) == [GUIDE, PLANNER]
+    assert services.magnets[GUIDE].sequence == "back-pain-tips"
+    assert services.magnets[PLANNER].sequence == "planner-week"
+    assert services.magnets[PLANNER].all_tags == (f"magnet:{PLANNER}", "topic:foam-rolling")
+    assert "planner-week" in services.sequences
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ('title = "X"\nurl = "ftp://x"\nincentive_template = "welcome"', "'url' must be"),
+        ('title = "X"\nfile = "nope.pdf"\nincentive_template = "welcome"', "not a file"),
+        ('title = "X"\nurl = "https://x.example"\nincentive_template = "nope"', "nope.txt"),
+        (
+            'title = "X"\nurl = "https://x.example"\nincentive_template = "welcome"\n'
+            'sequence = "missing"',
+            "no sequence called 'missing'",
+        ),
+        ('url = "https://x.example"\nincentive_template = "welcome"', "'title'"),
+    ],
+)
+def test_a_broken_magnet_stops_the_service_naming_it(make_app, tmp_path, toml, message):
+    folder = tmp_path / "content" / "magnets" / "broken-one"
+    folder.mkdir(parents=True)
+    landing = '\n[landing]\npage_title="p"\nheading="h"\nlede="l"\nform_heading="f"\nbutton="b"\n'
+    (folder / "magnet.toml").write_text(toml + landing)
+    with pytest.raises(ConfigError) as raised:
+        make_app(CONTENT_DIR=str(tmp_path / "content"))
+    assert "broken-one" in str(raised.value) and message in str(raised.value)
+
+
+def test_an_owners_magnet_is_served_from_content_dir(make_app, tmp_path):
+    folder = tmp_path / "content" / "magnets" / "video-course"
+    folder.mkdir(parents=True)
+    (folder / "magnet.toml").write_text(
+        'title = "The Back Course"\nurl = "https://videos.example.com/course"\n'
+        'incentive_template = "welcome"\n[landing]\npage_title = "Course"\n'
+        'heading = "Watch the course"\nlede = "Free videos."\nform_heading = "Get it"\n'
+        'button = "Send me the course"\n'
+    )
+    app = make_app(CONTENT_DIR=str(tmp_path / "content"))
+    page = app.test_client().get("/free/video-course").get_data(as_text=True)
+    assert "Watch the course" in page and 'value="video-course"' in page
+    assert "Send me the course" in page
+
+
+def test_magnets_commands_list_and_check_every_magnet(app):
+    runner = app.test_cli_runner()
+    listed = runner.invoke(args=["magnets", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert f"{PLANNER}: The One-Week" in listed.output and "/free/glute-guide" in listed.output
+    checked = runner.invoke(args=["magnets", "check"])
+    assert checked.exit_code == 0, checked.output
+    assert "2 magnets, all fine" in checked.output
+
+
+def test_embed_snippet_prints_the_magnets_form(app):
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["embed-snippet", "--magnet", PLANNER])
+    assert result.exit_code == 0, result.output
+    assert f'name="magnet" value="{PLANNER}"' in result.output
+    assert "Send me the free planner" in result.output
+    unknown = runner.invoke(args=["embed-snippet", "--magnet", "nope"])
+    assert unknown.exit_code != 0 and "no magnet 'nope'" in unknown.output
+
+
+# --- pages and the API ---------------------------------------------------------------
+
+
+def test_each_magnet_has_its_landing_page(client):
+    home = client.get("/").get_data(as_text=True)
+    assert "Ease your low back" in home and f'value="{GUIDE}"' in home
+    page = client.get(f"/free/{PLANNER}")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "Get the free planner" in text and f'value="{PLANNER}"' in text
+    assert "Foam Rolling and Stretching Planner" in text
+    assert client.get("/free/nope").status_code == 404
+
+
+def test_an_unknown_magnet_is_a_422_on_the_form_and_the_api(app, client):
+    form = client.post("/subscribe", data={"email": "a@example.com", "magnet": "nope"})
+    assert form.status_code == 422
+    api = client.post("/api/v1/subscribers", json={"email": "a@example.com", "magnet": "nope"})
+    assert api.status_code == 422 and "magnet" in api.get_json()["errors"]
+    assert get_subscriber(app, "a@example.com") is None
+
+
+def test_the_api_answers_the_same_whatever_state_the_reader_is_in(app, client, smtp):
+    first = client.post("/api/v1/subscribers", json={"email": "b@example.com", "magnet": GUIDE})
+    again = client.post("/api/v1/subscribers", json={"email": "b@example.com", "magnet": PLANNER})
+    assert first.status_code == again.status_code == 202
+    assert first.get_json() == again.get_json()
+
+
+def test_the_public_signup_cannot_tag_a_reader(app, client):
+    client.post(
+        "/api/v1/subscribers",
+        json={"email": "c@example.com", "magnet": GUIDE, "tags": ["vip"], "tag": "vip"},
+    )
+    sign_up(client, "d@example.com", tags="vip", tag="vip")
+    with services_of(app).database.read() as session:
+        for email in ("c@example.com", "d@example.com"):
+            assert tags.of(session, get_subscriber(app, email).id) == []
+
+
+# --- joining a second funnel ---------------------------------------------------------
+
+
+@pytest.fixture
+def funnel_app(make_app, smtp):
+    return make_app(MAIL_URL=smtp.url)
+
+
+def test_two_magnets_end_to_end(funnel_app, smtp):
+    app, client = funnel_app, funnel_app.test_client()
+    email = "ann@example.com"
+    sign_up(client, email, magnet=GUIDE)
+    run_pass(app)
+    confirm_by_email(app, client, smtp, email, 1)
+    run_pass(app)
+    welcome = smtp.handler.wait_for(2)[1]
+    assert welcome.message["Subject"] == "Your Glute-Strengthening Guide is here"
+
+    services_of(app).clock.advance(minutes=2)
+    sign_up(client, email, magnet=PLANNER)
+    run_pass(app)
+    received = smtp.handler.wait_for(3)
+    assert len(received) == 3  # the planner; no second confirmation
+    planner = received[2]
+    assert "planner" in planner.message["Subject"].lower()
+    assert "confirm" not in planner.message["Subject"].lower()
+    download = client.get(link_path(planner.part("plain"), "/download/"))
+    assert download.status_code == 200
+    assert download.headers["Content-Disposition"].endswith(
+        "foam-rolling-and-stretching-planner.pdf"
+    )
+    assert download.data.startswith(b"%PDF")
+    guide_download = client.get(link_path(welcome.part("plain"), "/download/"))
+    assert "glute-strengthening-guide.pdf" in guide_download.headers["Content-Disposition"]
+
+    reader = get_subscriber(app, email)
+    assert enrollments_of(app, reader.id) == {
+        "back-pain-tips": EnrollmentStatus.ACTIVE,
+        "planner-week": EnrollmentStatus.ACTIVE,
+    }
+    with services_of(app).database.read() as session:
+        assert tags.of(session, reader.id) == [
+            f"magnet:{PLANNER}",
+            f"magnet:{GUIDE}",
+            "topic:foam-rolling",
+        ]
+        consents = session.scalars(
+            select(ConsentRecord.action).where(ConsentRecord.subscriber_id == reader.id)
+        ).all()
+        assert consents == ["signup", "confirm", "request"]
+        downloads = session.scalars(
+            select(Event.detail).where(Event.subscriber_id == reader.id, Event.kind == "downloaded")
+        ).all()
+        assert sorted(d["magnet"] for d in downloads) == sorted([GUIDE, PLANNER])
+
+
+def test_a_pending_reader_who_asks_for_two_magnets_confirms_once_and_gets_both(funnel_app, smtp):
+    app, client = funnel_app, funnel_app.test_client()
+    email = "bo@example.com"
+    sign_up(client, email, magnet=PLANNER)
+    sign_up(client, email, magnet=GUIDE)  # inside the cooldown: no second confirmation
+    run_pass(app)
+    assert len(smtp.handler.wait_for(1)) == 1
+    assert "foam rolling planner" in smtp.handler.received[0].message["Subject"]
+    confirm_by_email(app, client, smtp, email, 1)
+    run_pass(app)
+    subjects = sorted(r.message["Subject"] for r in smtp.handler.wait_for(3)[1:])
+    assert subjects[0] == "Your Glute-Strengthening Guide is here"
+    assert "planner" in subjects[1].lower()
+    assert set(enrollments_of(app, get_subscriber(app, email).id)) == {
+        "back-pain-tips",
+        "planner-week",
+    }
+    with services_of(app).database.read() as session:
+        delivered = session.scalars(
+            select(MagnetRequest.delivered_at).where(
+                MagnetRequest.subscriber_id == get_subscriber(app, email).id
+            )
+        ).all()
+        assert len(delivered) == 2 and all(delivered)
+
+
+def test_asking_again_for_the_same_magnet_sends_its_link_again_within_the_cooldown(
+    funnel_app, smtp, clock
+):
+    app, client = funnel_app, funnel_app.test_client()
+    email = "cy@example.com"
+    sign_up(client, email, magnet=PLANNER)
+    run_pass(app)
+    confirm_by_email(app, client, smtp, email, 1)
+    run_pass(app)
+    clock.advance(hours=2)
+    sign_up(client, email, magnet=PLANNER)
+    sign_up(client, email, magnet=PLANNER)  # inside the cooldown: nothing
+    run_pass(app)
+    received = smtp.handler.wait_for(3)
+    assert len(received) == 3
+    assert "planner" in received[2].message["Subject"].lower()
+    assert "again" in received[2].message["Subject"].lower()
+    assert (
+        client.get(link_path(received[2].part("plain"), "/download/"))
+        .headers["Content-Disposition"]
+        .endswith("foam-rolling-and-stretching-planner.pdf")
+    )
+
+
+# --- several sequences, one calm inbox -----------------------------------------------
+
+
+def confirm_for(app, client, email: str, zone: str, *magnets: str) -> int:
+    """A reader who asked for `magnets` and confirmed (through the pages)."""
+    for magnet in magnets:
+        client.post("/subscribe", data={"email": email, "magnet": magnet, "time_zone": zone})
+    reader = get_subscriber(app, email)
+    token = services_of(app).tokens.make(
+        __import__("service.tokens", fromlist=["Purpose"]).Purpose.CONFIRM,
+        reader.id,
+        now=services_of(app).clock(),
+    )
+    assert client.post(f"/confirm/{token}").status_code == 303
+    return reader.id
+
+
+@pytest.mark.slow
+def test_the_daily_cap_holds_across_sequences_for_sixty_days_in_two_zones(funnel_app, clock):
+    app, client = funnel_app, funnel_app.test_client()
+    zones = {"east@example.com": "Asia/Tokyo", "west@example.com": "America/Los_Angeles"}
+    for email, zone in zones.items():
+        confirm_for(app, client, email, zone, GUIDE, PLANNER)
+    run_until(app, clock, clock() + timedelta(days=60))
+    services = services_of(app)
+    expected = {
+        name: len(services.sequences[name].steps) - (1 if name == "back-pain-tips" else 0)
+        for name in ("back-pain-tips", "planner-week")
+    }  # the course step is skipped while its link is empty
+    for email, zone in zones.items():
+        steps = [m for m in sent_to(app, email) if m.kind == "sequence"]
+        assert all(m.status is OutboxStatus.SENT for m in steps)
+        days = Counter(m.sent_at.astimezone(ZoneInfo(zone)).date() for m in steps)
+        assert max(days.values()) == 1, f"{email} got two sequence emails on one day"
+        per_sequence = Counter(m.context["sequence"] for m in steps)
+        assert per_sequence == expected
+        assert len({m.dedupe_key for m in steps}) == len(steps)  # nothing twice
+        hours = {m.sent_at.astimezone(ZoneInfo(zone)).hour for m in steps}
+        assert hours == {8}
+    with services.database.read() as session:
+        assert {e.status for e in session.scalars(select(Enrollment))} == {
+            EnrollmentStatus.FINISHED
+        }
+
+
+def test_when_two_steps_fall_due_the_same_day_the_earlier_goes_and_the_other_waits(
+    funnel_app, clock
+):
+    app, client = funnel_app, funnel_app.test_client()
+    reader = confirm_for(app, client, "dee@example.com", "UTC", GUIDE, PLANNER)
+    services = services_of(app)
+    morning = clock().replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=3)
+    with services.database.begin() as session:
+        session.execute(
+            Enrollment.__table__.update()
+            .where(Enrollment.subscriber_id == reader, Enrollment.sequence == "planner-week")
+            .values(next_due_at=morning - timedelta(minutes=5))
+        )
+        session.execute(
+            Enrollment.__table__.update()
+            .where(Enrollment.subscriber_id == reader, Enrollment.sequence == "back-pain-tips")
+            .values(next_due_at=morning)
+        )
+    clock.now = morning
+    with services.database.begin() as session:
+        # Both are planned for this morning; the planner's was due first.
+        for name, step in (("planner-week", "planner-day-one"), ("back-pain-tips", "why-glutes")):
+            session.execute(
+                Enrollment.__table__.update()
+                .where(Enrollment.subscriber_id == reader, Enrollment.sequence == name)
+                .values(next_step=step, last_step_at=morning - timedelta(days=5))
+            )
+        report = sequences.advance_due(
+            session, services.sequences, now=morning, default_zone=ZoneInfo("UTC")
+        )
+    assert (report.queued, report.deferred) == (1, 1)
+    steps = [m for m in sent_to(app, "dee@example.com") if m.kind == "sequence"]
+    assert [m.context["sequence"] for m in steps] == ["planner-week"]
+    assert steps[0].day_slot == f"{reader}:{morning.date().isoformat()}:0"
+    with services.database.read() as session:
+        waiting = session.scalar(
+            select(Enrollment).where(
+                Enrollment.subscriber_id == reader, Enrollment.sequence == "back-pain-tips"
+            )
+        )
+        assert waiting.next_step == "why-glutes"
+        assert waiting.next_due_at == morning + timedelta(days=1)
+        assert waiting.steps_passed == []
+
+
+def test_a_higher_cap_lets_that_many_through(make_app, smtp, clock):
+    app = make_app(MAIL_URL=smtp.url, MAX_SEQUENCE_EMAILS_PER_DAY=2)
+    client = app.test_client()
+    reader = confirm_for(app, client, "eve@example.com", "UTC", GUIDE, PLANNER)
+    services = services_of(app)
+    morning = clock().replace(hour=9, minute=0, second=0, microsecond=0) + timedelta(days=3)
+    with services.database.begin() as session:
+        for name, step in (("planner-week", "planner-day-one"), ("back-pain-tips", "why-glutes")):
+            session.execute(
+                Enrollment.__table__.update()
+                .where(Enrollment.subscriber_id == reader, Enrollment.sequence == name)
+                .values(
+                    next_step=step, next_due_at=morning, last_step_at=morning - timedelta(days=5)
+                )
+            )
+    clock.now = morning
+    run_tick(app)
+    steps = [m for m in sent_to(app, "eve@example.com") if m.kind == "sequence"]
+    assert len(steps) == 2
+
+
+# --- then, exclude, finishing tags ---------------------------------------------------
+
+
+def write_sequences(content, **bodies: str) -> None:
+    folder = content / "emails" / "sequences"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, extra in bodies.items():
+        (folder / f"{name}.toml").write_text(
+            f'name = "{name}"\nsend_hour = 8\nlatest_hour = 20\n{extra}\n'
+            '[[steps]]\nid = "one"\ntemplate = "planner/01_first_session"\ndelay = "1 day"\n'
+        )
+
+
+def test_finishing_a_sequence_tags_the_reader_and_starts_then(make_app, smtp, clock, tmp_path):
+    content = tmp_path / "content"
+    write_sequences(content, **{"planner-week": 'then = "after-planner"', "after-planner": ""})
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(content))
+    reader = confirm_for(app, app.test_client(), "fay@example.com", "UTC", PLANNER)
+    assert enrollments_of(app, reader)["planner-week"] is EnrollmentStatus.ACTIVE
+    run_until(app, clock, clock() + timedelta(days=10))
+    assert enrollments_of(app, reader) == {
+        "planner-week": EnrollmentStatus.FINISHED,
+        "after-planner": EnrollmentStatus.FINISHED,
+    }
+    with services_of(app).database.read() as session:
+        reader_tags = tags.of(session, reader)
+    assert "finished:planner-week" in reader_tags and "finished:after-planner" in reader_tags
+    steps = [m.context["sequence"] for m in sent_to(app, "fay@example.com") if m.kind == "sequence"]
+    assert steps == ["planner-week", "after-planner"]
+
+
+def test_a_sequence_may_leave_out_readers_of_another(make_app, smtp, clock, tmp_path):
+    content = tmp_path / "content"
+    write_sequences(content, **{"planner-week": 'exclude = ["back-pain-tips"]'})
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(content))
+    client = app.test_client()
+    both = confirm_for(app, client, "gus@example.com", "UTC", GUIDE, PLANNER)
+    only = confirm_for(app, client, "hal@example.com", "UTC", PLANNER)
+    assert set(enrollments_of(app, both)) == {"back-pain-tips"}
+    assert set(enrollments_of(app, only)) == {"planner-week"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ('then = "nowhere"', "no sequence called 'nowhere'"),
+        ('exclude = ["nowhere"]', "no sequence called 'nowhere'"),
+        ('then = "planner-week"', "cannot name the sequence itself"),
+    ],
+)
+def test_a_then_or_exclude_that_names_nothing_stops_the_service(make_app, tmp_path, extra, message):
+    content = tmp_path / "content"
+    write_sequences(content, **{"planner-week": extra})
+    with pytest.raises(ConfigError, match=message):
+        make_app(CONTENT_DIR=str(content))
+
+
+def test_a_then_loop_stops_the_service(make_app, tmp_path):
+    content = tmp_path / "content"
+    write_sequences(content, **{"planner-week": 'then = "other"', "other": 'then = "planner-week"'})
+    with pytest.raises(ConfigError, match="leads back"):
+        make_app(CONTENT_DIR=str(content))
+
+
+# --- two schedulers on PostgreSQL ----------------------------------------------------
+
+
+def test_two_schedulers_at_once_keep_the_daily_cap(funnel_app, clock, database_url):
+    """Each scheduler moves a different sequence of the same reader at the same moment:
+    the unique day slot lets one step through, the other waits for the next morning."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("two writers at once: PostgreSQL only (SQLite's writers take turns)")
+    app, client = funnel_app, funnel_app.test_client()
+    reader = confirm_for(app, client, "ike@example.com", "UTC", GUIDE, PLANNER)
+    services = services_of(app)
+    morning = clock().replace(hour=9, minute=0, second=0, microsecond=0) + timedelta(days=3)
+    with services.database.begin() as session:
+        for name, step in (("planner-week", "planner-day-one"), ("back-pain-tips", "why-glutes")):
+            session.execute(
+                Enrollment.__table__.update()
+                .where(Enrollment.subscriber_id == reader, Enrollment.sequence == name)
+                .values(
+                    next_step=step, next_due_at=morning, last_step_at=morning - timedelta(days=5)
+                )
+            )
+    zone = ZoneInfo("UTC")
+    reports = {}
+    first = services.database.begin()
+    session = first.__enter__()
+    reports["a"] = sequences.advance_due(
+        session, services.sequences["planner-week"], now=morning, default_zone=zone
+    )
+
+    def second() -> None:
+        with services.database.begin() as other:
+            reports["b"] = sequences.advance_due(
+                other, services.sequences["back-pain-tips"], now=morning, default_zone=zone
+            )
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=1)  # it waits on the first's uncommitted day slot
+    assert thread.is_alive()
+    first.__exit__(None, None, None)
+    thread.join(timeout=30)
+    assert (reports["a"].queued, reports["b"].queued, reports["b"].deferred) == (1, 0, 1)
+    steps = [m for m in sent_to(app, "ike@example.com") if m.kind == "sequence"]
+    assert [m.context["sequence"] for m in steps] == ["planner-week"]
+    by_day = defaultdict(list)
+    for m in steps:
+        by_day[m.day_slot.rsplit(":", 1)[0]].append(m)
+    assert all(len(v) == 1 for v in by_day.values())
