@@ -38,6 +38,8 @@ def reader(token: str) -> int:
 def _check_form():
     """A change needs the CSRF token of the page the reader loaded."""
     if request.method == "POST":
+        # validate_csrf, not CSRFProtect.protect: on https that also wants a same-origin
+        # Referer, and the public pages send none (their URLs carry tokens).
         try:
             validate_csrf(request.form.get("csrf_token"))
         except ValidationError:
@@ -62,6 +64,7 @@ def local_date(moment: datetime, zone_name: str) -> str:
 
 
 def paused_until(subscriber: Subscriber) -> str:
+    """The day the reader's pause ends, in their zone, or ''."""
     return (
         local_date(subscriber.paused_until, subscriber.time_zone) if subscriber.paused_until else ""
     )
