@@ -468,3 +468,19 @@ def test_the_owner_sees_the_readers_choices(prefs_app, clock):
     assert "Paused by the reader until 8 December 2026" in page
     assert "Newsletters: off (reader's choice)" in page
     assert "paused email" in page and "newsletters off" in page
+
+
+def test_the_forms_work_over_https_without_a_referer(make_app, clock):
+    """The public pages send no Referer (their URLs carry tokens); the CSRF token is enough."""
+    app = make_app(BASE_URL="https://newsletter.test")
+    client = app.test_client()
+    reader = confirm_reader(app, "reader@example.com")
+    path = f"/preferences/{token_for(app, reader)}"
+    page = client.get(path, base_url="https://newsletter.test").get_data(as_text=True)
+    response = client.post(
+        f"{path}/newsletters",
+        data={"csrf_token": form_token(page), "wanted": "no"},
+        base_url="https://newsletter.test",
+    )
+    assert response.status_code == 303
+    assert subscriber_of(app, reader).wants_newsletters is False
