@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,86 @@ def test_the_owners_browser_signs_in_while_strangers_are_locked_out(live_app, br
     assert "Dashboard" in owner.inner_text("nav")
     owners.close()
     strangers.close()
+
+
+# --- the reader's preference centre -------------------------------------------------------
+
+
+def open_preferences_from_an_email(app, page, base, email: str, zone: str) -> int:
+    """Confirm a reader, send their welcome email, and follow its preferences link."""
+    from tests.test_sequences import confirm_reader
+
+    reader = confirm_reader(app, email, zone=zone, first_name="Ann")
+    run_pass(app)
+    page.goto(base + link_path(latest_email_text(app), "/preferences/"))
+    assert "Your email preferences" in page.inner_text("h1")
+    return reader
+
+
+def test_a_two_week_pause_in_chromium_holds_the_sequence_until_the_morning_after(
+    live_app, page, clock
+):
+    from sqlalchemy import select
+
+    from service.models import OutboxMessage
+    from tests.test_sequences import run_until, sent_steps
+
+    app, base = live_app
+    reader = open_preferences_from_an_email(app, page, base, "ann@example.com", "Europe/Berlin")
+    page.check('input[name="weeks"][value="2"]')
+    page.click("button:has-text('Pause all email')")
+    # 24 November 15:00 UTC and two weeks: 8 December, 16:00 in Berlin.
+    assert "Done: your email is paused until 8 December 2026." in page.inner_text(".done")
+    assert "Paused until 8 December 2026" in page.inner_text("#pause-state")
+    until = datetime(2026, 12, 8, 15, 0, tzinfo=UTC)
+    assert get_subscriber(app, "ann@example.com").paused_until == until
+
+    run_until(app, clock, until - timedelta(seconds=1))
+    with app.extensions["newsletter"].database.read() as session:
+        steps = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "sequence"))
+        assert list(steps) == []
+    run_until(app, clock, until + timedelta(days=3))
+    # The first step, on the first 08:00 in Berlin after the pause.
+    assert sent_steps(app, reader)[0] == ("why-glutes", datetime(2026, 12, 9, 7, 0, tzinfo=UTC))
+    assert page.problems == []
+
+
+def test_leaving_a_series_and_changing_the_time_zone_in_chromium(live_app, page):
+    from sqlalchemy import select
+
+    from service.models import Enrollment, EnrollmentStatus
+
+    app, base = live_app
+    reader = open_preferences_from_an_email(app, page, base, "bo@example.com", "Europe/Berlin")
+    page.click("button:has-text('Leave this series')")
+    assert "Done: you will get no more emails from the series" in page.inner_text(".done")
+    assert "you left this series" in page.inner_text("#series")
+    with app.extensions["newsletter"].database.read() as session:
+        enrollment = session.scalar(select(Enrollment).where(Enrollment.subscriber_id == reader))
+    assert enrollment.status is EnrollmentStatus.STOPPED
+
+    page.fill("#time_zone", "America/Vancouver")
+    page.click("button:has-text('Save my details')")
+    assert "Done: your details are saved." in page.inner_text(".done")
+    assert page.input_value("#time_zone") == "America/Vancouver"
+    subscriber = get_subscriber(app, "bo@example.com")
+    assert (subscriber.time_zone, subscriber.first_name) == ("America/Vancouver", "Ann")
+    assert subscriber.wants_newsletters and subscriber.status is SubscriberStatus.CONFIRMED
+
+    page.fill("#time_zone", "Atlantis/Capital")
+    page.click("button:has-text('Save my details')")
+    assert "Please choose your time zone from the list" in page.inner_text(".form-errors")
+    assert get_subscriber(app, "bo@example.com").time_zone == "America/Vancouver"
+    assert [p for p in page.problems if "status of 422" not in p] == []
+
+
+def test_a_forged_or_borrowed_preferences_link_gets_the_friendly_page(live_app, page):
+    from service.tokens import Purpose
+
+    app, base = live_app
+    services = app.extensions["newsletter"]
+    unsubscribe_token = services.tokens.make(Purpose.UNSUBSCRIBE, 1, now=services.clock())
+    for token in ("1.1795532400.forged-signature", unsubscribe_token):
+        response = page.goto(f"{base}/preferences/{token}")
+        assert response.status == 404
+        assert "This link does not work" in page.inner_text("h1")

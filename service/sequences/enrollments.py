@@ -177,3 +177,107 @@ def resume(session: Session, subscriber_id: int, *, sequence: str, now: datetime
     enrollment.next_step = None  # the next tick plans it from `now`
     enrollment.next_due_at = now
     return True
+
+
+# --- the reader's own choices (service.preferences) ------------------------------------
+
+
+def _take_back_unsent(
+    session: Session,
+    enrollment: Enrollment,
+    *,
+    states: tuple[OutboxStatus, ...],
+    reason: str,
+) -> None:
+    """As _take_back_steps, and each step taken back gives up its place in the reader's
+    day (day_slot), so the step that comes later is not counted against a day it missed."""
+    taken_back = session.scalars(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.dedupe_key.startswith(
+                dedupe_key(enrollment.sequence, enrollment.subscriber_id, "")
+            ),
+            OutboxMessage.status.in_(states),
+        )
+        .values(status=OutboxStatus.CANCELLED, last_error=reason, day_slot=None)
+        .returning(OutboxMessage.sequence_step)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if taken_back:
+        enrollment.steps_passed = [s for s in enrollment.steps_passed if s not in taken_back]
+
+
+def _enrollments(
+    session: Session, subscriber_id: int, *states: EnrollmentStatus
+) -> list[Enrollment]:
+    """The subscriber's enrollments in those states, locked (a tick may be moving them)."""
+    return list(
+        session.scalars(
+            select(Enrollment)
+            .where(Enrollment.subscriber_id == subscriber_id, Enrollment.status.in_(states))
+            .order_by(Enrollment.id)
+            .with_for_update()
+        )
+    )
+
+
+def hold(session: Session, subscriber_id: int, *, until: datetime, reason: str) -> int:
+    """Hold every sequence of a reader until `until`: steps queued but not sent are taken
+    back, and the engine looks at the enrollment again only then, planning the next step
+    for the first sending morning after it. A sequence the owner paused is held as well,
+    should the owner resume it sooner. Returns how many enrollments are held."""
+    enrollments = _enrollments(
+        session, subscriber_id, EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED
+    )
+    for enrollment in enrollments:
+        enrollment.held_until = until
+        if enrollment.status is EnrollmentStatus.ACTIVE:
+            _take_back_unsent(session, enrollment, states=(OutboxStatus.QUEUED,), reason=reason)
+            enrollment.next_step = None
+            enrollment.next_due_at = until
+    return len(enrollments)
+
+
+def release(session: Session, subscriber_id: int, *, now: datetime) -> None:
+    """End a hold early: the next step goes on the first sending morning from now."""
+    for enrollment in _enrollments(
+        session, subscriber_id, EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED
+    ):
+        if enrollment.held_until is None:
+            continue
+        enrollment.held_until = now
+        if enrollment.status is EnrollmentStatus.ACTIVE:
+            enrollment.next_step = None
+            enrollment.next_due_at = now
+
+
+def leave(session: Session, subscriber_id: int, *, sequence: str, now: datetime) -> bool:
+    """The reader leaves one sequence for good (their other mail carries on); a step
+    already claimed for sending is taken back too. False if they were not in it."""
+    enrollment = _enrollment(session, subscriber_id, sequence)
+    if enrollment is None or enrollment.status not in (
+        EnrollmentStatus.ACTIVE,
+        EnrollmentStatus.PAUSED,
+    ):
+        return False
+    _take_back_unsent(
+        session,
+        enrollment,
+        states=(OutboxStatus.QUEUED, OutboxStatus.SENDING),
+        reason="the reader left the sequence",
+    )
+    enrollment.status = EnrollmentStatus.STOPPED
+    enrollment.stopped_at = now
+    enrollment.next_step = None
+    enrollment.next_due_at = None
+    enrollment.held_until = None
+    return True
+
+
+def replan(session: Session, subscriber_id: int, *, now: datetime) -> None:
+    """Have the next tick plan each running, unheld sequence's next step afresh (the
+    reader moved to another time zone); a held one is planned when its hold ends."""
+    for enrollment in _enrollments(session, subscriber_id, EnrollmentStatus.ACTIVE):
+        if enrollment.held_until is None:
+            enrollment.next_step = None
+            enrollment.next_due_at = now

@@ -203,7 +203,7 @@ def _configure_rate_limit_storage(app: Flask) -> None:
 
 def init_app(app: Flask) -> None:
     """Register blueprints, the limiter, error handlers and headers on `app`."""
-    from . import admin, api, archive, public, webhooks
+    from . import admin, api, archive, preferences, public, webhooks
 
     proxies = services_of(app).settings.TRUSTED_PROXIES
     if proxies:
@@ -211,6 +211,7 @@ def init_app(app: Flask) -> None:
     app.url_map.converters["int"] = DatabaseId  # before any route is added
     app.json = JSONBodies(app)
     app.register_blueprint(public.bp)
+    app.register_blueprint(preferences.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(admin.bp)
