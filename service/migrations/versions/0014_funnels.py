@@ -102,8 +102,9 @@ def upgrade() -> None:
     )
     op.execute(
         "INSERT INTO subscriber_tags (subscriber_id, tag, added_at, added_by)"
-        " SELECT subscriber_id, 'finished:' || sequence, finished_at, 'sequence'"
-        " FROM enrollments WHERE status = 'finished' AND finished_at IS NOT NULL"
+        " SELECT subscriber_id, 'finished:' || sequence,"
+        " COALESCE(finished_at, last_step_at, enrolled_at), 'sequence'"
+        " FROM enrollments WHERE status = 'finished'"
     )
 
 
