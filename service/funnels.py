@@ -102,9 +102,15 @@ def deliver(
     )
     tags.add(session, subscriber.id, magnet.all_tags, added_by="magnet", now=now)
     if sequence is not None:
-        sequences.start(session, subscriber, sequence, now=now)
+        started = sequences.start(session, subscriber, sequence, now=now)
     elif magnet.sequence is not None:
-        sequences.enroll(session, subscriber, now=now, sequence=magnet.sequence)
+        started = sequences.enroll(session, subscriber, now=now, sequence=magnet.sequence)
+    else:
+        started = False
+    paused_until = getattr(subscriber, "paused_until", None)
+    if started and paused_until is not None and paused_until > now:
+        # They paused their email: the new sequence waits for the pause's end too.
+        sequences.hold(session, subscriber.id, until=paused_until, reason="paused by the reader")
     session.execute(
         update(MagnetRequest)
         .where(

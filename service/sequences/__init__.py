@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .definition import EVERY_DAY, Delay, DripSequence, SequenceError, Step, load
 from .engine import Outcome, TickReport, advance_due, due_enrollments
-from .enrollments import enroll, excluded, pause, resume, start, stop
+from .enrollments import enroll, excluded, hold, pause, resume, start, stop
 from .timing import due_time, sending_window_opens, zone_of
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "due_time",
     "enroll",
     "excluded",
+    "hold",
     "load",
     "pause",
     "resume",

@@ -182,31 +182,6 @@ def resume(session: Session, subscriber_id: int, *, sequence: str, now: datetime
 # --- the reader's own choices (service.preferences) ------------------------------------
 
 
-def _take_back_unsent(
-    session: Session,
-    enrollment: Enrollment,
-    *,
-    states: tuple[OutboxStatus, ...],
-    reason: str,
-) -> None:
-    """As _take_back_steps, and each step taken back gives up its place in the reader's
-    day (day_slot), so the step that comes later is not counted against a day it missed."""
-    taken_back = session.scalars(
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.dedupe_key.startswith(
-                dedupe_key(enrollment.sequence, enrollment.subscriber_id, "")
-            ),
-            OutboxMessage.status.in_(states),
-        )
-        .values(status=OutboxStatus.CANCELLED, last_error=reason, day_slot=None)
-        .returning(OutboxMessage.sequence_step)
-        .execution_options(synchronize_session=False)
-    ).all()
-    if taken_back:
-        enrollment.steps_passed = [s for s in enrollment.steps_passed if s not in taken_back]
-
-
 def _enrollments(
     session: Session, subscriber_id: int, *states: EnrollmentStatus
 ) -> list[Enrollment]:
@@ -232,7 +207,7 @@ def hold(session: Session, subscriber_id: int, *, until: datetime, reason: str) 
     for enrollment in enrollments:
         enrollment.held_until = until
         if enrollment.status is EnrollmentStatus.ACTIVE:
-            _take_back_unsent(session, enrollment, states=(OutboxStatus.QUEUED,), reason=reason)
+            _take_back_steps(session, enrollment, states=(OutboxStatus.QUEUED,), reason=reason)
             enrollment.next_step = None
             enrollment.next_due_at = until
     return len(enrollments)
@@ -260,7 +235,7 @@ def leave(session: Session, subscriber_id: int, *, sequence: str, now: datetime)
         EnrollmentStatus.PAUSED,
     ):
         return False
-    _take_back_unsent(
+    _take_back_steps(
         session,
         enrollment,
         states=(OutboxStatus.QUEUED, OutboxStatus.SENDING),

@@ -105,7 +105,8 @@ def subscriber(subscriber_id: int):
     return render_template(
         "admin/subscriber.html",
         record=record,
-        sequence=services().default_sequence,
+        sequences=services().sequences,
+        now=now(),
     )
 
 
@@ -122,10 +123,14 @@ def subscriber_data(subscriber_id: int):
 
 @bp.post("/subscribers/<int:subscriber_id>/<any(pause, resume):action>")
 def sequence_action(subscriber_id: int, action: str):
-    """Pause or resume the subscriber's drip sequence."""
+    """Pause or resume one of the subscriber's drip sequences (the default one when the
+    form names none)."""
     change = {"pause": sequences.pause, "resume": sequences.resume}[action]
+    name = request.form.get("sequence") or services().default_sequence.name
+    if name not in services().sequences:
+        abort(404, description="No such sequence.")
     with services().database.begin() as db:
-        done = change(db, subscriber_id, sequence=services().default_sequence.name, now=now())
+        done = change(db, subscriber_id, sequence=name, now=now())
     flash(
         f"Sequence {action}d."
         if done
