@@ -115,10 +115,13 @@ class Composer:
 
     def sequence_of(self, row: OutboxMessage | Claimed) -> DripSequence | None:
         """The sequence a step's row belongs to (None if it is not loaded). A row that
-        names no loaded sequence belongs to the only one, when there is only one."""
+        names no loaded sequence (one from before a rename, when there was only ever one)
+        belongs to the default sequence, if that has its step."""
         found = self.sequences.get(row.context.get("sequence", ""))
-        if found is None and len(self.sequences) == 1:
-            (found,) = self.sequences.values()
+        if found is None and self.sequences:
+            default = next(iter(self.sequences.values()))  # sequence.toml's, loaded first
+            if default.step(row.sequence_step or "") is not None:
+                found = default
         return found
 
     def compose(
