@@ -377,4 +377,21 @@ def personal_data(record: History) -> dict[str, Any]:
             }
             for enrollment in record.enrollments
         ],
+        "tags": [
+            {"tag": tag.tag, "added_by": tag.added_by, "added_at": _stamp(tag.added_at)}
+            for tag in record.tags
+        ],
+        "lead_magnets": [
+            {
+                "magnet": request.magnet,
+                "requested_at": _stamp(request.requested_at),
+                "delivered_at": _stamp(request.delivered_at),
+                "source": request.source,
+            }
+            for request in record.magnets
+        ],
+        "choices": {
+            "paused_until": _stamp(subscriber.paused_until),
+            "newsletters": subscriber.wants_newsletters,
+        },
     }

@@ -665,3 +665,80 @@ def test_a_database_of_the_previous_revision_migrates_with_nothing_sent_twice_or
         finished_id = get_subscriber(app, "finished@example.com").id
         assert "finished:back-pain-tips" in tags.of(session, finished_id)
         assert f"magnet:{GUIDE}" in tags.of(session, finished_id)
+
+
+# --- the owner's side ----------------------------------------------------------------
+
+
+def test_sequence_commands_name_the_sequence(app, client):
+    reader = confirm_for(app, client, "jo@example.com", "UTC", GUIDE, PLANNER)
+    runner = app.test_cli_runner()
+    status = runner.invoke(args=["sequence", "status"])
+    assert status.exit_code == 0
+    assert "sequence 'back-pain-tips'" in status.output
+    assert "sequence 'planner-week'" in status.output
+    paused = runner.invoke(
+        args=["sequence", "pause", "jo@example.com", "--sequence", "planner-week"]
+    )
+    assert paused.exit_code == 0 and "paused" in paused.output
+    assert enrollments_of(app, reader) == {
+        "back-pain-tips": EnrollmentStatus.ACTIVE,
+        "planner-week": EnrollmentStatus.PAUSED,
+    }
+    unknown = runner.invoke(args=["sequence", "pause", "jo@example.com", "--sequence", "nope"])
+    assert unknown.exit_code != 0 and "no sequence 'nope'" in unknown.output
+
+
+def test_the_subscriber_page_pauses_the_sequence_it_names(app, client):
+    from tests.test_admin import create_admin, post, sign_in
+
+    reader = confirm_for(app, client, "kay@example.com", "UTC", GUIDE, PLANNER)
+    create_admin(app)
+    assert sign_in(client).status_code == 303
+    page = client.get(f"/admin/subscribers/{reader}").get_data(as_text=True)
+    assert "Pause back-pain-tips" in page and "Pause planner-week" in page
+    response = post(client, f"/admin/subscribers/{reader}/pause", sequence="planner-week")
+    assert response.status_code == 303
+    assert enrollments_of(app, reader) == {
+        "back-pain-tips": EnrollmentStatus.ACTIVE,
+        "planner-week": EnrollmentStatus.PAUSED,
+    }
+    assert post(client, f"/admin/subscribers/{reader}/pause", sequence="nope").status_code == 404
+
+
+def test_the_data_export_holds_tags_magnets_and_choices(app, client):
+    from tests.test_admin import create_admin, sign_in
+
+    reader = confirm_for(app, client, "lu@example.com", "UTC", GUIDE, PLANNER)
+    create_admin(app)
+    assert sign_in(client).status_code == 303
+    data = client.get(f"/admin/subscribers/{reader}/data.json").get_json()
+    assert {t["tag"] for t in data["tags"]} == {
+        f"magnet:{GUIDE}",
+        f"magnet:{PLANNER}",
+        "topic:foam-rolling",
+    }
+    assert {m["magnet"] for m in data["lead_magnets"]} == {GUIDE, PLANNER}
+    assert all(m["delivered_at"] for m in data["lead_magnets"])
+    assert data["choices"] == {"paused_until": None, "newsletters": True}
+
+
+def test_a_sequence_joined_during_the_readers_pause_waits_for_its_end(app, client, clock):
+    from service import preferences
+
+    services = services_of(app)
+    reader = confirm_for(app, client, "max@example.com", "UTC", GUIDE)
+    with services.database.begin() as session:
+        subscriber = preferences.pause_all(session, reader, 2, now=clock())
+        until = subscriber.paused_until
+    clock.advance(hours=2)
+    client.post("/subscribe", data={"email": "max@example.com", "magnet": PLANNER})
+    with services.database.read() as session:
+        planner = session.scalar(
+            select(Enrollment).where(
+                Enrollment.subscriber_id == reader, Enrollment.sequence == "planner-week"
+            )
+        )
+    assert planner.held_until == until and planner.next_due_at == until
+    run_until(app, clock, until - timedelta(minutes=1))
+    assert [m for m in sent_to(app, "max@example.com") if m.kind == "sequence"] == []

@@ -15,14 +15,41 @@ from .common import services as _services
 
 @click.group("sequence", cls=AppGroup)
 def sequence_group() -> None:
-    """The drip sequence."""
+    """The drip sequences."""
+
+
+def _sequence(name: str | None) -> sequences.DripSequence:
+    services = _services()
+    if name is None:
+        return services.default_sequence
+    if name not in services.sequences:
+        raise click.ClickException(
+            f"no sequence {name!r} (sequences: {', '.join(services.sequences)})"
+        )
+    return services.sequences[name]
+
+
+SEQUENCE_OPTION = click.option(
+    "--sequence",
+    "name",
+    default=None,
+    help="Which sequence (default: the default one, templates/emails/sequence.toml).",
+)
 
 
 @sequence_group.command("status")
-def sequence_status() -> None:
+@click.option("--sequence", "name", default=None, help="Only this one (default: every one).")
+def sequence_status(name: str | None) -> None:
     """How many subscribers are at each step, and what is due in the next 24 hours."""
     services = _services()
-    sequence = services.default_sequence
+    chosen = [_sequence(name)] if name else list(services.sequences.values())
+    for number, sequence in enumerate(chosen):
+        if number:
+            click.echo()
+        _status(services, sequence)
+
+
+def _status(services, sequence: sequences.DripSequence) -> None:
     with services.database.read() as session:
         report = dashboard.sequence_status(
             session, sequence, now=services.clock(), window=timedelta(hours=24)
@@ -60,22 +87,23 @@ def _subscriber_id(address: str) -> int:
     return subscriber_id
 
 
-def _change_sequence(address: str, change, *, done: str, not_done: str) -> None:
+def _change_sequence(address: str, name: str | None, change, *, done: str, not_done: str) -> None:
     services = _services()
+    sequence = _sequence(name)
     subscriber_id = _subscriber_id(address)
     with services.database.begin() as session:
-        changed = change(
-            session, subscriber_id, sequence=services.default_sequence.name, now=services.clock()
-        )
+        changed = change(session, subscriber_id, sequence=sequence.name, now=services.clock())
     click.echo(done if changed else not_done)
 
 
 @sequence_group.command("pause")
 @click.argument("address")
-def sequence_pause(address: str) -> None:
+@SEQUENCE_OPTION
+def sequence_pause(address: str, name: str | None) -> None:
     """Hold a subscriber's sequence (a step queued but not sent is taken back)."""
     _change_sequence(
         address,
+        name,
         sequences.pause,
         done="paused",
         not_done="not paused: the sequence is not running for them",
@@ -84,10 +112,12 @@ def sequence_pause(address: str) -> None:
 
 @sequence_group.command("resume")
 @click.argument("address")
-def sequence_resume(address: str) -> None:
+@SEQUENCE_OPTION
+def sequence_resume(address: str, name: str | None) -> None:
     """Carry on with the next step, timed from now."""
     _change_sequence(
         address,
+        name,
         sequences.resume,
         done="resumed",
         not_done="not resumed: the sequence is not paused for them",
