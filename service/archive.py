@@ -29,6 +29,8 @@ LISTED_STATUSES = (BroadcastStatus.SENT, BroadcastStatus.SENDING)
 MAX_SLUG_BASE = 100
 FALLBACK_SLUG = "newsletter"
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
+# What slug_for makes: lower-case words joined by '-', a numeric suffix at most.
+SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,119}")
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,10 @@ def entries(session: Session, limit: int = 50) -> list[Entry]:
 
 
 def entry(session: Session, slug: str) -> Entry | None:
-    """The listed newsletter with this slug; None for any other (unknown, hidden, unsent)."""
+    """The listed newsletter with this slug; None for any other (unknown, hidden, unsent,
+    or not shaped like a slug at all, which is never looked up)."""
+    if not SLUG.fullmatch(slug):
+        return None
     broadcast = session.scalar(select(Broadcast).where(Broadcast.slug == slug, *_listed()))
     return _entry_of(broadcast) if broadcast is not None else None
 

@@ -250,3 +250,8 @@ def test_the_tick_needs_a_signed_in_owner_and_a_csrf_token(app, owner, client):
     )
     with services_of(app).database.read() as session:
         assert session.get(Broadcast, broadcast_id).public is False
+
+
+@pytest.mark.parametrize("slug", ["%00", "a%00b", "UPPER", "x" * 200, "%F0%9F%92%A9"])
+def test_a_path_that_cannot_be_a_slug_is_a_404(client, slug):
+    assert client.get(f"/archive/{slug}").status_code == 404
