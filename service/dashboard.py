@@ -128,9 +128,12 @@ class StepResults:
 def step_results(session: Session, sequence: DripSequence) -> list[StepResults]:
     """Per step: emails sent and failed, and readers who unsubscribed with it as their last."""
     results = {step.id: StepResults(step.id, step.template) for step in sequence.steps}
+    # This sequence's rows only: their dedupe keys start `sequence:<name>:` (an index range).
+    of_sequence = OutboxMessage.dedupe_key.startswith(f"{SEQUENCE_STEP}:{sequence.name}:")
     for step_id, status, count in session.execute(
         select(OutboxMessage.sequence_step, OutboxMessage.status, func.count())
         .where(
+            of_sequence,
             OutboxMessage.kind == SEQUENCE_STEP,
             OutboxMessage.status.in_([OutboxStatus.SENT, OutboxStatus.FAILED]),
         )
@@ -144,7 +147,7 @@ def step_results(session: Session, sequence: DripSequence) -> list[StepResults]:
     for step_id, count in session.execute(
         select(OutboxMessage.sequence_step, func.count(Click.id))
         .join(Click, Click.outbox_id == OutboxMessage.id)
-        .where(OutboxMessage.kind == SEQUENCE_STEP)
+        .where(of_sequence, OutboxMessage.kind == SEQUENCE_STEP)
         .group_by(OutboxMessage.sequence_step)
     ):
         if step_id in results:

@@ -151,12 +151,14 @@ def per_newsletter(session: Session, broadcast_ids: list[int]) -> dict[int, Rate
     }
 
 
-def per_step(session: Session) -> list[Rates]:
-    """Each sequence step's sends, bounces and complaints, by step id."""
+def per_step(session: Session, *, sequence: str) -> list[Rates]:
+    """Each step of a sequence: its sends, bounces and complaints, by step id."""
     sent = dict(
         session.execute(
             select(OutboxMessage.sequence_step, func.count())
             .where(
+                # The sequence's rows: their dedupe keys start `sequence:<name>:`.
+                OutboxMessage.dedupe_key.startswith(f"{SEQUENCE_STEP}:{sequence}:"),
                 OutboxMessage.kind == SEQUENCE_STEP,
                 _went_out(),
             )
@@ -167,7 +169,7 @@ def per_step(session: Session) -> list[Rates]:
         step: counts
         for step, *counts in session.execute(
             select(FeedbackEvent.sequence_step, *_counts_by_type())
-            .where(FeedbackEvent.kind == SEQUENCE_STEP)
+            .where(FeedbackEvent.kind == SEQUENCE_STEP, FeedbackEvent.sequence == sequence)
             .group_by(FeedbackEvent.sequence_step)
         )
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import render_template
+from flask import render_template, request
 from sqlalchemy import select
 
 from ... import dashboard
@@ -59,7 +59,10 @@ def _chart(days: list[dashboard.Day]) -> dict:
 def dashboard_page():
     """Growth, the funnel, each step's results, and whether mail is flowing."""
     settings = services().settings
-    sequence = services().default_sequence
+    # Which sequence the funnel and the step tables show (?sequence=NAME; the default).
+    sequence = services().sequences.get(
+        request.args.get("sequence", ""), services().default_sequence
+    )
     with services().database.read() as db:
         days = dashboard.daily_counts(db, now=now())
         funnel = dashboard.funnel(db, sequence=sequence.name)
@@ -79,7 +82,10 @@ def dashboard_page():
         ).all()
         newsletters = rates.per_newsletter(db, list(recent_newsletters))
         order = {step.id: n for n, step in enumerate(sequence.steps)}
-        step_rates = sorted(rates.per_step(db), key=lambda r: order.get(r.label, len(order)))
+        step_rates = sorted(
+            rates.per_step(db, sequence=sequence.name),
+            key=lambda r: order.get(r.label, len(order)),
+        )
         international = rates.international_refused(db, now=now())
     return render_template(
         "admin/dashboard.html",
@@ -92,6 +98,8 @@ def dashboard_page():
         funnel=funnel,
         magnet_funnels=magnet_funnels,
         steps=steps,
+        sequence=sequence,
+        sequences=services().sequences,
         outbox=outbox,
         links=links,
     )
