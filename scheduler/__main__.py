@@ -26,6 +26,7 @@ from pathlib import Path
 from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.bounces import mailbox_job
 from service import broadcasts, health, imports, sequences
@@ -86,9 +87,14 @@ def tick(
             health.record_tick(session, dispatcher.worker, started_at=started_at, now=now)
 
     heartbeat(clock())
-    steps = advance_sequences(services, clock=clock, stop=stop)
-    if steps.total:
-        logger.info("sequences: %s", steps)
+    try:
+        steps = advance_sequences(services, clock=clock, stop=stop)
+    except SQLAlchemyError:
+        # What is queued already still goes; the sequences are tried again next tick.
+        logger.exception("moving the sequences on failed; sending what is queued")
+    else:
+        if steps.total:
+            logger.info("sequences: %s", steps)
     with services.database.read() as session:
         newsletters = broadcasts.in_progress(session)
     if newsletters:

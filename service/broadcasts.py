@@ -49,7 +49,7 @@ LINK_SCHEMES = frozenset({"http", "https", "mailto"})
 IMAGE_SCHEMES = frozenset({"http", "https"})
 # Everything below a space but tab and newline: nothing an owner types, and Markdown marks
 # its own placeholders with \x02 and \x03.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffe\uffff]")
 
 
 class BroadcastError(ValueError):
@@ -147,19 +147,22 @@ def save_draft(
 ) -> Broadcast:
     """Create a draft, or change one; a newsletter that left the drafts cannot change."""
     subject, body = _checked(subject, body, audience_sequence)
+    broadcast = None if broadcast_id is None else get(session, broadcast_id)
+    if broadcast is not None and broadcast.status is not BroadcastStatus.DRAFT:
+        raise BroadcastError("This newsletter is no longer a draft; it cannot change.")
     try:
         tag_choice = newsletter_audience.checked_tags(
-            session, include_tags, exclude_tags, tags_match
+            session,
+            include_tags,
+            exclude_tags,
+            tags_match,
+            saved=[] if broadcast is None else [*broadcast.include_tags, *broadcast.exclude_tags],
         )
     except ValueError as exc:
         raise BroadcastError(str(exc)) from None
-    if broadcast_id is None:
+    if broadcast is None:
         broadcast = Broadcast(status=BroadcastStatus.DRAFT, created_at=now, recipients=0)
         session.add(broadcast)
-    else:
-        broadcast = get(session, broadcast_id)
-        if broadcast.status is not BroadcastStatus.DRAFT:
-            raise BroadcastError("This newsletter is no longer a draft; it cannot change.")
     broadcast.subject = subject
     broadcast.body = body
     broadcast.audience_source = _CONTROL.sub("", audience_source).strip()[:100]

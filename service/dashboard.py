@@ -128,8 +128,8 @@ class StepResults:
 def step_results(session: Session, sequence: DripSequence) -> list[StepResults]:
     """Per step: emails sent and failed, and readers who unsubscribed with it as their last."""
     results = {step.id: StepResults(step.id, step.template) for step in sequence.steps}
-    # This sequence's rows only: their dedupe keys start `sequence:<name>:` (an index range).
-    of_sequence = OutboxMessage.dedupe_key.startswith(f"{SEQUENCE_STEP}:{sequence.name}:")
+    # This sequence's rows only (each step's row names its sequence).
+    of_sequence = OutboxMessage.context["sequence"].as_string() == sequence.name
     for step_id, status, count in session.execute(
         select(OutboxMessage.sequence_step, OutboxMessage.status, func.count())
         .where(

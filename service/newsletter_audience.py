@@ -40,10 +40,17 @@ class TagChoice:
 
 
 def checked_tags(
-    session: Session, include: Iterable[str], exclude: Iterable[str], match: str
+    session: Session,
+    include: Iterable[str],
+    exclude: Iterable[str],
+    match: str,
+    *,
+    saved: Iterable[str] = (),
 ) -> TagChoice:
     """The owner's tag choice, cleaned; ValueError (tags.InvalidTag among them) naming a
-    tag that cannot be one or that no reader carries, or a tag both included and excluded."""
+    tag that cannot be one or that no reader carries, or a tag both included and excluded.
+    A tag the draft holds already (`saved`) stays allowed when its last reader lost it:
+    saving the draft again must not drop it, and widen the audience, unseen."""
     include, exclude = tags.clean_all(include), tags.clean_all(exclude)
     if match not in TAGS_MATCH:
         raise ValueError(f"Choose whether readers need any or all of the tags, not {match!r}.")
@@ -54,7 +61,7 @@ def checked_tags(
     known = set(
         session.scalars(select(SubscriberTag.tag).where(SubscriberTag.tag.in_(chosen)).distinct())
     )
-    unknown = sorted(chosen - known)
+    unknown = sorted(chosen - known - set(saved))
     if unknown:
         raise ValueError(f"No reader carries the tag {unknown[0]!r}.")
     return TagChoice(include=include, exclude=exclude, match=match)

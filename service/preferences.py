@@ -25,6 +25,7 @@ from .models import (
     SubscriberStatus,
 )
 from .sequences import enrollments
+from .sequences.definition import STEP_ID
 
 VIA = "preferences"
 PAUSE_WEEKS = (2, 4)
@@ -124,7 +125,10 @@ def leave_sequence(
 ) -> Subscriber:
     """Leave one sequence for good; newsletters and other sequences are unchanged."""
     subscriber = _receiving(session, subscriber_id)
-    if not enrollments.leave(session, subscriber_id, sequence=sequence, now=now):
+    # Only a sequence name is looked up (a NUL, say, is refused by PostgreSQL itself).
+    if not STEP_ID.fullmatch(sequence) or not enrollments.leave(
+        session, subscriber_id, sequence=sequence, now=now
+    ):
         raise PreferenceError({"sequence": "You are not in that series any more."})
     record_event(
         session, subscriber_id, "left_sequence", now=now, detail={"sequence": sequence, "via": VIA}

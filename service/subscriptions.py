@@ -384,6 +384,7 @@ def _request_again(
     event: str,
     cooldown: timedelta,
     now: datetime,
+    context: dict[str, str] | None = None,
 ) -> bool:
     subscriber = get_subscriber(session, subscriber_id, for_update=True)
     if (subscriber.status is SubscriberStatus.CONFIRMED) is not confirmed:
@@ -391,15 +392,22 @@ def _request_again(
     if _asked_recently(session, subscriber, cooldown=cooldown, now=now):
         return False
     subscriber.last_requested_at = now
-    outbox.enqueue(session, subscriber, kind, now=now)
-    record_event(session, subscriber.id, event, now=now)
+    outbox.enqueue(session, subscriber, kind, now=now, context=context)
+    detail = {"magnet": context["magnet"]} if context and "magnet" in context else None
+    record_event(session, subscriber.id, event, now=now, detail=detail)
     return True
 
 
 def request_guide_link(
-    session: Session, subscriber_id: int, *, cooldown: timedelta, now: datetime
+    session: Session,
+    subscriber_id: int,
+    *,
+    cooldown: timedelta,
+    now: datetime,
+    magnet: LeadMagnet | None = None,
 ) -> bool:
-    """Email a confirmed subscriber a fresh download link (their old one expired)."""
+    """Email a confirmed subscriber a fresh download link for `magnet` (the default when
+    None): their old one expired."""
     return _request_again(
         session,
         subscriber_id,
@@ -408,6 +416,7 @@ def request_guide_link(
         event="guide_resent",
         cooldown=cooldown,
         now=now,
+        context=funnels_.email_context(magnet),
     )
 
 

@@ -18,7 +18,8 @@ from . import journal
 from .db import insert_ignoring_conflicts
 from .models import SubscriberTag
 
-TAG = re.compile(r"[a-z0-9][a-z0-9:._-]{0,63}")
+# Room for `magnet:` and `finished:` before the longest magnet id or sequence name (64).
+TAG = re.compile(r"[a-z0-9][a-z0-9:._-]{0,99}")
 
 
 class InvalidTag(ValueError):
@@ -30,7 +31,7 @@ def clean(name: str) -> str:
     tag = name.strip().lower()
     if not TAG.fullmatch(tag):
         raise InvalidTag(
-            f"{name.strip()[:70]!r} is not a tag: up to 64 lower-case letters, digits and"
+            f"{name.strip()[:110]!r} is not a tag: up to 100 lower-case letters, digits and"
             " ':', '.', '_' or '-', starting with a letter or digit"
         )
     return tag
@@ -57,9 +58,12 @@ def add(
     added_by: str,
     now: datetime,
 ) -> list[str]:
-    """Tag a reader; the tags they did not carry yet."""
+    """Tag a reader; the tags they did not carry yet. InvalidTag for a name that cannot
+    be one (the callers clean what people type; this guards the rest)."""
     added = []
     for tag in tags:
+        if not TAG.fullmatch(tag):
+            raise InvalidTag(f"{tag[:110]!r} is not a tag")
         if insert_ignoring_conflicts(
             session,
             SubscriberTag.__table__,
@@ -117,6 +121,10 @@ def add_by_owner(session: Session, subscriber_id: int, name: str, *, now: dateti
 def remove_by_owner(session: Session, subscriber_id: int, tag: str, *, now: datetime) -> bool:
     """The owner takes a tag off a reader, written in the reader's history; whether they
     carried it."""
+    try:
+        tag = clean(tag)
+    except InvalidTag:
+        return False  # nobody carries what cannot be a tag
     if not remove(session, subscriber_id, tag):
         return False
     journal.record_event(

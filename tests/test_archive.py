@@ -255,3 +255,12 @@ def test_the_tick_needs_a_signed_in_owner_and_a_csrf_token(app, owner, client):
 @pytest.mark.parametrize("slug", ["%00", "a%00b", "UPPER", "x" * 200, "%F0%9F%92%A9"])
 def test_a_path_that_cannot_be_a_slug_is_a_404(client, slug):
     assert client.get(f"/archive/{slug}").status_code == 404
+
+
+def test_characters_xml_forbids_never_reach_the_feed(app, client):
+    import xml.etree.ElementTree as ElementTree
+
+    sent(app, "Week \ufffe two\uffff", body="Roll \uffff slowly")
+    feed = client.get("/archive.atom").get_data(as_text=True)
+    ElementTree.fromstring(feed)  # well-formed
+    assert "\ufffe" not in feed and "\uffff" not in feed

@@ -742,3 +742,270 @@ def test_a_sequence_joined_during_the_readers_pause_waits_for_its_end(app, clien
     assert planner.held_until == until and planner.next_due_at == until
     run_until(app, clock, until - timedelta(minutes=1))
     assert [m for m in sent_to(app, "max@example.com") if m.kind == "sequence"] == []
+
+
+# --- found by review -------------------------------------------------------------------
+
+
+def write_sequence(
+    content, name: str, delays: list[str], extra: str = "", *, prefix: str = ""
+) -> None:
+    """A sequence file of steps `<prefix or name>-s<n>`, each with a planner email."""
+    folder = content / "emails" / "sequences"
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = "".join(
+        f'[[steps]]\nid = "{prefix or name}-s{n}"\ntemplate = "planner/01_first_session"\n'
+        f'delay = "{delay}"\n'
+        for n, delay in enumerate(delays)
+    )
+    (folder / f"{name}.toml").write_text(
+        f'name = "{name}"\nsend_hour = 8\nlatest_hour = 20\n{extra}\n{steps}'
+    )
+
+
+def enroll_in(app, reader: int, *names: str) -> None:
+    services = services_of(app)
+    with services.database.begin() as session:
+        for name in names:
+            sequences.enroll(
+                session, _Stub(reader, "x@example.com"), now=services.clock(), sequence=name
+            )
+
+
+class _Stub:
+    def __init__(self, id: int, email: str) -> None:
+        self.id, self.email = id, email
+
+
+def steps_sent(app, email: str) -> list[tuple[str, str]]:
+    return [
+        (m.sequence_step, m.sent_at.date().isoformat())
+        for m in sent_to(app, email)
+        if m.kind == "sequence" and m.status is OutboxStatus.SENT
+    ]
+
+
+def test_a_sequence_the_reader_left_is_not_started_again_by_then(make_app, smtp, clock, tmp_path):
+    from service import preferences
+
+    content = tmp_path / "content"
+    write_sequence(content, "seq-a", ["1 day"], 'then = "seq-b"')
+    write_sequence(content, "seq-b", ["1 day", "1 day"])
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(content))
+    reader = confirm_for(app, app.test_client(), "nia@example.com", "UTC", GUIDE)
+    enroll_in(app, reader, "seq-a", "seq-b")
+    with services_of(app).database.begin() as session:
+        preferences.leave_sequence(session, reader, "seq-b", now=clock())
+    run_until(app, clock, clock() + timedelta(days=10))
+    assert enrollments_of(app, reader)["seq-a"] is EnrollmentStatus.FINISHED
+    assert enrollments_of(app, reader)["seq-b"] is EnrollmentStatus.STOPPED
+    assert not [s for s, _ in steps_sent(app, "nia@example.com") if s.startswith("seq-b")]
+
+
+def test_a_step_that_waited_for_the_cap_goes_before_one_that_came_due_later(
+    make_app, smtp, clock, tmp_path
+):
+    """Two daily sequences at once: they take turns; neither waits for the other to end."""
+    content = tmp_path / "content"
+    write_sequence(content, "seq-a", ["1 day"] * 6)
+    write_sequence(content, "seq-b", ["1 day"] * 3)
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(content))
+    reader = confirm_for(app, app.test_client(), "ola@example.com", "UTC", GUIDE)
+    with services_of(app).database.begin() as session:
+        session.execute(Enrollment.__table__.delete().where(Enrollment.subscriber_id == reader))
+    enroll_in(app, reader, "seq-a", "seq-b")
+    run_until(app, clock, clock() + timedelta(days=20))
+    sent = steps_sent(app, "ola@example.com")
+    days = [day for _, day in sent]
+    assert len(days) == len(set(days)) == 9  # one a day, all of them
+    b_steps = [n for n, (step, _) in enumerate(sent) if step.startswith("seq-b")]
+    assert b_steps[0] <= 1, sent  # b's first step waited one day at most
+    assert b_steps[-1] < 7, sent  # and b was not held back until a ended
+
+
+def test_the_owners_resume_after_the_readers_pause_is_timed_from_the_resume(
+    make_app, smtp, clock, tmp_path
+):
+    from service import preferences
+
+    content = tmp_path / "content"
+    write_sequence(content, "seq-a", ["1 day", "7 days"])
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(content))
+    reader = confirm_for(app, app.test_client(), "pia@example.com", "UTC", GUIDE)
+    with services_of(app).database.begin() as session:
+        session.execute(Enrollment.__table__.delete().where(Enrollment.subscriber_id == reader))
+    enroll_in(app, reader, "seq-a")
+    run_until(app, clock, clock() + timedelta(days=2))  # the first step went
+    services = services_of(app)
+    with services.database.begin() as session:
+        sequences.pause(session, reader, sequence="seq-a", now=clock())
+        preferences.pause_all(session, reader, 2, now=clock())
+    clock.advance(days=40)  # long after the reader's pause ended
+    with services.database.begin() as session:
+        assert sequences.resume(session, reader, sequence="seq-a", now=clock())
+    resumed = clock()
+    run_until(app, clock, clock() + timedelta(days=10))
+    (second,) = [m for m in sent_to(app, "pia@example.com") if m.sequence_step == "seq-a-s1"]
+    # Seven days from the resume, at the send hour (not at once, as a stale hold had it).
+    assert second.sent_at.date() == resumed.date() + timedelta(days=7)
+
+
+def test_a_pause_holds_a_finished_sequences_last_step_still_waiting_to_go(app, client, clock):
+    from service import preferences
+
+    services = services_of(app)
+    reader = confirm_for(app, client, "quin@example.com", "UTC", PLANNER)
+    with services.database.begin() as session:
+        # Where the planner stands just after its last step was queued, not yet sent.
+        session.execute(
+            Enrollment.__table__.update()
+            .where(Enrollment.subscriber_id == reader)
+            .values(
+                status=EnrollmentStatus.FINISHED,
+                steps_passed=["planner-day-one", "planner-mid-week", "planner-next-week"],
+                next_due_at=None,
+            )
+        )
+        from service import outbox as outbox_module
+
+        outbox_module.enqueue_steps(
+            session,
+            [
+                outbox_module.step_row(
+                    reader,
+                    "quin@example.com",
+                    template="planner/03_next_week",
+                    sequence="planner-week",
+                    step="planner-next-week",
+                    dedupe_key=f"sequence:planner-week:{reader}:planner-next-week",
+                    now=clock(),
+                )
+            ],
+            now=clock(),
+        )
+        preferences.pause_all(session, reader, 2, now=clock())
+    last = [m for m in sent_to(app, "quin@example.com") if m.kind == "sequence"]
+    assert [m.status for m in last] == [OutboxStatus.CANCELLED]
+    with services.database.read() as session:
+        planner = session.scalar(select(Enrollment).where(Enrollment.subscriber_id == reader))
+    assert planner.status is EnrollmentStatus.ACTIVE
+    assert planner.steps_passed == ["planner-day-one", "planner-mid-week"]
+    assert planner.held_until is not None
+
+
+def test_the_longest_magnet_id_and_sequence_name_fit_their_tags(make_app, smtp, clock, tmp_path):
+    content = tmp_path / "content"
+    long_sequence = "s" * 63
+    write_sequence(content, long_sequence, ["1 day"], prefix="long")
+    long_magnet = "m" * 64
+    folder = content / "magnets" / long_magnet
+    folder.mkdir(parents=True)
+    (folder / "magnet.toml").write_text(
+        f'title = "Long"\nurl = "https://x.example/"\nincentive_template = "welcome"\n'
+        f'sequence = "{long_sequence}"\n[landing]\npage_title = "p"\nheading = "h"\n'
+        'lede = "l"\nform_heading = "f"\nbutton = "b"\n'
+    )
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(content))
+    reader = confirm_for(app, app.test_client(), "rex@example.com", "UTC", long_magnet)
+    run_until(app, clock, clock() + timedelta(days=3))
+    with services_of(app).database.read() as session:
+        carried = tags.of(session, reader)
+    assert f"magnet:{long_magnet}" in carried and f"finished:{long_sequence}" in carried
+
+
+def test_a_revived_step_that_lost_its_day_slot_waits_for_the_next_morning(
+    funnel_app, clock, database_url
+):
+    """A step taken back by a pause and due again is revived, not inserted: when another
+    scheduler took the reader's day slot meanwhile, it waits like a step that lost its
+    slot on insert, and the other readers of the batch are not held up."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("two writers at once: PostgreSQL only (SQLite's writers take turns)")
+    app, client = funnel_app, funnel_app.test_client()
+    reader = confirm_for(app, client, "sam@example.com", "UTC", GUIDE, PLANNER)
+    services = services_of(app)
+    morning = clock().replace(hour=9, minute=0, second=0, microsecond=0) + timedelta(days=3)
+    key = f"sequence:planner-week:{reader}:planner-day-one"
+    with services.database.begin() as session:
+        from service import outbox as outbox_module
+
+        outbox_module.enqueue_steps(
+            session,
+            [
+                outbox_module.step_row(
+                    reader,
+                    "sam@example.com",
+                    template="planner/01_first_session",
+                    sequence="planner-week",
+                    step="planner-day-one",
+                    dedupe_key=key,
+                    now=clock(),
+                )
+            ],
+            now=clock(),
+        )
+        session.execute(
+            OutboxMessage.__table__.update()
+            .where(OutboxMessage.dedupe_key == key)
+            .values(status=OutboxStatus.CANCELLED)
+        )
+        for name, step in (("planner-week", "planner-day-one"), ("back-pain-tips", "why-glutes")):
+            session.execute(
+                Enrollment.__table__.update()
+                .where(Enrollment.subscriber_id == reader, Enrollment.sequence == name)
+                .values(
+                    next_step=step,
+                    next_due_at=morning,
+                    last_step_at=morning - timedelta(days=5),
+                    steps_passed=[],
+                )
+            )
+    zone = ZoneInfo("UTC")
+    reports = {}
+    first = services.database.begin()
+    session = first.__enter__()
+    reports["a"] = sequences.advance_due(
+        session, services.sequences["back-pain-tips"], now=morning, default_zone=zone
+    )
+
+    def second() -> None:
+        with services.database.begin() as other:
+            reports["b"] = sequences.advance_due(
+                other, services.sequences["planner-week"], now=morning, default_zone=zone
+            )
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=1)
+    first.__exit__(None, None, None)
+    thread.join(timeout=30)
+    assert (reports["a"].queued, reports["b"].queued, reports["b"].deferred) == (1, 0, 1)
+    with services.database.read() as session:
+        assert (
+            session.scalar(select(OutboxMessage.status).where(OutboxMessage.dedupe_key == key))
+            is OutboxStatus.CANCELLED
+        )
+        planner = session.scalar(
+            select(Enrollment).where(
+                Enrollment.subscriber_id == reader, Enrollment.sequence == "planner-week"
+            )
+        )
+    assert planner.steps_passed == [] and planner.next_step == "planner-day-one"
+    assert planner.next_due_at == morning.replace(hour=8) + timedelta(days=1)
+
+
+def test_an_expired_download_link_brings_a_fresh_one_for_its_own_magnet(funnel_app, smtp, clock):
+    from service.tokens import Purpose
+
+    app, client = funnel_app, funnel_app.test_client()
+    reader = confirm_for(app, client, "tia@example.com", "UTC", PLANNER)
+    run_pass(app)
+    old = services_of(app).tokens.make(Purpose.DOWNLOAD, reader, now=clock(), scope=PLANNER)
+    clock.advance(days=400)
+    assert client.get(f"/download/{old}").status_code == 410
+    assert client.post(f"/resend/download/{old}").status_code == 303
+    run_pass(app)
+    again = smtp.handler.received[-1]
+    assert "planner" in again.message["Subject"].lower()
+    fresh = client.get(link_path(again.part("plain"), "/download/"))
+    assert fresh.headers["Content-Disposition"].endswith("foam-rolling-and-stretching-planner.pdf")

@@ -471,3 +471,30 @@ def test_the_forms_work_over_https_without_a_referer(make_app, clock):
     )
     assert response.status_code == 303
     assert subscriber_of(app, reader).wants_newsletters is False
+
+
+@pytest.mark.parametrize("field, value", [("sequence", "tips\x00"), ("sequence", "a" * 300)])
+def test_leaving_a_series_that_cannot_exist_is_a_clear_refusal(prefs_app, field, value):
+    app = prefs_app(*THREE_STEPS)
+    reader = confirm_reader(app, "nul@example.com")
+    client = app.test_client()
+    token = token_for(app, reader)
+    page = client.get(f"/preferences/{token}").get_data(as_text=True)
+    response = client.post(
+        f"/preferences/{token}/leave", data={field: value, "csrf_token": form_token(page)}
+    )
+    assert response.status_code == 422
+    assert enrollment_of(app, reader).status is EnrollmentStatus.ACTIVE
+
+
+def test_a_newsletter_choice_that_says_neither_yes_nor_no_changes_nothing(prefs_app):
+    app = prefs_app(*THREE_STEPS)
+    reader = confirm_reader(app, "half@example.com")
+    client = app.test_client()
+    token = token_for(app, reader)
+    page = client.get(f"/preferences/{token}").get_data(as_text=True)
+    response = client.post(
+        f"/preferences/{token}/newsletters", data={"csrf_token": form_token(page)}
+    )
+    assert response.status_code == 422
+    assert subscriber_of(app, reader).wants_newsletters is True

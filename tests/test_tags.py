@@ -466,3 +466,25 @@ def test_the_dashboard_counts_each_magnets_funnel(app, owner, clock):
         f'<tr id="magnet-glute-guide"><td>{guide.title}</td><td>3</td><td>2</td><td>2</td>'
         "<td>2</td><td>1</td></tr>"
     ) in page
+
+
+def test_a_drafts_tag_that_lost_its_last_reader_stays_on_the_draft(app, tagged_readers):
+    """Saving the draft again (the page saves as the owner types) must not drop the tag
+    and silently widen the newsletter to everyone."""
+    services = services_of(app)
+    now = services.clock()
+    with services.database.begin() as session:
+        draft = broadcasts.save_draft(
+            session, None, subject="Hi", body="Body", include_tags=["c"], now=now
+        )
+        table = tags.SubscriberTag.__table__
+        session.execute(table.delete().where(table.c.tag == "c"))
+    with services.database.begin() as session:
+        again = broadcasts.save_draft(
+            session, draft.id, subject="Hi", body="Body", include_tags=["c"], now=now
+        )
+        assert again.include_tags == ["c"]
+        with pytest.raises(broadcasts.BroadcastError, match="No reader carries"):
+            broadcasts.save_draft(
+                session, draft.id, subject="Hi", body="Body", include_tags=["c", "zzz"], now=now
+            )

@@ -157,8 +157,8 @@ def per_step(session: Session, *, sequence: str) -> list[Rates]:
         session.execute(
             select(OutboxMessage.sequence_step, func.count())
             .where(
-                # The sequence's rows: their dedupe keys start `sequence:<name>:`.
-                OutboxMessage.dedupe_key.startswith(f"{SEQUENCE_STEP}:{sequence}:"),
+                # The sequence's rows (each step's row names its sequence).
+                OutboxMessage.context["sequence"].as_string() == sequence,
                 OutboxMessage.kind == SEQUENCE_STEP,
                 _went_out(),
             )

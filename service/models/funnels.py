@@ -40,7 +40,7 @@ class SubscriberTag(Base):
     subscriber_id: Mapped[int] = mapped_column(
         ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
     )
-    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True)
     added_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # magnet, import, owner, sequence
     added_by: Mapped[str] = mapped_column(String(16))

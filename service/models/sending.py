@@ -146,6 +146,11 @@ class Enrollment(Base):
     # The reader paused their email until then (the preference centre): the next step
     # goes on the first sending morning after it, and the rest are timed from that one.
     held_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The reader left this sequence themselves: nothing starts it again for them.
+    left_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Since when its next step has waited for the reader's daily cap: it goes before a
+    # step that came due later (service.sequences.engine).
+    deferred_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SchedulerHeartbeat(Base):

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import String, Subquery, bindparam, cast, literal, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import kinds
@@ -153,7 +154,9 @@ def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime
     rows written or revived."""
     if not rows:
         return set()
-    rows = [{"day_slot": None, **row} for row in rows]
+    # In day-slot order: two schedulers inserting slots of the same readers then wait for
+    # each other in one order, never in a circle (a deadlock).
+    rows = sorted(({"day_slot": None, **row} for row in rows), key=lambda r: r["day_slot"] or "")
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     table = OutboxMessage.__table__
     written = set(
@@ -174,13 +177,19 @@ def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime
         )
         .returning(table.c.dedupe_key)
     )
-    # Rare (a resume after a pause): one statement each, for RETURNING.
+    # Rare (a resume after a pause): one statement each, for RETURNING, each in a savepoint:
+    # another scheduler may have taken the day slot since it was looked up, and that step
+    # then waits like one that lost its slot on insert.
     for row in rows:
         if row["dedupe_key"] not in written:
-            found = session.connection().execute(
-                revive, {"key": row["dedupe_key"], "slot": row["day_slot"]}
-            )
-            written.update(found.scalars())
+            try:
+                with session.begin_nested():
+                    found = session.connection().execute(
+                        revive, {"key": row["dedupe_key"], "slot": row["day_slot"]}
+                    )
+                    written.update(found.scalars())
+            except IntegrityError:
+                continue
     return written
 
 

@@ -94,7 +94,14 @@ class _Due:
     last_step_at: datetime | None
     next_step: str | None
     held_until: datetime | None
+    next_due_at: datetime
+    deferred_since: datetime | None
     passed: list[str] = field(default_factory=list)
+
+    @property
+    def waiting_since(self) -> datetime:
+        """Since when its next step has been due: earlier ones go first."""
+        return self.deferred_since or self.next_due_at
 
 
 def due_enrollments(
@@ -121,6 +128,8 @@ def due_enrollments(
             Enrollment.last_step_at,
             Enrollment.next_step,
             Enrollment.held_until,
+            Enrollment.next_due_at,
+            Enrollment.deferred_since,
             Enrollment.steps_passed,
         )
         .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
@@ -136,7 +145,7 @@ def due_enrollments(
         statement = statement.where(Enrollment.sequence == sequence.name)
     if session.get_bind().dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True, of=Enrollment)
-    return [_Due(*row[:10], passed=list(row[10] or [])) for row in session.execute(statement)]
+    return [_Due(*row[:12], passed=list(row[12] or [])) for row in session.execute(statement)]
 
 
 Decision = tuple["_Due", Outcome, dict[str, Any], dict[str, Any] | None]
@@ -254,8 +263,12 @@ def _within_daily_cap(
             select(OutboxMessage.day_slot).where(OutboxMessage.day_slot.in_(every_slot))
         )
     )
-    kept: list[Decision] = []
-    for entry, outcome, changes, email in decisions:
+    kept: dict[int, Decision] = {}
+    # The step that has waited longest takes the day first (one deferred yesterday before
+    # one that came due this morning).
+    for entry, outcome, changes, email in sorted(
+        decisions, key=lambda decision: decision[0].waiting_since
+    ):
         if email is not None:
             free = next((slot for slot in wanted[entry.enrollment_id] if slot not in taken), None)
             if free is None:
@@ -264,8 +277,8 @@ def _within_daily_cap(
             else:
                 taken.add(free)
                 email = {**email, "day_slot": free}
-        kept.append((entry, outcome, changes, email))
-    return kept
+        kept[entry.enrollment_id] = (entry, outcome, changes, email)
+    return [kept[entry.enrollment_id] for entry, *_ in decisions]
 
 
 def _deferred(
@@ -279,6 +292,7 @@ def _deferred(
     return Outcome.DEFERRED, {
         "next_step": step.id,
         "next_due_at": first_morning(step, tomorrow, zone=zone, send_hour=sequence.send_hour),
+        "deferred_since": entry.waiting_since,
     }
 
 
@@ -291,9 +305,14 @@ def _enqueue(session: Session, rows: list[dict[str, Any]], *, now: datetime) -> 
     missing = [row["dedupe_key"] for row in rows if row["dedupe_key"] not in written]
     if not missing:
         return set()
+    # A row there already counts (one sent is never sent again); one still cancelled was
+    # not revived, having lost its day slot like a row not inserted.
     present = set(
         session.scalars(
-            select(OutboxMessage.dedupe_key).where(OutboxMessage.dedupe_key.in_(missing))
+            select(OutboxMessage.dedupe_key).where(
+                OutboxMessage.dedupe_key.in_(missing),
+                OutboxMessage.status != OutboxStatus.CANCELLED,
+            )
         )
     )
     return set(missing) - present
@@ -389,7 +408,12 @@ def _advance_one(
 
     passed = [*due.passed, step.id]
     following = sequence.next_step(passed)
-    changes: dict[str, Any] = {"steps_passed": passed, "last_step_at": now, "held_until": None}
+    changes: dict[str, Any] = {
+        "steps_passed": passed,
+        "last_step_at": now,
+        "held_until": None,
+        "deferred_since": None,
+    }
     if following is None:
         changes.update(_finished(now))
     else:

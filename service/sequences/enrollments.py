@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ..db import insert_ignoring_conflicts
 from ..kinds import SEQUENCE_STEP
-from ..models import Enrollment, EnrollmentStatus, OutboxMessage, OutboxStatus
+from ..models import Enrollment, EnrollmentStatus, OutboxMessage, OutboxStatus, SubscriberTag
 from ..outbox.queue import Recipient
+from ..tags import finished_tag
 from .definition import DripSequence
 
 
@@ -31,7 +32,8 @@ def enroll(session: Session, subscriber: Recipient, *, now: datetime, sequence: 
 
     The first step is planned by the next scheduler tick, which knows the sequence file.
     A returning subscriber carries on after the steps they already had; someone who
-    finished stays finished. True if an enrollment was created or reactivated.
+    finished stays finished, and so does one who left the sequence (the preference
+    centre). True if an enrollment was created or reactivated.
     """
     created = insert_ignoring_conflicts(
         session,
@@ -53,6 +55,8 @@ def enroll(session: Session, subscriber: Recipient, *, now: datetime, sequence: 
             Enrollment.subscriber_id == subscriber.id,
             Enrollment.sequence == sequence,
             Enrollment.status == EnrollmentStatus.STOPPED,
+            # One the reader left themselves stays left.
+            Enrollment.left_at.is_(None),
         )
         .values(
             status=EnrollmentStatus.ACTIVE,
@@ -60,6 +64,8 @@ def enroll(session: Session, subscriber: Recipient, *, now: datetime, sequence: 
             next_due_at=now,
             resumed_at=now,
             last_step_at=now,
+            held_until=None,
+            deferred_since=None,
         )
         .execution_options(synchronize_session=False)
     )
@@ -143,6 +149,8 @@ def stop(session: Session, subscriber_id: int, *, now: datetime, reason: str) ->
         enrollment.status = EnrollmentStatus.STOPPED
         enrollment.stopped_at = now
         enrollment.next_due_at = None
+        enrollment.held_until = None
+        enrollment.deferred_since = None
 
 
 def _enrollment(session: Session, subscriber_id: int, sequence: str) -> Enrollment | None:
@@ -176,6 +184,10 @@ def resume(session: Session, subscriber_id: int, *, sequence: str, now: datetime
     enrollment.last_step_at = now
     enrollment.next_step = None  # the next tick plans it from `now`
     enrollment.next_due_at = now
+    if enrollment.held_until is not None and enrollment.held_until <= now:
+        enrollment.held_until = None  # the reader's pause is over: timed from the resume
+    elif enrollment.held_until is not None:
+        enrollment.next_due_at = enrollment.held_until  # still within the reader's pause
     return True
 
 
@@ -200,17 +212,37 @@ def hold(session: Session, subscriber_id: int, *, until: datetime, reason: str) 
     """Hold every sequence of a reader until `until`: steps queued but not sent are taken
     back, and the engine looks at the enrollment again only then, planning the next step
     for the first sending morning after it. A sequence the owner paused is held as well,
-    should the owner resume it sooner. Returns how many enrollments are held."""
+    should the owner resume it sooner. A sequence that finished with its last step still
+    queued gets that step back, after the pause. Returns how many enrollments are held."""
     enrollments = _enrollments(
-        session, subscriber_id, EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED
+        session,
+        subscriber_id,
+        EnrollmentStatus.ACTIVE,
+        EnrollmentStatus.PAUSED,
+        EnrollmentStatus.FINISHED,
     )
+    held = 0
     for enrollment in enrollments:
+        if enrollment.status is EnrollmentStatus.FINISHED:
+            passed = len(enrollment.steps_passed)
+            _take_back_steps(session, enrollment, states=(OutboxStatus.QUEUED,), reason=reason)
+            if len(enrollment.steps_passed) == passed:
+                continue  # finished and sent: nothing to hold
+            enrollment.status = EnrollmentStatus.ACTIVE
+            enrollment.finished_at = None
+            session.execute(
+                delete(SubscriberTag).where(
+                    SubscriberTag.subscriber_id == subscriber_id,
+                    SubscriberTag.tag == finished_tag(enrollment.sequence),
+                )
+            )
+        held += 1
         enrollment.held_until = until
         if enrollment.status is EnrollmentStatus.ACTIVE:
             _take_back_steps(session, enrollment, states=(OutboxStatus.QUEUED,), reason=reason)
             enrollment.next_step = None
             enrollment.next_due_at = until
-    return len(enrollments)
+    return held
 
 
 def release(session: Session, subscriber_id: int, *, now: datetime) -> None:
@@ -243,9 +275,11 @@ def leave(session: Session, subscriber_id: int, *, sequence: str, now: datetime)
     )
     enrollment.status = EnrollmentStatus.STOPPED
     enrollment.stopped_at = now
+    enrollment.left_at = now
     enrollment.next_step = None
     enrollment.next_due_at = None
     enrollment.held_until = None
+    enrollment.deferred_since = None
     return True
 
 
@@ -253,6 +287,8 @@ def replan(session: Session, subscriber_id: int, *, now: datetime) -> None:
     """Have the next tick plan each running, unheld sequence's next step afresh (the
     reader moved to another time zone); a held one is planned when its hold ends."""
     for enrollment in _enrollments(session, subscriber_id, EnrollmentStatus.ACTIVE):
-        if enrollment.held_until is None:
-            enrollment.next_step = None
+        enrollment.next_step = None
+        if enrollment.held_until is None or enrollment.held_until <= now:
             enrollment.next_due_at = now
+        else:
+            enrollment.next_due_at = enrollment.held_until

@@ -150,7 +150,10 @@ def leave(token: str):
 @bp.post("/<token>/newsletters")
 def newsletters(token: str):
     """Newsletters on or off."""
-    wanted = request.form.get("wanted") == "yes"
+    choice = request.form.get("wanted")
+    if choice not in ("yes", "no"):
+        return render_page(token, {"wanted": "Choose whether you want our newsletters."}, 422)
+    wanted = choice == "yes"
     return change(
         token,
         lambda s, i: preferences.set_newsletters(s, i, wanted, now=now()),

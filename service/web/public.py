@@ -177,12 +177,20 @@ def resend(purpose: str, token: str):
     """Email a fresh link in place of an expired one (at most once per cooldown)."""
     kind = Purpose(purpose)
     data = services().tokens.read(kind, token, now=now(), max_age=None)
-    request_link = {
-        Purpose.CONFIRM: subscriptions.request_confirmation,
-        Purpose.DOWNLOAD: subscriptions.request_guide_link,
-    }[kind]
     with services().database.begin() as session:
-        request_link(session, data.subscriber_id, cooldown=services().resend_cooldown, now=now())
+        if kind is Purpose.DOWNLOAD:
+            # The link's own magnet (one whose folder is gone: the default's).
+            subscriptions.request_guide_link(
+                session,
+                data.subscriber_id,
+                cooldown=services().resend_cooldown,
+                now=now(),
+                magnet=magnet_named(data.scope),
+            )
+        else:
+            subscriptions.request_confirmation(
+                session, data.subscriber_id, cooldown=services().resend_cooldown, now=now()
+            )
     return redirect(url_for(".check_inbox"), 303)
 
 

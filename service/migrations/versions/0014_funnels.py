@@ -10,8 +10,10 @@ Create Date: 2026-11-29
   `welcome:glute-guide:<id>`, is unchanged, so nobody gets it again).
 - `subscriber_tags`: existing readers get `magnet:glute-guide`, and `finished:<sequence>`
   for each sequence they finished.
-- `subscribers.paused_until`, `subscribers.wants_newsletters`, `enrollments.held_until`:
-  the reader's own choices from the preference centre.
+- `subscribers.paused_until`, `subscribers.wants_newsletters`, `enrollments.held_until`,
+  `enrollments.left_at`: the reader's own choices from the preference centre.
+- `enrollments.deferred_since`: when a step first waited for the daily cap (it goes first
+  the next morning).
 - `outbox.day_slot` (unique): a reader's n-th sequence email of a local day. Rows queued
   before keep none; they were all of one sequence, whose steps never share a day.
 - `broadcasts.include_tags`, `exclude_tags`, `tags_match`, `public`, `slug`.
@@ -53,7 +55,7 @@ def upgrade() -> None:
     op.create_table(
         "subscriber_tags",
         sa.Column("subscriber_id", sa.Integer(), nullable=False),
-        sa.Column("tag", sa.String(length=64), nullable=False),
+        sa.Column("tag", sa.String(length=100), nullable=False),
         sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("added_by", sa.String(length=16), nullable=False),
         sa.ForeignKeyConstraint(
@@ -74,6 +76,10 @@ def upgrade() -> None:
         sa.Column("wants_newsletters", sa.Boolean(), nullable=False, server_default=sa.true()),
     )
     op.add_column("enrollments", sa.Column("held_until", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("enrollments", sa.Column("left_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column(
+        "enrollments", sa.Column("deferred_since", sa.DateTime(timezone=True), nullable=True)
+    )
     op.add_column("outbox", sa.Column("day_slot", sa.String(length=48), nullable=True))
     op.create_index("uq_outbox_day_slot", "outbox", ["day_slot"], unique=True)
     op.add_column(
@@ -116,6 +122,8 @@ def downgrade() -> None:
         op.execute(f"ALTER TABLE broadcasts DROP COLUMN {column}")
     op.drop_index("uq_outbox_day_slot", table_name="outbox")
     op.execute("ALTER TABLE outbox DROP COLUMN day_slot")
+    op.execute("ALTER TABLE enrollments DROP COLUMN deferred_since")
+    op.execute("ALTER TABLE enrollments DROP COLUMN left_at")
     op.execute("ALTER TABLE enrollments DROP COLUMN held_until")
     op.execute("ALTER TABLE subscribers DROP COLUMN wants_newsletters")
     op.execute("ALTER TABLE subscribers DROP COLUMN paused_until")

@@ -88,6 +88,12 @@ def newsletter(broadcast_id: int | None):
             links = []
         sources = audience.sources(db)
         tags_in_use = tags.in_use(db)
+        if broadcast is not None:
+            # A tag the draft holds is offered even when no reader carries it any more, so
+            # that saving the draft keeps it (see newsletter_audience.checked_tags).
+            carried = {tag for tag, _ in tags_in_use}
+            held = [*broadcast.include_tags, *broadcast.exclude_tags]
+            tags_in_use += [(tag, 0) for tag in dict.fromkeys(held) if tag not in carried]
         db.expunge_all()
     sample = _sample_email(broadcast.id, g.admin.email) if broadcast else None
     return render_template(
