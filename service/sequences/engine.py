@@ -16,18 +16,17 @@ race between two schedulers, the loser waiting for the next morning like any oth
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from .. import outbox, tags
+from .. import outbox
 from ..models import (
     ENROLLMENT_DUE_STATES,
     Enrollment,
@@ -37,49 +36,13 @@ from ..models import (
     Subscriber,
     SubscriberStatus,
 )
+from . import daily_cap
 from .definition import DripSequence
-from .enrollments import dedupe_key, start
+from .enrollments import after_finishing, dedupe_key
+from .outcomes import Outcome, TickReport
 from .timing import due_time, first_morning, sending_window_opens, zone_of
 
 logger = logging.getLogger(__name__)
-
-
-class Outcome(enum.StrEnum):
-    """What a tick did with one due enrollment."""
-
-    QUEUED = "queued"  # an email for the step is in the outbox
-    PLANNED = "planned"  # the next step's time was (re)calculated; nothing sent yet
-    SKIPPED = "skipped"  # the step needs a link the owner has not set
-    DEFERRED = "deferred"  # the reader had their sequence emails for the day: next morning
-    FINISHED = "finished"
-    STOPPED = "stopped"  # the subscriber may no longer receive mail
-
-
-@dataclass
-class TickReport:
-    """What one pass over due enrollments did."""
-
-    queued: int = 0
-    planned: int = 0
-    skipped: int = 0
-    deferred: int = 0
-    finished: int = 0
-    stopped: int = 0
-
-    def add(self, outcome: Outcome) -> None:
-        setattr(self, outcome.value, getattr(self, outcome.value) + 1)
-
-    @property
-    def total(self) -> int:
-        return (
-            self.queued + self.planned + self.skipped + self.deferred + self.finished + self.stopped
-        )
-
-    def __str__(self) -> str:
-        return ", ".join(
-            f"{k} {getattr(self, k)}"
-            for k in ("queued", "planned", "skipped", "deferred", "finished", "stopped")
-        )
 
 
 @dataclass
@@ -195,7 +158,9 @@ def advance_due(
         )
         decisions.append((entry, outcome, changes, email))
     decisions = _within_daily_cap(session, decisions, loaded, now, default_zone, max_per_day)
-    lost = _enqueue(session, [email for *_, email in decisions if email is not None], now=now)
+    lost = daily_cap.enqueue(
+        session, [email for *_, email in decisions if email is not None], now=now
+    )
     updates: list[dict[str, Any]] = []
     finished: list[_Due] = []
     for entry, outcome, changes, email in decisions:
@@ -208,7 +173,9 @@ def advance_due(
             finished.append(entry)
     if updates:
         session.execute(update(Enrollment), updates)
-    _after_finishing(session, finished, loaded, now=now)
+    after_finishing(
+        session, [(e.subscriber_id, e.email, e.sequence) for e in finished], loaded, now=now
+    )
     return report
 
 
@@ -232,11 +199,6 @@ def _previous_emails(
     return {keys[key]: (state, sent_at) for key, state, sent_at in rows}
 
 
-def day_slot(subscriber_id: int, day: date, number: int) -> str:
-    """The outbox's key for a reader's `number`-th sequence email of a local day."""
-    return f"{subscriber_id}:{day.isoformat()}:{number}"
-
-
 def _within_daily_cap(
     session: Session,
     decisions: list[Decision],
@@ -245,101 +207,50 @@ def _within_daily_cap(
     default_zone: ZoneInfo,
     max_per_day: int,
 ) -> list[Decision]:
-    """Give each step to queue a free slot of its reader's local day, earliest due first
-    (the order of `decisions`); a step that finds none waits for the next allowed morning.
-    The slots taken already are read in one query."""
-    wanted: dict[int, list[str]] = {}
-    for entry, _, _, email in decisions:
-        if email is not None:
-            day = now.astimezone(zone_of(entry.time_zone, default_zone)).date()
-            wanted[entry.enrollment_id] = [
-                day_slot(entry.subscriber_id, day, n) for n in range(max_per_day)
-            ]
-    if not wanted:
-        return decisions
-    every_slot = [slot for slots in wanted.values() for slot in slots]
-    taken = set(
-        session.scalars(
-            select(OutboxMessage.day_slot).where(OutboxMessage.day_slot.in_(every_slot))
-        )
+    """Each step to queue gets a free slot of its reader's day (service.sequences.
+    daily_cap), or waits for the next allowed morning."""
+    allotted = daily_cap.allot(
+        session,
+        (
+            daily_cap.Wanted(
+                entry.enrollment_id,
+                entry.subscriber_id,
+                zone_of(entry.time_zone, default_zone),
+                entry.waiting_since,
+            )
+            for entry, _, _, email in decisions
+            if email is not None
+        ),
+        now=now,
+        max_per_day=max_per_day,
     )
-    kept: dict[int, Decision] = {}
-    # The step that has waited longest takes the day first (one deferred yesterday before
-    # one that came due this morning).
-    for entry, outcome, changes, email in sorted(
-        decisions, key=lambda decision: decision[0].waiting_since
-    ):
+    kept: list[Decision] = []
+    for entry, outcome, changes, email in decisions:
         if email is not None:
-            free = next((slot for slot in wanted[entry.enrollment_id] if slot not in taken), None)
-            if free is None:
+            slot = allotted[entry.enrollment_id]
+            if slot is None:
                 outcome, changes = _deferred(entry, loaded[entry.sequence], now, default_zone)
                 email = None
             else:
-                taken.add(free)
-                email = {**email, "day_slot": free}
-        kept[entry.enrollment_id] = (entry, outcome, changes, email)
-    return [kept[entry.enrollment_id] for entry, *_ in decisions]
+                email = {**email, "day_slot": slot}
+        kept.append((entry, outcome, changes, email))
+    return kept
 
 
 def _deferred(
     entry: _Due, sequence: DripSequence, now: datetime, default_zone: ZoneInfo
 ) -> tuple[Outcome, dict[str, Any]]:
-    """The step waits for the reader's next allowed morning; nothing else changes."""
+    """The step waits for the reader's next allowed morning, first in line then."""
     step = sequence.next_step(entry.passed)
     assert step is not None  # only a step about to be queued is deferred
     zone = zone_of(entry.time_zone, default_zone)
-    tomorrow = now.astimezone(zone).date() + timedelta(days=1)
     return Outcome.DEFERRED, {
         "next_step": step.id,
-        "next_due_at": first_morning(step, tomorrow, zone=zone, send_hour=sequence.send_hour),
+        "next_due_at": daily_cap.next_morning(
+            step, now=now, zone=zone, send_hour=sequence.send_hour
+        ),
         "deferred_since": entry.waiting_since,
     }
-
-
-def _enqueue(session: Session, rows: list[dict[str, Any]], *, now: datetime) -> set[str]:
-    """Queue the steps; the dedupe keys of those that lost their day slot to another
-    scheduler (none were written for them)."""
-    if not rows:
-        return set()
-    written = outbox.enqueue_steps(session, rows, now=now)
-    missing = [row["dedupe_key"] for row in rows if row["dedupe_key"] not in written]
-    if not missing:
-        return set()
-    # A row there already counts (one sent is never sent again); one still cancelled was
-    # not revived, having lost its day slot like a row not inserted.
-    present = set(
-        session.scalars(
-            select(OutboxMessage.dedupe_key).where(
-                OutboxMessage.dedupe_key.in_(missing),
-                OutboxMessage.status != OutboxStatus.CANCELLED,
-            )
-        )
-    )
-    return set(missing) - present
-
-
-@dataclass(frozen=True)
-class _Reader:
-    id: int
-    email: str
-
-
-def _after_finishing(
-    session: Session,
-    finished: list[_Due],
-    loaded: Mapping[str, DripSequence],
-    *,
-    now: datetime,
-) -> None:
-    """Readers who finished a sequence carry `finished:<sequence>`, and start the sequence
-    it names `then` (unless that one leaves them out)."""
-    for entry in finished:
-        tag = tags.finished_tag(entry.sequence)
-        tags.add(session, entry.subscriber_id, [tag], added_by="sequence", now=now)
-        following = loaded[entry.sequence].then if entry.sequence in loaded else None
-        if following is not None and following in loaded:
-            reader = _Reader(entry.subscriber_id, entry.email)
-            start(session, reader, loaded[following], now=now)
 
 
 # How soon to look again at a subscriber whose previous step has not gone out yet.

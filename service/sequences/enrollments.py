@@ -9,6 +9,8 @@ ones not yet sent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select, update
@@ -18,6 +20,7 @@ from ..db import insert_ignoring_conflicts
 from ..kinds import SEQUENCE_STEP
 from ..models import Enrollment, EnrollmentStatus, OutboxMessage, OutboxStatus, SubscriberTag
 from ..outbox.queue import Recipient
+from ..tags import add as add_tags
 from ..tags import finished_tag
 from .definition import DripSequence
 
@@ -292,3 +295,26 @@ def replan(session: Session, subscriber_id: int, *, now: datetime) -> None:
             enrollment.next_due_at = now
         else:
             enrollment.next_due_at = enrollment.held_until
+
+
+@dataclass(frozen=True)
+class _Reader:
+    id: int
+    email: str
+
+
+def after_finishing(
+    session: Session,
+    finished: list[tuple[int, str, str]],
+    loaded: Mapping[str, DripSequence],
+    *,
+    now: datetime,
+) -> None:
+    """Readers who finished a sequence, as (subscriber id, email, sequence): they carry
+    `finished:<sequence>`, and start the sequence it names `then` (unless that one leaves
+    them out, or they left it)."""
+    for subscriber_id, email, name in finished:
+        add_tags(session, subscriber_id, [finished_tag(name)], added_by="sequence", now=now)
+        following = loaded[name].then if name in loaded else None
+        if following is not None and following in loaded:
+            start(session, _Reader(subscriber_id, email), loaded[following], now=now)
