@@ -11,11 +11,17 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import funnels as funnels_
 from . import kinds, outbox, sequences
+from .cooldown import (
+    address_asked_recently,
+    asked_recently,
+    mailbox_asked_recently,
+    serialize_mailbox,
+)
 from .db import insert_ignoring_conflicts
 from .funnels import Funnels
 from .funnels import incentive_key as incentive_key
@@ -42,58 +48,6 @@ class SignupResult(enum.StrEnum):
     GUIDE_SENT = "guide_sent"  # already confirmed: the magnet's link is emailed again
     MAGNET_SENT = "magnet_sent"  # already confirmed, a magnet new to them: delivered at once
     SUPPRESSED = "suppressed"  # asked again inside the cooldown: nothing sent
-
-
-_subscribers = Subscriber.__table__
-# Core, not ORM: every signup runs it, and the ORM's execution costs more than the lookup.
-_MAILBOX_ASKED_SINCE = (
-    select(_subscribers.c.id)
-    .where(
-        _subscribers.c.mailbox_key == bindparam("mailbox"),
-        _subscribers.c.last_requested_at > bindparam("since"),
-    )
-    .limit(1)
-)
-
-
-def _mailbox_asked_recently(
-    session: Session, mailbox: str, *, cooldown: timedelta, now: datetime
-) -> bool:
-    """Whether a request for any spelling of this mailbox caused an email within
-    `cooldown` (one indexed lookup)."""
-    found = session.connection().execute(
-        _MAILBOX_ASKED_SINCE, {"mailbox": mailbox, "since": now - cooldown}
-    )
-    return found.first() is not None
-
-
-def _serialize_mailbox(session: Session, mailbox: str) -> None:
-    """On PostgreSQL, signups for spellings of one mailbox wait for each other until commit,
-    so that two at once cannot both find it quiet (SQLite's writers take turns anyway)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:mailbox, 0))"),
-            {"mailbox": f"mailbox:{mailbox}"},
-        )
-
-
-def _address_asked_recently(subscriber: Subscriber, *, cooldown: timedelta, now: datetime) -> bool:
-    """Whether a request for this very address caused an email within `cooldown`."""
-    last = subscriber.last_requested_at
-    return last is not None and now - last < cooldown
-
-
-def _asked_recently(
-    session: Session, subscriber: Subscriber, *, cooldown: timedelta, now: datetime
-) -> bool:
-    """Whether a request for this address, or for another spelling of its mailbox (unless
-    this is the plain spelling), already caused an email within `cooldown`."""
-    if _address_asked_recently(subscriber, cooldown=cooldown, now=now):
-        return True
-    mailbox = subscriber.mailbox_key or mailbox_key(subscriber.email)
-    if mailbox == subscriber.email_key:
-        return False
-    return _mailbox_asked_recently(session, mailbox, cooldown=cooldown, now=now)
 
 
 def _find(session: Session, email: str) -> Subscriber | None:
@@ -142,8 +96,8 @@ def subscribe(
     mailbox = mailbox_key(signup.email)
     cooling_down = False
     if mailbox != email_key(signup.email):
-        _serialize_mailbox(session, mailbox)
-        cooling_down = _mailbox_asked_recently(session, mailbox, cooldown=cooldown, now=now)
+        serialize_mailbox(session, mailbox)
+        cooling_down = mailbox_asked_recently(session, mailbox, cooldown=cooldown, now=now)
     # New addresses are the common case: one INSERT that yields to an existing row (also
     # one committed by a concurrent request) instead of a SELECT, a savepoint and a retry.
     new_id = insert_ignoring_conflicts(
@@ -228,7 +182,7 @@ def subscribe(
             )
             return subscriber.id, SignupResult.MAGNET_SENT
     # The mailbox was looked up above; only the address's own cooldown is left to check.
-    if cooling_down or _address_asked_recently(subscriber, cooldown=cooldown, now=now):
+    if cooling_down or address_asked_recently(subscriber, cooldown=cooldown, now=now):
         record_event(session, subscriber.id, "signup_suppressed", now=now)
         return subscriber.id, SignupResult.SUPPRESSED
     subscriber.last_requested_at = now
@@ -389,7 +343,7 @@ def _request_again(
     subscriber = get_subscriber(session, subscriber_id, for_update=True)
     if (subscriber.status is SubscriberStatus.CONFIRMED) is not confirmed:
         return False
-    if _asked_recently(session, subscriber, cooldown=cooldown, now=now):
+    if asked_recently(session, subscriber, cooldown=cooldown, now=now):
         return False
     subscriber.last_requested_at = now
     outbox.enqueue(session, subscriber, kind, now=now, context=context)
