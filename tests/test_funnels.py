@@ -499,11 +499,11 @@ def test_a_then_loop_stops_the_service(make_app, tmp_path):
 # --- two schedulers on PostgreSQL ----------------------------------------------------
 
 
-def test_two_schedulers_at_once_keep_the_daily_cap(funnel_app, clock, database_url):
+# Two writers at once: PostgreSQL only (SQLite's writers take turns).
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_schedulers_at_once_keep_the_daily_cap(funnel_app, clock):
     """Each scheduler moves a different sequence of the same reader at the same moment:
     the unique day slot lets one step through, the other waits for the next morning."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("two writers at once: PostgreSQL only (SQLite's writers take turns)")
     app, client = funnel_app, funnel_app.test_client()
     reader = confirm_for(app, client, "ike@example.com", "UTC", GUIDE, PLANNER)
     services = services_of(app)
@@ -913,14 +913,11 @@ def test_the_longest_magnet_id_and_sequence_name_fit_their_tags(make_app, smtp, 
     assert f"magnet:{long_magnet}" in carried and f"finished:{long_sequence}" in carried
 
 
-def test_a_revived_step_that_lost_its_day_slot_waits_for_the_next_morning(
-    funnel_app, clock, database_url
-):
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_revived_step_that_lost_its_day_slot_waits_for_the_next_morning(funnel_app, clock):
     """A step taken back by a pause and due again is revived, not inserted: when another
     scheduler took the reader's day slot meanwhile, it waits like a step that lost its
     slot on insert, and the other readers of the batch are not held up."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("two writers at once: PostgreSQL only (SQLite's writers take turns)")
     app, client = funnel_app, funnel_app.test_client()
     reader = confirm_for(app, client, "sam@example.com", "UTC", GUIDE, PLANNER)
     services = services_of(app)
