@@ -2,7 +2,7 @@
 
 Revision ID: 0015
 Revises: 0014
-Create Date: 2026-11-30
+Create Date: 2026-11-29
 
 - `import_rows.tags`: the row's own `tags` cell, checked and joined by ';'.
 - `imports.tags`: the tags the owner chose for every row of the file (the admin's field,
