@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from . import kinds, outbox, sequences, tags
-from .db import insert_ignoring_conflicts
+from .db import insert_ignoring_conflicts, insert_row
 from .magnets import DEFAULT_MAGNET, LeadMagnet
 from .models import MagnetRequest, Subscriber
 from .outbox.queue import Recipient
@@ -52,20 +52,28 @@ def incentive_key(magnet_id: str, subscriber_id: int) -> str:
 
 
 def record_request(
-    session: Session, subscriber_id: int, magnet_id: str, *, source: str, now: datetime
+    session: Session,
+    subscriber_id: int,
+    magnet_id: str,
+    *,
+    source: str,
+    now: datetime,
+    first: bool = False,
 ) -> bool:
-    """Note that a reader asked for a magnet; False if they had asked for it before."""
-    return insert_ignoring_conflicts(
-        session,
-        MagnetRequest.__table__,
-        {
-            "subscriber_id": subscriber_id,
-            "magnet": magnet_id,
-            "requested_at": now,
-            "delivered_at": None,
-            "source": source,
-        },
-    )
+    """Note that a reader asked for a magnet; False if they had asked for it before.
+    `first`: the reader is new, so nothing can be in the way (a plain INSERT, the signup
+    path's cheapest statement)."""
+    row = {
+        "subscriber_id": subscriber_id,
+        "magnet": magnet_id,
+        "requested_at": now,
+        "delivered_at": None,
+        "source": source,
+    }
+    if first:
+        insert_row(session, MagnetRequest.__table__, row)
+        return True
+    return insert_ignoring_conflicts(session, MagnetRequest.__table__, row)
 
 
 def requested(session: Session, subscriber_id: int) -> dict[str, datetime | None]:

@@ -127,7 +127,9 @@ def subscribe(
             consent_text=consent_text,
             now=now,
         )
-        funnels_.record_request(session, new_id, magnet_id, source=signup.source, now=now)
+        funnels_.record_request(
+            session, new_id, magnet_id, source=signup.source, now=now, first=True
+        )
         record_event(
             session,
             new_id,
