@@ -261,6 +261,7 @@ def micro(services: Services) -> None:
     values = {
         "first_name": "Ann",
         "unsubscribe_url": "https://news.example.com/unsubscribe/x",
+        "preferences_url": "https://news.example.com/preferences/x",
         "download_url": "https://news.example.com/download/x",
         "confirm_url": "https://news.example.com/confirm/x",
     }
