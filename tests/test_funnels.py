@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import select
 
-from scheduler.__main__ import tick
 from service import sequences, tags
 from service.config import ConfigError
 from service.models import (
@@ -25,54 +24,12 @@ from service.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from service.tokens import Purpose
 from tests.helpers import get_subscriber, link_path, run_pass, services_of, sign_up
+from tests.test_sequences import run_tick, run_until
 
 PLANNER = "foam-rolling-planner"
 GUIDE = "glute-guide"
-
-
-def sa_engine(url: str) -> sa.Engine:
-    return sa.create_engine(url)
-
-
-def run_tick(app):
-    services = services_of(app)
-    return tick(
-        services,
-        services.make_dispatcher("test"),
-        started_at=services.clock(),
-        clock=services.clock,
-        stop=threading.Event(),
-    )
-
-
-def next_due(app):
-    with services_of(app).database.read() as session:
-        times = [
-            session.scalar(
-                select(Enrollment.next_due_at)
-                .where(Enrollment.status == EnrollmentStatus.ACTIVE)
-                .order_by(Enrollment.next_due_at)
-                .limit(1)
-            ),
-            session.scalar(
-                select(OutboxMessage.due_at)
-                .where(OutboxMessage.status == OutboxStatus.QUEUED)
-                .order_by(OutboxMessage.due_at)
-                .limit(1)
-            ),
-        ]
-    times = [t for t in times if t is not None]
-    return min(times) if times else None
-
-
-def run_until(app, clock, until) -> None:
-    """Tick at every moment something falls due, up to `until` (a punctual scheduler)."""
-    run_tick(app)
-    while (due := next_due(app)) is not None and due <= until:
-        clock.now = max(clock.now, due)
-        run_tick(app)
-    clock.now = max(clock.now, until)
 
 
 def confirm_by_email(app, client, smtp, email: str, count: int) -> None:
@@ -329,11 +286,7 @@ def confirm_for(app, client, email: str, zone: str, *magnets: str) -> int:
     for magnet in magnets:
         client.post("/subscribe", data={"email": email, "magnet": magnet, "time_zone": zone})
     reader = get_subscriber(app, email)
-    token = services_of(app).tokens.make(
-        __import__("service.tokens", fromlist=["Purpose"]).Purpose.CONFIRM,
-        reader.id,
-        now=services_of(app).clock(),
-    )
+    token = services_of(app).tokens.make(Purpose.CONFIRM, reader.id, now=services_of(app).clock())
     assert client.post(f"/confirm/{token}").status_code == 303
     return reader.id
 
@@ -499,6 +452,34 @@ def test_a_then_loop_stops_the_service(make_app, tmp_path):
 # --- two schedulers on PostgreSQL ----------------------------------------------------
 
 
+def two_schedulers_at_once(app, first: str, second: str, *, at) -> tuple:
+    """Scheduler one moves sequence `first` and holds its transaction open; scheduler two
+    moves `second` meanwhile (waiting on one's day slot); then one commits. Their reports."""
+    services = services_of(app)
+    zone = ZoneInfo("UTC")
+    reports = {}
+    one = services.database.begin()
+    session = one.__enter__()
+    reports["one"] = sequences.advance_due(
+        session, services.sequences[first], now=at, default_zone=zone
+    )
+
+    def other_scheduler() -> None:
+        with services.database.begin() as other:
+            reports["two"] = sequences.advance_due(
+                other, services.sequences[second], now=at, default_zone=zone
+            )
+
+    thread = threading.Thread(target=other_scheduler)
+    thread.start()
+    thread.join(timeout=1)  # it waits on one's uncommitted day slot
+    waited = thread.is_alive()
+    one.__exit__(None, None, None)
+    thread.join(timeout=30)
+    assert waited, "the second scheduler did not wait for the first's day slot"
+    return reports["one"], reports["two"]
+
+
 # Two writers at once: PostgreSQL only (SQLite's writers take turns).
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_two_schedulers_at_once_keep_the_daily_cap(funnel_app, clock):
@@ -517,27 +498,8 @@ def test_two_schedulers_at_once_keep_the_daily_cap(funnel_app, clock):
                     next_step=step, next_due_at=morning, last_step_at=morning - timedelta(days=5)
                 )
             )
-    zone = ZoneInfo("UTC")
-    reports = {}
-    first = services.database.begin()
-    session = first.__enter__()
-    reports["a"] = sequences.advance_due(
-        session, services.sequences["planner-week"], now=morning, default_zone=zone
-    )
-
-    def second() -> None:
-        with services.database.begin() as other:
-            reports["b"] = sequences.advance_due(
-                other, services.sequences["back-pain-tips"], now=morning, default_zone=zone
-            )
-
-    thread = threading.Thread(target=second)
-    thread.start()
-    thread.join(timeout=1)  # it waits on the first's uncommitted day slot
-    assert thread.is_alive()
-    first.__exit__(None, None, None)
-    thread.join(timeout=30)
-    assert (reports["a"].queued, reports["b"].queued, reports["b"].deferred) == (1, 0, 1)
+    one, two = two_schedulers_at_once(app, "planner-week", "back-pain-tips", at=morning)
+    assert (one.queued, two.queued, two.deferred) == (1, 0, 1)
     steps = [m for m in sent_to(app, "ike@example.com") if m.kind == "sequence"]
     assert [m.context["sequence"] for m in steps] == ["planner-week"]
     by_day = defaultdict(list)
@@ -560,7 +522,7 @@ def test_a_database_of_the_previous_revision_migrates_with_nothing_sent_twice_or
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     migrate.upgrade(url, "0013")
-    engine = sa_engine(url)
+    engine = sa.create_engine(url)
     steps = [
         "why-glutes",
         "foam-rolling",
@@ -957,26 +919,8 @@ def test_a_revived_step_that_lost_its_day_slot_waits_for_the_next_morning(funnel
                     steps_passed=[],
                 )
             )
-    zone = ZoneInfo("UTC")
-    reports = {}
-    first = services.database.begin()
-    session = first.__enter__()
-    reports["a"] = sequences.advance_due(
-        session, services.sequences["back-pain-tips"], now=morning, default_zone=zone
-    )
-
-    def second() -> None:
-        with services.database.begin() as other:
-            reports["b"] = sequences.advance_due(
-                other, services.sequences["planner-week"], now=morning, default_zone=zone
-            )
-
-    thread = threading.Thread(target=second)
-    thread.start()
-    thread.join(timeout=1)
-    first.__exit__(None, None, None)
-    thread.join(timeout=30)
-    assert (reports["a"].queued, reports["b"].queued, reports["b"].deferred) == (1, 0, 1)
+    one, two = two_schedulers_at_once(app, "back-pain-tips", "planner-week", at=morning)
+    assert (one.queued, two.queued, two.deferred) == (1, 0, 1)
     with services.database.read() as session:
         assert (
             session.scalar(select(OutboxMessage.status).where(OutboxMessage.dedupe_key == key))
@@ -992,8 +936,6 @@ def test_a_revived_step_that_lost_its_day_slot_waits_for_the_next_morning(funnel
 
 
 def test_an_expired_download_link_brings_a_fresh_one_for_its_own_magnet(funnel_app, smtp, clock):
-    from service.tokens import Purpose
-
     app, client = funnel_app, funnel_app.test_client()
     reader = confirm_for(app, client, "tia@example.com", "UTC", PLANNER)
     run_pass(app)
