@@ -710,7 +710,7 @@ def test_a_sequence_joined_during_the_readers_pause_waits_for_its_end(app, clien
 
 
 def write_sequence(
-    content, name: str, delays: list[str], extra: str = "", *, prefix: str = ""
+    content, name: str, delays: list[str], extra: str = "", *, prefix: str = "", send_hour=8
 ) -> None:
     """A sequence file of steps `<prefix or name>-s<n>`, each with a planner email."""
     folder = content / "emails" / "sequences"
@@ -721,7 +721,7 @@ def write_sequence(
         for n, delay in enumerate(delays)
     )
     (folder / f"{name}.toml").write_text(
-        f'name = "{name}"\nsend_hour = 8\nlatest_hour = 20\n{extra}\n{steps}'
+        f'name = "{name}"\nsend_hour = {send_hour}\nlatest_hour = 20\n{extra}\n{steps}'
     )
 
 
@@ -948,3 +948,39 @@ def test_an_expired_download_link_brings_a_fresh_one_for_its_own_magnet(funnel_a
     assert "planner" in again.message["Subject"].lower()
     fresh = client.get(link_path(again.part("plain"), "/download/"))
     assert fresh.headers["Content-Disposition"].endswith("foam-rolling-and-stretching-planner.pdf")
+
+
+@pytest.mark.parametrize("batch", [500, 1])
+def test_a_step_that_waited_goes_first_even_against_an_earlier_send_hour(
+    make_app, smtp, clock, tmp_path, batch
+):
+    """The step that waited for the cap is due again at its own send hour (9:00); a step
+    of another sequence at 8:00 (an earlier tick), or in an earlier batch, leaves it the
+    day."""
+    content = tmp_path / "content"
+    write_sequence(content, "seq-a", ["1 day"] * 3, send_hour=9)
+    write_sequence(content, "seq-b", ["1 day"] * 4, send_hour=8)
+    app = make_app(MAIL_URL=smtp.url, CONTENT_DIR=str(content), SEQUENCE_BATCH_SIZE=batch)
+    reader = confirm_for(app, app.test_client(), "uma@example.com", "UTC", GUIDE)
+    with services_of(app).database.begin() as session:
+        session.execute(Enrollment.__table__.delete().where(Enrollment.subscriber_id == reader))
+    enroll_in(app, reader, "seq-a", "seq-b")
+    run_until(app, clock, clock() + timedelta(days=12))
+    sent = [step for step, _ in steps_sent(app, "uma@example.com")]
+    days = [day for _, day in steps_sent(app, "uma@example.com")]
+    assert len(days) == len(set(days)) == 7
+    # They take turns: a's steps are not all left until b has finished.
+    assert sent.index("seq-a-s2") < sent.index("seq-b-s3"), sent
+
+
+def test_a_failing_sequence_pass_does_not_stop_sending(app, client, monkeypatch, smtp):
+    from sqlalchemy.exc import OperationalError
+
+    sign_up(client, "vic@example.com")
+
+    def broken(*args, **kwargs):
+        raise OperationalError("SELECT", {}, Exception("the database hiccuped"))
+
+    monkeypatch.setattr(sequences, "advance_due", broken)
+    report = run_tick(app)
+    assert report.sent == 1  # the confirmation still went

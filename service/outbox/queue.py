@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import String, Subquery, bindparam, cast, literal, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .. import kinds
@@ -147,6 +147,10 @@ def step_row(
     }
 
 
+# PostgreSQL's SQLSTATE for a deadlock it broke by failing this statement.
+DEADLOCK_DETECTED = "40P01"
+
+
 def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime) -> set[str]:
     """Queue sequence steps (`step_row`s): one row per (subscriber, step), ever, inserted
     all at once, a conflict left alone. A row cancelled by a pause is revived on resume,
@@ -154,8 +158,10 @@ def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime
     rows written or revived."""
     if not rows:
         return set()
-    # In day-slot order: two schedulers inserting slots of the same readers then wait for
-    # each other in one order, never in a circle (a deadlock).
+    # In day-slot order, so that two schedulers inserting slots of the same readers wait
+    # for each other in one order. (A revive after the inserts can still meet another
+    # scheduler's insert the other way round: PostgreSQL then reports a deadlock to one of
+    # them, which counts its row as lost, below.)
     rows = sorted(({"day_slot": None, **row} for row in rows), key=lambda r: r["day_slot"] or "")
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     table = OutboxMessage.__table__
@@ -189,6 +195,10 @@ def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime
                     )
                     written.update(found.scalars())
             except IntegrityError:
+                continue
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != DEADLOCK_DETECTED:
+                    raise
                 continue
     return written
 

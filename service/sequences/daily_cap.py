@@ -3,7 +3,8 @@ however many sequences they are in.
 
 Each step's outbox row takes a day slot, `<subscriber>:<local day>:<n>`, unique in the
 outbox. A batch's slots are read in one query (`allot`); the step that has waited longest
-takes a free one first, and a step that finds none waits for the next allowed morning
+takes a free one first, also against a step of the same reader outside the batch that is
+due later today, and a step that finds none waits for the next allowed morning
 (`next_morning`). The unique index settles a race between two schedulers: the rows that
 lost their slot are reported back (`enqueue`) and wait too.
 """
@@ -20,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import outbox
-from ..models import OutboxMessage, OutboxStatus
+from ..models import Enrollment, EnrollmentStatus, OutboxMessage, OutboxStatus
 from .definition import Step
 from .timing import first_morning
 
@@ -44,29 +45,69 @@ def allot(
     session: Session, wanted: Iterable[Wanted], *, now: datetime, max_per_day: int
 ) -> dict[int, str | None]:
     """A free slot of its reader's local day for each step (by enrollment id), the one
-    that has waited longest first; None for a step that finds none. One query."""
+    that has waited longest first; None for a step that finds none.
+
+    A slot is also kept for a step of the same reader that waited for the cap before and
+    is due again later today (another sequence's later send hour, or the next batch), so
+    that it goes first, as it would in the same batch. Two queries."""
     wanted = sorted(wanted, key=lambda w: w.waiting_since)
+    if not wanted:
+        return {}
+    days = {w.enrollment_id: now.astimezone(w.zone).date() for w in wanted}
     choices = {
         w.enrollment_id: [
-            day_slot(w.subscriber_id, now.astimezone(w.zone).date(), n) for n in range(max_per_day)
+            day_slot(w.subscriber_id, days[w.enrollment_id], n) for n in range(max_per_day)
         ]
         for w in wanted
     }
     every_slot = [slot for slots in choices.values() for slot in slots]
-    taken = set()
-    if every_slot:
-        taken = set(
-            session.scalars(
-                select(OutboxMessage.day_slot).where(OutboxMessage.day_slot.in_(every_slot))
-            )
+    taken = set(
+        session.scalars(
+            select(OutboxMessage.day_slot).where(OutboxMessage.day_slot.in_(every_slot))
         )
+    )
+    waiting = _waiting_elsewhere(session, wanted)
     allotted: dict[int, str | None] = {}
     for w in wanted:
-        free = next((slot for slot in choices[w.enrollment_id] if slot not in taken), None)
-        if free is not None:
-            taken.add(free)
-        allotted[w.enrollment_id] = free
+        # Steps of this reader that have waited longer, due later today, outside this batch.
+        ahead = sum(
+            1
+            for since, due in waiting.get(w.subscriber_id, ())
+            if since < w.waiting_since and due.astimezone(w.zone).date() <= days[w.enrollment_id]
+        )
+        free = [slot for slot in choices[w.enrollment_id] if slot not in taken]
+        slot = free[ahead] if ahead < len(free) else None
+        if slot is not None:
+            taken.add(slot)
+        allotted[w.enrollment_id] = slot
     return allotted
+
+
+def _waiting_elsewhere(
+    session: Session, wanted: list[Wanted]
+) -> dict[int, list[tuple[datetime, datetime]]]:
+    """For each reader, their other running steps that waited for the cap before:
+    (waiting since, due again at). Only readers in this batch; through the subscriber
+    index."""
+    in_batch = {w.enrollment_id for w in wanted}
+    found: dict[int, list[tuple[datetime, datetime]]] = {}
+    rows = session.execute(
+        select(
+            Enrollment.id,
+            Enrollment.subscriber_id,
+            Enrollment.deferred_since,
+            Enrollment.next_due_at,
+        ).where(
+            Enrollment.subscriber_id.in_({w.subscriber_id for w in wanted}),
+            Enrollment.status == EnrollmentStatus.ACTIVE,
+            Enrollment.deferred_since.is_not(None),
+            Enrollment.next_due_at.is_not(None),
+        )
+    )
+    for enrollment_id, subscriber_id, since, due in rows:
+        if enrollment_id not in in_batch:
+            found.setdefault(subscriber_id, []).append((since, due))
+    return found
 
 
 def next_morning(step: Step, *, now: datetime, zone: ZoneInfo, send_hour: int) -> datetime:

@@ -174,6 +174,7 @@ def pause(session: Session, subscriber_id: int, *, sequence: str, now: datetime)
     enrollment.status = EnrollmentStatus.PAUSED
     enrollment.paused_at = now
     enrollment.next_due_at = None
+    enrollment.deferred_since = None
     return True
 
 
@@ -241,6 +242,7 @@ def hold(session: Session, subscriber_id: int, *, until: datetime, reason: str) 
             )
         held += 1
         enrollment.held_until = until
+        enrollment.deferred_since = None  # waiting for the pause, not for the cap
         if enrollment.status is EnrollmentStatus.ACTIVE:
             _take_back_steps(session, enrollment, states=(OutboxStatus.QUEUED,), reason=reason)
             enrollment.next_step = None
