@@ -14,6 +14,7 @@ import jinja2
 from flask import Flask
 
 from .config import PROJECT_ROOT, load_settings
+from .emails import COMPILED_TEMPLATES
 from .services import Services, configure_logging
 
 __all__ = ["create_app"]
@@ -52,6 +53,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         page_dirs.insert(0, Path(settings.CONTENT_DIR) / "pages")
     app.jinja_loader = jinja2.FileSystemLoader([str(d) for d in page_dirs])
     app.jinja_env.undefined = jinja2.StrictUndefined
+    app.jinja_env.bytecode_cache = COMPILED_TEMPLATES
 
     app.extensions["newsletter"] = services
     app.context_processor(lambda: {"site": services.renderer.environment.globals["site"]})

@@ -17,6 +17,7 @@ process restarts, so restart the scheduler after editing an email.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.bccache
 from markupsafe import escape
 
 from .config import PROJECT_ROOT
@@ -80,10 +82,37 @@ class Skeleton:
         return RenderedEmail(subject=subject, text=text, html=html)
 
 
+class _CompiledTemplates(jinja2.BytecodeCache):
+    """Templates compiled once per process, for every environment made in it (the web app,
+    the CLI and each test app make their own). Jinja keys each by its name and checks the
+    source's checksum, so an edited template is compiled afresh."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with self._lock:
+            code = self._compiled.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        code = bucket.bytecode_to_string()
+        with self._lock:
+            self._compiled[bucket.key] = code
+
+
+# Shared by every environment of one kind (all email environments alike, all page
+# environments alike): Jinja's key is the template's file, so the kinds never meet.
+COMPILED_TEMPLATES = _CompiledTemplates()
+
+
 def make_environment(directories: Sequence[Path]) -> jinja2.Environment:
     """A Jinja environment for email templates: HTML escaped, text not, strict variables."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(d) for d in directories]),
+        bytecode_cache=COMPILED_TEMPLATES,
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

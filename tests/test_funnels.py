@@ -398,6 +398,7 @@ def write_sequences(content, **bodies: str) -> None:
         )
 
 
+@pytest.mark.slow
 def test_finishing_a_sequence_tags_the_reader_and_starts_then(make_app, smtp, clock, tmp_path):
     content = tmp_path / "content"
     write_sequences(content, **{"planner-week": 'then = "after-planner"', "after-planner": ""})
@@ -481,6 +482,7 @@ def two_schedulers_at_once(app, first: str, second: str, *, at) -> tuple:
 
 
 # Two writers at once: PostgreSQL only (SQLite's writers take turns).
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_two_schedulers_at_once_keep_the_daily_cap(funnel_app, clock):
     """Each scheduler moves a different sequence of the same reader at the same moment:
@@ -511,6 +513,7 @@ def test_two_schedulers_at_once_keep_the_daily_cap(funnel_app, clock):
 # --- existing installations ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_database_of_the_previous_revision_migrates_with_nothing_sent_twice_or_skipped(
     tmp_path, clock, smtp
 ):
@@ -747,6 +750,7 @@ def steps_sent(app, email: str) -> list[tuple[str, str]]:
     ]
 
 
+@pytest.mark.slow
 def test_a_sequence_the_reader_left_is_not_started_again_by_then(make_app, smtp, clock, tmp_path):
     from service import preferences
 
@@ -764,6 +768,7 @@ def test_a_sequence_the_reader_left_is_not_started_again_by_then(make_app, smtp,
     assert not [s for s, _ in steps_sent(app, "nia@example.com") if s.startswith("seq-b")]
 
 
+@pytest.mark.slow
 def test_a_step_that_waited_for_the_cap_goes_before_one_that_came_due_later(
     make_app, smtp, clock, tmp_path
 ):
@@ -785,6 +790,7 @@ def test_a_step_that_waited_for_the_cap_goes_before_one_that_came_due_later(
     assert b_steps[-1] < 7, sent  # and b was not held back until a ended
 
 
+@pytest.mark.slow
 def test_the_owners_resume_after_the_readers_pause_is_timed_from_the_resume(
     make_app, smtp, clock, tmp_path
 ):
@@ -875,6 +881,7 @@ def test_the_longest_magnet_id_and_sequence_name_fit_their_tags(make_app, smtp, 
     assert f"magnet:{long_magnet}" in carried and f"finished:{long_sequence}" in carried
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_revived_step_that_lost_its_day_slot_waits_for_the_next_morning(funnel_app, clock):
     """A step taken back by a pause and due again is revived, not inserted: when another
@@ -950,6 +957,7 @@ def test_an_expired_download_link_brings_a_fresh_one_for_its_own_magnet(funnel_a
     assert fresh.headers["Content-Disposition"].endswith("foam-rolling-and-stretching-planner.pdf")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [500, 1])
 def test_a_step_that_waited_goes_first_even_against_an_earlier_send_hour(
     make_app, smtp, clock, tmp_path, batch
