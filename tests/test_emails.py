@@ -163,3 +163,23 @@ def test_a_template_without_subject_is_refused(tmp_path: Path):
     renderer = EmailRenderer(email_directories(str(tmp_path)), SITE)
     with pytest.raises(TemplateProblem, match="subject"):
         renderer.render("odd", CONTEXT)
+
+
+def test_an_edited_template_is_compiled_afresh_for_the_next_renderer(tmp_path: Path):
+    """Templates compiled once per process are keyed by their source: an app started after
+    an edit renders the edited email."""
+    emails = tmp_path / "emails"
+    emails.mkdir()
+
+    def write(subject: str) -> None:
+        (emails / "note.txt").write_text(
+            f'{{% extends "layout.txt" %}}{{% block subject %}}{subject}{{% endblock %}}'
+        )
+        (emails / "note.html").write_text('{% extends "layout.html" %}')
+
+    write("First subject")
+    first = EmailRenderer(email_directories(str(tmp_path)), site=SITE)
+    assert first.render("note", CONTEXT).subject == "First subject"
+    write("Second subject, longer")
+    second = EmailRenderer(email_directories(str(tmp_path)), site=SITE)
+    assert second.render("note", CONTEXT).subject == "Second subject, longer"
