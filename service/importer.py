@@ -21,47 +21,30 @@ invalid, and reported, like any other; the other rows import.
 
 from __future__ import annotations
 
-import codecs
-import csv
 import enum
-import io
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import erasure, journal, kinds, outbox, sequences, signup_input, subscriptions, tags
+
+# ImportProblem, decoded_lines and MAX_LINE_CHARACTERS are the importer's to its callers.
+from .csv_input import MAX_LINE_CHARACTERS as MAX_LINE_CHARACTERS
+from .csv_input import ImportProblem as ImportProblem
+from .csv_input import decoded_lines as decoded_lines
+from .csv_input import header_map, records, undefused, when
 from .db import insert_ignoring_conflicts
-from .export import FORMULA_STARTS
 from .models import Subscriber, SubscriberStatus
 
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 MAX_ISSUES_SHOWN = 200
 IMPORT_SOURCE = "import"
-# A CSV line longer than this is not a subscriber list (and would otherwise be held whole).
-MAX_LINE_CHARACTERS = 1_000_000
-
-# Header names we recognize for each field (compared lowercased, spaces and dashes as _).
-COLUMNS = {
-    "email": ("email", "email_address", "e_mail", "mail"),
-    "first_name": ("first_name", "firstname", "name", "given_name"),
-    "time_zone": ("time_zone", "timezone", "tz"),
-    "source": ("source",),
-    "status": ("status",),
-    "signed_up": ("signed_up_utc", "signed_up", "created_at"),
-    "confirmed": ("confirmed_utc", "confirmed_at"),
-    "unsubscribed": ("unsubscribed_utc", "unsubscribed_at"),
-    "tags": ("tags", "tag"),
-}
 TAG_SEPARATORS = re.compile(r"[;,]")
 LEFT = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED)
-
-
-class ImportProblem(ValueError):
-    """The file cannot be imported at all; the message says why, for the owner."""
 
 
 class Mode(enum.StrEnum):
@@ -114,111 +97,25 @@ class Plan:
         return [row for row in self.rows if row.outcome in problems]
 
 
-def _not_utf8(line: int) -> ImportProblem:
-    return ImportProblem(
-        f"The file is not UTF-8 text (line {line} has a byte that is not). Save it "
-        "from your spreadsheet as 'CSV UTF-8' and upload it again."
-    )
-
-
-def decoded_lines(pieces: Iterable[bytes]) -> Iterator[str]:
-    """The text of a file arriving in pieces, as lines split the way the csv module wants
-    them (newline=""): UTF-8, a byte order mark dropped. ImportProblem names the line of a
-    byte that is not UTF-8, of a NUL (no database stores one), or of a line too long to be
-    a row."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    lines_before = 0  # complete lines in the pieces decoded so far
-    pending = ""
-    for piece in pieces:
-        try:
-            text = decoder.decode(piece)
-        except UnicodeDecodeError as exc:
-            raise _not_utf8(lines_before + piece.count(b"\n", 0, exc.start) + 1) from None
-        if "\x00" in text:
-            line = lines_before + text.count("\n", 0, text.index("\x00")) + 1
-            raise ImportProblem(
-                f"Line {line} holds a NUL character: the file is not text. Save it from your "
-                "spreadsheet as 'CSV UTF-8' and upload it again."
-            )
-        lines_before += piece.count(b"\n")
-        lines = io.StringIO(pending + text, newline="").readlines()
-        # The last line may go on in the next piece (even a lone "\r" may be half of "\r\n").
-        pending = lines.pop() if lines and not lines[-1].endswith("\n") else ""
-        if len(pending) > MAX_LINE_CHARACTERS:
-            raise ImportProblem(
-                f"Line {lines_before + 1} is over {MAX_LINE_CHARACTERS:,} characters long: "
-                "this does not look like a CSV file of subscribers."
-            )
-        yield from lines
-    try:
-        pending += decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise _not_utf8(lines_before + 1) from None
-    if pending:
-        yield pending
-
-
-def _header_map(header: list[str]) -> dict[str, int]:
-    names = [h.strip().lstrip("\ufeff").lower().replace(" ", "_").replace("-", "_") for h in header]
-    found = {}
-    for name, aliases in COLUMNS.items():
-        for alias in aliases:
-            if alias in names:
-                found[name] = names.index(alias)
-                break
-    return found
-
-
-def _undefused(cell: str) -> str:
-    """A cell as it was before an export put an apostrophe before a formula character."""
-    cell = cell.strip()
-    if cell.startswith("'") and cell[1:2] and cell[1:].startswith(FORMULA_STARTS):
-        return cell[1:]
-    return cell
-
-
-def _when(cell: str, column: str) -> datetime | None:
-    if not cell:
-        return None
-    try:
-        value = datetime.fromisoformat(cell)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except ValueError:
-        raise ValueError(
-            f"{column} {cell[:40]!r} is not a date and time (YYYY-MM-DD HH:MM:SS)"
-        ) from None
-    except OverflowError:  # 9999-12-31T23:59:59-05:00 is past the last instant UTC holds
-        raise ValueError(f"{column} {cell[:40]!r} is not a date we can keep") from None
-
-
-def _records(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
-    reader = csv.reader(lines)
-    try:
-        for cells in reader:
-            yield reader.line_num, cells
-    except csv.Error as exc:
-        raise ImportProblem(f"Line {reader.line_num}: the file is not valid CSV ({exc}).") from None
-
-
 def read_rows(
     lines: Iterable[str], *, default_time_zone: str
 ) -> tuple[dict[str, str], Iterator[Row]]:
     """The columns found (field -> header in the file) and every row, checked on its own:
     NEW, or INVALID with the reason. ImportProblem for a file that cannot be read at all,
     raised here for its header and while iterating for a broken line further on."""
-    records = _records(lines)
+    in_file = records(lines)
     try:
-        _, header = next(records)
+        _, header = next(in_file)
     except StopIteration:
         raise ImportProblem("The file is empty.") from None
-    columns = _header_map(header)
+    columns = header_map(header)
     if "email" not in columns:
         raise ImportProblem(
             "No email column: the first line must name the columns, one of them 'email' "
             f"(found: {', '.join(h for h in header if h.strip())[:300] or 'nothing'})."
         )
     found = {name: header[index] for name, index in columns.items()}
-    return found, _checked_rows(records, columns, default_time_zone)
+    return found, _checked_rows(in_file, columns, default_time_zone)
 
 
 def _checked_rows(
@@ -229,7 +126,7 @@ def _checked_rows(
         if not any(cell.strip() for cell in cells):
             continue  # blank lines are not rows
         given = {
-            name: _undefused(cells[index]) if index < len(cells) else ""
+            name: undefused(cells[index]) if index < len(cells) else ""
             for name, index in columns.items()
         }
         cell = given.get
@@ -250,9 +147,9 @@ def _checked_rows(
             if status and status not in SubscriberStatus._value2member_map_:
                 raise ValueError(f"status {status[:20]!r} is not one of pending, confirmed, ...")
             row.status = SubscriberStatus(status) if status else None
-            row.signed_up = _when(cell("signed_up", ""), "signed up")
-            row.confirmed = _when(cell("confirmed", ""), "confirmed")
-            row.unsubscribed = _when(cell("unsubscribed", ""), "unsubscribed")
+            row.signed_up = when(cell("signed_up", ""), "signed up")
+            row.confirmed = when(cell("confirmed", ""), "confirmed")
+            row.unsubscribed = when(cell("unsubscribed", ""), "unsubscribed")
             row.tags = tags.clean_all(TAG_SEPARATORS.split(cell("tags", "")))
         except tags.InvalidTag as exc:
             row.outcome = Outcome.INVALID
