@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from service import sequences, tags
 from service.config import ConfigError
+from service.emails import SHIPPED_EMAILS
 from service.models import (
     ConsentRecord,
     Enrollment,
@@ -319,6 +320,26 @@ def test_the_daily_cap_holds_across_sequences_for_sixty_days_in_two_zones(funnel
         }
 
 
+FIRST_STEPS = (("planner-week", "planner-day-one"), ("back-pain-tips", "why-glutes"))
+
+
+def first_steps_due(session, reader: int, morning, *, planner_earlier_by=timedelta(0)) -> None:
+    """The reader's first step of each sequence planned for `morning` (the planner's
+    `planner_earlier_by` before it)."""
+    for name, step in FIRST_STEPS:
+        due = morning - planner_earlier_by if name == "planner-week" else morning
+        session.execute(
+            Enrollment.__table__.update()
+            .where(Enrollment.subscriber_id == reader, Enrollment.sequence == name)
+            .values(
+                next_step=step,
+                next_due_at=due,
+                last_step_at=morning - timedelta(days=5),
+                steps_passed=[],
+            )
+        )
+
+
 def test_when_two_steps_fall_due_the_same_day_the_earlier_goes_and_the_other_waits(
     funnel_app, clock
 ):
@@ -326,26 +347,10 @@ def test_when_two_steps_fall_due_the_same_day_the_earlier_goes_and_the_other_wai
     reader = confirm_for(app, client, "dee@example.com", "UTC", GUIDE, PLANNER)
     services = services_of(app)
     morning = clock().replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=3)
-    with services.database.begin() as session:
-        session.execute(
-            Enrollment.__table__.update()
-            .where(Enrollment.subscriber_id == reader, Enrollment.sequence == "planner-week")
-            .values(next_due_at=morning - timedelta(minutes=5))
-        )
-        session.execute(
-            Enrollment.__table__.update()
-            .where(Enrollment.subscriber_id == reader, Enrollment.sequence == "back-pain-tips")
-            .values(next_due_at=morning)
-        )
     clock.now = morning
     with services.database.begin() as session:
         # Both are planned for this morning; the planner's was due first.
-        for name, step in (("planner-week", "planner-day-one"), ("back-pain-tips", "why-glutes")):
-            session.execute(
-                Enrollment.__table__.update()
-                .where(Enrollment.subscriber_id == reader, Enrollment.sequence == name)
-                .values(next_step=step, last_step_at=morning - timedelta(days=5))
-            )
+        first_steps_due(session, reader, morning, planner_earlier_by=timedelta(minutes=5))
         report = sequences.advance_due(
             session, services.sequences, now=morning, default_zone=ZoneInfo("UTC")
         )
@@ -371,14 +376,7 @@ def test_a_higher_cap_lets_that_many_through(make_app, smtp, clock):
     services = services_of(app)
     morning = clock().replace(hour=9, minute=0, second=0, microsecond=0) + timedelta(days=3)
     with services.database.begin() as session:
-        for name, step in (("planner-week", "planner-day-one"), ("back-pain-tips", "why-glutes")):
-            session.execute(
-                Enrollment.__table__.update()
-                .where(Enrollment.subscriber_id == reader, Enrollment.sequence == name)
-                .values(
-                    next_step=step, next_due_at=morning, last_step_at=morning - timedelta(days=5)
-                )
-            )
+        first_steps_due(session, reader, morning)
     clock.now = morning
     run_tick(app)
     steps = [m for m in sent_to(app, "eve@example.com") if m.kind == "sequence"]
@@ -492,14 +490,7 @@ def test_two_schedulers_at_once_keep_the_daily_cap(funnel_app, clock):
     services = services_of(app)
     morning = clock().replace(hour=9, minute=0, second=0, microsecond=0) + timedelta(days=3)
     with services.database.begin() as session:
-        for name, step in (("planner-week", "planner-day-one"), ("back-pain-tips", "why-glutes")):
-            session.execute(
-                Enrollment.__table__.update()
-                .where(Enrollment.subscriber_id == reader, Enrollment.sequence == name)
-                .values(
-                    next_step=step, next_due_at=morning, last_step_at=morning - timedelta(days=5)
-                )
-            )
+        first_steps_due(session, reader, morning)
     one, two = two_schedulers_at_once(app, "planner-week", "back-pain-tips", at=morning)
     assert (one.queued, two.queued, two.deferred) == (1, 0, 1)
     steps = [m for m in sent_to(app, "ike@example.com") if m.kind == "sequence"]
@@ -526,16 +517,7 @@ def test_a_database_of_the_previous_revision_migrates_with_nothing_sent_twice_or
     url = f"sqlite:///{tmp_path / 'old.db'}"
     migrate.upgrade(url, "0013")
     engine = sa.create_engine(url)
-    steps = [
-        "why-glutes",
-        "foam-rolling",
-        "piriformis-stretch",
-        "weekly-plan",
-        "strengthen",
-        "foam-roller",
-        "course",
-        "see-a-professional",
-    ]
+    steps = [step.id for step in sequences.load(SHIPPED_EMAILS / "sequence.toml").steps]
     now = clock()
     stamp = now.replace(tzinfo=None) - timedelta(days=1)
     readers = {}  # email -> (status, steps passed)
@@ -915,17 +897,7 @@ def test_a_revived_step_that_lost_its_day_slot_waits_for_the_next_morning(funnel
             .where(OutboxMessage.dedupe_key == key)
             .values(status=OutboxStatus.CANCELLED)
         )
-        for name, step in (("planner-week", "planner-day-one"), ("back-pain-tips", "why-glutes")):
-            session.execute(
-                Enrollment.__table__.update()
-                .where(Enrollment.subscriber_id == reader, Enrollment.sequence == name)
-                .values(
-                    next_step=step,
-                    next_due_at=morning,
-                    last_step_at=morning - timedelta(days=5),
-                    steps_passed=[],
-                )
-            )
+        first_steps_due(session, reader, morning)
     one, two = two_schedulers_at_once(app, "back-pain-tips", "planner-week", at=morning)
     assert (one.queued, two.queued, two.deferred) == (1, 0, 1)
     with services.database.read() as session:

@@ -149,11 +149,16 @@ def stop(session: Session, subscriber_id: int, *, now: datetime, reason: str) ->
         _take_back_steps(
             session, enrollment, states=(OutboxStatus.QUEUED, OutboxStatus.SENDING), reason=reason
         )
-        enrollment.status = EnrollmentStatus.STOPPED
-        enrollment.stopped_at = now
-        enrollment.next_due_at = None
-        enrollment.held_until = None
-        enrollment.deferred_since = None
+        _end(enrollment, now=now)
+
+
+def _end(enrollment: Enrollment, *, now: datetime) -> None:
+    """Stop an enrollment: nothing is due, held or waiting any more."""
+    enrollment.status = EnrollmentStatus.STOPPED
+    enrollment.stopped_at = now
+    enrollment.next_due_at = None
+    enrollment.held_until = None
+    enrollment.deferred_since = None
 
 
 def _enrollment(session: Session, subscriber_id: int, sequence: str) -> Enrollment | None:
@@ -278,13 +283,9 @@ def leave(session: Session, subscriber_id: int, *, sequence: str, now: datetime)
         states=(OutboxStatus.QUEUED, OutboxStatus.SENDING),
         reason="the reader left the sequence",
     )
-    enrollment.status = EnrollmentStatus.STOPPED
-    enrollment.stopped_at = now
+    _end(enrollment, now=now)
     enrollment.left_at = now
     enrollment.next_step = None
-    enrollment.next_due_at = None
-    enrollment.held_until = None
-    enrollment.deferred_since = None
     return True
 
 
