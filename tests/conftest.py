@@ -22,6 +22,9 @@ from service import create_app, migrate
 from service.db import Base
 from tests.smtp_server import SMTPServer
 
+# The browser fixtures (Chromium, the app over HTTP, axe-core) for every test module.
+pytest_plugins = ("tests.browser",)
+
 # Tests never read a developer's .env file.
 os.environ["DOTENV_PATH"] = ""
 

@@ -6,9 +6,6 @@ Skipped where Chromium or Playwright is missing, unless REQUIRE_BROWSER=1 (set b
 
 from __future__ import annotations
 
-import shutil
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,62 +13,10 @@ import pytest
 from werkzeug.serving import make_server
 
 from service.models import SubscriberStatus
-from tests.conftest import missing
 from tests.helpers import get_subscriber, link_path, run_pass
 from tests.smtp_server import free_port
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        missing("Chromium", "REQUIRE_BROWSER", f"{CHROMIUM} not found; apt-get install chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("Playwright", "REQUIRE_BROWSER", "pip install -r requirements-dev.txt")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def live_app(make_app, tmp_path) -> Iterator[tuple[object, str]]:
-    """The app served over real HTTP on loopback."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    app = make_app(BASE_URL=base)
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, base
-    server.shutdown()
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(timezone_id="America/Vancouver", accept_downloads=True)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.problems = problems
-    yield page
-    context.close()
 
 
 def latest_email_text(app) -> str:
