@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .models import AdminSession, AdminUser
-from .signup_input import email_key, normalize_email
+from .signup_input import email_key, known_time_zones, normalize_email
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
@@ -265,3 +265,12 @@ def end_all_sessions(session: Session, admin_id: int, *, now: datetime) -> int:
     how many sessions ended."""
     _locked(session, admin_id).sessions_reset_at = now
     return session.execute(delete(AdminSession).where(AdminSession.admin_id == admin_id)).rowcount
+
+
+def set_time_zone(session: Session, admin_id: int, zone: str) -> None:
+    """Show the admin pages in `zone` (an IANA name); empty: in DEFAULT_TIME_ZONE."""
+    if zone and zone not in known_time_zones():
+        raise AdminError("Pick a time zone from the list.")
+    session.execute(
+        update(AdminUser).where(AdminUser.id == admin_id).values(time_zone=zone or None)
+    )

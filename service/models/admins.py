@@ -29,6 +29,8 @@ class AdminUser(Base):
     # When every session was last ended (a new password, "sign out everywhere"): device
     # cookies made before it no longer count (service.web.devices).
     sessions_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The IANA zone the admin pages show times in; None: DEFAULT_TIME_ZONE.
+    time_zone: Mapped[str | None] = mapped_column(String(64))
 
 
 class AdminSession(Base):

@@ -16,13 +16,14 @@ from ..attempts import AttemptBudget
 from ..devices import DeviceCookies
 
 # Importing the views registers them on the blueprint.
-from . import auth, newsletters, outbox, overview, subscribers, uploads
+from . import auth, clock, newsletters, outbox, overview, subscribers, uploads
 from .blueprint import OPEN_ENDPOINTS, bp, csrf
 
 __all__ = [
     "OPEN_ENDPOINTS",
     "auth",
     "bp",
+    "clock",
     "init_app",
     "newsletters",
     "outbox",

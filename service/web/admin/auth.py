@@ -20,6 +20,7 @@ from flask import (
 )
 
 from ... import admins
+from ...signup_input import known_time_zones
 from .. import now, services
 from ..attempts import AttemptBudget
 from ..devices import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_LIFETIME, DeviceCookies
@@ -185,5 +186,22 @@ def account():
     with services().database.read() as db:
         open_sessions = admins.sessions_of(db, g.admin.id, idle=idle_limit(), now=now())
     return render_template(
-        "admin/account.html", error=error, open_sessions=open_sessions
+        "admin/account.html",
+        error=error,
+        open_sessions=open_sessions,
+        zones=sorted(known_time_zones()),
+        default_zone=services().settings.DEFAULT_TIME_ZONE,
     ), 422 if error else 200
+
+
+@bp.post("/account/time-zone")
+def account_time_zone():
+    """Show every time on the admin pages in the chosen zone."""
+    try:
+        with services().database.begin() as db:
+            admins.set_time_zone(db, g.admin.id, request.form.get("time_zone", ""))
+    except admins.AdminError as exc:
+        flash(str(exc))
+    else:
+        flash("Times on these pages are now shown in the zone you chose.")
+    return redirect(url_for("admin.account"), 303)

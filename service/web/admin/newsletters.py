@@ -12,6 +12,7 @@ from ...feedback import rates
 from ...models import Broadcast
 from .. import now, services
 from .blueprint import EMAIL_FRAME_POLICY, bp, logger
+from .clock import local, owner_zone
 
 
 def _sample_email(broadcast_id: int, to: str):
@@ -110,7 +111,6 @@ def newsletter(broadcast_id: int | None):
         tags_in_use=tags_in_use,
         tags_match_choices=newsletter_audience.TAGS_MATCH,
         sample=sample,
-        zone=services().settings.DEFAULT_TIME_ZONE,
     ), 422 if error else 200
 
 
@@ -144,15 +144,15 @@ def newsletter_test(broadcast_id: int):
 
 
 def _send_time() -> datetime:
-    """When to send: now, or the form's local date and time in the default time zone."""
+    """When to send: now, or the form's date and time in the owner's time zone."""
     if request.form.get("when") != "later":
         return now()
     raw = request.form.get("send_at", "")
     try:
-        local = datetime.fromisoformat(raw)
-        if local.tzinfo is None:
-            local = local.replace(tzinfo=services().settings.default_zone)
-        at = local.astimezone(UTC)
+        wall = datetime.fromisoformat(raw)
+        if wall.tzinfo is None:
+            wall = wall.replace(tzinfo=owner_zone())
+        at = wall.astimezone(UTC)
     except (ValueError, OverflowError):  # not a date; or 9999-12-31, past what UTC can hold
         abort(400, description="Pick a date and time to send it at.")
     if at - now() > broadcasts.LATEST_SEND:
@@ -172,7 +172,7 @@ def newsletter_send(broadcast_id: int):
     elif at <= now():
         flash("Sending: the scheduler queues it for every recipient at its next tick.")
     else:
-        flash(f"Scheduled for {at.strftime('%Y-%m-%d %H:%M UTC')}.")
+        flash(f"Scheduled for {local(at)} {owner_zone().key}.")
     return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
 
 

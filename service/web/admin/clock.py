@@ -1,0 +1,32 @@
+"""Every time on the admin pages in one zone, the owner's: the one chosen on the Account
+page, else DEFAULT_TIME_ZONE. Stored times are UTC; they are turned into the owner's zone
+only here, where they are shown, and the zone is named beside them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from flask import g
+
+from .. import services
+from .blueprint import bp
+
+TIME_FORMAT = "%Y-%m-%d %H:%M"
+
+
+def owner_zone() -> ZoneInfo:
+    """The zone of the signed-in owner's pages."""
+    chosen = g.admin.time_zone if g.get("admin") is not None else None
+    return ZoneInfo(chosen) if chosen else services().settings.default_zone
+
+
+@bp.app_template_filter("local")
+def local(when: datetime | None, format: str = TIME_FORMAT) -> str:
+    """`when` (UTC) as the owner's wall-clock time; empty for no time."""
+    return when.astimezone(owner_zone()).strftime(format) if when is not None else ""
+
+
+@bp.context_processor
+def _zone_name() -> dict[str, str]:
+    return {"zone_name": owner_zone().key}
