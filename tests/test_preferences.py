@@ -452,7 +452,7 @@ def test_the_owner_sees_the_readers_choices(prefs_app, clock):
     client = app.test_client()
     sign_in(client)
     page = client.get(f"/admin/subscribers/{reader}").get_data(as_text=True)
-    assert "Paused by the reader until 8 December 2026" in page
+    assert "Paused by the reader until 2026-12-08 10:00 America/New_York" in page
     assert "Newsletters: off (reader's choice)" in page
     assert "paused email" in page and "newsletters off" in page
 
