@@ -260,20 +260,32 @@ def admin_set_password(email: str) -> None:
 
 
 @admin_group.command("hint")
-def admin_hint() -> None:
+@click.option("--banner", is_flag=True, help="Say where emails go and where /admin is, too.")
+def admin_hint(banner: bool) -> None:
     """While there is no account: a link to create the first one (valid for an hour, and
     only until an account exists), and the command that does it too."""
     services = _services()
+    base, mail_url = services.settings.BASE_URL, services.settings.MAIL_URL
+    if banner:
+        if mail_url.startswith("console:"):
+            click.echo("  Emails:   printed in this terminal, each between a line")
+            click.echo('            "===== email to ..." and a line "===== end of email to ..."')
+        elif mail_url.startswith("file:"):
+            click.echo("  Emails:   written as .eml files where MAIL_URL says")
+        else:
+            click.echo("  Emails:   sent through the server MAIL_URL names")
+        if mail_url.startswith(DEV_MAIL_SCHEMES):
+            click.echo(f"  Outbox:   {base}/admin/outbox (every email, as readers get it)")
     with services.database.read() as session:
-        if admins.count(session):
-            return
-    base = services.settings.BASE_URL
+        has_account = admins.count(session) > 0
+    if has_account:
+        if banner:
+            click.echo(f"  Admin:    {base}/admin")
+        return
     token = admins.setup_token(services.tokens, now=services.clock())
     click.echo("  Admin:    no account yet; create yours within the hour at")
     click.echo(f"            {base}/admin/setup/{token}")
     click.echo("            or with .venv/bin/flask --app wsgi admin create you@example.com")
-    if services.settings.MAIL_URL.startswith(DEV_MAIL_SCHEMES):
-        click.echo(f"  Outbox:   {base}/admin/outbox lists the emails sent, once you sign in")
 
 
 def init_app(app: Flask) -> None:
