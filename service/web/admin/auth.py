@@ -132,8 +132,9 @@ def setup(token: str):
             else:
                 attempt.refund()
                 logger.info("admin account %s created through the setup link", address)
-                flash("Your account is ready, and you are signed in.")
-                return _signed_in(owner_id, address, url_for("admin.dashboard_page"))
+                response = _signed_in(owner_id, address, url_for("admin.dashboard_page"))
+                flash("Your account is ready, and you are signed in.")  # after the clear
+                return response
     return render_template("admin/setup.html", error=error, email=email), 422 if error else 200
 
 
