@@ -269,5 +269,6 @@ def configure_logging(settings: Settings) -> None:
     # Alembic announces every plugin it loads at INFO; only its migration steps matter.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     requests = logging.getLogger("werkzeug")
-    if settings.APP_ENV == "development" and not requests.filters:
+    filtered = any(isinstance(f, FailedRequestsOnly) for f in requests.filters)
+    if settings.APP_ENV == "development" and not filtered:
         requests.addFilter(FailedRequestsOnly())
