@@ -1,5 +1,6 @@
-"""Signing in and out, the account page, and the defences around passwords: device
-cookies (service.web.devices) and attempt budgets (service.web.attempts)."""
+"""Signing in and out, the first account (a setup link), the account page, and the
+defences around passwords: device cookies (service.web.devices) and attempt budgets
+(service.web.attempts)."""
 
 from __future__ import annotations
 
@@ -41,12 +42,20 @@ def _safe_next(target: str | None) -> str:
     return url_for("admin.dashboard_page")
 
 
+def _no_account_yet() -> bool:
+    """Whether no one can sign in yet: the page then says how to make the account."""
+    with services().database.read() as db:
+        return not admins.count(db)
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    """Sign in with email and password."""
+    """Sign in with email and password; while there is no account, how to make one."""
     if request.method == "GET":
         if g.admin is not None:
             return redirect(_safe_next(request.args.get("next")))
+        if _no_account_yet():
+            return render_template("admin/login.html", no_account=True)
         return render_template("admin/login.html", error=None, email="")
     email = request.form.get("email", "")
     device = _known_device()
@@ -72,10 +81,15 @@ def login():
             "admin/login.html", error="That email and password do not match.", email=email
         ), 401
     attempt.refund()  # the owner signing in costs nothing
+    return _signed_in(signed_in.admin_id, signed_in.email, _safe_next(request.args.get("next")))
+
+
+def _signed_in(admin_id: int, email: str, target: str) -> Response:
+    """Start a session for the account in this browser, then go to `target`."""
     with services().database.begin() as db:
         token = admins.start_session(
             db,
-            signed_in.admin_id,
+            admin_id,
             ip=request.remote_addr,
             user_agent=request.user_agent.string,
             idle=idle_limit(),
@@ -84,7 +98,50 @@ def login():
     session.clear()  # nothing from before the sign-in carries over
     session.permanent = True
     session["admin_session"] = token
-    return _known_from_now(redirect(_safe_next(request.args.get("next")), 303), signed_in.email)
+    return _known_from_now(redirect(target, 303), email)
+
+
+@bp.route("/setup/<token>", methods=["GET", "POST"])
+def setup(token: str):
+    """Create the first account through the link `make run` printed, and sign in."""
+    try:
+        with services().database.read() as db:
+            admins.check_setup_token(db, services().tokens, token, now=now())
+    except admins.SetupLinkError as exc:
+        return _dead_setup_link(exc)
+    error, email = None, ""
+    if request.method == "POST":
+        # Each try costs a strength check and a hash: counted like a sign-in from here.
+        attempt = _password_attempts().spend(("login-ip", request.remote_addr or ""))
+        if attempt is None:
+            abort(429)
+        email, password = request.form.get("email", ""), request.form.get("password", "")
+        if password != request.form.get("password_again", ""):
+            error = "The two passwords are not the same."
+        else:
+            try:
+                with services().database.begin() as db:
+                    owner = admins.create_owner(
+                        db, services().tokens, token, email, password, now=now()
+                    )
+                    owner_id, address = owner.id, owner.email
+            except admins.SetupLinkError as exc:
+                return _dead_setup_link(exc)
+            except admins.AdminError as exc:
+                error = str(exc)
+            else:
+                attempt.refund()
+                logger.info("admin account %s created through the setup link", address)
+                response = _signed_in(owner_id, address, url_for("admin.dashboard_page"))
+                flash("Your account is ready, and you are signed in.")  # after the clear
+                return response
+    return render_template("admin/setup.html", error=error, email=email), 422 if error else 200
+
+
+def _dead_setup_link(error: admins.SetupLinkError):
+    """What a forged, expired or used setup link gets: why, and what to do instead."""
+    status = 404 if error.reason == "forged" else 410
+    return render_template("admin/setup_link.html", reason=error.reason), status
 
 
 def _known_from_now(response: Response, email: str) -> Response:
