@@ -1,0 +1,217 @@
+"""Every page, public and admin, with and without form errors, checked by axe-core in a
+real Chromium; the skip link, the focus ring and the signup form's errors with the keyboard.
+
+One app with realistic data and one signed-in browser serve the whole module (building
+them per test would take most of the time); the markup does not depend on the database,
+so it runs on SQLite alone.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from werkzeug.serving import make_server
+
+from service import create_app, tags
+from service.models import Import, OutboxMessage, SubscriberStatus
+from service.tokens import Purpose
+from tests.browser import OWNER_EMAIL, OWNER_PASSWORD, axe_violations, make_owner, sign_in
+from tests.conftest import Clock, settings_for
+from tests.helpers import get_subscriber, run_pass, services_of, sign_up
+from tests.smtp_server import free_port
+from tests.test_archive import sent
+from tests.test_broadcasts import draft, readers
+
+pytestmark = pytest.mark.browser
+
+# A row the importer refuses, so the preview lists an issue.
+CSV_WITH_ERRORS = b"email,first_name\nnew@example.com,New\nnot-an-address,Bad\n"
+
+
+@dataclass
+class Site:
+    """The app over HTTP, and the paths of its pages that need an id or a token."""
+
+    app: object
+    base: str
+    public: dict[str, str]
+    admin: dict[str, str]
+
+
+def token(app, purpose: Purpose, email: str, *, age: timedelta = timedelta(0)) -> str:
+    services = services_of(app)
+    subscriber_id = get_subscriber(app, email).id
+    return services.tokens.make(purpose, subscriber_id, now=services.clock() - age)
+
+
+def fill_with_data(app) -> tuple[dict[str, str], dict[str, str]]:
+    """The owner, readers who signed up through the form (one confirmed, with a tag), an
+    import's preview, a draft and a sent newsletter in the archive; the pages to visit."""
+    services = services_of(app)
+    make_owner(app)
+    client = app.test_client()
+    sign_up(client, "ann@example.com", first_name="Ann", time_zone="Europe/Berlin")
+    sign_up(client, "bo@example.com", magnet="foam-rolling-planner")
+    client.post(f"/confirm/{token(app, Purpose.CONFIRM, 'ann@example.com')}")
+    ann = get_subscriber(app, "ann@example.com").id
+    with services.database.begin() as session:
+        tags.add_by_owner(session, ann, "topic:hips", now=services.clock())
+    run_pass(app)
+    readers(app)
+    slug = sent(app, "Foam rolling, week two")
+    draft_id = draft(app, "Stretching at your desk")
+    with services.database.read() as session:
+        email_id = session.query(OutboxMessage.id).filter_by(subscriber_id=ann).first()[0]
+        sent_id = session.query(OutboxMessage.broadcast_id).filter(
+            OutboxMessage.broadcast_id.isnot(None)
+        ).first()[0]
+
+    admin = app.test_client()
+    login = admin.get("/admin/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
+    admin.post(
+        "/admin/login", data={"email": OWNER_EMAIL, "password": OWNER_PASSWORD, "csrf_token": csrf}
+    )
+    upload = admin.get("/admin/subscribers/import").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', upload).group(1)
+    admin.post(
+        "/admin/subscribers/import",
+        data={"csrf_token": csrf, "file": (io.BytesIO(CSV_WITH_ERRORS), "old.csv")},
+    )
+    with services.database.read() as session:
+        import_id = session.query(Import.id).order_by(Import.id.desc()).first()[0]
+
+    public = {
+        "landing": "/",
+        **{f"magnet {m}": f"/free/{m}" for m in services.magnets},
+        "check your inbox": "/check-your-inbox",
+        "confirm": f"/confirm/{token(app, Purpose.CONFIRM, 'bo@example.com')}",
+        "confirmed": f"/confirmed/{token(app, Purpose.DOWNLOAD, 'ann@example.com')}",
+        "link expired": "/confirm/"
+        + token(app, Purpose.CONFIRM, "bo@example.com", age=timedelta(days=400)),
+        "link invalid": "/confirm/1.1795532400.forged-signature",
+        "unsubscribe": f"/unsubscribe/{token(app, Purpose.UNSUBSCRIBE, 'ann@example.com')}",
+        "preferences": f"/preferences/{token(app, Purpose.PREFERENCES, 'ann@example.com')}",
+        "archive": "/archive",
+        "archive entry": f"/archive/{slug}",
+        "not found": "/no-such-page",
+        "sign in": "/admin/login",
+    }
+    admin_pages = {
+        "dashboard": "/admin/",
+        "subscribers": "/admin/subscribers",
+        "subscribers filtered": "/admin/subscribers?q=ann&status=confirmed&tag=topic%3Ahips",
+        "subscriber": f"/admin/subscribers/{ann}",
+        "import": "/admin/subscribers/import",
+        "import preview": f"/admin/imports/{import_id}",
+        "newsletters": "/admin/newsletters",
+        "new newsletter": "/admin/newsletters/new",
+        "newsletter draft": f"/admin/newsletters/{draft_id}",
+        "newsletter sent": f"/admin/newsletters/{sent_id}",
+        "account": "/admin/account",
+        "outbox": "/admin/outbox",
+        "outbox email": f"/admin/outbox/{email_id}",
+    }
+    assert get_subscriber(app, "ann@example.com").status is SubscriberStatus.CONFIRMED
+    return public, admin_pages
+
+
+@contextmanager
+def served_site(sqlite_template, folder) -> Iterator[Site]:
+    """An app on a copy of the migrated SQLite file, filled with data, over HTTP."""
+    database = folder / "site.db"
+    shutil.copyfile(sqlite_template, database)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = create_app(settings_for(f"sqlite:///{database}", folder, BASE_URL=base))
+    services_of(app).clock = Clock()
+    public, admin = fill_with_data(app)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Site(app, base, public, admin)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        services_of(app).database.dispose()
+
+
+@pytest.fixture(scope="module")
+def site(sqlite_template, tmp_path_factory) -> Iterator[Site]:
+    with served_site(sqlite_template, tmp_path_factory.mktemp("a11y")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def owner(browser, site):
+    """A page in a browser signed in as the owner, kept for the whole module."""
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in(page, site.base)
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def reader(browser):
+    """A page in a browser nobody signed in with."""
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+PUBLIC = [
+    "landing",
+    "magnet glute-guide",
+    "magnet foam-rolling-planner",
+    "check your inbox",
+    "confirm",
+    "confirmed",
+    "link expired",
+    "link invalid",
+    "unsubscribe",
+    "preferences",
+    "archive",
+    "archive entry",
+    "not found",
+    "sign in",
+]
+ADMIN = [
+    "dashboard",
+    "subscribers",
+    "subscribers filtered",
+    "subscriber",
+    "import",
+    "import preview",
+    "newsletters",
+    "new newsletter",
+    "newsletter draft",
+    "newsletter sent",
+    "account",
+    "outbox",
+    "outbox email",
+]
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_public_pages_have_no_axe_violations(site, reader, name):
+    reader.goto(site.base + site.public[name])
+    violations = axe_violations(reader)
+    assert violations == [], "\n".join(violations)
+
+
+@pytest.mark.parametrize("name", ADMIN)
+def test_admin_pages_have_no_axe_violations(site, owner, name):
+    response = owner.goto(site.base + site.admin[name])
+    assert response.status == 200
+    violations = axe_violations(owner)
+    assert violations == [], "\n".join(violations)
