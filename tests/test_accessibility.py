@@ -70,9 +70,11 @@ def fill_with_data(app) -> tuple[dict[str, str], dict[str, str]]:
     draft_id = draft(app, "Stretching at your desk")
     with services.database.read() as session:
         email_id = session.query(OutboxMessage.id).filter_by(subscriber_id=ann).first()[0]
-        sent_id = session.query(OutboxMessage.broadcast_id).filter(
-            OutboxMessage.broadcast_id.isnot(None)
-        ).first()[0]
+        sent_id = (
+            session.query(OutboxMessage.broadcast_id)
+            .filter(OutboxMessage.broadcast_id.isnot(None))
+            .first()[0]
+        )
 
     admin = app.test_client()
     login = admin.get("/admin/login").get_data(as_text=True)
@@ -215,3 +217,180 @@ def test_admin_pages_have_no_axe_violations(site, owner, name):
     assert response.status == 200
     violations = axe_violations(owner)
     assert violations == [], "\n".join(violations)
+
+
+def assert_no_violations(page) -> None:
+    violations = axe_violations(page)
+    assert violations == [], "\n".join(violations)
+
+
+def test_forms_shown_again_with_errors_have_no_axe_violations(site, reader, owner):
+    reader.goto(site.base + "/")
+    reader.fill("#email", "ann@@example")
+    reader.click("form.signup button[type=submit]")
+    reader.wait_for_selector(".form-errors")
+    assert_no_violations(reader)
+
+    reader.goto(site.base + site.public["preferences"])
+    reader.fill("#time_zone", "Atlantis/Capital")
+    reader.click("button:has-text('Save my details')")
+    reader.wait_for_selector(".form-errors")
+    assert_no_violations(reader)
+
+    reader.goto(site.base + "/admin/login")
+    reader.fill("#email", OWNER_EMAIL)
+    reader.fill("#password", "not the password")
+    reader.click("button:has-text('Sign in')")
+    reader.wait_for_selector(".form-errors")
+    assert_no_violations(reader)
+
+    owner.goto(site.base + "/admin/account")
+    owner.fill("#current_password", "not the password")
+    owner.fill("#new_password", "a new long enough password")
+    owner.click("button:has-text('Change password')")
+    owner.wait_for_selector(".form-errors")
+    assert_no_violations(owner)
+
+    owner.goto(site.base + "/admin/subscribers/import")
+    owner.set_input_files(
+        "#file", {"name": "old.csv", "mimeType": "text/csv", "buffer": CSV_WITH_ERRORS}
+    )
+    owner.click("button:has-text('Check the file')")
+    owner.wait_for_selector("#import-issues")
+    assert_no_violations(owner)
+
+    owner.goto(site.base + "/admin/subscribers/import")
+    owner.set_input_files(
+        "#file", {"name": "broken.csv", "mimeType": "text/csv", "buffer": b"email\n\xff\xfe\n"}
+    )
+    owner.click("button:has-text('Check the file')")
+    owner.wait_for_selector(".form-errors")
+    assert_no_violations(owner)
+
+
+def test_the_pages_after_a_button_have_no_axe_violations(site, reader):
+    """The unsubscribed page, and the confirmed page reached by confirming."""
+    reader.goto(
+        site.base + f"/unsubscribe/{token(site.app, Purpose.UNSUBSCRIBE, 'r2@example.com')}"
+    )
+    reader.click("button:has-text('Unsubscribe me')")
+    reader.wait_for_selector("h1:has-text('You are unsubscribed')")
+    assert_no_violations(reader)
+
+    reader.goto(site.base + site.public["confirm"])
+    reader.click("button:has-text('Yes, send me the guide')")
+    reader.wait_for_url(site.base + "/confirmed/*")
+    assert_no_violations(reader)
+
+
+def focus_by_tab(page, selector: str) -> None:
+    """Press Tab until the element is focused, as a keyboard user gets there."""
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("s => document.activeElement.matches(s)", selector):
+            return
+    raise AssertionError(f"Tab never reaches {selector}")
+
+
+@pytest.mark.parametrize(
+    ("who", "name"),
+    [
+        ("reader", "landing"),
+        ("reader", "preferences"),
+        ("reader", "sign in"),
+        ("owner", "dashboard"),
+        ("owner", "subscribers"),
+        ("owner", "newsletter draft"),
+    ],
+)
+def test_the_skip_link_is_the_first_tab_stop_and_moves_focus_to_main(
+    site, reader, owner, who, name
+):
+    page = reader if who == "reader" else owner
+    page.goto(site.base + (site.public | site.admin)[name])
+    page.keyboard.press("Tab")
+    link = page.locator(":focus")
+    assert link.inner_text() == "Skip to content"
+    assert link.get_attribute("href") == "#main"
+    box = link.bounding_box()
+    assert box["y"] >= 0 and box["height"] > 0  # in sight once focused
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    assert page.evaluate("document.activeElement.tagName") == "MAIN"
+
+
+# The ring's colour against the background it is drawn on: the nearest ancestor with one.
+RING = """el => {
+  const rgb = c => c.match(/[\\d.]+/g).map(Number);
+  const channel = v => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  const lum = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  let node = el.parentElement, behind = [255, 255, 255];
+  for (; node; node = node.parentElement) {
+    const c = rgb(getComputedStyle(node).backgroundColor);
+    if (c.length < 4 || c[3] > 0) { behind = c; break; }
+  }
+  const style = getComputedStyle(el);
+  const [a, b] = [lum(rgb(style.outlineColor)), lum(behind)].sort((x, y) => y - x);
+  return {
+    shown: el.matches(":focus-visible") && style.outlineStyle !== "none",
+    width: parseFloat(style.outlineWidth),
+    contrast: (a + 0.05) / (b + 0.05),
+  };
+}"""
+
+
+@pytest.mark.parametrize(
+    ("who", "name", "selector"),
+    [
+        ("reader", "landing", "a.skip-link"),
+        ("reader", "landing", "form.signup button[type=submit]"),
+        ("reader", "archive", "#archive-list a"),
+        ("reader", "preferences", "#pause button"),
+        ("owner", "dashboard", ".admin-bar nav a"),
+        ("owner", "dashboard", ".admin-bar .link-button"),
+        ("owner", "account", "form.stacked button"),
+        ("owner", "subscribers", "#subscriber-list a"),
+    ],
+)
+def test_the_focus_ring_stands_out_on_light_and_dark_backgrounds(
+    site, reader, owner, who, name, selector
+):
+    page = reader if who == "reader" else owner
+    page.goto(site.base + (site.public | site.admin)[name])
+    focus_by_tab(page, selector)
+    ring = page.evaluate(RING, page.locator(":focus").element_handle())
+    assert ring["shown"] and ring["width"] >= 2
+    assert ring["contrast"] >= 3, ring
+
+
+def described_by(page) -> str:
+    """The text of the element the focused field's aria-describedby names."""
+    return page.evaluate(
+        "document.getElementById(document.activeElement.getAttribute('aria-describedby'))"
+        ".textContent"
+    )
+
+
+def test_signup_errors_are_tied_to_their_field_which_gets_the_focus(site, reader):
+    reader.goto(site.base + "/")
+    reader.fill("#first_name", "Ann")
+    reader.fill("#email", "ann@@example")
+    reader.click("form.signup button[type=submit]")
+    reader.wait_for_selector(".form-errors")
+    assert reader.evaluate("document.activeElement.id") == "email"
+    assert reader.get_attribute("#email", "aria-invalid") == "true"
+    assert "@" in described_by(reader) and described_by(reader).strip()
+    assert reader.get_attribute("#first_name", "aria-invalid") is None
+    # The error shows beside its field, not only in the summary at the top.
+    error = reader.locator("#email-error")
+    assert (
+        error.is_visible()
+        and error.bounding_box()["y"] > reader.locator("#email").bounding_box()["y"]
+    )
+
+    reader.goto(site.base + site.public["preferences"])
+    reader.fill("#time_zone", "Atlantis/Capital")
+    reader.click("button:has-text('Save my details')")
+    reader.wait_for_selector(".form-errors")
+    assert reader.evaluate("document.activeElement.id") == "time_zone"
+    assert "Please choose your time zone from the list" in described_by(reader)

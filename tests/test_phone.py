@@ -1,0 +1,120 @@
+"""The pages on a phone (375 x 667 CSS pixels) in a real Chromium: no page scrolls
+sideways, the admin bar keeps its links inside it, and the landing page's first screen
+holds the headline, the promise and a button that leads to the form.
+
+One app with data and one phone browser serve the whole module, as in
+test_accessibility.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.browser import sign_in
+from tests.test_accessibility import ADMIN, PUBLIC, Site, served_site
+
+pytestmark = pytest.mark.browser
+
+PHONE = {"width": 375, "height": 667}
+
+
+@pytest.fixture(scope="module")
+def site(sqlite_template, tmp_path_factory) -> Iterator[Site]:
+    with served_site(sqlite_template, tmp_path_factory.mktemp("phone")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def phone(browser):
+    """A phone-sized page nobody signed in with; script errors land in page.problems."""
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    page.problems = []
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def owners_phone(browser, site):
+    """A phone-sized page signed in as the owner."""
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    sign_in(page, site.base)
+    yield page
+    context.close()
+
+
+def page_width(page) -> int:
+    return page.evaluate("document.documentElement.scrollWidth")
+
+
+def inside(inner: dict, outer: dict) -> bool:
+    return (
+        inner["x"] >= outer["x"]
+        and inner["y"] >= outer["y"]
+        and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 0.5
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 0.5
+    )
+
+
+@pytest.mark.parametrize("name", ADMIN)
+def test_admin_pages_fit_a_phone_with_the_links_inside_the_bar(site, owners_phone, name):
+    page = owners_phone
+    page.goto(site.base + site.admin[name])
+    assert page_width(page) <= PHONE["width"]
+    bar = page.locator(".admin-bar").bounding_box()
+    items = page.locator(".admin-bar a, .admin-bar button, .admin-bar .muted")
+    assert items.count() >= 6
+    for n in range(items.count()):
+        assert inside(items.nth(n).bounding_box(), bar), items.nth(n).inner_text()
+    # Wide tables scroll inside their own box instead of widening the page.
+    for table in page.locator("main table").all():
+        assert table.bounding_box()["x"] + table.bounding_box()["width"] <= PHONE["width"]
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_public_pages_fit_a_phone(site, phone, name):
+    phone.goto(site.base + site.public[name])
+    assert page_width(phone) <= PHONE["width"]
+
+
+@pytest.mark.parametrize("name", ["landing", "magnet glute-guide", "magnet foam-rolling-planner"])
+def test_the_landing_pages_first_screen_has_a_button_to_the_form(site, phone, name):
+    phone.goto(site.base + site.public[name])
+    for part in ("h1", ".lede", ".to-form a"):
+        box = phone.locator(part).bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"], part
+    button = phone.locator(".to-form a")
+    assert button.inner_text().startswith("Get the free")
+    assert phone.locator("#first_name").bounding_box()["y"] > PHONE["height"]
+
+    button.click()
+    assert phone.url.endswith("#signup")
+    assert phone.evaluate("document.activeElement.id") == "first_name"
+    field = phone.locator("#first_name").bounding_box()
+    assert field["y"] >= 0 and field["y"] + field["height"] <= PHONE["height"]
+    assert phone.problems == []
+
+
+def test_the_landing_button_reaches_the_form_without_javascript(site, browser):
+    context = browser.new_context(viewport=PHONE, java_script_enabled=False)
+    page = context.new_page()
+    page.goto(site.base + "/")
+    page.click(".to-form a")
+    assert page.url.endswith("#signup")
+    form = page.locator("#signup").bounding_box()
+    assert 0 <= form["y"] < PHONE["height"] / 2
+    context.close()
+
+
+def test_the_landing_page_on_a_desktop_leaves_the_button_out(site, browser):
+    """Side by side with the text, the form is on the first screen already."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(site.base + "/")
+    assert not page.locator(".to-form a").is_visible()
+    assert page.locator("#email").bounding_box()["y"] < 800
+    context.close()
