@@ -1,7 +1,8 @@
-// Puts the keyboard where the page wants it (the Content-Security-Policy allows no inline
-// script): a form shown again with errors focuses its first invalid field, whose
+// Keyboard access the markup alone cannot give (the Content-Security-Policy allows no
+// inline script): a form shown again with errors focuses its first invalid field, whose
 // aria-describedby then reads out the error; a link to a form (data-focus-form) scrolls
-// to the form and focuses its first field.
+// to the form and focuses its first field; a table too wide for the screen, which
+// scrolls inside its own box (admin.css), becomes a Tab stop so arrow keys scroll it.
 (function () {
   "use strict";
   var invalid = document.querySelector('[aria-invalid="true"]');
@@ -21,4 +22,17 @@
       }
     });
   }
+  var tables = document.querySelectorAll("main table");
+  var reachable = function () {
+    for (var j = 0; j < tables.length; j++) {
+      if (tables[j].scrollWidth > tables[j].clientWidth) {
+        tables[j].setAttribute("tabindex", "0");
+      } else {
+        tables[j].removeAttribute("tabindex");
+      }
+    }
+  };
+  reachable();
+  window.addEventListener("resize", reachable);
+  document.addEventListener("toggle", reachable, true); // a table in <details> shown
 })();

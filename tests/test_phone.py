@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser import sign_in
+from tests.browser import axe_violations, sign_in
 from tests.test_accessibility import ADMIN, PUBLIC, Site, served_site
 
 pytestmark = pytest.mark.browser
@@ -73,6 +73,19 @@ def test_admin_pages_fit_a_phone_with_the_links_inside_the_bar(site, owners_phon
     # Wide tables scroll inside their own box instead of widening the page.
     for table in page.locator("main table").all():
         assert table.bounding_box()["x"] + table.bounding_box()["width"] <= PHONE["width"]
+
+
+def test_tables_that_scroll_on_a_phone_are_reached_with_the_keyboard(site, owners_phone):
+    """axe-core's rule: a region that scrolls must take the focus, so arrow keys scroll it."""
+    page = owners_phone
+    for name in ("dashboard", "subscriber"):
+        page.goto(site.base + site.admin[name])
+        scrolling = page.locator("main table[tabindex='0']")
+        assert scrolling.count() >= 2
+        for table in scrolling.all():
+            assert table.evaluate("t => t.scrollWidth > t.clientWidth")
+        violations = axe_violations(page)
+        assert violations == [], "\n".join(violations)
 
 
 @pytest.mark.parametrize("name", PUBLIC)
