@@ -12,8 +12,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser import axe_violations, sign_in
-from tests.test_accessibility import ADMIN, PUBLIC, Site, served_site
+from tests.browser import sign_in
+from tests.test_accessibility import (
+    ADMIN,
+    PUBLIC,
+    Site,
+    assert_no_violations,
+    browser_page,
+    served_site,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -28,23 +35,17 @@ def site(sqlite_template, tmp_path_factory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def phone(browser):
-    """A phone-sized page nobody signed in with; script errors land in page.problems."""
-    context = browser.new_context(viewport=PHONE)
-    page = context.new_page()
-    page.problems = []
-    page.on("pageerror", lambda e: page.problems.append(str(e)))
-    yield page
-    context.close()
+    """A phone-sized page nobody signed in with."""
+    with browser_page(browser, viewport=PHONE) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
 def owners_phone(browser, site):
     """A phone-sized page signed in as the owner."""
-    context = browser.new_context(viewport=PHONE)
-    page = context.new_page()
-    sign_in(page, site.base)
-    yield page
-    context.close()
+    with browser_page(browser, viewport=PHONE) as page:
+        sign_in(page, site.base)
+        yield page
 
 
 def page_width(page) -> int:
@@ -84,8 +85,7 @@ def test_tables_that_scroll_on_a_phone_are_reached_with_the_keyboard(site, owner
         assert scrolling.count() >= 2
         for table in scrolling.all():
             assert table.evaluate("t => t.scrollWidth > t.clientWidth")
-        violations = axe_violations(page)
-        assert violations == [], "\n".join(violations)
+        assert_no_violations(page)
 
 
 @pytest.mark.parametrize("name", PUBLIC)
@@ -96,6 +96,7 @@ def test_public_pages_fit_a_phone(site, phone, name):
 
 @pytest.mark.parametrize("name", ["landing", "magnet glute-guide", "magnet foam-rolling-planner"])
 def test_the_landing_pages_first_screen_has_a_button_to_the_form(site, phone, name):
+    phone.problems.clear()
     phone.goto(site.base + site.public[name])
     for part in ("h1", ".lede", ".to-form a"):
         box = phone.locator(part).bounding_box()
@@ -113,21 +114,17 @@ def test_the_landing_pages_first_screen_has_a_button_to_the_form(site, phone, na
 
 
 def test_the_landing_button_reaches_the_form_without_javascript(site, browser):
-    context = browser.new_context(viewport=PHONE, java_script_enabled=False)
-    page = context.new_page()
-    page.goto(site.base + "/")
-    page.click(".to-form a")
-    assert page.url.endswith("#signup")
-    form = page.locator("#signup").bounding_box()
-    assert 0 <= form["y"] < PHONE["height"] / 2
-    context.close()
+    with browser_page(browser, viewport=PHONE, java_script_enabled=False) as page:
+        page.goto(site.base + "/")
+        page.click(".to-form a")
+        assert page.url.endswith("#signup")
+        form = page.locator("#signup").bounding_box()
+        assert 0 <= form["y"] < PHONE["height"] / 2
 
 
 def test_the_landing_page_on_a_desktop_leaves_the_button_out(site, browser):
     """Side by side with the text, the form is on the first screen already."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    page.goto(site.base + "/")
-    assert not page.locator(".to-form a").is_visible()
-    assert page.locator("#email").bounding_box()["y"] < 800
-    context.close()
+    with browser_page(browser, viewport={"width": 1280, "height": 800}) as page:
+        page.goto(site.base + "/")
+        assert not page.locator(".to-form a").is_visible()
+        assert page.locator("#email").bounding_box()["y"] < 800
