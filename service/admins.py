@@ -48,7 +48,12 @@ def _dummy_hash() -> str:
 
 
 class AdminError(ValueError):
-    """A request about admin accounts that cannot be carried out; the message says why."""
+    """A request about admin accounts that cannot be carried out; the message says why,
+    and `field` which of the form's fields it is about ("email" or "password")."""
+
+    def __init__(self, message: str, *, field: str = "password") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class WrongPassword(AdminError):
@@ -103,12 +108,12 @@ def create(session: Session, email: str, password: str, *, now: datetime) -> Adm
     try:
         address = normalize_email(email)
     except ValueError as exc:
-        raise AdminError(str(exc)) from None
+        raise AdminError(str(exc), field="email") from None
     problem = password_problem(password, user_inputs=(address,))
     if problem:
         raise AdminError(problem)
     if session.scalar(select(AdminUser.id).where(AdminUser.email_key == email_key(address))):
-        raise AdminError(f"There is already an admin account for {address}.")
+        raise AdminError(f"There is already an admin account for {address}.", field="email")
     admin = AdminUser(
         email=address,
         email_key=email_key(address),
@@ -318,7 +323,7 @@ def end_all_sessions(session: Session, admin_id: int, *, now: datetime) -> int:
 def set_time_zone(session: Session, admin_id: int, zone: str) -> None:
     """Show the admin pages in `zone` (an IANA name); empty: in DEFAULT_TIME_ZONE."""
     if zone and zone not in known_time_zones():
-        raise AdminError("Pick a time zone from the list.")
+        raise AdminError("Pick a time zone from the list.", field="time_zone")
     session.execute(
         update(AdminUser).where(AdminUser.id == admin_id).values(time_zone=zone or None)
     )

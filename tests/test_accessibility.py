@@ -248,14 +248,14 @@ def test_forms_shown_again_with_errors_have_no_axe_violations(site, reader, owne
     reader.fill("#email", OWNER_EMAIL)
     reader.fill("#password", "not the password")
     reader.click("button:has-text('Sign in')")
-    reader.wait_for_selector(".form-errors")
+    reader.wait_for_selector(".field-error")
     assert_no_violations(reader)
 
     owner.goto(site.base + "/admin/account")
     owner.fill("#current_password", "not the password")
     owner.fill("#new_password", "a new long enough password")
     owner.click("button:has-text('Change password')")
-    owner.wait_for_selector(".form-errors")
+    owner.wait_for_selector(".field-error")
     assert_no_violations(owner)
 
     owner.goto(site.base + "/admin/subscribers/import")
@@ -401,3 +401,22 @@ def test_signup_errors_are_tied_to_their_field_which_gets_the_focus(site, reader
     reader.wait_for_selector(".form-errors")
     assert reader.evaluate("document.activeElement.id") == "time_zone"
     assert "Please choose your time zone from the list" in described_by(reader)
+
+
+def test_admin_form_errors_are_tied_to_their_field_which_gets_the_focus(site, reader, owner):
+    reader.goto(site.base + "/admin/login")
+    reader.fill("#email", OWNER_EMAIL)
+    reader.fill("#password", "not the password")
+    reader.click("button:has-text('Sign in')")
+    reader.wait_for_selector(".field-error")
+    assert reader.evaluate("document.activeElement.id") == "password"
+    assert described_by(reader) == "That email and password do not match."
+
+    owner.goto(site.base + "/admin/account")
+    owner.fill("#current_password", OWNER_PASSWORD)
+    owner.fill("#new_password", "password1234")
+    owner.click("button:has-text('Change password')")
+    owner.wait_for_selector(".field-error")
+    assert owner.evaluate("document.activeElement.id") == "new_password"
+    assert owner.get_attribute("#current_password", "aria-invalid") is None
+    assert described_by(owner).strip()

@@ -56,7 +56,7 @@ def login():
             return redirect(_safe_next(request.args.get("next")))
         if _no_account_yet():
             return render_template("admin/login.html", no_account=True)
-        return render_template("admin/login.html", error=None, email="")
+        return render_template("admin/login.html", errors={}, email="")
     email = request.form.get("email", "")
     device = _known_device()
     # A browser that signed in to this account before is counted on its own (devices.py);
@@ -78,7 +78,9 @@ def login():
             " on a known device" if _known_device() else "",
         )
         return render_template(
-            "admin/login.html", error="That email and password do not match.", email=email
+            "admin/login.html",
+            errors={"password": "That email and password do not match."},
+            email=email,
         ), 401
     attempt.refund()  # the owner signing in costs nothing
     return _signed_in(signed_in.admin_id, signed_in.email, _safe_next(request.args.get("next")))
@@ -109,7 +111,7 @@ def setup(token: str):
             admins.check_setup_token(db, services().tokens, token, now=now())
     except admins.SetupLinkError as exc:
         return _dead_setup_link(exc)
-    error, email = None, ""
+    errors, email = {}, ""
     if request.method == "POST":
         # Each try costs a strength check and a hash: counted like a sign-in from here.
         attempt = _password_attempts().spend(("login-ip", request.remote_addr or ""))
@@ -117,7 +119,7 @@ def setup(token: str):
             abort(429)
         email, password = request.form.get("email", ""), request.form.get("password", "")
         if password != request.form.get("password_again", ""):
-            error = "The two passwords are not the same."
+            errors["password_again"] = "The two passwords are not the same."
         else:
             try:
                 with services().database.begin() as db:
@@ -128,14 +130,14 @@ def setup(token: str):
             except admins.SetupLinkError as exc:
                 return _dead_setup_link(exc)
             except admins.AdminError as exc:
-                error = str(exc)
+                errors[exc.field] = str(exc)
             else:
                 attempt.refund()
                 logger.info("admin account %s created through the setup link", address)
                 response = _signed_in(owner_id, address, url_for("admin.dashboard_page"))
                 flash("Your account is ready, and you are signed in.")  # after the clear
                 return response
-    return render_template("admin/setup.html", error=error, email=email), 422 if error else 200
+    return render_template("admin/setup.html", errors=errors, email=email), 422 if errors else 200
 
 
 def _dead_setup_link(error: admins.SetupLinkError):
@@ -211,44 +213,35 @@ def sign_out_everywhere():
 @bp.route("/account", methods=["GET", "POST"])
 def account():
     """Change the password; every other session ends."""
-    error = None
-    if request.method == "POST":
-        # Guessing the current password with a stolen session is guessing a password too.
-        attempt = _password_attempts().spend(
-            ("login-ip", request.remote_addr or ""), ("password", f"admin:{g.admin.id}")
-        )
-        if attempt is None:
-            abort(429)
-        try:
-            with services().database.read() as db:
-                password_hash = admins.new_password_hash(
-                    db,
-                    g.admin.id,
-                    request.form.get("current_password", ""),
-                    request.form.get("new_password", ""),
-                )
-            with services().database.begin() as db:
-                admins.set_password_hash(
-                    db, g.admin.id, password_hash, keep=session["admin_session"], now=now()
-                )
-        except admins.AdminError as exc:
-            error = str(exc)
-            if not isinstance(exc, admins.WrongPassword):
-                attempt.refund()  # the current password was right; the new one was not
-        else:
-            attempt.refund()
-            flash("Password changed. Every other session has been signed out.")
-            # Other browsers' device cookies end with their sessions; this one stays known.
-            return _known_from_now(redirect(url_for("admin.account"), 303), g.admin.email)
-    with services().database.read() as db:
-        open_sessions = admins.sessions_of(db, g.admin.id, idle=idle_limit(), now=now())
-    return render_template(
-        "admin/account.html",
-        error=error,
-        open_sessions=open_sessions,
-        zones=sorted(known_time_zones()),
-        default_zone=services().settings.DEFAULT_TIME_ZONE,
-    ), 422 if error else 200
+    if request.method == "GET":
+        return _account_page({})
+    # Guessing the current password with a stolen session is guessing a password too.
+    attempt = _password_attempts().spend(
+        ("login-ip", request.remote_addr or ""), ("password", f"admin:{g.admin.id}")
+    )
+    if attempt is None:
+        abort(429)
+    try:
+        with services().database.read() as db:
+            password_hash = admins.new_password_hash(
+                db,
+                g.admin.id,
+                request.form.get("current_password", ""),
+                request.form.get("new_password", ""),
+            )
+        with services().database.begin() as db:
+            admins.set_password_hash(
+                db, g.admin.id, password_hash, keep=session["admin_session"], now=now()
+            )
+    except admins.WrongPassword as exc:
+        return _account_page({"current_password": str(exc)})
+    except admins.AdminError as exc:
+        attempt.refund()  # the current password was right; the new one was not
+        return _account_page({"new_password": str(exc)})
+    attempt.refund()
+    flash("Password changed. Every other session has been signed out.")
+    # Other browsers' device cookies end with their sessions; this one stays known.
+    return _known_from_now(redirect(url_for("admin.account"), 303), g.admin.email)
 
 
 @bp.post("/account/time-zone")
@@ -258,7 +251,19 @@ def account_time_zone():
         with services().database.begin() as db:
             admins.set_time_zone(db, g.admin.id, request.form.get("time_zone", ""))
     except admins.AdminError as exc:
-        flash(str(exc))
-    else:
-        flash("Times on these pages are now shown in the zone you chose.")
+        return _account_page({"time_zone": str(exc)})
+    flash("Times on these pages are now shown in the zone you chose.")
     return redirect(url_for("admin.account"), 303)
+
+
+def _account_page(errors: dict[str, str]):
+    """The account page, with what was wrong beside the field it is about (422)."""
+    with services().database.read() as db:
+        open_sessions = admins.sessions_of(db, g.admin.id, idle=idle_limit(), now=now())
+    return render_template(
+        "admin/account.html",
+        errors=errors,
+        open_sessions=open_sessions,
+        zones=sorted(known_time_zones()),
+        default_zone=services().settings.DEFAULT_TIME_ZONE,
+    ), 422 if errors else 200
