@@ -4,9 +4,9 @@ readers stand in the sequence, and whether mail is flowing."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import Date, and_, case, cast, distinct, func, select, text
@@ -30,7 +30,8 @@ from .models import (
 )
 from .sequences import DripSequence, Step
 
-DAILY_KINDS = ("signed_up", "confirmed", "unsubscribed")
+DAILY_KINDS = ("signed_up", "imported", "confirmed", "unsubscribed")
+PERIODS = (30, 90, 365)  # the dashboard's choice of days
 
 
 @dataclass(frozen=True)
@@ -39,25 +40,32 @@ class Day:
     counts: dict[str, int]
 
 
-def daily_counts(session: Session, *, now: datetime, days: int = 90) -> list[Day]:
-    """Signups, confirmations and unsubscribes per UTC day, oldest first, zeros included."""
-    first = now.date() - timedelta(days=days - 1)
-    if session.get_bind().dialect.name == "postgresql":
-        day = cast(func.timezone("UTC", Event.at), Date)
-    else:
-        day = func.date(Event.at)  # stored as naive UTC text
-    rows = session.execute(
-        select(day, Event.kind, func.count())
-        .where(
-            Event.kind.in_(DAILY_KINDS),
-            Event.at >= datetime.combine(first, datetime.min.time(), tzinfo=now.tzinfo),
-        )
-        .group_by(day, Event.kind)
-    ).all()
+def daily_counts(session: Session, *, now: datetime, zone: tzinfo, days: int = 90) -> list[Day]:
+    """Signups through the forms, imports, confirmations and unsubscribes per day in `zone`
+    (the owner's), oldest first, zeros included.
+
+    An event's local day is its UTC time shifted by the zone's UTC offset, which is the same
+    for every event between two changes of offset (summer time). So the range is cut into
+    spans of one offset (one or two in a year) and each is counted with one grouped query
+    along the (kind, at) index, shifting `at` by that offset in SQL: exact for any zone,
+    half-hour offsets included, and a handful of queries whatever the list's size."""
+    first = now.astimezone(zone).date() - timedelta(days=days - 1)
+    start = datetime.combine(first, time(), tzinfo=zone).astimezone(UTC)
     found: dict[date, Counter[str]] = {}
-    for when, kind, count in rows:
-        when = date.fromisoformat(when) if isinstance(when, str) else when
-        found.setdefault(when, Counter())[kind] += count
+    for begin, end, offset in _offset_spans(zone, start, now):
+        minutes = int(offset.total_seconds() // 60)
+        if session.get_bind().dialect.name == "postgresql":
+            day = cast(func.timezone("UTC", Event.at) + offset, Date)
+        else:
+            day = func.date(Event.at, f"{minutes:+d} minutes")  # stored as naive UTC text
+        rows = session.execute(
+            select(day, Event.kind, func.count())
+            .where(Event.kind.in_(DAILY_KINDS), Event.at >= begin, Event.at < end)
+            .group_by(day, Event.kind)
+        ).all()
+        for when, kind, count in rows:
+            when = date.fromisoformat(when) if isinstance(when, str) else when
+            found.setdefault(when, Counter())[kind] += count
     return [
         Day(
             first + timedelta(days=n),
@@ -67,17 +75,57 @@ def daily_counts(session: Session, *, now: datetime, days: int = 90) -> list[Day
     ]
 
 
+def _offset_spans(
+    zone: tzinfo, start: datetime, now: datetime
+) -> Iterator[tuple[datetime, datetime, timedelta]]:
+    """[begin, end) spans covering `start` to just past `now`, each with the zone's one UTC
+    offset in it: a day at a time, and to the second where the offset changes."""
+
+    def offset(at: datetime) -> timedelta:
+        return at.astimezone(zone).utcoffset() or timedelta()
+
+    end = now + timedelta(seconds=1)
+    begin = start
+    while begin < end:
+        current = offset(begin)
+        day_end = begin
+        while day_end < end and offset(min(day_end + timedelta(days=1), end)) == current:
+            day_end = min(day_end + timedelta(days=1), end)
+        if day_end >= end:
+            yield begin, end, current
+            return
+        # The change lies within the next day: find its second.
+        low, high = 0, int(min(timedelta(days=1), end - day_end).total_seconds())
+        while high - low > 1:
+            middle = (low + high) // 2
+            if offset(day_end + timedelta(seconds=middle)) == current:
+                low = middle
+            else:
+                high = middle
+        change = day_end + timedelta(seconds=high)
+        yield begin, change, current
+        begin = change
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
     count: int
     of_previous: float | None  # share of the stage before, None for the first
     of_signups: float | None
+    ways: dict[str, int] | None = None  # the first stage: how they came
 
 
 def funnel(session: Session, *, sequence: str) -> list[Stage]:
-    """Signed up -> confirmed -> downloaded the guide -> finished the sequence, all time."""
+    """Signed up -> confirmed -> downloaded the guide -> finished the sequence: everyone on
+    the list now, since the start. Those who signed up are told apart as the daily counts
+    tell them: through a form (or the API), or imported."""
     signed_up = session.scalar(select(func.count()).select_from(Subscriber))
+    imported = session.scalar(
+        select(func.count(distinct(Event.subscriber_id))).where(
+            Event.kind == "imported", Event.subscriber_id.is_not(None)
+        )
+    )
     confirmed = session.scalar(
         select(func.count()).select_from(Subscriber).where(Subscriber.confirmed_at.is_not(None))
     )
@@ -105,6 +153,7 @@ def funnel(session: Session, *, sequence: str) -> list[Stage]:
                 count,
                 None if previous is None else _share(count, previous),
                 None if previous is None else _share(count, signed_up),
+                None if previous is not None else {"forms": count - imported, "imported": imported},
             )
         )
         previous = count

@@ -826,7 +826,7 @@ def test_the_dashboard_counts_the_funnel_and_warns_of_a_silent_scheduler(app, cl
     cells = [re.sub(r"\s+", " ", c).strip() for c in re.findall(r"<td>(.*?)</td>", funnel, re.S)]
     assert cells[:2] == ["Signed up", "3"]
     assert cells[4:8] == ["Confirmed", "1", "33.3%", "33.3%"]
-    assert "Signups: 3" in page and "Confirmations: 1" in page
+    assert "Signed up through your forms: 3" in page and "Confirmations: 1" in page
     assert "<polyline" in page
     assert "never run" in page  # no heartbeat yet
     assert "<title>Dashboard | Low Back Relief</title>" in page

@@ -12,20 +12,40 @@ from ...feedback import rates
 from ...models import Broadcast
 from .. import now, services
 from .blueprint import bp
+from .clock import owner_zone
 
-CHART_WIDTH, CHART_HEIGHT = 720, 200
+CHART_HEIGHT = 200  # px; the chart's width is the page's, its text never scales
 NEWSLETTERS_SHOWN = 10  # the latest, in the bounce and complaint rates
 SERIES = (
-    ("signed_up", "Signups"),
+    ("signed_up", "Signed up through your forms"),
+    ("imported", "Imported"),
     ("confirmed", "Confirmations"),
     ("unsubscribed", "Unsubscribes"),
 )
 
 
+@bp.app_template_filter("thousands")
+def thousands(number: int) -> str:
+    """1234567 as 1,234,567: every count on the owner's pages is written so."""
+    return f"{number:,}"
+
+
+def _tick_days(days: list[dashboard.Day]) -> list[int]:
+    """Which days carry a label under the chart: every fifth of 30, every fifteenth of 90,
+    the first of each month of a year."""
+    if len(days) > 120:
+        return [i for i, d in enumerate(days) if d.day.day == 1]
+    every = 5 if len(days) <= 30 else 15
+    return list(range(0, len(days), every))
+
+
 def _chart(days: list[dashboard.Day]) -> dict:
-    """Coordinates for the daily chart, drawn as inline SVG by the template."""
+    """The daily chart for the template's SVG: the lines in a plot that stretches to the
+    page's width (a viewBox of one unit a day, scaled freely), the labels at percentages of
+    the width in CSS pixels, so that they keep their size on a phone. Every other label is
+    marked minor, for narrow screens to leave out."""
     peak = max([1, *(max(day.counts.values()) for day in days)])
-    step = CHART_WIDTH / max(1, len(days) - 1)
+    last = max(1, len(days) - 1)
 
     def y(value: int) -> float:
         return round(CHART_HEIGHT - value / peak * CHART_HEIGHT, 1)
@@ -34,19 +54,22 @@ def _chart(days: list[dashboard.Day]) -> dict:
         {
             "kind": kind,
             "label": label,
-            "points": " ".join(
-                f"{round(i * step, 1)},{y(d.counts[kind])}" for i, d in enumerate(days)
-            ),
+            "points": " ".join(f"{i},{y(d.counts[kind])}" for i, d in enumerate(days)),
             "total": sum(d.counts[kind] for d in days),
         }
         for kind, label in SERIES
     ]
     ticks = [
-        {"x": round(i * step, 1), "label": days[i].day.strftime("%b %d")}
-        for i in range(0, len(days), 15)
+        {
+            "x": round(100 * i / last, 2),
+            "label": days[i].day.strftime("%b %d"),
+            "anchor": "start" if i < last * 0.05 else "end" if i > last * 0.95 else "middle",
+            "minor": n % 2 == 1,
+        }
+        for n, i in enumerate(_tick_days(days))
     ]
     return {
-        "width": CHART_WIDTH,
+        "span": last,
         "height": CHART_HEIGHT,
         "peak": peak,
         "lines": lines,
@@ -63,8 +86,11 @@ def dashboard_page():
     sequence = services().sequences.get(
         request.args.get("sequence", ""), services().default_sequence
     )
+    period = request.args.get("days", type=int)
+    if period not in dashboard.PERIODS:
+        period = 90
     with services().database.read() as db:
-        days = dashboard.daily_counts(db, now=now())
+        days = dashboard.daily_counts(db, now=now(), zone=owner_zone(), days=period)
         funnel = dashboard.funnel(db, sequence=sequence.name)
         steps = dashboard.step_results(db, sequence)
         outbox = dashboard.outbox_health(
@@ -102,4 +128,5 @@ def dashboard_page():
         sequences=services().sequences,
         outbox=outbox,
         links=links,
+        periods=dashboard.PERIODS,
     )
