@@ -42,11 +42,14 @@ def subscribers():
         abort(400, description="That page does not exist.")
     with services().database.read() as db:
         page = audience.find(db, wanted, before=before)
+        matching = audience.count(db, wanted)
         sources = audience.sources(db)
         tags_in_use = tags.in_use(db)
     return render_template(
         "admin/subscribers.html",
         page=page,
+        matching=matching,
+        count_cap=audience.COUNT_CAP,
         wanted=wanted,
         args=wanted.as_args(),
         sources=sources,
@@ -166,6 +169,26 @@ def tag_remove(subscriber_id: int):
     return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
 
 
+@bp.get("/subscribers/<int:subscriber_id>/unsubscribe/confirm")
+def unsubscribe_confirm(subscriber_id: int):
+    """What unsubscribing them does, and the button that does it; nothing changes yet."""
+    record = _history(subscriber_id)
+    email = record.subscriber.email
+    return render_template(
+        "admin/confirm_action.html",
+        title=f"Unsubscribe {email}?",
+        consequences=[
+            f"{email} gets no more emails from you: no newsletter, no step of a sequence.",
+            "Their history and consent record stay; they can sign up again themselves.",
+        ],
+        action=url_for("admin.unsubscribe", subscriber_id=subscriber_id),
+        button="Unsubscribe them",
+        back=url_for("admin.subscriber", subscriber_id=subscriber_id),
+        back_label=f"No, back to {email}",
+        fields={},
+    )
+
+
 @bp.post("/subscribers/<int:subscriber_id>/unsubscribe")
 def unsubscribe(subscriber_id: int):
     """Unsubscribe on the subscriber's behalf (they asked by reply, say)."""
@@ -175,6 +198,27 @@ def unsubscribe(subscriber_id: int):
         abort(404)
     flash("Unsubscribed. Nothing more will be sent to them.")
     return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
+
+
+@bp.get("/subscribers/<int:subscriber_id>/erase/confirm")
+def erase_confirm(subscriber_id: int):
+    """What erasing them does, with the address to type out; nothing changes yet."""
+    record = _history(subscriber_id)
+    email = record.subscriber.email
+    return render_template(
+        "admin/confirm_erase.html",
+        title=f"Erase {email}?",
+        consequences=[
+            f"Everything held about {email} is deleted for good: their address, name, "
+            "history, consent record, emails and tags. It cannot be undone.",
+            "Only a one-way hash of the address is kept, so that an import never adds them again.",
+        ],
+        action=url_for("admin.erase", subscriber_id=subscriber_id),
+        button="Erase them",
+        back=url_for("admin.subscriber", subscriber_id=subscriber_id),
+        back_label=f"No, back to {email}",
+        fields={},
+    )
 
 
 @bp.post("/subscribers/<int:subscriber_id>/erase")

@@ -149,6 +149,35 @@ def import_apply():
     return redirect(url_for("admin.subscribers"), 303)
 
 
+@bp.get("/imports/<int:import_id>/cancel/confirm")
+def import_cancel_confirm(import_id: int):
+    """What cancelling the import throws away, and the button that does it."""
+    job = _import_or_404(import_id)
+    if job.status in imports.ENDED:
+        return redirect(url_for("admin.import_page", import_id=import_id), 303)
+    consequences = [
+        f"Nothing more of {job.filename} is checked or imported, and the file is deleted."
+    ]
+    if job.status is ImportStatus.IMPORTING:
+        added = job.applied.get("created", 0)
+        consequences.append(
+            f"The {added:,} new subscribers added so far stay on the list; the rest of the "
+            "file is not imported."
+        )
+    else:
+        consequences.append("To import it later, you upload and check the file again.")
+    return render_template(
+        "admin/confirm_action.html",
+        title=f"Cancel the import of {job.filename}?",
+        consequences=consequences,
+        action=url_for("admin.import_cancel", import_id=import_id),
+        button="Cancel this import",
+        back=url_for("admin.import_page", import_id=import_id),
+        back_label="No, back to the import",
+        fields={},
+    )
+
+
 @bp.post("/imports/<int:import_id>/cancel")
 def import_cancel(import_id: int):
     """Stop an import: nothing more of it is checked or imported, and its file is deleted."""
