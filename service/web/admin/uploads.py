@@ -82,6 +82,9 @@ def import_upload():
     job = _import_or_404(import_id)
     if job.status is ImportStatus.FAILED:
         return _import_page(None, error=job.error, status=422)
+    if request.headers.get("X-Requested-With") == "XMLHttpRequest":
+        # The page's upload script follows this to the preview's own address.
+        return redirect(url_for("admin.import_page", import_id=import_id), 303)
     return _import_page(job)
 
 
