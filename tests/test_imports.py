@@ -523,3 +523,49 @@ def test_a_batch_is_staged_in_a_few_statements_whatever_cells_are_empty(app):
         sa.event.remove(engine, "before_cursor_execute", count)
     assert job_of(app, import_id).counts["new"] == 40
     assert len(inserts) <= 2, len(inserts)
+
+
+def upload_through_the_page(owner, data: bytes, **headers: str):
+    return owner.post(
+        "/admin/subscribers/import",
+        data={
+            "csrf_token": csrf_token(owner, "/admin/subscribers/import"),
+            "file": (io.BytesIO(data), "list.csv"),
+        },
+        content_type="multipart/form-data",
+        headers=headers,
+    )
+
+
+@pytest.mark.slow
+def test_a_million_rows_are_checked_by_the_scheduler_which_shows_rows_checked(app, owner):
+    data = csv_of(1_000_000)
+    response = upload_through_the_page(owner, data)
+    assert response.status_code == 303  # not checked in the request
+    page_url = response.headers["Location"]
+    import_id = int(page_url.rsplit("/", 1)[1])
+    assert job_of(app, import_id).status is ImportStatus.CHECKING
+    services = services_of(app)
+    with services.database.begin() as session:
+        assert imports.claim(session, "scheduler-1", now=services.clock()) == import_id
+    runner(app, "scheduler-1", stop_after=2).run(import_id)  # two batches, then a pause
+    page = owner.get(page_url).get_data(as_text=True)
+    assert "4,000 rows checked so far" in page and 'http-equiv="refresh"' in page
+    assert "<progress max=" in page and "Cancel this import" in page
+
+
+@pytest.mark.slow
+def test_a_small_file_is_checked_at_once_and_a_script_is_sent_to_its_preview(app, owner):
+    small = csv_of(1_500)
+    assert 40_000 < len(small) <= imports.INLINE_BYTES
+    page = upload_through_the_page(owner, small).get_data(as_text=True)
+    assert "<dt>New</dt><dd>1,500</dd>" in page.replace("\n", "")
+    scripted = upload_through_the_page(owner, small, **{"X-Requested-With": "XMLHttpRequest"})
+    assert scripted.status_code == 303
+    assert "1,500" in owner.get(scripted.headers["Location"]).get_data(as_text=True)
+    # Just over the limit: the scheduler's.
+    large = csv_of(3_000)
+    assert len(large) > imports.INLINE_BYTES
+    response = upload_through_the_page(owner, large)
+    assert response.status_code == 303
+    assert "Checking list.csv" in owner.get(response.headers["Location"]).get_data(as_text=True)

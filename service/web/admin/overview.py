@@ -42,8 +42,8 @@ def _tick_days(days: list[dashboard.Day]) -> list[int]:
 def _chart(days: list[dashboard.Day]) -> dict:
     """The daily chart for the template's SVG: the lines in a plot that stretches to the
     page's width (a viewBox of one unit a day, scaled freely), the labels at percentages of
-    the width in CSS pixels, so that they keep their size on a phone. Every other label is
-    marked minor, for narrow screens to leave out."""
+    the width in CSS pixels, so that they keep their size on a phone. Labels marked minor
+    (all but every second, or every third month of a year) are left out on narrow screens."""
     peak = max([1, *(max(day.counts.values()) for day in days)])
     last = max(1, len(days) - 1)
 
@@ -59,14 +59,16 @@ def _chart(days: list[dashboard.Day]) -> dict:
         }
         for kind, label in SERIES
     ]
+    ticked = _tick_days(days)
+    keep = 3 if len(ticked) > 9 else 2  # a phone's width holds four dates or so
     ticks = [
         {
             "x": round(100 * i / last, 2),
             "label": days[i].day.strftime("%b %d"),
             "anchor": "start" if i < last * 0.05 else "end" if i > last * 0.95 else "middle",
-            "minor": n % 2 == 1,
+            "minor": n % keep != 0,
         }
-        for n, i in enumerate(_tick_days(days))
+        for n, i in enumerate(ticked)
     ]
     return {
         "span": last,
