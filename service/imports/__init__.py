@@ -60,8 +60,9 @@ logger = logging.getLogger(__name__)
 
 # Checked and imported inside the web request up to this size; beyond it, by a scheduler,
 # while the owner watches its progress page. 64 KB is ~1,300 rows of 50 bytes (~2,600 of
-# bare addresses): checked against a list of a million in 0.15-0.3 s on SQLite and 0.9-1.2
-# s on PostgreSQL, measured on two cores busy with ten other processes; 256 KB took 2.4 s.
+# bare addresses); checked against a list of a million on two cores, it took 0.1 s on
+# SQLite and 0.25 s on PostgreSQL, up to 0.3 s and 1.2 s with the cores five times
+# oversubscribed (256 KB: 0.3 s and 0.9 s, up to 2.4 s).
 INLINE_BYTES = 64 * 1024
 
 
