@@ -53,11 +53,10 @@ def daily_counts(session: Session, *, now: datetime, zone: tzinfo, days: int = 9
     start = datetime.combine(first, time(), tzinfo=zone).astimezone(UTC)
     found: dict[date, Counter[str]] = {}
     for begin, end, offset in _offset_spans(zone, start, now):
-        minutes = int(offset.total_seconds() // 60)
         if session.get_bind().dialect.name == "postgresql":
             day = cast(func.timezone("UTC", Event.at) + offset, Date)
-        else:
-            day = func.date(Event.at, f"{minutes:+d} minutes")  # stored as naive UTC text
+        else:  # stored as naive UTC text
+            day = func.date(Event.at, f"{int(offset.total_seconds() // 60):+d} minutes")
         rows = session.execute(
             select(day, Event.kind, func.count())
             .where(Event.kind.in_(DAILY_KINDS), Event.at >= begin, Event.at < end)
