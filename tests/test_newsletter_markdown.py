@@ -71,6 +71,8 @@ def test_a_sent_newsletter_tracks_its_coloured_links(smtp_app):
     assert len(tracked) == 3  # the two web links go through the redirect; mailto: does not
     assert sum(href.startswith("http://newsletter.test/l/") for href in tracked) == 2
     assert "Start with three habits" in message.text and "**" not in message.text
+    # The plain text shows where each link goes.
+    assert "roll slowly (https://example.com/slow)" in message.text
 
 
 def _test_copy(app, *, greeting: bool, first_name: str | None = "Alex"):
