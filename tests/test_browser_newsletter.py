@@ -55,6 +55,12 @@ def test_the_owner_confirms_the_send_and_watches_it_go(served, page, smtp):
     page.click("button:has-text('Save draft')")
     page.wait_for_url(base + "/admin/newsletters/1")
     expect(page.locator("#preview-text")).to_contain_text("Hi Alex,")
+    # The greeting is a choice the preview follows as it is made.
+    page.uncheck("#greeting")
+    expect(page.locator("#preview-text")).not_to_contain_text("Hi Alex,")
+    expect(page.frame_locator("#preview-frame").locator("body")).not_to_contain_text("Hi Alex")
+    page.check("#greeting")
+    expect(page.locator("#preview-text")).to_contain_text("Hi Alex,")
     assert axe_violations(page) == []
 
     page.click("#send-button")

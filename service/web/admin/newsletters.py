@@ -45,6 +45,8 @@ def _state(broadcast: Broadcast) -> str:
     """Where the newsletter stands, in a sentence (the progress section and its JSON)."""
     status = broadcast.status
     zone = owner_zone().key
+    if status is BroadcastStatus.DRAFT:
+        return "A draft: nothing has gone out."
     if status is BroadcastStatus.SCHEDULED and broadcast.scheduled_at > now():
         return f"Scheduled for {local(broadcast.scheduled_at)} {zone}."
     if status is BroadcastStatus.SCHEDULED:
