@@ -56,8 +56,7 @@
       document.getElementById("progress-state").textContent = data.state;
       document.getElementById("newsletter-status").textContent = data.status;
       progress.querySelectorAll("[data-figure]").forEach(function (figure) {
-        var value = data[figure.getAttribute("data-figure")];
-        figure.querySelector("dd").textContent = value === null ? "counting\u2026" : String(value);
+        figure.querySelector("dd").textContent = String(data[figure.getAttribute("data-figure")]);
       });
       progress.querySelectorAll("[data-states]").forEach(function (action) {
         action.hidden = action.getAttribute("data-states").split(" ").indexOf(data.status) < 0;

@@ -69,6 +69,11 @@ def test_the_question_names_the_narrowing_and_the_owners_time(app, owner):
     assert "who finished the drip sequence" in page
     assert 'name="send_at" value="2026-11-26T09:00"' in page
     assert status_of(app, broadcast_id) is BroadcastStatus.DRAFT
+    path = f"/admin/newsletters/{broadcast_id}"
+    post(owner, path + "/send", when="later", send_at="2026-11-26T09:00")
+    progress = owner.get(path + "/progress.json").get_json()
+    assert progress["state"] == "Scheduled for 2026-11-26 09:00 Asia/Tokyo."
+    assert progress["recipients_shown"] == "counted when it starts"
 
 
 def test_progress_says_sending_now_and_counts_as_it_goes(app, owner):
@@ -82,6 +87,7 @@ def test_progress_says_sending_now_and_counts_as_it_goes(app, owner):
     assert f'data-progress="{path}/progress.json" data-polling' in page
     waiting = owner.get(path + "/progress.json").get_json()
     assert waiting["status"] == "scheduled" and waiting["recipients"] is None
+    assert waiting["recipients_shown"] == "counting…"
     assert waiting["state"].startswith("Sending now") and not waiting["done"]
     start(app)
     sending = owner.get(path + "/progress.json").get_json()

@@ -63,12 +63,17 @@ def _state(broadcast: Broadcast) -> str:
 def _progress_of(db, broadcast: Broadcast) -> dict:
     """The figures the progress section shows, as its JSON carries them."""
     counts = broadcasts.progress(db, broadcast.id)
+    # Known once the scheduler has queued a row per reader.
     counted = broadcast.status is not BroadcastStatus.SCHEDULED
+    if counted:
+        shown = str(broadcast.recipients)
+    else:
+        shown = "counting…" if broadcast.scheduled_at <= now() else "counted when it starts"
     return {
         "status": broadcast.status.value,
         "state": _state(broadcast),
-        # Known once the scheduler has queued a row per reader.
         "recipients": broadcast.recipients if counted else None,
+        "recipients_shown": shown,
         "sent": counts["sent"],
         "failed": counts["failed"],
         "remaining": counts["queued"] + counts["sending"],
