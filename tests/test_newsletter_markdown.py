@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from service import broadcasts, kinds
 from service.newsletter_markdown import LINK_COLOUR, for_email, to_html, to_text
 from tests.helpers import services_of
+from tests.test_broadcasts import MARKDOWN_PIECES
 
 BODY = """Start with **three habits** and *one* stretch.
 
@@ -108,3 +113,12 @@ def test_without_the_greeting_the_owners_own_comes_first(app):
     assert "Hi Alex" not in message.html and "Hi Alex" not in message.text
     assert message.text.startswith("Low Back Relief\n\nHi all, roll today.\n")
     assert "Hi all" in message.html
+
+
+@pytest.mark.slow
+@given(st.lists(MARKDOWN_PIECES, max_size=25).map("".join))
+@settings(max_examples=1000, deadline=None)
+def test_the_plain_text_never_shows_a_placeholder(body):
+    """Whatever the owner types, the text comes out, without Markdown's stand-ins."""
+    text = to_text(body)
+    assert "klzzwxh" not in text and "\x02" not in text and "\x03" not in text
