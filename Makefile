@@ -47,9 +47,7 @@ snippet: $(RUNTIME_STAMP)
 run: db guide
 	@echo
 	@echo "  Web app:  http://$(HOST):$(PORT)/"
-	@echo "  Emails:   printed in this terminal (set MAIL_URL to send them for real)"
-	@echo "  Admin:    http://$(HOST):$(PORT)/admin"
-	@$(FLASK) admin hint
+	@$(FLASK) admin hint --banner
 	@echo
 	@HOST=$(HOST) PORT_WEB=$(PORT) $(VENV)/bin/honcho -f Procfile.dev start
 

@@ -180,10 +180,20 @@ def keep_house(services: Services, *, clock: Callable[[], datetime], stop: threa
         logger.info("forgot the raw reports of %d bounces and complaints", forgotten)
 
 
-def run_forever(
+def quiet_apscheduler() -> None:
+    """APScheduler says at INFO that each job started and that it finished: two lines a
+    job every tick, burying the ones that say something (the emails the console mailer
+    prints among them). Its warnings and errors stay, the jobs log what they did, and
+    LOG_LEVEL=DEBUG brings its lines back."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def make_scheduler(
     services: Services, dispatcher: Dispatcher, *, interval: float, signals: StopSignals
-) -> None:
-    """Tick every `interval` seconds until SIGTERM or SIGINT."""
+) -> BlockingScheduler:
+    """The clock: every job on its schedule, shutting down once `signals` asks."""
+    quiet_apscheduler()
     started_at = services.clock()
     scheduler = BlockingScheduler(
         timezone=UTC,
@@ -238,6 +248,14 @@ def run_forever(
     stopper = threading.Thread(target=shut_down_when_asked, name="stopper", daemon=True)
     # Started once the scheduler runs, so shutdown() never meets a scheduler not started.
     scheduler.add_listener(lambda _event: stopper.start(), EVENT_SCHEDULER_STARTED)
+    return scheduler
+
+
+def run_forever(
+    services: Services, dispatcher: Dispatcher, *, interval: float, signals: StopSignals
+) -> None:
+    """Tick every `interval` seconds until SIGTERM or SIGINT."""
+    scheduler = make_scheduler(services, dispatcher, interval=interval, signals=signals)
     logger.info("scheduler %s ticking every %ss", dispatcher.worker, interval)
     scheduler.start()
     logger.info("scheduler %s stopped", dispatcher.worker)

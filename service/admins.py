@@ -4,6 +4,9 @@ Passwords are hashed with scrypt (Werkzeug's default) and must not be among thos
 attacker tries first (zxcvbn's estimate). A session is a row in `admin_sessions`, found by
 the hash of the random token in the browser's cookie: signing out deletes the row, so a
 copy of the cookie dies with it; changing the password deletes every other session.
+
+The first account can come from a setup link (`make run` prints one): signed, valid for an
+hour, and good only while no account exists, so it serves once without a table of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .models import AdminSession, AdminUser
 from .signup_input import email_key, known_time_zones, normalize_email
+from .tokens import ExpiredToken, InvalidToken, Purpose, Tokens
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
@@ -32,6 +36,7 @@ STRENGTH_CHECKED_LENGTH = 72
 MAX_SESSION_TOKEN_LENGTH = 100
 # A session's last visit is written at most this often (each write takes the write lock).
 SESSION_TOUCH_INTERVAL = timedelta(minutes=1)
+SETUP_LINK_LIFETIME = timedelta(hours=1)
 
 
 @functools.cache
@@ -43,11 +48,24 @@ def _dummy_hash() -> str:
 
 
 class AdminError(ValueError):
-    """A request about admin accounts that cannot be carried out; the message says why."""
+    """A request about admin accounts that cannot be carried out; the message says why,
+    and `field` which of the form's fields it is about ("email" or "password")."""
+
+    def __init__(self, message: str, *, field: str = "password") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class WrongPassword(AdminError):
     """The password given to prove who is asking was not right."""
+
+
+class SetupLinkError(AdminError):
+    """The setup link cannot create an account: `reason` is "forged", "expired" or "used"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the setup link is {reason}")
+        self.reason = reason
 
 
 def password_problem(password: str, *, user_inputs: tuple[str, ...] = ()) -> str | None:
@@ -76,18 +94,26 @@ def count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(AdminUser))
 
 
+def exists(session: Session, email: str) -> bool:
+    """Whether there is an account for `email` (in any of its spellings)."""
+    return (
+        session.scalar(select(AdminUser.id).where(AdminUser.email_key == account_key(email)))
+        is not None
+    )
+
+
 def create(session: Session, email: str, password: str, *, now: datetime) -> AdminUser:
     """A new admin account; AdminError if the address is invalid or taken, or the
     password too weak."""
     try:
         address = normalize_email(email)
     except ValueError as exc:
-        raise AdminError(str(exc)) from None
+        raise AdminError(str(exc), field="email") from None
     problem = password_problem(password, user_inputs=(address,))
     if problem:
         raise AdminError(problem)
     if session.scalar(select(AdminUser.id).where(AdminUser.email_key == email_key(address))):
-        raise AdminError(f"There is already an admin account for {address}.")
+        raise AdminError(f"There is already an admin account for {address}.", field="email")
     admin = AdminUser(
         email=address,
         email_key=email_key(address),
@@ -98,6 +124,33 @@ def create(session: Session, email: str, password: str, *, now: datetime) -> Adm
     session.add(admin)
     session.flush()
     return admin
+
+
+def setup_token(tokens: Tokens, *, now: datetime) -> str:
+    """The token of a setup link made at `now`."""
+    return tokens.make(Purpose.ADMIN_SETUP, 0, now=now)
+
+
+def check_setup_token(session: Session, tokens: Tokens, token: str, *, now: datetime) -> None:
+    """Raise SetupLinkError unless `token` may create the first account now."""
+    try:
+        tokens.read(Purpose.ADMIN_SETUP, token, now=now, max_age=SETUP_LINK_LIFETIME)
+    except InvalidToken:
+        raise SetupLinkError("forged") from None
+    except ExpiredToken:
+        # An old link to an instance that has its owner says so, not "ask for a new one".
+        raise SetupLinkError("used" if count(session) else "expired") from None
+    if count(session):
+        raise SetupLinkError("used")
+
+
+def create_owner(
+    session: Session, tokens: Tokens, token: str, email: str, password: str, *, now: datetime
+) -> AdminUser:
+    """The first account, made through a setup link; SetupLinkError if the link cannot
+    make it, AdminError if the address or the password will not do."""
+    check_setup_token(session, tokens, token, now=now)
+    return create(session, email, password, now=now)
 
 
 def account_key(email: str) -> str:
@@ -270,7 +323,22 @@ def end_all_sessions(session: Session, admin_id: int, *, now: datetime) -> int:
 def set_time_zone(session: Session, admin_id: int, zone: str) -> None:
     """Show the admin pages in `zone` (an IANA name); empty: in DEFAULT_TIME_ZONE."""
     if zone and zone not in known_time_zones():
-        raise AdminError("Pick a time zone from the list.")
+        raise AdminError("Pick a time zone from the list.", field="time_zone")
     session.execute(
         update(AdminUser).where(AdminUser.id == admin_id).values(time_zone=zone or None)
     )
+
+
+def reset_password(session: Session, email: str, password: str, *, now: datetime) -> int:
+    """Give the account a new password and sign it out everywhere, device cookies included
+    (for an owner who forgot theirs); returns how many sessions ended."""
+    admin_id = session.scalar(select(AdminUser.id).where(AdminUser.email_key == account_key(email)))
+    if admin_id is None:
+        raise AdminError(f"There is no admin account for {email}.")
+    admin = _locked(session, admin_id)
+    problem = password_problem(password, user_inputs=(admin.email,))
+    if problem:
+        raise AdminError(problem)
+    admin.password_hash = generate_password_hash(password)
+    admin.password_changed_at = now
+    return end_all_sessions(session, admin_id, now=now)

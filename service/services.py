@@ -248,6 +248,18 @@ def _check_step_templates(renderer: EmailRenderer, sequence: DripSequence) -> No
                 ) from exc
 
 
+class FailedRequestsOnly(logging.Filter):
+    """Keeps the development server's (`flask run`'s) line for a request only if it
+    failed (status 400 and up): a page, its style sheets, script and icon made five lines
+    a visit in the terminal where `make run` prints the emails."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 3 and str(args[1]).isdecimal():
+            return int(args[1]) >= 400  # werkzeug's access line: (request line, status, size)
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     """Log to stderr at LOG_LEVEL, once per process."""
     root = logging.getLogger()
@@ -256,3 +268,7 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.LOG_LEVEL.upper())
     # Alembic announces every plugin it loads at INFO; only its migration steps matter.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    requests = logging.getLogger("werkzeug")
+    filtered = any(isinstance(f, FailedRequestsOnly) for f in requests.filters)
+    if settings.APP_ENV == "development" and not filtered:
+        requests.addFilter(FailedRequestsOnly())

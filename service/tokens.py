@@ -23,6 +23,7 @@ class Purpose(enum.StrEnum):
     DOWNLOAD = "download"
     UNSUBSCRIBE = "unsubscribe"
     PREFERENCES = "preferences"
+    ADMIN_SETUP = "admin-setup"  # the owner's first-account link; names subscriber 0, no one
 
 
 class InvalidToken(ValueError):

@@ -397,8 +397,14 @@ def test_the_subscriber_page_shows_the_magnets_asked_for(app, owner, clock):
             ]
         )
     page = owner.get(f"/admin/subscribers/{subscriber_id}").get_data(as_text=True)
-    assert "<td>glute-guide</td><td>2026-11-24 15:00 UTC</td><td>2026-11-24 15:00 UTC</td>" in page
-    assert "<td>foam-rolling-planner</td><td>2026-11-24 15:00 UTC</td><td>not yet</td>" in page
+    assert (
+        "<td>glute-guide</td><td>2026-11-24 10:00 America/New_York</td><td>2026-11-24 10:00 America/New_York</td>"
+        in page
+    )
+    assert (
+        "<td>foam-rolling-planner</td><td>2026-11-24 10:00 America/New_York</td><td>not yet</td>"
+        in page
+    )
 
 
 # --- the dashboard's funnel per magnet ---------------------------------------------------

@@ -13,6 +13,7 @@ from flask import Flask, render_template
 from flask.cli import AppGroup, with_appcontext
 
 from .. import admins, guide, kinds
+from ..config import DEV_MAIL_SCHEMES
 from ..magnets import DEFAULT_MAGNET
 from ..mail import DeliveryError
 from .bounces import bounces_group
@@ -216,13 +217,17 @@ def admin_group() -> None:
     """Accounts for the owner's pages at /admin."""
 
 
+def _new_password() -> str:
+    return os.environ.get("ADMIN_PASSWORD") or click.prompt(
+        "Password (at least 12 characters)", hide_input=True, confirmation_prompt=True
+    )
+
+
 @admin_group.command("create")
 @click.argument("email")
 def admin_create(email: str) -> None:
     """Create an admin account. The password is asked for, or read from ADMIN_PASSWORD."""
-    password = os.environ.get("ADMIN_PASSWORD") or click.prompt(
-        "Password (at least 12 characters)", hide_input=True, confirmation_prompt=True
-    )
+    password = _new_password()
     services = _services()
     try:
         with services.database.begin() as session:
@@ -233,14 +238,54 @@ def admin_create(email: str) -> None:
     click.echo(f"admin account {address} created; sign in at {services.settings.BASE_URL}/admin")
 
 
+@admin_group.command("set-password")
+@click.argument("email")
+def admin_set_password(email: str) -> None:
+    """Give an account a new password and sign it out everywhere. The password is asked
+    for, or read from ADMIN_PASSWORD."""
+    services = _services()
+    with services.database.read() as session:
+        if not admins.exists(session, email):  # said before the password is asked for
+            raise click.ClickException(f"There is no admin account for {email}.")
+    password = _new_password()
+    try:
+        with services.database.begin() as session:
+            ended = admins.reset_password(session, email, password, now=services.clock())
+    except admins.AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"password of {email} changed; {ended} session(s) signed out; sign in at "
+        f"{services.settings.BASE_URL}/admin"
+    )
+
+
 @admin_group.command("hint")
-def admin_hint() -> None:
-    """Say how to create the first account, if there is none yet."""
-    with _services().database.read() as session:
-        if admins.count(session):
-            return
-    click.echo("  Admin:    no account yet; create one with")
-    click.echo("            .venv/bin/flask --app wsgi admin create you@example.com")
+@click.option("--banner", is_flag=True, help="Say where emails go and where /admin is, too.")
+def admin_hint(banner: bool) -> None:
+    """While there is no account: a link to create the first one (valid for an hour, and
+    only until an account exists), and the command that does it too."""
+    services = _services()
+    base, mail_url = services.settings.BASE_URL, services.settings.MAIL_URL
+    if banner:
+        if mail_url.startswith("console:"):
+            click.echo("  Emails:   printed in this terminal, each between a line")
+            click.echo('            "===== email to ..." and a line "===== end of email to ..."')
+        elif mail_url.startswith("file:"):
+            click.echo("  Emails:   written as .eml files where MAIL_URL says")
+        else:
+            click.echo("  Emails:   sent through the server MAIL_URL names")
+        if mail_url.startswith(DEV_MAIL_SCHEMES):
+            click.echo(f"  Outbox:   {base}/admin/outbox (every email, as readers get it)")
+    with services.database.read() as session:
+        has_account = admins.count(session) > 0
+    if has_account:
+        if banner:
+            click.echo(f"  Admin:    {base}/admin")
+        return
+    token = admins.setup_token(services.tokens, now=services.clock())
+    click.echo("  Admin:    no account yet; create yours within the hour at")
+    click.echo(f"            {base}/admin/setup/{token}")
+    click.echo("            or with .venv/bin/flask --app wsgi admin create you@example.com")
 
 
 def init_app(app: Flask) -> None:

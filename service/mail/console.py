@@ -7,11 +7,13 @@ from typing import TextIO
 
 from .message import Message
 
-RULE = "-" * 72
+MARKER = "====="
 
 
 class ConsoleMailer:
-    """Prints each message's headers and plain-text part (links stay whole and clickable)."""
+    """Prints each message's headers and plain-text part between a start and an end line
+    that name its recipient and subject. Lines are printed as they are, never wrapped or
+    encoded, so every link stays whole and clickable."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
@@ -22,13 +24,26 @@ class ConsoleMailer:
     def send(self, message: Message) -> None:
         """Print the message."""
         stream = self.stream or sys.stdout
+        about = f'email to {message.to}: "{message.subject}" {MARKER}'
         headers = [
             f"From: {message.sender}",
             f"To: {message.to}",
             f"Subject: {message.subject}",
             *(f"{name}: {value}" for name, value in message.headers.items()),
         ]
-        print("\n".join([RULE, *headers, "", message.text.rstrip(), RULE]), file=stream, flush=True)
+        print(
+            "\n".join(
+                [
+                    f"{MARKER} {about}",
+                    *headers,
+                    "",
+                    message.text.rstrip(),
+                    f"{MARKER} end of {about}",
+                ]
+            ),
+            file=stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         """Nothing to release."""

@@ -1,5 +1,6 @@
-"""Signing in and out, the account page, and the defences around passwords: device
-cookies (service.web.devices) and attempt budgets (service.web.attempts)."""
+"""Signing in and out, the first account (a setup link), the account page, and the
+defences around passwords: device cookies (service.web.devices) and attempt budgets
+(service.web.attempts)."""
 
 from __future__ import annotations
 
@@ -41,13 +42,21 @@ def _safe_next(target: str | None) -> str:
     return url_for("admin.dashboard_page")
 
 
+def _no_account_yet() -> bool:
+    """Whether no one can sign in yet: the page then says how to make the account."""
+    with services().database.read() as db:
+        return not admins.count(db)
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    """Sign in with email and password."""
+    """Sign in with email and password; while there is no account, how to make one."""
     if request.method == "GET":
         if g.admin is not None:
             return redirect(_safe_next(request.args.get("next")))
-        return render_template("admin/login.html", error=None, email="")
+        if _no_account_yet():
+            return render_template("admin/login.html", no_account=True)
+        return render_template("admin/login.html", errors={}, email="")
     email = request.form.get("email", "")
     device = _known_device()
     # A browser that signed in to this account before is counted on its own (devices.py);
@@ -69,13 +78,20 @@ def login():
             " on a known device" if _known_device() else "",
         )
         return render_template(
-            "admin/login.html", error="That email and password do not match.", email=email
+            "admin/login.html",
+            errors={"password": "That email and password do not match."},
+            email=email,
         ), 401
     attempt.refund()  # the owner signing in costs nothing
+    return _signed_in(signed_in.admin_id, signed_in.email, _safe_next(request.args.get("next")))
+
+
+def _signed_in(admin_id: int, email: str, target: str) -> Response:
+    """Start a session for the account in this browser, then go to `target`."""
     with services().database.begin() as db:
         token = admins.start_session(
             db,
-            signed_in.admin_id,
+            admin_id,
             ip=request.remote_addr,
             user_agent=request.user_agent.string,
             idle=idle_limit(),
@@ -84,7 +100,50 @@ def login():
     session.clear()  # nothing from before the sign-in carries over
     session.permanent = True
     session["admin_session"] = token
-    return _known_from_now(redirect(_safe_next(request.args.get("next")), 303), signed_in.email)
+    return _known_from_now(redirect(target, 303), email)
+
+
+@bp.route("/setup/<token>", methods=["GET", "POST"])
+def setup(token: str):
+    """Create the first account through the link `make run` printed, and sign in."""
+    try:
+        with services().database.read() as db:
+            admins.check_setup_token(db, services().tokens, token, now=now())
+    except admins.SetupLinkError as exc:
+        return _dead_setup_link(exc)
+    errors, email = {}, ""
+    if request.method == "POST":
+        # Each try costs a strength check and a hash: counted like a sign-in from here.
+        attempt = _password_attempts().spend(("login-ip", request.remote_addr or ""))
+        if attempt is None:
+            abort(429)
+        email, password = request.form.get("email", ""), request.form.get("password", "")
+        if password != request.form.get("password_again", ""):
+            errors["password_again"] = "The two passwords are not the same."
+        else:
+            try:
+                with services().database.begin() as db:
+                    owner = admins.create_owner(
+                        db, services().tokens, token, email, password, now=now()
+                    )
+                    owner_id, address = owner.id, owner.email
+            except admins.SetupLinkError as exc:
+                return _dead_setup_link(exc)
+            except admins.AdminError as exc:
+                errors[exc.field] = str(exc)
+            else:
+                attempt.refund()
+                logger.info("admin account %s created through the setup link", address)
+                response = _signed_in(owner_id, address, url_for("admin.dashboard_page"))
+                flash("Your account is ready, and you are signed in.")  # after the clear
+                return response
+    return render_template("admin/setup.html", errors=errors, email=email), 422 if errors else 200
+
+
+def _dead_setup_link(error: admins.SetupLinkError):
+    """What a forged, expired or used setup link gets: why, and what to do instead."""
+    status = 404 if error.reason == "forged" else 410
+    return render_template("admin/setup_link.html", reason=error.reason), status
 
 
 def _known_from_now(response: Response, email: str) -> Response:
@@ -154,44 +213,35 @@ def sign_out_everywhere():
 @bp.route("/account", methods=["GET", "POST"])
 def account():
     """Change the password; every other session ends."""
-    error = None
-    if request.method == "POST":
-        # Guessing the current password with a stolen session is guessing a password too.
-        attempt = _password_attempts().spend(
-            ("login-ip", request.remote_addr or ""), ("password", f"admin:{g.admin.id}")
-        )
-        if attempt is None:
-            abort(429)
-        try:
-            with services().database.read() as db:
-                password_hash = admins.new_password_hash(
-                    db,
-                    g.admin.id,
-                    request.form.get("current_password", ""),
-                    request.form.get("new_password", ""),
-                )
-            with services().database.begin() as db:
-                admins.set_password_hash(
-                    db, g.admin.id, password_hash, keep=session["admin_session"], now=now()
-                )
-        except admins.AdminError as exc:
-            error = str(exc)
-            if not isinstance(exc, admins.WrongPassword):
-                attempt.refund()  # the current password was right; the new one was not
-        else:
-            attempt.refund()
-            flash("Password changed. Every other session has been signed out.")
-            # Other browsers' device cookies end with their sessions; this one stays known.
-            return _known_from_now(redirect(url_for("admin.account"), 303), g.admin.email)
-    with services().database.read() as db:
-        open_sessions = admins.sessions_of(db, g.admin.id, idle=idle_limit(), now=now())
-    return render_template(
-        "admin/account.html",
-        error=error,
-        open_sessions=open_sessions,
-        zones=sorted(known_time_zones()),
-        default_zone=services().settings.DEFAULT_TIME_ZONE,
-    ), 422 if error else 200
+    if request.method == "GET":
+        return _account_page({})
+    # Guessing the current password with a stolen session is guessing a password too.
+    attempt = _password_attempts().spend(
+        ("login-ip", request.remote_addr or ""), ("password", f"admin:{g.admin.id}")
+    )
+    if attempt is None:
+        abort(429)
+    try:
+        with services().database.read() as db:
+            password_hash = admins.new_password_hash(
+                db,
+                g.admin.id,
+                request.form.get("current_password", ""),
+                request.form.get("new_password", ""),
+            )
+        with services().database.begin() as db:
+            admins.set_password_hash(
+                db, g.admin.id, password_hash, keep=session["admin_session"], now=now()
+            )
+    except admins.WrongPassword as exc:
+        return _account_page({"current_password": str(exc)})
+    except admins.AdminError as exc:
+        attempt.refund()  # the current password was right; the new one was not
+        return _account_page({"new_password": str(exc)})
+    attempt.refund()
+    flash("Password changed. Every other session has been signed out.")
+    # Other browsers' device cookies end with their sessions; this one stays known.
+    return _known_from_now(redirect(url_for("admin.account"), 303), g.admin.email)
 
 
 @bp.post("/account/time-zone")
@@ -201,7 +251,19 @@ def account_time_zone():
         with services().database.begin() as db:
             admins.set_time_zone(db, g.admin.id, request.form.get("time_zone", ""))
     except admins.AdminError as exc:
-        flash(str(exc))
-    else:
-        flash("Times on these pages are now shown in the zone you chose.")
+        return _account_page({"time_zone": str(exc)})
+    flash("Times on these pages are now shown in the zone you chose.")
     return redirect(url_for("admin.account"), 303)
+
+
+def _account_page(errors: dict[str, str]):
+    """The account page, with what was wrong beside the field it is about (422)."""
+    with services().database.read() as db:
+        open_sessions = admins.sessions_of(db, g.admin.id, idle=idle_limit(), now=now())
+    return render_template(
+        "admin/account.html",
+        errors=errors,
+        open_sessions=open_sessions,
+        zones=sorted(known_time_zones()),
+        default_zone=services().settings.DEFAULT_TIME_ZONE,
+    ), 422 if errors else 200

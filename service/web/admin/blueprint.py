@@ -20,7 +20,7 @@ csrf = CSRFProtect()
 # The public policy, plus previews in frames and the editor's autosave (fetch) to here.
 ADMIN_CONTENT_SECURITY_POLICY = CONTENT_SECURITY_POLICY + "; frame-src 'self'; connect-src 'self'"
 # Reachable without an admin session.
-OPEN_ENDPOINTS = frozenset({"admin.login"})
+OPEN_ENDPOINTS = frozenset({"admin.login", "admin.setup"})
 EMAIL_FRAME_POLICY = "; ".join(
     [
         "default-src 'none'",
