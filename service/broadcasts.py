@@ -11,22 +11,15 @@ cancels them. Someone who unsubscribes meanwhile loses their row like any other 
 
 from __future__ import annotations
 
-import html
-import re
-import xml.etree.ElementTree as etree
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
-import markdown
-import markdown.util
-from markdown.treeprocessors import Treeprocessor
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from . import kinds, newsletter_audience, outbox
+from . import kinds, newsletter_audience, newsletter_markdown, outbox
 from .models import (
     Broadcast,
     BroadcastStatus,
@@ -34,6 +27,7 @@ from .models import (
     OutboxStatus,
 )
 from .newsletter_audience import SEQUENCE_CHOICES
+from .newsletter_markdown import CONTROL
 
 # Far enough ahead that no scheduler claims a held row.
 HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
@@ -41,15 +35,6 @@ HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
 LATEST_SEND = timedelta(days=366)
 MAX_SUBJECT_LENGTH = 200
 MAX_BODY_LENGTH = 100_000
-# [label](target), the target possibly holding one level of parentheses (Wikipedia's do).
-_MARKDOWN_LINK = re.compile(r"\[([^\]]+)\]\(((?:[^()\s]|\([^()\s]*\))+)\)")
-# Where a newsletter's links and images may point: javascript:, data:, vbscript:, relative
-# and scheme-relative targets are dropped (the text stays, unlinked).
-LINK_SCHEMES = frozenset({"http", "https", "mailto"})
-IMAGE_SCHEMES = frozenset({"http", "https"})
-# Everything below a space but tab and newline: nothing an owner types, and Markdown marks
-# its own placeholders with \x02 and \x03.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffe\uffff]")
 
 
 class BroadcastError(ValueError):
@@ -62,67 +47,30 @@ class Content:
 
     subject: str
     body_html: str
+    email_html: str
     body_text: str
+    greeting: bool  # "Hi <first name>," before the body
 
 
-def _allowed(url: str, schemes: frozenset[str]) -> bool:
-    # Judged as a browser reads it: entities decoded (Markdown writes an autolinked address
-    # as &#109;&#97;..., with its own stand-in for "&"), tabs, newlines and controls
-    # ignored ("java\tscript:").
-    url = html.unescape(url.replace(markdown.util.AMP_SUBSTITUTE, "&"))
-    url = re.sub(r"[\x00-\x20\x7f]", "", url)
-    try:
-        return urlsplit(url).scheme.lower() in schemes
-    except ValueError:
-        return False
-
-
-class _SafeTargets(Treeprocessor):
-    """Drops link and image targets outside LINK_SCHEMES / IMAGE_SCHEMES."""
-
-    def run(self, root: etree.Element) -> None:
-        for element in root.iter():
-            if element.tag == "a" and not _allowed(element.get("href", ""), LINK_SCHEMES):
-                element.attrib.pop("href", None)
-            elif element.tag == "img" and not _allowed(element.get("src", ""), IMAGE_SCHEMES):
-                element.attrib.pop("src", None)
-
-
-def _markdown() -> markdown.Markdown:
-    """Markdown without raw HTML (typed HTML comes out as the text it is) and with only
-    safe link targets."""
-    md = markdown.Markdown(extensions=["sane_lists"])
-    md.preprocessors.deregister("html_block")
-    md.inlinePatterns.deregister("html")
-    # After "inline" (which makes the links), before "prettify".
-    md.treeprocessors.register(_SafeTargets(md), "safe_targets", 15)
-    return md
-
-
-def _text_link(match: re.Match) -> str:
-    label, target = match.groups()
-    return f"{label} ({target})" if _allowed(target, LINK_SCHEMES) else label
-
-
-def content_of(subject: str, body: str) -> Content:
-    """The Markdown body as HTML (raw HTML in it is shown as text, not run) and as text."""
-    body = _CONTROL.sub("", body)
-    rendered = _markdown().convert(body)
-    if "\x02" in rendered or "\x03" in rendered:
-        # Markdown loses track of a placeholder in some broken emphasis (`*[**[*&amp;`):
-        # the stashed piece is dropped rather than shown as "klzzwxh:0000".
-        rendered = re.sub(r"\x02?klzzwxh:\d+\x03?|[\x02\x03]", "", rendered)
-    text = _MARKDOWN_LINK.sub(_text_link, body)
-    return Content(subject=subject, body_html=rendered, body_text=text)
+def content_of(subject: str, body: str, *, greeting: bool = True) -> Content:
+    """The Markdown body as HTML for the archive and for the email, and as plain text."""
+    body_html = newsletter_markdown.to_html(body)
+    return Content(
+        subject=subject,
+        body_html=body_html,
+        email_html=newsletter_markdown.for_email(body_html),
+        body_text=newsletter_markdown.to_text(body),
+        greeting=greeting,
+    )
 
 
 def _checked(subject: str, body: str, sequence_choice: str) -> tuple[str, str]:
-    subject = " ".join(_CONTROL.sub("", subject).split())
+    subject = " ".join(CONTROL.sub("", subject).split())
     if not subject:
         raise BroadcastError("Give the newsletter a subject.")
     if len(subject) > MAX_SUBJECT_LENGTH:
         raise BroadcastError(f"Keep the subject under {MAX_SUBJECT_LENGTH} characters.")
-    body = _CONTROL.sub("", body.replace("\r\n", "\n")).strip()
+    body = CONTROL.sub("", body.replace("\r\n", "\n")).strip()
     if not body:
         raise BroadcastError("Write something in the body.")
     if len(body) > MAX_BODY_LENGTH:
@@ -143,6 +91,7 @@ def save_draft(
     include_tags: Iterable[str] = (),
     exclude_tags: Iterable[str] = (),
     tags_match: str = "any",
+    greeting: bool = True,
     now: datetime,
 ) -> Broadcast:
     """Create a draft, or change one; a newsletter that left the drafts cannot change."""
@@ -165,14 +114,26 @@ def save_draft(
         session.add(broadcast)
     broadcast.subject = subject
     broadcast.body = body
-    broadcast.audience_source = _CONTROL.sub("", audience_source).strip()[:100]
+    broadcast.audience_source = CONTROL.sub("", audience_source).strip()[:100]
     broadcast.audience_sequence = audience_sequence
     broadcast.include_tags = tag_choice.include
     broadcast.exclude_tags = tag_choice.exclude
     broadcast.tags_match = tag_choice.match
+    broadcast.greeting = greeting
     broadcast.updated_at = now
     session.flush()
     return broadcast
+
+
+def delete_draft(session: Session, broadcast_id: int) -> bool:
+    """Delete a draft; False for a newsletter that left the drafts (its emails, figures and
+    archive page stay)."""
+    result = session.execute(
+        delete(Broadcast)
+        .where(Broadcast.id == broadcast_id, Broadcast.status == BroadcastStatus.DRAFT)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def get(session: Session, broadcast_id: int) -> Broadcast:

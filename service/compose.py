@@ -293,7 +293,7 @@ class Composer:
             found = session.get(Broadcast, broadcast_id)
             if found is None:
                 raise LookupError(f"newsletter {broadcast_id} no longer exists")
-            content = broadcasts.content_of(found.subject, found.body)
+            content = broadcasts.content_of(found.subject, found.body, greeting=found.greeting)
         if not fresh:
             self._newsletters[broadcast_id] = content
         return content

@@ -27,6 +27,10 @@ SEQUENCE_CHOICES = {
     "finished": "only those who finished the sequence",
     "not_finished": "only those still in the sequence (or never in it)",
 }
+SEQUENCE_IN_WORDS = {
+    "finished": "who finished the drip sequence",
+    "not_finished": "who are still in the drip sequence, or never were in it",
+}
 TAGS_MATCH = {"any": "any of these tags", "all": "all of these tags"}
 
 
@@ -118,3 +122,20 @@ def size(session: Session, broadcast: Broadcast, *, sequence: str, now: datetime
     return session.scalar(
         select(func.count()).select_from(recipients(broadcast, sequence, now=now).subquery())
     )
+
+
+def in_words(broadcast: Broadcast) -> list[str]:
+    """The owner's narrowing of the audience, one phrase each (none: everyone confirmed),
+    for the pages that ask before sending."""
+    phrases = []
+    if broadcast.audience_source:
+        phrases.append(f"who came from the source {broadcast.audience_source}")
+    if broadcast.audience_sequence:
+        phrases.append(SEQUENCE_IN_WORDS[broadcast.audience_sequence])
+    if broadcast.include_tags:
+        phrases.append(
+            f"with {TAGS_MATCH[broadcast.tags_match]}: {', '.join(broadcast.include_tags)}"
+        )
+    if broadcast.exclude_tags:
+        phrases.append(f"without any of these tags: {', '.join(broadcast.exclude_tags)}")
+    return phrases

@@ -134,10 +134,10 @@ def test_the_import_page_uploads_with_progress_and_keeps_choices_by_their_labels
     assert "What importing list.csv would do" in page.inner_text("main")
     for size in (PHONE, DESKTOP):
         page.set_viewport_size(size)
-        for choice in page.eval_on_selector_all("input.choice", CHOICE_BESIDE_LABEL):
+        for choice in page.eval_on_selector_all("label.choice input", CHOICE_BESIDE_LABEL):
             assert choice["sameLine"] and 0 <= choice["gap"] <= 12, (size, choice)
             assert choice["width"] < 30, (size, choice)
-        assert len(page.query_selector_all("input.choice")) == 3
+        assert len(page.query_selector_all("label.choice input")) == 3
     clean(page)
     page.click("text=Cancel this import")
     assert "Cancel the import of list.csv?" in page.inner_text("h1")

@@ -49,6 +49,8 @@ class Broadcast(Base):
     include_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     exclude_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     tags_match: Mapped[str] = mapped_column(String(8), default="any")
+    # Whether the email starts with "Hi <first name>," (the owner may greet in the body).
+    greeting: Mapped[bool] = mapped_column(Boolean, default=True)
     # Shown in the public archive (/archive/<slug>) once sent.
     public: Mapped[bool] = mapped_column(Boolean, default=False)
     slug: Mapped[str | None] = mapped_column(String(120))

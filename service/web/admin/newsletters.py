@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from ... import archive, audience, broadcasts, dashboard, kinds, newsletter_audience, tags
 from ...feedback import rates
-from ...models import Broadcast
+from ...models import Broadcast, BroadcastStatus
 from .. import now, services
 from .blueprint import EMAIL_FRAME_POLICY, bp, logger
 from .clock import local, owner_zone
@@ -32,6 +32,54 @@ def _broadcast_or_404(db, broadcast_id: int) -> Broadcast:
     if broadcast is None:
         abort(404)
     return broadcast
+
+
+def _greeting_chosen() -> bool:
+    """The form's greeting checkbox. The form sends an empty `greeting` before the box, so a
+    form without the field at all (a script's, an older tab's) keeps the greeting."""
+    sent = request.form.getlist("greeting")
+    return "on" in sent if sent else True
+
+
+def _state(broadcast: Broadcast) -> str:
+    """Where the newsletter stands, in a sentence (the progress section and its JSON)."""
+    status = broadcast.status
+    zone = owner_zone().key
+    if status is BroadcastStatus.DRAFT:
+        return "A draft: nothing has gone out."
+    if status is BroadcastStatus.SCHEDULED and broadcast.scheduled_at > now():
+        return f"Scheduled for {local(broadcast.scheduled_at)} {zone}."
+    if status is BroadcastStatus.SCHEDULED:
+        return "Sending now: the scheduler counts the readers and starts at its next tick."
+    if status is BroadcastStatus.SENDING:
+        return "Sending now."
+    if status is BroadcastStatus.PAUSED:
+        return "Paused: nothing more goes out until you resume it."
+    if status is BroadcastStatus.SENT:
+        return f"Sent; finished {local(broadcast.finished_at)} {zone}."
+    return f"Cancelled {local(broadcast.finished_at)} {zone}."
+
+
+def _progress_of(db, broadcast: Broadcast) -> dict:
+    """The figures the progress section shows, as its JSON carries them."""
+    counts = broadcasts.progress(db, broadcast.id)
+    # Known once the scheduler has queued a row per reader.
+    counted = broadcast.status is not BroadcastStatus.SCHEDULED
+    if counted:
+        shown = str(broadcast.recipients)
+    else:
+        shown = "counting…" if broadcast.scheduled_at <= now() else "counted when it starts"
+    return {
+        "status": broadcast.status.value,
+        "state": _state(broadcast),
+        "recipients": broadcast.recipients if counted else None,
+        "recipients_shown": shown,
+        "sent": counts["sent"],
+        "failed": counts["failed"],
+        "remaining": counts["queued"] + counts["sending"],
+        "cancelled": counts["cancelled"],
+        "done": broadcast.status in (BroadcastStatus.SENT, BroadcastStatus.CANCELLED),
+    }
 
 
 @bp.get("/newsletters")
@@ -63,6 +111,7 @@ def newsletter(broadcast_id: int | None):
                     include_tags=form.getlist("include_tags"),
                     exclude_tags=form.getlist("exclude_tags"),
                     tags_match=form.get("tags_match", "any"),
+                    greeting=_greeting_chosen(),
                     now=now(),
                 )
                 saved_id = saved.id
@@ -81,7 +130,7 @@ def newsletter(broadcast_id: int | None):
             recipients = newsletter_audience.size(
                 db, broadcast, sequence=services().default_sequence.name, now=now()
             )
-            progress = broadcasts.progress(db, broadcast.id)
+            progress = _progress_of(db, broadcast)
             links = dashboard.link_clicks(db, broadcast_id=broadcast.id)
             feedback = rates.per_newsletter(db, [broadcast.id])[broadcast.id]
         else:
@@ -160,9 +209,39 @@ def _send_time() -> datetime:
     return at
 
 
+@bp.route("/newsletters/<int:broadcast_id>/confirm-send", methods=["GET", "POST"])
+def newsletter_send_confirm(broadcast_id: int):
+    """Ask before sending: to how many readers, which ones, and when. Sends nothing."""
+    at = _send_time()
+    with services().database.read() as db:
+        broadcast = _broadcast_or_404(db, broadcast_id)
+        if broadcast.status is not BroadcastStatus.DRAFT:
+            flash("This newsletter was already sent or scheduled; nothing changed.")
+            return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
+        count = newsletter_audience.size(
+            db, broadcast, sequence=services().default_sequence.name, now=max(at, now())
+        )
+        narrowing = newsletter_audience.in_words(broadcast)
+        db.expunge_all()
+    readers = f"{count} confirmed reader{'' if count == 1 else 's'}"
+    later = at > now()
+    when = f"on {local(at)} {owner_zone().key}" if later else "now"
+    return render_template(
+        "admin/newsletter_send.html",
+        broadcast=broadcast,
+        question=f"Send to {readers} {when}?",
+        narrowing=narrowing,
+        button=f"Send to {readers} {'then' if later else 'now'}",
+        fields={"when": "later", "send_at": request.form.get("send_at", "")}
+        if later
+        else {"when": "now"},
+    )
+
+
 @bp.post("/newsletters/<int:broadcast_id>/send")
 def newsletter_send(broadcast_id: int):
-    """Send now or at a set time; a second click finds it already on its way."""
+    """Send now or at a set time (the confirmation page's button); a second click finds it
+    already on its way."""
     at = _send_time()
     with services().database.begin() as db:
         _broadcast_or_404(db, broadcast_id)
@@ -176,6 +255,13 @@ def newsletter_send(broadcast_id: int):
     return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
 
 
+@bp.get("/newsletters/<int:broadcast_id>/progress.json")
+def newsletter_progress(broadcast_id: int):
+    """How far the newsletter has gone, for the progress section's refresh (admin.js)."""
+    with services().database.read() as db:
+        return _progress_of(db, _broadcast_or_404(db, broadcast_id))
+
+
 @bp.post("/newsletters/<int:broadcast_id>/<any(pause, resume, cancel):action>")
 def newsletter_action(broadcast_id: int, action: str):
     """Pause, resume or cancel a newsletter being sent."""
@@ -186,6 +272,81 @@ def newsletter_action(broadcast_id: int, action: str):
     past = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
     flash(f"Newsletter {past}." if done else f"Nothing to {action} in its present state.")
     return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
+
+
+@bp.get("/newsletters/<int:broadcast_id>/cancel")
+def newsletter_cancel_confirm(broadcast_id: int):
+    """Ask before cancelling: how many readers will not get it."""
+    back = url_for("admin.newsletter", broadcast_id=broadcast_id)
+    with services().database.read() as db:
+        broadcast = _broadcast_or_404(db, broadcast_id)
+        if broadcast.status is BroadcastStatus.SCHEDULED:
+            waiting = newsletter_audience.size(
+                db, broadcast, sequence=services().default_sequence.name, now=now()
+            )
+            had_it = 0
+        elif broadcast.status in (BroadcastStatus.SENDING, BroadcastStatus.PAUSED):
+            counts = broadcasts.progress(db, broadcast_id)
+            waiting, had_it = counts["queued"], counts["sent"]
+        else:
+            flash("Nothing to cancel in its present state.")
+            return redirect(back, 303)
+        subject = broadcast.subject
+    consequences = [
+        f"{waiting} confirmed reader{' is' if waiting == 1 else 's are'} still to get "
+        f"“{subject}”; {'it' if waiting == 1 else 'they'} will not get it.",
+        "It cannot be resumed or sent again afterwards.",
+    ]
+    if had_it:
+        consequences.insert(1, f"The {had_it} who have it already keep it.")
+    return render_template(
+        "admin/confirm_action.html",
+        title=f"Cancel the rest of “{subject}”?",
+        consequences=consequences,
+        action=url_for("admin.newsletter_action", broadcast_id=broadcast_id, action="cancel"),
+        button=f"Cancel it for {waiting} reader{'' if waiting == 1 else 's'}",
+        back=back,
+        back_label="Back to the newsletter",
+        fields={},
+    )
+
+
+@bp.get("/newsletters/<int:broadcast_id>/delete")
+def newsletter_delete_confirm(broadcast_id: int):
+    """Ask before deleting a draft."""
+    back = url_for("admin.newsletter", broadcast_id=broadcast_id)
+    with services().database.read() as db:
+        broadcast = _broadcast_or_404(db, broadcast_id)
+        if broadcast.status is not BroadcastStatus.DRAFT:
+            flash("Only a draft can be deleted; this newsletter has left the drafts.")
+            return redirect(back, 303)
+        subject = broadcast.subject
+    return render_template(
+        "admin/confirm_action.html",
+        title=f"Delete the draft “{subject}”?",
+        consequences=[
+            "Its subject, its text and its choice of readers are deleted for good.",
+            "No reader has been sent it; test copies you sent yourself stay in your mailbox.",
+        ],
+        action=url_for("admin.newsletter_delete", broadcast_id=broadcast_id),
+        button="Delete the draft",
+        back=back,
+        back_label="Back to the draft",
+        fields={},
+    )
+
+
+@bp.post("/newsletters/<int:broadcast_id>/delete")
+def newsletter_delete(broadcast_id: int):
+    """Delete a draft; a newsletter that was sent or is on its way is refused (409)."""
+    with services().database.begin() as db:
+        subject = _broadcast_or_404(db, broadcast_id).subject
+        deleted = broadcasts.delete_draft(db, broadcast_id)
+    if not deleted:
+        abort(409, description="Only a draft can be deleted; this newsletter has left the drafts.")
+    logger.info("newsletter draft %d deleted by %s", broadcast_id, g.admin.email)
+    flash(f"Draft “{subject}” deleted.")
+    return redirect(url_for("admin.newsletters"), 303)
 
 
 @bp.post("/newsletters/<int:broadcast_id>/archive")
