@@ -103,3 +103,13 @@ def axe_violations(page) -> list[str]:
         + ", ".join(str(node["target"]) for node in v["nodes"][:3])
         for v in results.response["violations"]
     ]
+
+
+def wait_for_focus(page, element_id: str) -> None:
+    """Wait until the element with `element_id` has the focus (a page's script moves it as
+    the page loads); fails after five seconds."""
+    page.wait_for_function(
+        "id => document.activeElement && document.activeElement.id === id",
+        arg=element_id,
+        timeout=5_000,
+    )

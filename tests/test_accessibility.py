@@ -22,7 +22,14 @@ from werkzeug.serving import make_server
 from service import create_app, tags
 from service.models import Broadcast, Import, OutboxMessage, SubscriberStatus
 from service.tokens import Purpose
-from tests.browser import OWNER_EMAIL, OWNER_PASSWORD, axe_violations, make_owner, sign_in
+from tests.browser import (
+    OWNER_EMAIL,
+    OWNER_PASSWORD,
+    axe_violations,
+    make_owner,
+    sign_in,
+    wait_for_focus,
+)
 from tests.conftest import Clock, settings_for
 from tests.helpers import get_subscriber, run_pass, services_of, sign_up
 from tests.smtp_server import free_port
@@ -384,7 +391,7 @@ def test_signup_errors_are_tied_to_their_field_which_gets_the_focus(site, reader
     reader.fill("#email", "ann@@example")
     reader.click("form.signup button[type=submit]")
     reader.wait_for_selector(".form-errors")
-    assert reader.evaluate("document.activeElement.id") == "email"
+    wait_for_focus(reader, "email")
     assert reader.get_attribute("#email", "aria-invalid") == "true"
     assert "@" in described_by(reader) and described_by(reader).strip()
     assert reader.get_attribute("#first_name", "aria-invalid") is None
@@ -399,7 +406,7 @@ def test_signup_errors_are_tied_to_their_field_which_gets_the_focus(site, reader
     reader.fill("#time_zone", "Atlantis/Capital")
     reader.click("button:has-text('Save my details')")
     reader.wait_for_selector(".form-errors")
-    assert reader.evaluate("document.activeElement.id") == "time_zone"
+    wait_for_focus(reader, "time_zone")
     assert "Please choose your time zone from the list" in described_by(reader)
 
 
@@ -409,7 +416,7 @@ def test_admin_form_errors_are_tied_to_their_field_which_gets_the_focus(site, re
     reader.fill("#password", "not the password")
     reader.click("button:has-text('Sign in')")
     reader.wait_for_selector(".field-error")
-    assert reader.evaluate("document.activeElement.id") == "password"
+    wait_for_focus(reader, "password")
     assert described_by(reader) == "That email and password do not match."
 
     owner.goto(site.base + "/admin/account")
@@ -417,6 +424,6 @@ def test_admin_form_errors_are_tied_to_their_field_which_gets_the_focus(site, re
     owner.fill("#new_password", "password1234")
     owner.click("button:has-text('Change password')")
     owner.wait_for_selector(".field-error")
-    assert owner.evaluate("document.activeElement.id") == "new_password"
+    wait_for_focus(owner, "new_password")
     assert owner.get_attribute("#current_password", "aria-invalid") is None
     assert described_by(owner).strip()

@@ -106,8 +106,8 @@ def test_cancel_the_rest_asks_first_and_names_who_will_not_get_it(app, owner):
     start(app)
     path = f"/admin/newsletters/{broadcast_id}"
     page = owner.get(path).get_data(as_text=True)
-    assert f'class="button button-danger" id="cancel-rest" href="{path}/cancel"' in page
-    question = owner.get(path + "/cancel").get_data(as_text=True)
+    assert f'class="button button-danger" id="cancel-rest" href="{path}/cancel/confirm"' in page
+    question = owner.get(path + "/cancel/confirm").get_data(as_text=True)
     assert "3 confirmed readers are still to get" in question
     assert 'class="button-danger">Cancel it for 3 readers' in question
     assert f'action="{path}/cancel"' in question
@@ -119,10 +119,10 @@ def test_cancel_the_rest_asks_first_and_names_who_will_not_get_it(app, owner):
 def test_a_draft_is_deleted_after_its_confirmation(app, owner):
     broadcast_id = draft(app, subject="Not this one")
     path = f"/admin/newsletters/{broadcast_id}"
-    assert f'class="button button-danger" id="delete-draft" href="{path}/delete"' in (
+    assert f'class="button button-danger" id="delete-draft" href="{path}/delete/confirm"' in (
         owner.get(path).get_data(as_text=True)
     )
-    question = owner.get(path + "/delete").get_data(as_text=True)
+    question = owner.get(path + "/delete/confirm").get_data(as_text=True)
     assert "Delete the draft “Not this one”?" in question and "button-danger" in question
     assert owner.get(path).status_code == 200  # asking deleted nothing
     response = post(owner, path + "/delete")
@@ -144,7 +144,7 @@ def test_a_sent_newsletter_cannot_be_deleted(app, owner):
     assert status_of(app, broadcast_id) is BroadcastStatus.SENT
     with services_of(app).database.begin() as session:
         assert not broadcasts.delete_draft(session, broadcast_id)
-    assert owner.get(path + "/delete").status_code == 303  # no question to ask
+    assert owner.get(path + "/delete/confirm").status_code == 303  # no question to ask
 
 
 def test_the_greeting_is_a_choice_seen_in_the_preview(app, owner):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser import sign_in
+from tests.browser import sign_in, wait_for_focus
 from tests.test_accessibility import (
     ADMIN,
     PUBLIC,
@@ -107,7 +107,7 @@ def test_the_landing_pages_first_screen_has_a_button_to_the_form(site, phone, na
 
     button.click()
     assert phone.url.endswith("#signup")
-    assert phone.evaluate("document.activeElement.id") == "first_name"
+    wait_for_focus(phone, "first_name")
     field = phone.locator("#first_name").bounding_box()
     assert field["y"] >= 0 and field["y"] + field["height"] <= PHONE["height"]
     assert phone.problems == []

@@ -274,7 +274,7 @@ def newsletter_action(broadcast_id: int, action: str):
     return redirect(url_for("admin.newsletter", broadcast_id=broadcast_id), 303)
 
 
-@bp.get("/newsletters/<int:broadcast_id>/cancel")
+@bp.get("/newsletters/<int:broadcast_id>/cancel/confirm")
 def newsletter_cancel_confirm(broadcast_id: int):
     """Ask before cancelling: how many readers will not get it."""
     back = url_for("admin.newsletter", broadcast_id=broadcast_id)
@@ -311,7 +311,7 @@ def newsletter_cancel_confirm(broadcast_id: int):
     )
 
 
-@bp.get("/newsletters/<int:broadcast_id>/delete")
+@bp.get("/newsletters/<int:broadcast_id>/delete/confirm")
 def newsletter_delete_confirm(broadcast_id: int):
     """Ask before deleting a draft."""
     back = url_for("admin.newsletter", broadcast_id=broadcast_id)
