@@ -8,6 +8,7 @@ makes that a failure.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 from collections.abc import Iterator
@@ -48,18 +49,27 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def live_app(make_app, tmp_path) -> Iterator[tuple[object, str]]:
-    """The app served over real HTTP on loopback."""
+@contextlib.contextmanager
+def served(make_app, **settings) -> Iterator[tuple[object, str]]:
+    """An app made with `settings`, served over real HTTP on loopback: (app, base URL)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    app = make_app(BASE_URL=base)
+    app = make_app(BASE_URL=base, **settings)
     server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield app, base
-    server.shutdown()
-    thread.join(timeout=10)
+    try:
+        yield app, base
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_app(make_app) -> Iterator[tuple[object, str]]:
+    """The app served over real HTTP on loopback."""
+    with served(make_app) as app_and_base:
+        yield app_and_base
 
 
 @pytest.fixture

@@ -7,35 +7,26 @@ from __future__ import annotations
 import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from scheduler.__main__ import tick
 from service.models import SubscriberStatus
-from tests.browser import axe_violations, make_owner, sign_in
+from tests.browser import axe_violations, make_owner, served, sign_in
 from tests.helpers import make_subscriber
-from tests.smtp_server import free_port
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def served(make_app, smtp):
+def mailing_app(make_app, smtp):
     """The app over HTTP on loopback, mailing to the loopback SMTP server."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    app = make_app(BASE_URL=base, MAIL_URL=smtp.url)
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, base
-    server.shutdown()
-    thread.join(timeout=10)
+    with served(make_app, MAIL_URL=smtp.url) as app_and_base:
+        yield app_and_base
 
 
-def test_the_owner_confirms_the_send_and_watches_it_go(served, page, smtp):
+def test_the_owner_confirms_the_send_and_watches_it_go(mailing_app, page, smtp):
     from playwright.sync_api import expect
 
-    app, base = served
+    app, base = mailing_app
     services = app.extensions["newsletter"]
     make_owner(app)
     with services.database.begin() as session:

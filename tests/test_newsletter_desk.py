@@ -3,26 +3,16 @@ the page's refresh, the confirmation pages of cancelling and deleting, and the g
 
 from __future__ import annotations
 
-import pytest
-
 from service import broadcasts
 from service.models import Broadcast, BroadcastStatus, OutboxMessage
+from tests import test_broadcasts
 from tests.helpers import run_pass, services_of
-from tests.test_admin import create_admin, csrf_token, sign_in
+from tests.test_admin import csrf_token
 from tests.test_broadcasts import draft, finish, readers, send_now, start, status_of
 
-
-@pytest.fixture
-def app(smtp_app):
-    return smtp_app
-
-
-@pytest.fixture
-def owner(app):
-    create_admin(app)
-    client = app.test_client()
-    sign_in(client)
-    return client
+# The newsletter tests' fixtures: an app mailing to loopback SMTP, and its owner signed in.
+app = test_broadcasts.app
+owner = test_broadcasts.owner
 
 
 def post(client, path: str, **form):
