@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -149,6 +149,10 @@ def create_owner(
 ) -> AdminUser:
     """The first account, made through a setup link; SetupLinkError if the link cannot
     make it, AdminError if the address or the password will not do."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Two posts of the link at once: the second waits here for the first to commit,
+        # then finds its account. (SQLite's writes already take turns, BEGIN IMMEDIATE.)
+        session.execute(text("LOCK TABLE admin_users IN EXCLUSIVE MODE"))
     check_setup_token(session, tokens, token, now=now)
     return create(session, email, password, now=now)
 

@@ -126,14 +126,27 @@ def save_draft(
 
 
 def delete_draft(session: Session, broadcast_id: int) -> bool:
-    """Delete a draft; False for a newsletter that left the drafts (its emails, figures and
+    """Delete a draft, and any test copy of it still waiting to go (it could never be
+    built again); False for a newsletter that left the drafts (its emails, figures and
     archive page stay)."""
     result = session.execute(
         delete(Broadcast)
         .where(Broadcast.id == broadcast_id, Broadcast.status == BroadcastStatus.DRAFT)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.kind == kinds.NEWSLETTER_TEST,
+            OutboxMessage.status == OutboxStatus.QUEUED,
+            OutboxMessage.context["broadcast_id"].as_integer() == broadcast_id,
+        )
+        .values(status=OutboxStatus.CANCELLED, last_error="draft deleted")
+        .execution_options(synchronize_session=False)
+    )
+    return True
 
 
 def get(session: Session, broadcast_id: int) -> Broadcast:

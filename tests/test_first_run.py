@@ -131,6 +131,35 @@ def test_a_setup_form_sent_twice_makes_one_account(app):
     assert accounts(app) == 1
 
 
+@pytest.mark.slow
+def test_setup_forms_sent_at_the_same_moment_make_one_account(app):
+    """Posts of one link at the same instant, with different addresses and with the same
+    one (a double click): one account, and the others find the link used."""
+    path = setup_path(app)
+    browsers = [app.test_client() for _ in range(4)]
+    forms = [(browser, csrf_token(browser, path)) for browser in browsers]
+    addresses = ["a@example.com", "b@example.com", "owner@example.com", "owner@example.com"]
+    fields = {"password": PASSWORD, "password_again": PASSWORD}
+    start_line = threading.Barrier(len(forms))
+    answers: list[int] = []
+
+    def send(browser, token: str, address: str) -> None:
+        start_line.wait()
+        answer = browser.post(path, data={"email": address, "csrf_token": token, **fields})
+        answers.append(answer.status_code)
+
+    threads = [
+        threading.Thread(target=send, args=(browser, token, address))
+        for (browser, token), address in zip(forms, addresses, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == [303, 410, 410, 410]
+    assert accounts(app) == 1
+
+
 def test_a_forged_setup_link_is_refused(app, client):
     services = services_of(app)
     genuine = setup_path(app).rsplit("/", 1)[1]

@@ -120,6 +120,20 @@ def test_a_draft_is_deleted_after_its_confirmation(app, owner):
     assert owner.get(path).status_code == 404
 
 
+def test_deleting_a_draft_takes_back_its_test_copy_still_waiting(app, owner):
+    """A test copy queued for a draft that is gone could never be built: it is cancelled,
+    not kept waiting for a fix forever."""
+    broadcast_id = draft(app, subject="Not this one")
+    path = f"/admin/newsletters/{broadcast_id}"
+    post(owner, path + "/test")
+    post(owner, path + "/delete")
+    report = run_pass(app)
+    assert (report.sent, report.retried, report.errors) == (0, 0, [])
+    with services_of(app).database.read() as session:
+        (copy,) = session.query(OutboxMessage).all()
+        assert (copy.status.value, copy.last_error) == ("cancelled", "draft deleted")
+
+
 def test_a_sent_newsletter_cannot_be_deleted(app, owner):
     readers(app, 1)
     broadcast_id = draft(app)

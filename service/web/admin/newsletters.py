@@ -326,7 +326,8 @@ def newsletter_delete_confirm(broadcast_id: int):
         title=f"Delete the draft “{subject}”?",
         consequences=[
             "Its subject, its text and its choice of readers are deleted for good.",
-            "No reader has been sent it; test copies you sent yourself stay in your mailbox.",
+            "No reader has been sent it. Test copies already in your mailbox stay there;"
+            " one still waiting to go is not sent.",
         ],
         action=url_for("admin.newsletter_delete", broadcast_id=broadcast_id),
         button="Delete the draft",
