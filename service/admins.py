@@ -324,9 +324,14 @@ def end_all_sessions(session: Session, admin_id: int, *, now: datetime) -> int:
     return session.execute(delete(AdminSession).where(AdminSession.admin_id == admin_id)).rowcount
 
 
+def owner_time_zones() -> list[str]:
+    """The zones an owner may pick: every IANA zone but the machine's own aliases."""
+    return sorted(known_time_zones() - {"localtime", "posixrules", "Factory"})
+
+
 def set_time_zone(session: Session, admin_id: int, zone: str) -> None:
     """Show the admin pages in `zone` (an IANA name); empty: in DEFAULT_TIME_ZONE."""
-    if zone and zone not in known_time_zones():
+    if zone and zone not in owner_time_zones():
         raise AdminError("Pick a time zone from the list.", field="time_zone")
     session.execute(
         update(AdminUser).where(AdminUser.id == admin_id).values(time_zone=zone or None)

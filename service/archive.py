@@ -20,7 +20,8 @@ from datetime import datetime
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from .broadcasts import BroadcastError, content_of
+from . import newsletter_markdown
+from .broadcasts import BroadcastError
 from .models import Broadcast, BroadcastStatus
 
 # A listed newsletter has gone out to its readers.
@@ -45,8 +46,9 @@ class Entry:
 
     @property
     def body_html(self) -> str:
-        """The body as HTML, with the email's link filtering and the targets as written."""
-        return content_of(self.subject, self.body).body_html
+        """The body as HTML, with the email's link filtering and the targets as written
+        (and none of the email's parts: its coloured links, its plain text)."""
+        return newsletter_markdown.to_html(self.body)
 
 
 def slug_for(subject: str, taken: Collection[str]) -> str:

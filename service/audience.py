@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, Select, column, func, or_, select, table
@@ -60,10 +60,12 @@ class SubscriberFilter:
     step: str = ""  # a step id, FINISHED or NOT_ENROLLED
     sequence: str = ""  # the sequence `step` refers to
     tags: tuple[str, ...] = ()  # readers carrying any of these
+    zone: tzinfo = UTC  # whose days `signed_up_from` and `signed_up_to` are
 
     @classmethod
-    def parse(cls, args: Any, *, sequence: str) -> SubscriberFilter:
-        """From a query string (or any mapping of str); InvalidFilter if a value is bad."""
+    def parse(cls, args: Any, *, sequence: str, zone: tzinfo = UTC) -> SubscriberFilter:
+        """From a query string (or any mapping of str); InvalidFilter if a value is bad.
+        Dates are days in `zone` (the owner's, on the admin pages; UTC for the CLI)."""
 
         def day(name: str) -> date | None:
             raw = (args.get(name) or "").strip()
@@ -96,6 +98,7 @@ class SubscriberFilter:
             step=_searchable(args.get("step") or "")[:64],
             sequence=sequence,
             tags=tuple(wanted_tags),
+            zone=zone,
         )
 
     def as_args(self) -> dict[str, str | list[str]]:
@@ -143,9 +146,10 @@ class SubscriberFilter:
         if self.source:
             statement = statement.where(Subscriber.source == self.source)
         if self.signed_up_from:
-            statement = statement.where(Subscriber.created_at >= _midnight(self.signed_up_from))
+            start = _midnight(self.signed_up_from, self.zone)
+            statement = statement.where(Subscriber.created_at >= start)
         if self.signed_up_to:
-            next_day = _midnight(self.signed_up_to + timedelta(days=1))
+            next_day = _midnight(self.signed_up_to + timedelta(days=1), self.zone)
             statement = statement.where(Subscriber.created_at < next_day)
         if self.tags:
             # Along the (tag, subscriber) index; EXISTS, so a reader with two of them is
@@ -181,8 +185,8 @@ def _searchable(text: str) -> str:
     return " ".join("".join(c for c in text if unicodedata.category(c) != "Cc").split())
 
 
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time(), tzinfo=UTC)
+def _midnight(day: date, zone: tzinfo) -> datetime:
+    return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
 
 
 def _with_enrollment(statement: Select, sequence: str) -> Select:

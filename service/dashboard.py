@@ -56,7 +56,9 @@ def daily_counts(session: Session, *, now: datetime, zone: tzinfo, days: int = 9
         if session.get_bind().dialect.name == "postgresql":
             day = cast(func.timezone("UTC", Event.at) + offset, Date)
         else:  # stored as naive UTC text
-            day = func.date(Event.at, f"{int(offset.total_seconds() // 60):+d} minutes")
+            # Whole seconds: date() rounds 23:59:59.9995 up to the next day.
+            at = func.substr(Event.at, 1, 19)
+            day = func.date(at, f"{int(offset.total_seconds() // 60):+d} minutes")
         rows = session.execute(
             select(day, Event.kind, func.count())
             .where(Event.kind.in_(DAILY_KINDS), Event.at >= begin, Event.at < end)

@@ -3,11 +3,12 @@ owner picks one on the Account page."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
-from service.models import Broadcast, BroadcastStatus
+from service.models import AdminUser, Broadcast, BroadcastStatus
 from tests.conftest import START
 from tests.helpers import make_subscriber, services_of
 from tests.test_admin import admin_client, post  # noqa: F401 (a fixture)
@@ -68,3 +69,32 @@ def test_a_newsletter_set_for_later_is_read_in_the_owners_zone(app, admin_client
         assert broadcast.scheduled_at == datetime(2026, 11, 26, 0, 0, tzinfo=UTC)
     page = admin_client.get("/admin/newsletters/1").get_data(as_text=True)
     assert "Scheduled for 2026-11-26 09:00 Asia/Tokyo." in page
+
+
+def test_the_lists_dates_are_the_owners_days(app, admin_client):  # noqa: F811
+    """21:00 on the 24th in New York is 02:00 on the 25th in UTC: the list's "signed up"
+    dates are the days its table shows, the owner's."""
+    services = services_of(app)
+    with services.database.begin() as session:
+        make_subscriber(session, "late@example.com", now=START + timedelta(hours=11))
+
+    def listed(query: str) -> bool:
+        page = admin_client.get("/admin/subscribers?" + query).get_data(as_text=True)
+        return "late@example.com" in page
+
+    assert listed("from=2026-11-24&to=2026-11-24")
+    assert not listed("from=2026-11-25")
+    # The export link of that filter carries the same days.
+    export = admin_client.get("/admin/subscribers/export.csv?from=2026-11-24&to=2026-11-24")
+    assert "late@example.com" in export.get_data(as_text=True)
+
+
+def test_a_zone_this_machine_no_longer_knows_falls_back_to_the_default(app, admin_client):  # noqa: F811
+    """A database moved to a machine whose zone database lacks the owner's zone: the pages
+    still open, in DEFAULT_TIME_ZONE, and the Account page offers the zone again."""
+    with services_of(app).database.begin() as session:
+        session.execute(sa.update(AdminUser).values(time_zone="Gone/Zone"))
+    page = admin_client.get("/admin/account")
+    assert page.status_code == 200
+    assert "now America/New_York" in page.get_data(as_text=True)
+    assert post(admin_client, "/admin/account/time-zone", time_zone="Factory").status_code == 422

@@ -36,6 +36,12 @@ def test_a_signup_at_two_in_the_morning_utc_is_the_day_before_in_new_york(app):
     assert counts_by_day(app, "UTC", now=START) == {"2026-11-24": 1}
 
 
+def test_the_last_instant_of_a_local_day_stays_on_that_day(app):
+    """23:59:59.9995 in New York is still the 23rd (SQLite's date() would round it up)."""
+    add_people(app, "signed_up", 1, at=datetime(2026, 11, 24, 4, 59, 59, 999_500, tzinfo=UTC))
+    assert counts_by_day(app, "America/New_York", now=START) == {"2026-11-23": 1}
+
+
 def test_days_follow_summer_time_and_half_hour_zones(app):
     # Berlin leaves summer time (UTC+2 -> UTC+1) at 01:00 UTC on 25 October 2026.
     add_people(app, "signed_up", 1, at=datetime(2026, 10, 24, 22, 30, tzinfo=UTC))  # 00:30 +2

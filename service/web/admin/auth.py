@@ -21,7 +21,6 @@ from flask import (
 )
 
 from ... import admins
-from ...signup_input import known_time_zones
 from .. import now, services
 from ..attempts import AttemptBudget
 from ..devices import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_LIFETIME, DeviceCookies
@@ -264,6 +263,6 @@ def _account_page(errors: dict[str, str]):
         "admin/account.html",
         errors=errors,
         open_sessions=open_sessions,
-        zones=sorted(known_time_zones()),
+        zones=admins.owner_time_zones(),
         default_zone=services().settings.DEFAULT_TIME_ZONE,
     ), 422 if errors else 200

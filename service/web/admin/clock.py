@@ -5,7 +5,7 @@ only here, where they are shown, and the zone is named beside them."""
 from __future__ import annotations
 
 from datetime import datetime
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import g
 
@@ -16,9 +16,14 @@ TIME_FORMAT = "%Y-%m-%d %H:%M"
 
 
 def owner_zone() -> ZoneInfo:
-    """The zone of the signed-in owner's pages."""
+    """The zone of the signed-in owner's pages. A chosen zone this machine's time zone
+    database does not know (moved to another, older one) falls back to the default, so
+    that the Account page where it is changed still opens."""
     chosen = g.admin.time_zone if g.get("admin") is not None else None
-    return ZoneInfo(chosen) if chosen else services().settings.default_zone
+    try:
+        return ZoneInfo(chosen) if chosen else services().settings.default_zone
+    except (ZoneInfoNotFoundError, ValueError):
+        return services().settings.default_zone
 
 
 @bp.app_template_filter("local")

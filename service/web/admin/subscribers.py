@@ -22,12 +22,13 @@ from ... import audience, erasure, export, sequences, subscriptions, tags
 from ...models import Subscriber
 from .. import MAX_ID, now, services
 from .blueprint import bp, logger
+from .clock import owner_zone
 
 
 def _filter() -> audience.SubscriberFilter:
     try:
         return audience.SubscriberFilter.parse(
-            request.args, sequence=services().default_sequence.name
+            request.args, sequence=services().default_sequence.name, zone=owner_zone()
         )
     except audience.InvalidFilter as exc:
         abort(400, description=str(exc))
