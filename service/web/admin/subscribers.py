@@ -18,7 +18,7 @@ from flask import (
     url_for,
 )
 
-from ... import audience, erasure, export, sequences, subscriptions, tags
+from ... import audience, erasure, export, sequences, subscriber_record, subscriptions, tags
 from ...models import Subscriber
 from .. import MAX_ID, now, services
 from .blueprint import bp, logger
@@ -93,9 +93,9 @@ def _reporting_in(pieces):
                 heartbeat()
 
 
-def _history(subscriber_id: int) -> audience.History:
+def _history(subscriber_id: int) -> subscriber_record.History:
     with services().database.read() as db:
-        record = audience.history(db, subscriber_id)
+        record = subscriber_record.history(db, subscriber_id)
         if record is None:
             abort(404, description="No such subscriber (or they were erased).")
         db.expunge_all()
@@ -117,7 +117,7 @@ def subscriber(subscriber_id: int):
 @bp.get("/subscribers/<int:subscriber_id>/data.json")
 def subscriber_data(subscriber_id: int):
     """Everything held about the subscriber, as a JSON file (a GDPR access request)."""
-    data = audience.personal_data(_history(subscriber_id))
+    data = subscriber_record.personal_data(_history(subscriber_id))
     return Response(
         json.dumps(data, indent=2, ensure_ascii=False),
         mimetype="application/json",
