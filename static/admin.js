@@ -65,10 +65,18 @@
     var poll = function () {
       fetch(progress.getAttribute("data-progress"), { credentials: "same-origin" })
         .then(function (response) {
+          if (response.redirected || response.status === 401) {
+            return null; // the session ended: the sign-in page, not figures
+          }
           if (!response.ok) { throw new Error("progress: " + response.status); }
           return response.json();
         })
         .then(function (data) {
+          if (data === null) {
+            document.getElementById("progress-state").textContent =
+              "Signed out: reload the page and sign in to follow it again.";
+            return;
+          }
           show(data);
           if (!data.done) { setTimeout(poll, 2000); }
         })

@@ -2,7 +2,8 @@
 // <progress> shows the bytes sent and the button stays disabled; the browser then goes
 // where the server sends it: the file's preview, or the progress page of a large file's
 // check. A refusal (no file, too large) replaces the page's content, form included.
-// Without this script the form posts as any form does.
+// Without this script the form posts as any form does. On the page of a large file's
+// check or import, it follows the work without reloading the page.
 (function () {
   "use strict";
 
@@ -61,5 +62,29 @@
     });
   };
 
-  document.addEventListener("DOMContentLoaded", prepare);
+  // A file being checked or imported: its progress panel is fetched again every two
+  // seconds and swapped in place (its aria-live region says what changed); once the work
+  // is done the new page's content replaces this one's.
+  var follow = function () {
+    var panel = document.getElementById("import-progress");
+    if (!panel) return;
+    fetch(window.location.href, { credentials: "same-origin" })
+      .then(function (response) { return response.text(); })
+      .then(function (html) {
+        var answer = new DOMParser().parseFromString(html, "text/html");
+        var next = answer.getElementById("import-progress");
+        if (next) {
+          panel.replaceWith(document.adoptNode(next));
+          setTimeout(follow, 2000);
+        } else if (answer.querySelector("main")) {
+          document.querySelector("main").replaceWith(document.adoptNode(answer.querySelector("main")));
+        }
+      })
+      .catch(function () { setTimeout(follow, 10000); });
+  };
+
+  document.addEventListener("DOMContentLoaded", function () {
+    prepare();
+    if (document.getElementById("import-progress")) setTimeout(follow, 2000);
+  });
 })();

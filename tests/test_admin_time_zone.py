@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from service.models import AdminUser, Broadcast, BroadcastStatus
+from service.models import AdminUser, Broadcast, BroadcastStatus, SubscriberStatus
 from tests.conftest import START
 from tests.helpers import make_subscriber, services_of
 from tests.test_admin import admin_client, post  # noqa: F401 (a fixture)
@@ -98,3 +98,17 @@ def test_a_zone_this_machine_no_longer_knows_falls_back_to_the_default(app, admi
     assert page.status_code == 200
     assert "now America/New_York" in page.get_data(as_text=True)
     assert post(admin_client, "/admin/account/time-zone", time_zone="Factory").status_code == 422
+
+
+def test_a_time_in_a_history_entry_is_in_the_owners_zone(app, admin_client):  # noqa: F811
+    from service import preferences
+
+    services = services_of(app)
+    with services.database.begin() as session:
+        reader_id = make_subscriber(
+            session, "ann@example.com", now=START, status=SubscriberStatus.CONFIRMED
+        ).id
+        preferences.pause_all(session, reader_id, 2, now=START)
+    page = admin_client.get(f"/admin/subscribers/{reader_id}").get_data(as_text=True)
+    assert "until: 2026-12-08 10:00 America/New_York" in page
+    assert "+00:00" not in page

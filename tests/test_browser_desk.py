@@ -142,3 +142,30 @@ def test_the_import_page_uploads_with_progress_and_keeps_choices_by_their_labels
     page.click("text=Cancel this import")
     assert "Cancel the import of list.csv?" in page.inner_text("h1")
     clean(page)
+
+
+def test_a_large_files_check_is_followed_in_place_without_a_reload(
+    live_app, page, tmp_path, monkeypatch
+):
+    """The checking page follows the scheduler's work by script, not by reloading itself
+    (axe-core's meta-refresh rule: a reload every 2 s moves a keyboard back to the top)."""
+    from service import imports
+    from tests.test_imports import scheduler_pass
+
+    monkeypatch.setattr(imports, "INLINE_BYTES", 100)  # this file counts as large
+    app, base = live_app
+    make_owner(app)
+    sign_in(page, base)
+    page.goto(f"{base}/admin/subscribers/import")
+    path = tmp_path / "big.csv"
+    path.write_text(CSV)
+    page.set_input_files("#file", str(path))
+    page.click("text=Check the file")
+    page.wait_for_url(f"{base}/admin/imports/*")
+    assert "Checking big.csv" in page.inner_text("#import-progress")
+    clean(page)
+    page.evaluate("window.stayed = true")  # gone if the page reloads
+    assert scheduler_pass(app) == 1
+    page.wait_for_selector("text=What importing big.csv would do", timeout=10_000)
+    assert page.evaluate("window.stayed") is True
+    clean(page)

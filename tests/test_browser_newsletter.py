@@ -85,3 +85,26 @@ def test_the_owner_confirms_the_send_and_watches_it_go(mailing_app, page, smtp):
     assert page.evaluate("window.notReloaded") is True
     assert axe_violations(page) == []
     assert page.problems == []
+
+
+def test_the_progress_says_so_when_the_session_ends(live_app, page):
+    """Signed out elsewhere while watching: the page says so and stops asking, instead of
+    polling the sign-in page in silence."""
+    from playwright.sync_api import expect
+
+    from service import broadcasts
+
+    app, base = live_app
+    services = app.extensions["newsletter"]
+    make_owner(app)
+    with services.database.begin() as session:
+        draft = broadcasts.save_draft(
+            session, None, subject="Week four", body="Roll.", now=services.clock()
+        )
+        broadcasts.schedule(session, draft.id, at=services.clock(), now=services.clock())
+    sign_in(page, base)
+    page.goto(f"{base}/admin/newsletters/{draft.id}")
+    expect(page.locator("#progress-state")).to_contain_text("Sending now", timeout=15_000)
+    page.context.clear_cookies()
+    expect(page.locator("#progress-state")).to_contain_text("Signed out", timeout=15_000)
+    assert page.problems == []

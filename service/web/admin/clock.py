@@ -32,6 +32,20 @@ def local(when: datetime | None, format: str = TIME_FORMAT) -> str:
     return when.astimezone(owner_zone()).strftime(format) if when is not None else ""
 
 
+@bp.app_template_filter("detail")
+def detail(value: object) -> object:
+    """A value of an event's detail as shown in a history: a time stored as ISO 8601 (a
+    pause's end, say) in the owner's zone like every other time; anything else as it is."""
+    if isinstance(value, str) and len(value) > 19 and value[10:11] == "T":
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if when.tzinfo is not None:
+            return f"{local(when)} {owner_zone().key}"
+    return value
+
+
 @bp.context_processor
 def _zone_name() -> dict[str, str]:
     return {"zone_name": owner_zone().key}
