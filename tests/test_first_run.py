@@ -216,6 +216,26 @@ def test_set_password_changes_it_and_ends_every_session(app, clock, monkeypatch)
     assert sign_in(fresh, password=NEW_PASSWORD).status_code == 303
 
 
+@pytest.mark.slow
+def test_set_password_lifts_the_lockout_of_wrong_guesses(make_app, monkeypatch):
+    """Someone guessed at the account until it was locked: the reset password works at
+    once, from a browser the service has never seen."""
+    app = make_app(ADMIN_LOGIN_RATE_LIMIT="3 per hour")
+    create_admin(app)
+    for n in range(4):
+        guess = sign_in(
+            app.test_client(), password="wrong", environ_base={"REMOTE_ADDR": f"10.0.0.{n}"}
+        )
+        assert guess.status_code == (429 if n == 3 else 401)
+    monkeypatch.setenv("ADMIN_PASSWORD", NEW_PASSWORD)
+    result = app.test_cli_runner().invoke(args=["admin", "set-password", "owner@example.com"])
+    assert result.exit_code == 0, result.output
+    owner = sign_in(
+        app.test_client(), password=NEW_PASSWORD, environ_base={"REMOTE_ADDR": "10.0.1.1"}
+    )
+    assert owner.status_code == 303
+
+
 def test_set_password_asks_twice_when_no_password_is_set(app, monkeypatch):
     create_admin(app)
     monkeypatch.delenv("ADMIN_PASSWORD", raising=False)

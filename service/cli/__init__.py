@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import click
-from flask import Flask, render_template
+from flask import Flask, current_app, render_template
 from flask.cli import AppGroup, with_appcontext
 
 from .. import admins, guide, kinds
@@ -253,6 +253,10 @@ def admin_set_password(email: str) -> None:
             ended = admins.reset_password(session, email, password, now=services.clock())
     except admins.AdminError as exc:
         raise click.ClickException(str(exc)) from None
+    # The wrong guesses that may have locked the account out are forgotten with them.
+    current_app.extensions["admin_password_attempts"].forget(
+        "login-account", admins.account_key(email)
+    )
     click.echo(
         f"password of {email} changed; {ended} session(s) signed out; sign in at "
         f"{services.settings.BASE_URL}/admin"

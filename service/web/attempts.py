@@ -42,6 +42,11 @@ class AttemptBudget:
         self.limiter = limiter
         self._items = parse_many(limits) if limits else []
 
+    def forget(self, scope: str, key: str) -> None:
+        """Empty a bucket: the account's password was just reset by its operator."""
+        for item in self._items:
+            self.limiter.storage.clear(item.key_for(scope, key))
+
     def spend(self, *buckets: tuple[str, str]) -> Attempt | None:
         """Count an attempt in each (scope, key) bucket; None if any is over its limit."""
         attempt = Attempt(self)
