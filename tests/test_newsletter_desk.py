@@ -3,6 +3,8 @@ the page's refresh, the confirmation pages of cancelling and deleting, and the g
 
 from __future__ import annotations
 
+import pytest
+
 from service import broadcasts
 from service.models import Broadcast, BroadcastStatus, OutboxMessage
 from tests import test_broadcasts
@@ -13,6 +15,8 @@ from tests.test_broadcasts import draft, finish, readers, send_now, start, statu
 # The newsletter tests' fixtures: an app mailing to loopback SMTP, and its owner signed in.
 app = test_broadcasts.app
 owner = test_broadcasts.owner
+
+pytestmark = pytest.mark.slow  # every test signs in (scrypt)
 
 
 def post(client, path: str, **form):
