@@ -38,7 +38,12 @@ MAX_BODY_LENGTH = 100_000
 
 
 class BroadcastError(ValueError):
-    """The newsletter cannot be saved or changed that way; the message says why."""
+    """The newsletter cannot be saved or changed that way; the message says why, and
+    `field` which of the editor's fields it is about (None: the newsletter as a whole)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -67,16 +72,20 @@ def content_of(subject: str, body: str, *, greeting: bool = True) -> Content:
 def _checked(subject: str, body: str, sequence_choice: str) -> tuple[str, str]:
     subject = " ".join(CONTROL.sub("", subject).split())
     if not subject:
-        raise BroadcastError("Give the newsletter a subject.")
+        raise BroadcastError("Give the newsletter a subject.", field="subject")
     if len(subject) > MAX_SUBJECT_LENGTH:
-        raise BroadcastError(f"Keep the subject under {MAX_SUBJECT_LENGTH} characters.")
+        raise BroadcastError(
+            f"Keep the subject under {MAX_SUBJECT_LENGTH} characters.", field="subject"
+        )
     body = CONTROL.sub("", body.replace("\r\n", "\n")).strip()
     if not body:
-        raise BroadcastError("Write something in the body.")
+        raise BroadcastError("Write something in the body.", field="body")
     if len(body) > MAX_BODY_LENGTH:
-        raise BroadcastError(f"Keep the body under {MAX_BODY_LENGTH:,} characters.")
+        raise BroadcastError(f"Keep the body under {MAX_BODY_LENGTH:,} characters.", field="body")
     if sequence_choice not in SEQUENCE_CHOICES:
-        raise BroadcastError(f"Unknown audience choice {sequence_choice!r}.")
+        raise BroadcastError(
+            f"Unknown audience choice {sequence_choice!r}.", field="audience_sequence"
+        )
     return subject, body
 
 
@@ -108,7 +117,7 @@ def save_draft(
             saved=[] if broadcast is None else [*broadcast.include_tags, *broadcast.exclude_tags],
         )
     except ValueError as exc:
-        raise BroadcastError(str(exc)) from None
+        raise BroadcastError(str(exc), field="include_tags") from None
     if broadcast is None:
         broadcast = Broadcast(status=BroadcastStatus.DRAFT, created_at=now, recipients=0)
         session.add(broadcast)

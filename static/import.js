@@ -54,6 +54,8 @@
         }
         document.querySelector("main").replaceWith(document.adoptNode(content));
         prepare();
+        var invalid = document.querySelector('[aria-invalid="true"]');
+        if (invalid) invalid.focus(); // the refusal is said beside the file field
       });
       request.addEventListener("error", function () {
         failed("The file could not be sent (over 50 MB, or the connection lost?). Try again.");

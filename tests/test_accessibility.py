@@ -36,7 +36,7 @@ from tests.smtp_server import free_port
 from tests.test_admin import csrf_token
 from tests.test_admin import sign_in as sign_in_client
 from tests.test_archive import sent
-from tests.test_broadcasts import draft, readers
+from tests.test_broadcasts import draft, readers, send_now
 
 pytestmark = pytest.mark.browser
 
@@ -77,6 +77,8 @@ def fill_with_data(app) -> tuple[dict[str, str], dict[str, str]]:
     readers(app)
     slug = sent(app, "Foam rolling, week two")
     draft_id = draft(app, "Stretching at your desk")
+    sending_id = draft(app, "Going out now")
+    send_now(app, sending_id)
     admin = app.test_client()
     sign_in_client(admin, OWNER_EMAIL, OWNER_PASSWORD)
     admin.post(
@@ -121,6 +123,14 @@ def fill_with_data(app) -> tuple[dict[str, str], dict[str, str]]:
         "account": "/admin/account",
         "outbox": "/admin/outbox",
         "outbox email": f"/admin/outbox/{email_id}",
+        "dashboard, a year": "/admin/?days=365",
+        "send question": f"/admin/newsletters/{draft_id}/confirm-send",
+        "newsletter sending": f"/admin/newsletters/{sending_id}",
+        "cancel question": f"/admin/newsletters/{sending_id}/cancel/confirm",
+        "delete question": f"/admin/newsletters/{draft_id}/delete/confirm",
+        "unsubscribe question": f"/admin/subscribers/{ann}/unsubscribe/confirm",
+        "erase question": f"/admin/subscribers/{ann}/erase/confirm",
+        "import cancel question": f"/admin/imports/{import_id}/cancel/confirm",
     }
     assert get_subscriber(app, "ann@example.com").status is SubscriberStatus.CONFIRMED
     assert (list(public), list(admin_pages)) == (PUBLIC, ADMIN)  # the tests' names
@@ -222,6 +232,14 @@ ADMIN = [
     "account",
     "outbox",
     "outbox email",
+    "dashboard, a year",
+    "send question",
+    "newsletter sending",
+    "cancel question",
+    "delete question",
+    "unsubscribe question",
+    "erase question",
+    "import cancel question",
 ]
 
 
@@ -278,7 +296,9 @@ def test_forms_shown_again_with_errors_have_no_axe_violations(site, reader, owne
         "#file", {"name": "broken.csv", "mimeType": "text/csv", "buffer": b"email\n\xff\xfe\n"}
     )
     owner.click("button:has-text('Check the file')")
-    owner.wait_for_selector(".form-errors")
+    owner.wait_for_selector("#file-error")
+    wait_for_focus(owner, "file")
+    assert owner.get_attribute("#file", "aria-describedby") == "file-error"
     assert_no_violations(owner)
 
 
@@ -427,3 +447,16 @@ def test_admin_form_errors_are_tied_to_their_field_which_gets_the_focus(site, re
     wait_for_focus(owner, "new_password")
     assert owner.get_attribute("#current_password", "aria-invalid") is None
     assert described_by(owner).strip()
+
+
+def test_newsletter_errors_are_tied_to_their_field_which_gets_the_focus(site, owner):
+    owner.goto(site.base + "/admin/newsletters/new")
+    owner.fill("#subject", "   ")
+    owner.fill("#body", "Roll gently.")
+    owner.evaluate("document.getElementById('subject').removeAttribute('required')")
+    owner.click("button:has-text('Save draft')")
+    owner.wait_for_selector("#subject-error")
+    wait_for_focus(owner, "subject")
+    assert described_by(owner) == "Give the newsletter a subject."
+    assert owner.get_attribute("#body", "aria-invalid") is None
+    assert_no_violations(owner)

@@ -20,6 +20,12 @@ def test_the_owner_creates_their_account_from_the_printed_link(live_app, page, b
     page.goto(base + "/admin/")
     assert page.inner_text("h1") == "There is no admin account yet"
     assert axe_violations(page) == []
+    # On a phone too: the commands wrap inside their card, nothing hides past its edge.
+    page.set_viewport_size({"width": 375, "height": 667})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert page.eval_on_selector_all("pre", "els => els.every(e => e.scrollWidth <= e.clientWidth)")
+    assert axe_violations(page) == []
+    page.set_viewport_size({"width": 1280, "height": 800})
 
     page.goto(link)
     assert page.inner_text("h1") == "Create your admin account"

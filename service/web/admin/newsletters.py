@@ -96,7 +96,7 @@ def newsletters():
 @bp.route("/newsletters/<int:broadcast_id>", methods=["GET", "POST"])
 def newsletter(broadcast_id: int | None):
     """Write or change a draft; see it as readers will; send a test, send or schedule."""
-    error = None
+    error, errors = None, {}
     form = request.form
     if request.method == "POST":
         try:
@@ -119,6 +119,8 @@ def newsletter(broadcast_id: int | None):
             error = str(exc)
             if request.headers.get("X-Requested-With") == "fetch":
                 return {"error": error}, 422
+            if exc.field:  # shown beside its field, not above the form
+                errors, error = {exc.field: error}, None
         else:
             if request.headers.get("X-Requested-With") == "fetch":
                 return {"saved": saved_id}
@@ -149,8 +151,9 @@ def newsletter(broadcast_id: int | None):
     return render_template(
         "admin/newsletter.html",
         broadcast=broadcast,
-        values=form if error else None,
+        values=form if error or errors else None,
         error=error,
+        errors=errors,
         recipients=recipients,
         progress=progress,
         links=links,
@@ -160,7 +163,7 @@ def newsletter(broadcast_id: int | None):
         tags_in_use=tags_in_use,
         tags_match_choices=newsletter_audience.TAGS_MATCH,
         sample=sample,
-    ), 422 if error else 200
+    ), 422 if error or errors else 200
 
 
 @bp.get("/newsletters/<int:broadcast_id>/preview.html")
