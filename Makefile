@@ -44,12 +44,16 @@ snippet: $(RUNTIME_STAMP)
 
 # The web app and the scheduler run side by side (Procfile.dev, run by honcho);
 # Ctrl-C stops both.
+# Links in emails and the banner use BASE_URL: on another host or port than the default,
+# it follows them unless it is set already.
+RUN_URL := $(if $(filter 127.0.0.1:5000,$(HOST):$(PORT)),,BASE_URL=$${BASE_URL:-http://$(HOST):$(PORT)})
+
 run: db guide
 	@echo
 	@echo "  Web app:  http://$(HOST):$(PORT)/"
-	@$(FLASK) admin hint --banner
+	@$(RUN_URL) $(FLASK) admin hint --banner
 	@echo
-	@HOST=$(HOST) PORT_WEB=$(PORT) $(VENV)/bin/honcho -f Procfile.dev start
+	@$(RUN_URL) HOST=$(HOST) PORT_WEB=$(PORT) $(VENV)/bin/honcho -f Procfile.dev start
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

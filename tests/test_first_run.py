@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import logging
 import re
+import subprocess
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
@@ -367,3 +369,30 @@ def test_the_development_server_logs_only_failed_requests(development_server, ca
     lines = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
     assert len(lines) == 1 and "GET /nope HTTP/1.1" in lines[0], lines
     assert lines[0].endswith(" 404 -")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "base_url"),
+    [
+        ((), None),
+        (("PORT=8080",), "http://127.0.0.1:8080"),
+        (("HOST=0.0.0.0",), "http://0.0.0.0:5000"),
+    ],
+)
+def test_make_run_on_another_port_puts_it_in_the_links(arguments, base_url):
+    """`make run PORT=8080`: the banner's links and the emails' follow the port, unless
+    BASE_URL is set (make -n prints the commands without running them)."""
+    root = Path(__file__).resolve().parent.parent
+    commands = subprocess.run(
+        ["make", "-n", "-C", str(root), "run", *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    started = [line for line in commands.splitlines() if "honcho" in line or "hint" in line]
+    assert len(started) == 2
+    for line in started:
+        if base_url is None:
+            assert "BASE_URL" not in line
+        else:
+            assert line.startswith(f"BASE_URL=${{BASE_URL:-{base_url}}} ")
