@@ -145,6 +145,7 @@ def test_the_session_cookie_is_secure_behind_https(make_app):
     assert "Secure" in set_cookie(response, "admin_device")
 
 
+@pytest.mark.slow
 def test_passwords_are_stored_hashed_with_scrypt(app):
     create_admin(app)
     with services_of(app).database.read() as session:

@@ -215,6 +215,7 @@ def owner(app):
     return client
 
 
+@pytest.mark.slow
 def test_the_owner_ticks_a_newsletter_into_the_archive(app, owner, client):
     readers(app, 1)
     broadcast_id = draft(app, "From the desk")
@@ -252,6 +253,7 @@ def test_the_tick_needs_a_signed_in_owner_and_a_csrf_token(app, owner, client):
         assert session.get(Broadcast, broadcast_id).public is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slug", ["%00", "a%00b", "UPPER", "x" * 200, "%F0%9F%92%A9"])
 def test_a_path_that_cannot_be_a_slug_is_a_404(client, slug):
     assert client.get(f"/archive/{slug}").status_code == 404

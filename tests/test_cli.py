@@ -120,6 +120,7 @@ def test_sequence_status_counts_readers_per_step(app, clock):
     assert "due in the next 24 hours: 3" in output
 
 
+@pytest.mark.slow
 def test_sequence_pause_and_resume_by_address(app, clock):
     from tests.test_sequences import confirm_reader, enrollment, run_tick
 

@@ -153,6 +153,7 @@ def test_dropped_connection_retries_that_message_and_carries_on(app, client, smt
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["auth", "down"])
 def test_mailer_unavailable_stops_the_pass_and_keeps_everything(
     make_app, smtp, clock, caplog, fault

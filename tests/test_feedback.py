@@ -434,6 +434,7 @@ def test_the_owner_sees_events_rates_and_why_a_newsletter_paused(app, services):
     assert "Paused by itself: 1 of its first 10 readers reported it as spam" in newsletter_page
 
 
+@pytest.mark.slow
 def test_a_quiet_month_raises_no_warning(services, clock):
     from service.feedback import rates
 

@@ -113,6 +113,7 @@ def test_an_owners_magnet_is_served_from_content_dir(make_app, tmp_path):
     assert "Send me the course" in page
 
 
+@pytest.mark.slow
 def test_magnets_commands_list_and_check_every_magnet(app):
     runner = app.test_cli_runner()
     listed = runner.invoke(args=["magnets", "list"])
@@ -181,6 +182,7 @@ def funnel_app(make_app, smtp):
     return make_app(MAIL_URL=smtp.url)
 
 
+@pytest.mark.slow
 def test_two_magnets_end_to_end(funnel_app, smtp):
     app, client = funnel_app, funnel_app.test_client()
     email = "ann@example.com"
@@ -636,6 +638,7 @@ def test_sequence_commands_name_the_sequence(app, client):
     assert unknown.exit_code != 0 and "no sequence 'nope'" in unknown.output
 
 
+@pytest.mark.slow
 def test_the_subscriber_page_pauses_the_sequence_it_names(app, client):
     from tests.test_admin import create_admin, post, sign_in
 
@@ -653,6 +656,7 @@ def test_the_subscriber_page_pauses_the_sequence_it_names(app, client):
     assert post(client, f"/admin/subscribers/{reader}/pause", sequence="nope").status_code == 404
 
 
+@pytest.mark.slow
 def test_the_data_export_holds_tags_magnets_and_choices(app, client):
     from tests.test_admin import create_admin, sign_in
 
@@ -914,6 +918,7 @@ def test_a_revived_step_that_lost_its_day_slot_waits_for_the_next_morning(funnel
     assert planner.next_due_at == morning.replace(hour=8) + timedelta(days=1)
 
 
+@pytest.mark.slow
 def test_an_expired_download_link_brings_a_fresh_one_for_its_own_magnet(funnel_app, smtp, clock):
     app, client = funnel_app, funnel_app.test_client()
     reader = confirm_for(app, client, "tia@example.com", "UTC", PLANNER)

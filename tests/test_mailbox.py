@@ -345,6 +345,7 @@ def test_a_wrong_password_or_an_untrusted_certificate_is_a_clear_error(app, dove
         poll(app, untrusted)
 
 
+@pytest.mark.slow
 def test_the_scheduler_job_survives_a_dead_mailbox_and_backs_off(smtp_app, clock, caplog, client):
     app = smtp_app
     services = services_of(app)

@@ -188,6 +188,7 @@ def test_resuming_early_carries_on_from_the_next_morning(prefs_app, clock):
 # --- leaving, newsletters, details -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_leaving_a_sequence_stops_only_that_one(prefs_app, clock):
     app = prefs_app(*THREE_STEPS)
     reader = confirm_reader(app, "reader@example.com")

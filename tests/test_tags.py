@@ -106,6 +106,7 @@ def send_to(app, **audience) -> tuple[int, set[str]]:
         ({"include_tags": ["b"], "exclude_tags": ["a"], "tags_match": "all"}, {"b"}),
     ],
 )
+@pytest.mark.slow
 def test_a_newsletter_reaches_exactly_the_readers_of_its_tags(
     app, tagged_readers, audience, expected
 ):
@@ -138,6 +139,7 @@ def test_a_tag_choice_that_cannot_be_is_refused(app, tagged_readers, audience, e
         broadcasts.save_draft(s, None, subject="S", body="B", now=services.clock(), **audience)
 
 
+@pytest.mark.slow
 def test_the_compose_page_counts_the_tag_choice_and_keeps_a_refused_draft(
     app, owner, tagged_readers
 ):
@@ -242,6 +244,7 @@ def test_an_invalid_tag_option_imports_nothing(app, tmp_path):
     assert tags_by_address(app) == {}
 
 
+@pytest.mark.slow
 def test_the_admin_import_adds_the_tags_of_its_field(app, owner):
     reader(app, "known@example.com")
     response = owner.post(
@@ -329,6 +332,7 @@ def test_the_export_has_the_tags_and_exports_by_tag(app, tmp_path):
 # --- the subscriber list and page --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_subscriber_list_filters_by_tag_and_its_export_follows(app, owner):
     reader(app, "ab@example.com", "a", "b")
     reader(app, "b@example.com", "b", source="blog")
@@ -346,6 +350,7 @@ def test_the_subscriber_list_filters_by_tag_and_its_export_follows(app, owner):
     assert owner.get("/admin/subscribers?tag=not+a+tag").status_code == 400
 
 
+@pytest.mark.slow
 def test_the_owner_adds_and_removes_tags_on_the_subscriber_page(app, owner):
     subscriber_id = reader(app, "kim@example.com", "magnet:glute-guide")
     path = f"/admin/subscribers/{subscriber_id}"
@@ -410,6 +415,7 @@ def test_the_subscriber_page_shows_the_magnets_asked_for(app, owner, clock):
 # --- the dashboard's funnel per magnet ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_dashboard_counts_each_magnets_funnel(app, owner, clock):
     services = services_of(app)
     guide = services.magnets["glute-guide"]

@@ -252,6 +252,7 @@ def test_tokens_cannot_be_used_for_another_purpose(app, client, clock):
     assert get_subscriber(app, "reader@example.com").status is SubscriberStatus.PENDING
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/confirm/", "/download/", "/unsubscribe/", "/confirmed/"])
 @pytest.mark.parametrize("token", ["garbage", "1.1795552192.forged-signature", "a" * 500])
 def test_forged_tokens_get_a_friendly_page_not_a_500(client, path, token):
@@ -337,6 +338,7 @@ def test_confirmed_reader_signing_up_again_gets_the_guide_link(app, client, cloc
 # --- the JSON API ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_api_answers_the_same_for_every_kind_of_address(app, client, clock):
     def post(address: str):
         return client.post("/api/v1/subscribers", json={"email": address, "source": "api-test"})
