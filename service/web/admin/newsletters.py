@@ -310,7 +310,6 @@ def newsletter_cancel_confirm(broadcast_id: int):
         button=f"Cancel it for {waiting} reader{'' if waiting == 1 else 's'}",
         back=back,
         back_label="Back to the newsletter",
-        fields={},
     )
 
 
@@ -336,7 +335,6 @@ def newsletter_delete_confirm(broadcast_id: int):
         button="Delete the draft",
         back=back,
         back_label="Back to the draft",
-        fields={},
     )
 
 

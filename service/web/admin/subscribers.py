@@ -17,6 +17,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from sqlalchemy import select
 
 from ... import audience, erasure, export, sequences, subscriber_record, subscriptions, tags
 from ...models import Subscriber
@@ -170,23 +171,37 @@ def tag_remove(subscriber_id: int):
     return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), 303)
 
 
+def _ask_about(subscriber_id: int, template: str, endpoint: str, **page: object):
+    """A destructive action's question about one subscriber; `title` and `consequences`
+    may name them as {email}. Only their address is read, not their whole history."""
+    with services().database.read() as db:
+        email = db.scalar(select(Subscriber.email).where(Subscriber.id == subscriber_id))
+    if email is None:
+        abort(404, description="No such subscriber (or they were erased).")
+    return render_template(
+        template,
+        title=str(page.pop("title")).format(email=email),
+        consequences=[line.format(email=email) for line in page.pop("consequences")],
+        action=url_for(endpoint, subscriber_id=subscriber_id),
+        back=url_for("admin.subscriber", subscriber_id=subscriber_id),
+        back_label=f"No, back to {email}",
+        **page,
+    )
+
+
 @bp.get("/subscribers/<int:subscriber_id>/unsubscribe/confirm")
 def unsubscribe_confirm(subscriber_id: int):
     """What unsubscribing them does, and the button that does it; nothing changes yet."""
-    record = _history(subscriber_id)
-    email = record.subscriber.email
-    return render_template(
+    return _ask_about(
+        subscriber_id,
         "admin/confirm_action.html",
-        title=f"Unsubscribe {email}?",
+        "admin.unsubscribe",
+        title="Unsubscribe {email}?",
         consequences=[
-            f"{email} gets no more emails from you: no newsletter, no step of a sequence.",
+            "{email} gets no more emails from you: no newsletter, no step of a sequence.",
             "Their history and consent record stay; they can sign up again themselves.",
         ],
-        action=url_for("admin.unsubscribe", subscriber_id=subscriber_id),
         button="Unsubscribe them",
-        back=url_for("admin.subscriber", subscriber_id=subscriber_id),
-        back_label=f"No, back to {email}",
-        fields={},
     )
 
 
@@ -204,21 +219,17 @@ def unsubscribe(subscriber_id: int):
 @bp.get("/subscribers/<int:subscriber_id>/erase/confirm")
 def erase_confirm(subscriber_id: int):
     """What erasing them does, with the address to type out; nothing changes yet."""
-    record = _history(subscriber_id)
-    email = record.subscriber.email
-    return render_template(
+    return _ask_about(
+        subscriber_id,
         "admin/confirm_erase.html",
-        title=f"Erase {email}?",
+        "admin.erase",
+        title="Erase {email}?",
         consequences=[
-            f"Everything held about {email} is deleted for good: their address, name, "
+            "Everything held about {email} is deleted for good: their address, name, "
             "history, consent record, emails and tags. It cannot be undone.",
             "Only a one-way hash of the address is kept, so that an import never adds them again.",
         ],
-        action=url_for("admin.erase", subscriber_id=subscriber_id),
         button="Erase them",
-        back=url_for("admin.subscriber", subscriber_id=subscriber_id),
-        back_label=f"No, back to {email}",
-        fields={},
     )
 
 

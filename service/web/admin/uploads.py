@@ -177,7 +177,6 @@ def import_cancel_confirm(import_id: int):
         button="Cancel this import",
         back=url_for("admin.import_page", import_id=import_id),
         back_label="No, back to the import",
-        fields={},
     )
 
 
