@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .models import AdminSession, AdminUser
-from .signup_input import email_key, known_time_zones, normalize_email
+from .signup_input import email_key, known_time_zones, normalize_email, sorted_time_zones
 from .tokens import ExpiredToken, InvalidToken, Purpose, Tokens
 
 MIN_PASSWORD_LENGTH = 12
@@ -324,14 +324,18 @@ def end_all_sessions(session: Session, admin_id: int, *, now: datetime) -> int:
     return session.execute(delete(AdminSession).where(AdminSession.admin_id == admin_id)).rowcount
 
 
-def owner_time_zones() -> list[str]:
+MACHINE_ZONE_ALIASES = frozenset({"localtime", "posixrules", "Factory"})
+
+
+@functools.cache
+def owner_time_zones() -> tuple[str, ...]:
     """The zones an owner may pick: every IANA zone but the machine's own aliases."""
-    return sorted(known_time_zones() - {"localtime", "posixrules", "Factory"})
+    return tuple(zone for zone in sorted_time_zones() if zone not in MACHINE_ZONE_ALIASES)
 
 
 def set_time_zone(session: Session, admin_id: int, zone: str) -> None:
     """Show the admin pages in `zone` (an IANA name); empty: in DEFAULT_TIME_ZONE."""
-    if zone and zone not in owner_time_zones():
+    if zone and (zone not in known_time_zones() or zone in MACHINE_ZONE_ALIASES):
         raise AdminError("Pick a time zone from the list.", field="time_zone")
     session.execute(
         update(AdminUser).where(AdminUser.id == admin_id).values(time_zone=zone or None)

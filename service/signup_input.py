@@ -53,6 +53,12 @@ def known_time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+@functools.cache
+def sorted_time_zones() -> tuple[str, ...]:
+    """Every zone by name, for a form's list (sorted once per process)."""
+    return tuple(sorted(known_time_zones()))
+
+
 def normalize_email(raw: str) -> str:
     """The canonical form of an address; raise ValueError with a reader-facing reason.
 

@@ -154,35 +154,38 @@ def subscribe(
     new_request = funnels_.record_request(
         session, subscriber.id, magnet_id, source=signup.source, now=now
     )
-    if subscriber.status is SubscriberStatus.CONFIRMED and magnet is not None and funnels:
-        undelivered = funnels_.requested(session, subscriber.id).get(magnet.id) is None
-        if new_request or undelivered:
-            # They opted in already: a magnet new to them comes at once. Each magnet comes
-            # once, so this needs no cooldown of its own.
-            record_consent(
-                session,
-                subscriber.id,
-                action="request",
-                origin=origin,
-                source=f"{signup.source}:{magnet.id}"[:100],
-                consent_text=consent_text,
-                now=now,
-            )
-            funnels_.deliver(
-                session,
-                subscriber,
-                magnet,
-                sequence=funnels.sequences.get(magnet.sequence or ""),
-                now=now,
-            )
-            record_event(
-                session,
-                subscriber.id,
-                "magnet_requested",
-                now=now,
-                detail={"magnet": magnet.id, "source": signup.source},
-            )
-            return subscriber.id, SignupResult.MAGNET_SENT
+    if (
+        subscriber.status is SubscriberStatus.CONFIRMED
+        and magnet is not None
+        and funnels
+        and (new_request or funnels_.requested(session, subscriber.id).get(magnet.id) is None)
+    ):
+        # They opted in already: a magnet new to them comes at once. Each magnet comes
+        # once, so this needs no cooldown of its own.
+        record_consent(
+            session,
+            subscriber.id,
+            action="request",
+            origin=origin,
+            source=f"{signup.source}:{magnet.id}"[:100],
+            consent_text=consent_text,
+            now=now,
+        )
+        funnels_.deliver(
+            session,
+            subscriber,
+            magnet,
+            sequence=funnels.sequences.get(magnet.sequence or ""),
+            now=now,
+        )
+        record_event(
+            session,
+            subscriber.id,
+            "magnet_requested",
+            now=now,
+            detail={"magnet": magnet.id, "source": signup.source},
+        )
+        return subscriber.id, SignupResult.MAGNET_SENT
     # The mailbox was looked up above; only the address's own cooldown is left to check.
     if cooling_down or address_asked_recently(subscriber, cooldown=cooldown, now=now):
         record_event(session, subscriber.id, "signup_suppressed", now=now)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from itertools import islice
 
-from sqlalchemy import select, text
+from sqlalchemy import ColumnElement, and_, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -182,10 +182,7 @@ class ImportRunner:
                     .where(
                         ImportRow.import_id == import_id,
                         ImportRow.line > job.applied_line,
-                        # Unchanged readers too: they may get tags.
-                        ImportRow.outcome.in_(
-                            [Outcome.NEW.value, Outcome.UPDATED.value, Outcome.UNCHANGED.value]
-                        ),
+                        _to_apply(bool(job.tags)),
                     )
                     .order_by(ImportRow.line)
                     .limit(BATCH_ROWS)
@@ -355,3 +352,13 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
     ]
     if room > 0 and found:
         job.issues = [*job.issues, *found[:room]]
+
+
+def _to_apply(tags_for_all: bool) -> ColumnElement[bool]:
+    """The staged rows an import's batch has work for: new and updated readers, and those
+    already on the list when they get a tag (the file's, or one for every row)."""
+    changes = ImportRow.outcome.in_([Outcome.NEW.value, Outcome.UPDATED.value])
+    unchanged = ImportRow.outcome == Outcome.UNCHANGED.value
+    if not tags_for_all:
+        unchanged = and_(unchanged, ImportRow.tags.is_not(None))
+    return or_(changes, unchanged)

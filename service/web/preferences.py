@@ -85,7 +85,7 @@ def render_page(token: str, errors: dict[str, str] | None = None, status: int = 
         series=[(e, titles.get(e.sequence, e.sequence)) for e in choices.enrollments],
         paused_until=paused_until(subscriber) if choices.paused_until else None,
         pause_weeks=preferences.PAUSE_WEEKS,
-        zones=sorted(signup_input.known_time_zones()),
+        zones=signup_input.sorted_time_zones(),
         errors=errors or {},
         values=request.form if errors else {},
     ), status

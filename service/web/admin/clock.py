@@ -5,10 +5,11 @@ only here, where they are shown, and the zone is named beside them."""
 from __future__ import annotations
 
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from flask import g
 
+from ...sequences import zone_of
 from .. import services
 from .blueprint import bp
 
@@ -20,10 +21,8 @@ def owner_zone() -> ZoneInfo:
     database does not know (moved to another, older one) falls back to the default, so
     that the Account page where it is changed still opens."""
     chosen = g.admin.time_zone if g.get("admin") is not None else None
-    try:
-        return ZoneInfo(chosen) if chosen else services().settings.default_zone
-    except (ZoneInfoNotFoundError, ValueError):
-        return services().settings.default_zone
+    default = services().settings.default_zone
+    return zone_of(chosen, default) if chosen else default
 
 
 @bp.app_template_filter("local")
