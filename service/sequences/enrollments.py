@@ -217,12 +217,12 @@ def _enrollments(
     )
 
 
-def hold(session: Session, subscriber_id: int, *, until: datetime, reason: str) -> int:
+def hold(session: Session, subscriber_id: int, *, until: datetime, reason: str) -> None:
     """Hold every sequence of a reader until `until`: steps queued but not sent are taken
     back, and the engine looks at the enrollment again only then, planning the next step
     for the first sending morning after it. A sequence the owner paused is held as well,
     should the owner resume it sooner. A sequence that finished with its last step still
-    queued gets that step back, after the pause. Returns how many enrollments are held."""
+    queued gets that step back, after the pause."""
     enrollments = _enrollments(
         session,
         subscriber_id,
@@ -230,29 +230,25 @@ def hold(session: Session, subscriber_id: int, *, until: datetime, reason: str) 
         EnrollmentStatus.PAUSED,
         EnrollmentStatus.FINISHED,
     )
-    held = 0
     for enrollment in enrollments:
-        if enrollment.status is EnrollmentStatus.FINISHED:
+        if enrollment.status is not EnrollmentStatus.PAUSED:  # the owner's pause stays as it is
             passed = len(enrollment.steps_passed)
             _take_back_steps(session, enrollment, states=(OutboxStatus.QUEUED,), reason=reason)
-            if len(enrollment.steps_passed) == passed:
-                continue  # finished and sent: nothing to hold
-            enrollment.status = EnrollmentStatus.ACTIVE
-            enrollment.finished_at = None
-            session.execute(
-                delete(SubscriberTag).where(
-                    SubscriberTag.subscriber_id == subscriber_id,
-                    SubscriberTag.tag == finished_tag(enrollment.sequence),
+            if enrollment.status is EnrollmentStatus.FINISHED:
+                if len(enrollment.steps_passed) == passed:
+                    continue  # finished and sent: nothing to hold
+                enrollment.status = EnrollmentStatus.ACTIVE
+                enrollment.finished_at = None
+                session.execute(
+                    delete(SubscriberTag).where(
+                        SubscriberTag.subscriber_id == subscriber_id,
+                        SubscriberTag.tag == finished_tag(enrollment.sequence),
+                    )
                 )
-            )
-        held += 1
-        enrollment.held_until = until
-        enrollment.deferred_since = None  # waiting for the pause, not for the cap
-        if enrollment.status is EnrollmentStatus.ACTIVE:
-            _take_back_steps(session, enrollment, states=(OutboxStatus.QUEUED,), reason=reason)
             enrollment.next_step = None
             enrollment.next_due_at = until
-    return held
+        enrollment.held_until = until
+        enrollment.deferred_since = None  # waiting for the pause, not for the cap
 
 
 def release(session: Session, subscriber_id: int, *, now: datetime) -> None:
