@@ -1,6 +1,6 @@
 """What a dispatch pass works with and what it writes down: the Mailer it sends through,
 its DeliveryPolicy (claims, retries, pace), its Pacer and PassReport, and the recording
-of each email's outcome on its outbox row (sent, retried, failed, bounced).
+of each email's outcome on its outbox row (sent, retried, failed, bounced, undeliverable).
 
 The recorders run in the sending loop's transaction (service.dispatch), on a plain
 Connection.
@@ -18,12 +18,14 @@ from typing import Protocol
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from . import outbox
+from . import journal, outbox
 from .feedback import Feedback, Report
-from .mail import Message
+from .mail import INTERNATIONAL_ADDRESSES_REFUSED, Message
 from .models import FeedbackType
 
 logger = logging.getLogger(__name__)
+
+UNDELIVERABLE = "undeliverable"  # the event's kind
 
 
 class Mailer(Protocol):
@@ -183,3 +185,29 @@ def record_bounce(
     report.failed += 1
     report.bounced += 1
     logger.warning("outbox %d bounced; no more mail to that address: %s", row.id, error)
+
+
+def record_undeliverable(
+    connection: Connection,
+    *,
+    worker: str,
+    row: outbox.Claimed,
+    now: datetime,
+    report: PassReport,
+    reason: str = INTERNATIONAL_ADDRESSES_REFUSED,
+) -> None:
+    """The email cannot go through this mail server, whatever the reader does: it failed
+    (retrying would fail alike), and the reader's history says why, for the owner to see.
+    Not a bounce: the address may well work, so the reader stays on the list."""
+    record_failure(connection, worker=worker, row=row, error=reason, report=report)
+    if row.subscriber_id is None:
+        return
+    # The journal works on a Session; this one joins the connection's transaction.
+    with Session(bind=connection) as session:
+        journal.record_event(
+            session,
+            row.subscriber_id,
+            UNDELIVERABLE,
+            now=now,
+            detail={"reason": reason, "outbox_id": row.id, "email_kind": row.kind},
+        )

@@ -24,9 +24,8 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, select
-from sqlalchemy.orm import Session
 
-from . import broadcasts, journal, kinds, outbox
+from . import broadcasts, kinds, outbox
 from .compose import Composer
 from .db import Database
 from .delivery import (
@@ -37,12 +36,12 @@ from .delivery import (
     record_bounce,
     record_failure,
     record_sent,
+    record_undeliverable,
     retry_or_fail,
 )
 from .feedback import Feedback
 from .kinds import Receivers
 from .mail import (
-    INTERNATIONAL_ADDRESSES_REFUSED,
     AddressNotSupported,
     MailerUnavailable,
     Message,
@@ -55,34 +54,6 @@ from .models import OutboxMessage, OutboxStatus
 from .sequences import sending_window_opens, zone_of
 
 logger = logging.getLogger(__name__)
-
-UNDELIVERABLE = "undeliverable"  # the event's kind
-
-
-def record_undeliverable(
-    connection: Connection,
-    *,
-    worker: str,
-    row: outbox.Claimed,
-    now: datetime,
-    report: PassReport,
-    reason: str = INTERNATIONAL_ADDRESSES_REFUSED,
-) -> None:
-    """The email cannot go through this mail server, whatever the reader does: it failed
-    (retrying would fail alike), and the reader's history says why, for the owner to see.
-    Not a bounce: the address may well work, so the reader stays on the list."""
-    record_failure(connection, worker=worker, row=row, error=reason, report=report)
-    if row.subscriber_id is None:
-        return
-    # The journal works on a Session; this one joins the connection's transaction.
-    with Session(bind=connection) as session:
-        journal.record_event(
-            session,
-            row.subscriber_id,
-            UNDELIVERABLE,
-            now=now,
-            detail={"reason": reason, "outbox_id": row.id, "email_kind": row.kind},
-        )
 
 
 class Dispatcher:
