@@ -293,12 +293,19 @@ class PreparedStatement:
 
     @contextmanager
     def _driver_errors(self, connection: Any, parameters: Any) -> Iterator[None]:
-        """The driver's errors raised as SQLAlchemy would raise them."""
-        dbapi_error = connection.dialect.loaded_dbapi.Error
+        """The driver's errors raised as SQLAlchemy would raise them; a lost connection is
+        invalidated, as SQLAlchemy would (it never goes back to the pool)."""
+        dialect = connection.dialect
+        dbapi_error = dialect.loaded_dbapi.Error
         try:
             yield
         except dbapi_error as exc:
-            raise exc_types.DBAPIError.instance(self.sql, parameters, exc, dbapi_error) from exc
+            lost = dialect.is_disconnect(exc, connection.connection.dbapi_connection, None)
+            if lost:
+                connection.invalidate(exc)
+            raise exc_types.DBAPIError.instance(
+                self.sql, parameters, exc, dbapi_error, connection_invalidated=lost
+            ) from exc
 
     def _cursor(self, connection: Any, values: dict[str, Any]) -> Any:
         parameters = self._parameters(values)
@@ -324,8 +331,17 @@ class PreparedStatement:
             row = cursor.fetchone()
         finally:
             cursor.close()
-        if row is None:
-            return None
+        return None if row is None else self._processed(row)
+
+    def all(self, connection: Any, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+        cursor = self._cursor(connection, values)
+        try:
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        return [self._processed(row) for row in rows]
+
+    def _processed(self, row: Any) -> tuple[Any, ...]:
         return tuple(
             value if processor is None else processor(value)
             for value, processor in zip(row, self._result_processors, strict=True)

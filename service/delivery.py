@@ -20,7 +20,16 @@ from sqlalchemy.orm import Session
 
 from . import journal, outbox
 from .feedback import Feedback, Report
-from .mail import INTERNATIONAL_ADDRESSES_REFUSED, Message
+from .mail import (
+    INTERNATIONAL_ADDRESSES_REFUSED,
+    AddressNotSupported,
+    MailerUnavailable,
+    Message,
+    MessageRejected,
+    RecipientRejected,
+    ServerBusy,
+    TemporaryFailure,
+)
 from .models import FeedbackType
 
 logger = logging.getLogger(__name__)
@@ -109,10 +118,10 @@ class Pacer:
         self._next = now + self.interval
 
 
-def record_sent(connection: Connection, *, worker: str, row: outbox.Claimed, now: datetime) -> None:
+def record_sent(connection: Connection, *, worker: str, sent: outbox.Sent) -> None:
     """The server accepted the email."""
-    if not outbox.mark_sent(connection, row.id, worker=worker, now=now):
-        logger.warning("outbox %d was sent but its claim had moved on", row.id)  # pragma: no cover
+    if not outbox.mark_sent(connection, sent.id, worker=worker, now=sent.at):
+        logger.warning("outbox %d was sent but its claim had moved on", sent.id)  # pragma: no cover
 
 
 def record_failure(
@@ -211,3 +220,43 @@ def record_undeliverable(
             now=now,
             detail={"reason": reason, "outbox_id": row.id, "email_kind": row.kind},
         )
+
+
+def deliver(
+    mailer: Mailer,
+    message: Message,
+    *,
+    row: outbox.Claimed,
+    now: datetime,
+    worker: str,
+    policy: DeliveryPolicy,
+    feedback: Feedback,
+    report: PassReport,
+    record: Callable[..., None],
+) -> outbox.Sent | None:
+    """Hand one email to the mailer. Sent: returned, for the next lease renewal to record
+    (service.dispatch). Anything else is recorded at once through `record(recorder,
+    **outcome)`, except that nothing can go now (MailerUnavailable, ServerBusy), which is
+    raised for the pass to hold the queue."""
+    outcome = {"worker": worker, "row": row, "report": report}
+    try:
+        mailer.send(message)
+    except (MailerUnavailable, ServerBusy):
+        raise
+    except TemporaryFailure as exc:
+        record(retry_or_fail, **outcome, error=str(exc), now=now, policy=policy)
+    except RecipientRejected as exc:
+        record(record_bounce, **outcome, error=str(exc), code=exc.code, now=now, feedback=feedback)
+    except AddressNotSupported as exc:
+        logger.warning("outbox %d cannot go through this server: %s", row.id, exc)
+        record(record_undeliverable, **outcome, now=now)
+    except MessageRejected as exc:
+        logger.warning("outbox %d rejected by the server: %s", row.id, exc)
+        record(record_failure, **outcome, error=str(exc))
+    except Exception as exc:  # one bad message must not stall the rest of the pass
+        logger.exception("outbox %d could not be sent", row.id)
+        record(retry_or_fail, **outcome, error=f"unexpected error: {exc!r}", now=now, policy=policy)
+    else:
+        report.sent += 1
+        return outbox.Sent(row.id, now)
+    return None

@@ -1,14 +1,17 @@
 """One dispatch pass: claim due outbox rows, compose each (service.compose), deliver it,
 record the outcome.
 
-Each message is committed as sent as soon as the server accepts it, in its own short
-transaction, and before the next message goes out. Two windows remain in which one
+Each message is committed as sent as soon as the server accepts it, and before the next
+message goes out: by the one statement that also renews the next row's lease (one round
+trip per email), or on its own at the end of a batch. Two windows remain in which one
 email can reach its reader twice, each holding at most the one message in flight:
 - the scheduler dies after the server accepted the message, before that commit: the
   row's lease runs out and another pass sends it again;
 - the server's reply to DATA never arrives (timeout, dropped line): it may have taken
   the message, but we cannot know, so it is retried.
-Message-IDs stay the same on every attempt, so receiving servers can spot a repeat.
+Message-IDs stay the same on every attempt, so receiving servers can spot a repeat. On
+PostgreSQL the sending connection does not wait for commits to reach the disk: see
+`Dispatcher._sending_connection` for what that trades.
 
 Before each message the scheduler renews its lease on the row, reading the clock again:
 a batch that runs longer than its lease can never send a row another scheduler has taken.
@@ -16,40 +19,24 @@ a batch that runs longer than its lease can never send a row another scheduler h
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, select
+from sqlalchemy.exc import DBAPIError
 
 from . import broadcasts, kinds, outbox
 from .compose import Composer
 from .db import Database
-from .delivery import (
-    DeliveryPolicy,
-    Mailer,
-    Pacer,
-    PassReport,
-    record_bounce,
-    record_failure,
-    record_sent,
-    record_undeliverable,
-    retry_or_fail,
-)
+from .delivery import DeliveryPolicy, Mailer, Pacer, PassReport, deliver, record_sent
 from .feedback import Feedback
 from .kinds import Receivers
-from .mail import (
-    AddressNotSupported,
-    MailerUnavailable,
-    Message,
-    MessageRejected,
-    RecipientRejected,
-    ServerBusy,
-    TemporaryFailure,
-)
+from .mail import MailerUnavailable, Message, ServerBusy
 from .models import OutboxMessage, OutboxStatus
 from .sequences import sending_window_opens, zone_of
 
@@ -145,87 +132,122 @@ class Dispatcher:
     ) -> None:
         with self.database.read() as session:
             readers = outbox.readers_of(session, claimed)
-        # One connection for the batch, one transaction per email. What became of the email
-        # just sent is committed together with the lease renewal of the next one, and always
-        # before the next one goes out.
-        record: Callable[[Connection], None] | None = None
-        with self.database.engine.connect() as connection:
-            for index, message_id in enumerate(claimed):
-                if record is not None and pacer.interval:
-                    # Never leave a sent email unrecorded while waiting for the pace.
+        # The email just sent is recorded by the statement that renews the next one's lease,
+        # and always before the next one goes out; any other outcome is recorded at once,
+        # in a transaction of its own.
+        sent: outbox.Sent | None = None
+        with self._sending_connection() as connection:
+            try:
+                for index, message_id in enumerate(claimed):
+                    if sent is not None and pacer.interval:
+                        # Never leave a sent email unrecorded while waiting for the pace.
+                        with connection.begin():
+                            record_sent(connection, worker=self.worker, sent=sent)
+                        sent = None
+                    pacer.wait()
+                    now = clock()
                     with connection.begin():
-                        record(connection)
-                    record = None
-                pacer.wait()
-                now = clock()
-                try:
-                    with connection.begin():
-                        if record is not None:
-                            record(connection)
                         if stop is not None and stop.is_set():
+                            if sent is not None:
+                                record_sent(connection, worker=self.worker, sent=sent)
+                                sent = None
                             report.released += outbox.release(
                                 connection, list(claimed[index:]), worker=self.worker, due_at=now
                             )
                             report.stopped = "stop requested"
                             return
                         prepared = self._prepare(
-                            connection, message_id, readers, now=now, report=report
+                            connection, message_id, readers, now=now, report=report, sent=sent
                         )
-                except Exception:
-                    # Rolled back: a skeleton rendered in it may point at links stored in it.
-                    self.composer.forget_rendered()
-                    # The next row failed; what became of the last email must still stick.
-                    if record is not None:
+                    sent = None
+                    if prepared is None:
+                        continue
+                    row, message = prepared
+                    try:
+                        sent = deliver(
+                            mailer,
+                            message,
+                            row=row,
+                            now=now,
+                            worker=self.worker,
+                            policy=self.policy,
+                            feedback=self.feedback,
+                            report=report,
+                            record=self._record,
+                        )
+                    except (MailerUnavailable, ServerBusy) as exc:
                         with connection.begin():
-                            record(connection)
-                    raise
-                record = None
-                if prepared is None:
-                    continue
-                row, message = prepared
-                outcome = {"worker": self.worker, "row": row, "report": report}
-                try:
-                    mailer.send(message)
-                except (MailerUnavailable, ServerBusy) as exc:
+                            self._hold_the_queue(
+                                exc, connection, claimed[index:], now=now, report=report
+                            )
+                        return
+                if sent is not None:
                     with connection.begin():
-                        self._hold_the_queue(
-                            exc, connection, claimed[index:], now=now, report=report
-                        )
-                    return
-                except TemporaryFailure as exc:
-                    record = functools.partial(
-                        retry_or_fail, **outcome, error=str(exc), now=now, policy=self.policy
-                    )
-                except RecipientRejected as exc:
-                    record = functools.partial(
-                        record_bounce,
-                        **outcome,
-                        error=str(exc),
-                        code=exc.code,
-                        now=now,
-                        feedback=self.feedback,
-                    )
-                except AddressNotSupported as exc:
-                    logger.warning("outbox %d cannot go through this server: %s", message_id, exc)
-                    record = functools.partial(record_undeliverable, **outcome, now=now)
-                except MessageRejected as exc:
-                    logger.warning("outbox %d rejected by the server: %s", message_id, exc)
-                    record = functools.partial(record_failure, **outcome, error=str(exc))
-                except Exception as exc:  # one bad message must not stall the rest of the pass
-                    logger.exception("outbox %d could not be sent", message_id)
-                    record = functools.partial(
-                        retry_or_fail,
-                        **outcome,
-                        error=f"unexpected error: {exc!r}",
-                        now=now,
-                        policy=self.policy,
-                    )
-                else:
-                    report.sent += 1
-                    record = functools.partial(record_sent, worker=self.worker, row=row, now=now)
-            if record is not None:
-                with connection.begin():
-                    record(connection)
+                        record_sent(connection, worker=self.worker, sent=sent)
+                    sent = None
+            except Exception as exc:
+                self._after_a_failure(exc, sent, claimed, now=clock())
+                raise
+
+    @contextmanager
+    def _sending_connection(self) -> Iterator[Connection]:
+        """The connection a batch's statements run on.
+
+        On PostgreSQL it commits each statement as it runs (autocommit: no BEGIN and COMMIT
+        round trips) and does not wait for the commit to reach the disk (asynchronous commit:
+        no fsync). The durability trade, also in README ("The durability trade on PostgreSQL"):
+        - the scheduler dies (SIGKILL, a lost machine): nothing is lost, since a statement has
+          returned only once the database server has committed it; at most the one email on
+          the wire goes out again, as before;
+        - the database server itself crashes: it may forget the commits of its last
+          3 x wal_writer_delay (0.6 s by default), so up to that many seconds of "sent"
+          marks: those emails go out again once their lease runs out (at 1,000 emails/s,
+          at most about 600 repeats), each with its own Message-ID unchanged.
+        Statements that must stand or fall together (a bounce, say) run in a transaction of
+        their own (`_record`). On SQLite each `connection.begin()` is a write transaction,
+        as elsewhere.
+        """
+        with self.database.engine.connect() as connection:
+            if connection.dialect.name != "postgresql":
+                yield connection
+                return
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql("SET synchronous_commit TO off")
+            connection.commit()  # ends SQLAlchemy's autobegun (and empty) transaction
+            try:
+                yield connection
+            finally:
+                if not connection.invalidated:
+                    connection.exec_driver_sql("RESET synchronous_commit")
+
+    def _record(self, recorder: Callable[..., None], **outcome: Any) -> None:
+        """Record an outcome other than "sent" in a transaction of its own."""
+        with self.database.engine.begin() as connection:
+            recorder(connection, **outcome)
+
+    def _after_a_failure(
+        self, exc: Exception, sent: outbox.Sent | None, claimed: Sequence[int], *, now: datetime
+    ) -> None:
+        """The pass failed: whatever was rendered in it may be gone with its transaction, the
+        email just sent must still be recorded, and if the database connection was lost,
+        the rest of the claim goes back at once (on a new connection) rather than when its
+        lease runs out."""
+        # Rolled back: a skeleton rendered in it may point at links stored in it.
+        self.composer.forget_rendered()
+        lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+        if sent is None and not lost:
+            return
+        with self.database.engine.begin() as connection:
+            if sent is not None:
+                # Already recorded if the statement that failed came after it; then this
+                # changes nothing.
+                outbox.mark_sent(connection, sent.id, worker=self.worker, now=sent.at)
+            if lost:
+                released = outbox.release(connection, list(claimed), worker=self.worker, due_at=now)
+                logger.error(
+                    "the database connection was lost mid-pass; %d claimed emails handed back",
+                    released,
+                )
 
     def _hold_the_queue(
         self,
@@ -262,10 +284,12 @@ class Dispatcher:
         *,
         now: datetime,
         report: PassReport,
+        sent: outbox.Sent | None,
     ) -> tuple[outbox.Claimed, Message] | None:
-        """The row and its message, or None if it must not (or cannot) go now."""
+        """The row and its message, or None if it must not (or cannot) go now. Records
+        `sent` as sent in the same statement that renews the row's lease."""
         row = outbox.renew_claim(
-            connection, message_id, worker=self.worker, now=now, lease=self.policy.lease
+            connection, message_id, worker=self.worker, now=now, lease=self.policy.lease, sent=sent
         )
         if row is None:
             # Cancelled since the claim (the reader left), or the lease lapsed.

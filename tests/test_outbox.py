@@ -64,6 +64,59 @@ def test_renewing_fails_once_the_lease_has_lapsed_or_the_row_is_cancelled(app, c
         assert not outbox.renew_claim(session, first.id, worker="A", now=clock(), lease=LEASE)
 
 
+def test_one_renewal_records_the_email_just_sent_and_renews_the_next(app, clock, caplog):
+    """The sending loop's one statement per email: the row sent is marked as mark_sent()
+    marks it, the next is renewed as renew_claim() renews it, and nothing else moves."""
+    add_pending(app, 4)
+    first, second, third, fourth = claim(app, "A")
+    services = services_of(app)
+    sent_at = clock() + timedelta(seconds=2)
+    later = clock() + timedelta(seconds=3)
+    with services.database.begin() as session:
+        renewed = outbox.renew_claim(
+            session,
+            second.id,
+            worker="A",
+            now=later,
+            lease=LEASE,
+            sent=outbox.Sent(first.id, sent_at),
+        )
+    assert renewed is not None and renewed.id == second.id and renewed.attempts == 1
+    stored = {r.id: r for r in rows(app)}
+    assert (stored[first.id].status, stored[first.id].sent_at) == (OutboxStatus.SENT, sent_at)
+    assert stored[first.id].claimed_by is None and stored[first.id].due_at == first.due_at
+    assert (stored[second.id].status, stored[second.id].due_at) == (
+        OutboxStatus.SENDING,
+        later + LEASE,
+    )
+    assert stored[second.id].sent_at is None and stored[second.id].claimed_by == "A"
+    assert stored[third.id].due_at == third.due_at  # untouched
+    # The next row's claim is gone (cancelled): the email sent is still recorded.
+    with services.database.begin() as session:
+        outbox.cancel_for_subscriber(session, fourth.subscriber_id, reason="left")
+    with services.database.begin() as session:
+        assert not outbox.renew_claim(
+            session,
+            fourth.id,
+            worker="A",
+            now=later,
+            lease=LEASE,
+            sent=outbox.Sent(second.id, later),
+        )
+    assert {r.id: r.status for r in rows(app)}[second.id] is OutboxStatus.SENT
+    # Recording a row whose claim moved on says so, and still renews the next.
+    with services.database.begin() as session:
+        assert outbox.renew_claim(
+            session,
+            third.id,
+            worker="A",
+            now=later,
+            lease=LEASE,
+            sent=outbox.Sent(second.id, later),
+        )
+    assert f"outbox {second.id} was sent but its claim had moved on" in caplog.text
+
+
 def test_a_cancelled_row_being_sent_is_still_recorded_as_sent(app, clock):
     add_pending(app, 1)
     [row] = claim(app, "A")

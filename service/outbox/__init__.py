@@ -14,6 +14,7 @@ from __future__ import annotations
 from .claims import (
     Claimed,
     Reader,
+    Sent,
     claim,
     mark_cancelled,
     mark_failed,
@@ -43,6 +44,7 @@ __all__ = [
     "Owner",
     "Reader",
     "Recipient",
+    "Sent",
     "cancel_for_subscriber",
     "claim",
     "enqueue",

@@ -9,18 +9,21 @@ and run on a plain Connection.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Update, bindparam, func, or_, select, text, update
+from sqlalchemy import Connection, Update, and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from .. import kinds
 from ..db import PreparedStatement
 from ..kinds import Receivers
 from ..models import OUTBOX_DUE_STATES, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+
+logger = logging.getLogger(__name__)
 
 # The sending loop runs these on a plain Connection (an ORM Session costs more per email
 # than the statements themselves); everything else passes a Session.
@@ -122,40 +125,86 @@ def _prepared(statement: Update, connection: Connection) -> PreparedStatement:
     return prepared
 
 
+@dataclass(frozen=True)
+class Sent:
+    """An email the server accepted at `at`, to be recorded with the next lease renewal."""
+
+    id: int
+    at: datetime
+
+
 @functools.cache
-def _renew_statement() -> Update:
+def _renew_statement(with_sent: bool) -> Update:
     # Built once: this runs for every email, and building SQL costs more than running it.
     table = OutboxMessage.__table__
     columns = table.c
+    renewable = and_(
+        columns.id == bindparam("message_id"),
+        columns.status == OutboxStatus.SENDING,
+        columns.due_at > bindparam("now"),
+    )
+    returning = [columns[name] for name in Claimed.__dataclass_fields__]
+    if not with_sent:
+        return (
+            table.update()
+            .where(renewable, columns.claimed_by == bindparam("worker"))
+            .values(due_at=bindparam("lease_until"))
+            .returning(*returning)
+        )
+    # One UPDATE for two rows, the email just sent and the next one, so that both cost one
+    # round trip (on PostgreSQL, one commit). CASE, not a CTE: SQLite runs it too.
+    sent = columns.id == bindparam("sent_id")
+    recordable = and_(
+        sent,
+        # What mark_sent() accepts: the row may have been cancelled while on the wire.
+        or_(columns.status == OutboxStatus.SENDING, columns.status == OutboxStatus.CANCELLED),
+    )
     return (
         table.update()
-        .where(
-            columns.id == bindparam("message_id"),
-            columns.status == OutboxStatus.SENDING,
-            columns.claimed_by == bindparam("worker"),
-            columns.due_at > bindparam("now"),
+        .where(columns.claimed_by == bindparam("worker"), or_(recordable, renewable))
+        .values(
+            status=case((sent, OutboxStatus.SENT), else_=columns.status),
+            sent_at=case(
+                (sent, bindparam("sent_at", type_=columns.sent_at.type)), else_=columns.sent_at
+            ),
+            last_error=case((sent, None), else_=columns.last_error),
+            claimed_by=case((sent, None), else_=columns.claimed_by),
+            due_at=case((sent, columns.due_at), else_=bindparam("lease_until")),
         )
-        .values(due_at=bindparam("lease_until"))
-        .returning(*(columns[name] for name in Claimed.__dataclass_fields__))
+        .returning(*returning)
     )
 
 
 def renew_claim(
-    bind: Bind, message_id: int, *, worker: str, now: datetime, lease: timedelta
+    bind: Bind,
+    message_id: int,
+    *,
+    worker: str,
+    now: datetime,
+    lease: timedelta,
+    sent: Sent | None = None,
 ) -> Claimed | None:
     """Extend `worker`'s lease on a row before acting on it, and read it; None if the claim
-    is gone.
+    is gone. With `sent`, the same statement records that email as sent (mark_sent).
 
     A claim is gone when the row was cancelled (the reader left: this is the check that
     stops an email claimed before an unsubscribe), or when its lease ran out (a slow batch)
     and another scheduler may have taken it over: then this one must not send it.
     """
     connection = _connection(bind)
-    row = _prepared(_renew_statement(), connection).first(
-        connection,
-        {"message_id": message_id, "worker": worker, "now": now, "lease_until": now + lease},
-    )
-    return None if row is None else Claimed(*row)
+    values = {"message_id": message_id, "worker": worker, "now": now, "lease_until": now + lease}
+    if sent is not None:
+        values.update(sent_id=sent.id, sent_at=sent.at)
+    statement = _prepared(_renew_statement(sent is not None), connection)
+    renewed = None
+    for row in statement.all(connection, values):
+        if row[0] == message_id:
+            renewed = Claimed(*row)
+        elif sent is not None:
+            sent = None  # recorded
+    if sent is not None:
+        logger.warning("outbox %d was sent but its claim had moved on", sent.id)
+    return renewed
 
 
 def readers_of(session: Session, message_ids: Sequence[int]) -> dict[int, Reader]:
