@@ -93,16 +93,13 @@ class Dispatcher:
                 else min(self.policy.batch_size, allowance)
             )
             with self.database.begin() as session:
-                claimed = [
-                    row.id
-                    for row in outbox.claim(
-                        session,
-                        worker=self.worker,
-                        now=clock(),
-                        limit=limit,
-                        lease=self.policy.lease,
-                    )
-                ]
+                claimed = outbox.claim_ids(
+                    session,
+                    worker=self.worker,
+                    now=clock(),
+                    limit=limit,
+                    lease=self.policy.lease,
+                )
             if not claimed:
                 break
             report.claimed += len(claimed)

@@ -37,6 +37,17 @@ def test_a_claim_takes_at_most_its_limit_the_earliest_due(app, clock):
     assert all(r.attempts == 1 and r.claimed_by == "A" for r in claimed)
 
 
+def test_the_sending_loop_s_claim_takes_the_same_rows_and_returns_their_ids(app, clock):
+    add_pending(app, 6, due_offsets=[timedelta(seconds=-n) for n in range(6)])
+    services = services_of(app)
+    with services.database.begin() as session:
+        ids = outbox.claim_ids(session, worker="A", now=clock(), limit=4, lease=LEASE)
+    taken = [r for r in rows(app) if r.status is OutboxStatus.SENDING]
+    assert ids == sorted(r.id for r in taken)
+    assert {r.to_address for r in taken} == {f"r{n}@example.com" for n in (5, 4, 3, 2)}
+    assert all(r.attempts == 1 and r.claimed_by == "A" for r in taken)
+
+
 def test_rows_not_yet_due_are_not_claimed(app, clock):
     add_pending(app, 2, due_offsets=[timedelta(0), timedelta(seconds=1)])
     assert len(claim(app, "A")) == 1

@@ -43,6 +43,27 @@ def claim(
     scheduler died). On PostgreSQL, rows another scheduler is claiming are skipped
     (FOR UPDATE SKIP LOCKED); on SQLite, BEGIN IMMEDIATE makes claims take turns.
     """
+    claimed = session.scalars(
+        _claim_statement(session, worker=worker, now=now, limit=limit, lease=lease).returning(
+            OutboxMessage
+        ),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return sorted(claimed, key=lambda message: message.id)
+
+
+def claim_ids(
+    session: Session, *, worker: str, now: datetime, limit: int, lease: timedelta
+) -> list[int]:
+    """claim(), for the sending loop: the ids alone, in order (it reads each row again as
+    it renews the lease, and loading whole rows here cost a fifth of a batch's time)."""
+    statement = _claim_statement(session, worker=worker, now=now, limit=limit, lease=lease)
+    return sorted(session.execute(statement.returning(OutboxMessage.id)).scalars())
+
+
+def _claim_statement(
+    session: Session, *, worker: str, now: datetime, limit: int, lease: timedelta
+) -> Update:
     is_due = (text(OUTBOX_DUE_STATES), OutboxMessage.due_at <= now)
     due = (
         select(OutboxMessage.id)
@@ -55,7 +76,7 @@ def claim(
     # A materialized CTE runs once. As `id IN (subquery)` PostgreSQL may rescan the
     # subquery for every row it updates, and LIMIT then stops limiting.
     due_ids = due.cte("due").prefix_with("MATERIALIZED")
-    claimed = session.scalars(
+    return (
         update(OutboxMessage)
         # Checked again on the row itself: a row claimed meanwhile is left alone.
         .where(OutboxMessage.id == due_ids.c.id, *is_due)
@@ -65,10 +86,7 @@ def claim(
             due_at=now + lease,
             attempts=OutboxMessage.attempts + 1,
         )
-        .returning(OutboxMessage),
-        execution_options={"synchronize_session": False},
-    ).all()
-    return sorted(claimed, key=lambda message: message.id)
+    )
 
 
 @dataclass(frozen=True)
