@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import sqlite3
 import threading
 import time
@@ -25,7 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, Insert, MetaData, Table, create_engine, event, insert
+from sqlalchemy import (
+    JSON,
+    Column,
+    Engine,
+    Insert,
+    MetaData,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy import exc as exc_types
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -244,6 +260,49 @@ def insert_ignoring_conflicts(
     statement = _insert_ignoring_conflicts(session.get_bind().dialect.name, table, column)
     value = session.connection().execute(statement, values).scalar_one_or_none()
     return value if returning is not None else value is not None
+
+
+def insert_many_ignoring_conflicts(
+    session: Session, table: Table, rows: list[dict[str, Any]], *, returning: Column
+) -> list[Any]:
+    """Insert rows (all with the same keys) in their order, leaving alone any that a unique
+    constraint already holds; `returning`'s value for each row inserted.
+
+    On PostgreSQL one `INSERT ... SELECT FROM unnest(...)` with an array per column: the
+    usual multi-row VALUES has a placeholder per value, and psycopg parses that statement
+    in Python on every run (0.1 s for 1,000 sequence steps, most of the tick's time).
+    """
+    if not rows:
+        return []
+    if session.get_bind().dialect.name != "postgresql":
+        statement = sqlite.insert(table).on_conflict_do_nothing().returning(returning)
+        return list(session.connection().execute(statement, rows).scalars())
+    names = list(rows[0])
+    arrays = (
+        func.unnest(*(_array(table.c[name], [row[name] for row in rows]) for name in names))
+        .table_valued(*names)
+        .render_derived()
+    )
+    statement = (
+        postgresql.insert(table)
+        .from_select(names, select(*(arrays.c[name] for name in names)))
+        .on_conflict_do_nothing()
+        .returning(returning)
+    )
+    return list(session.connection().execute(statement).scalars())
+
+
+def _array(column: Column, values: list[Any]) -> Any:
+    """`values` as one array parameter of `column`'s type."""
+    name = f"column_{column.name}"
+    if isinstance(column.type, JSON):
+        # As text, serialised as a JSON column is (json.dumps), then cast: psycopg has no
+        # array of JSON to send.
+        texts = [json.dumps(value) for value in values]
+        parameter = bindparam(name, texts, type_=postgresql.ARRAY(Text()))
+    else:
+        parameter = bindparam(name, values, type_=postgresql.ARRAY(column.type))
+    return cast(parameter, postgresql.ARRAY(column.type))
 
 
 def insert_row(session: Session, table: Table, values: dict[str, Any]) -> None:

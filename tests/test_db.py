@@ -17,9 +17,9 @@ from sqlalchemy.engine import make_url
 
 from service import kinds, migrate, outbox, subscriptions
 from service.config import PROJECT_ROOT
-from service.db import Base, Database, NestedWriteTransaction
+from service.db import Base, Database, NestedWriteTransaction, insert_many_ignoring_conflicts
 from service.magnets import DEFAULT_MAGNET
-from service.models import Event, Subscriber
+from service.models import Event, OutboxMessage, OutboxStatus, Subscriber
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url):
@@ -83,6 +83,54 @@ def test_datetimes_come_back_aware_and_in_utc(database_url):
         stored = session.scalar(sa.select(Event.at))
     assert stored == datetime(2026, 11, 24, 8, 30, tzinfo=UTC)
     assert stored.tzinfo is not None and stored.utcoffset() == timedelta(0)
+    database.dispose()
+
+
+def test_many_rows_ignoring_conflicts_are_written_as_one_at_a_time_would_be(database_url):
+    """insert_many_ignoring_conflicts (unnest arrays on PostgreSQL): every type comes back
+    as SQLAlchemy wrote it, rows a unique constraint holds already are left alone, and the
+    returned values are those of the rows written, in their order."""
+    database = Database.connect(database_url)
+    table = OutboxMessage.__table__
+    at = datetime(2026, 11, 24, 9, 30, 0, 5, tzinfo=UTC)
+
+    def row(n: int, slot: str | None) -> dict:
+        return {
+            "day_slot": slot,
+            "subscriber_id": None,
+            "to_address": f"r{n}@example.com",
+            "kind": kinds.SEQUENCE_STEP,
+            "template": "sequence/step",
+            "context": {"sequence": "glutes", "step": f"day-{n}", "odd": "é \" '"},
+            "sequence_step": f"day-{n}",
+            "dedupe_key": f"key-{n}",
+            "status": OutboxStatus.QUEUED,
+            "attempts": 0,
+            "due_at": at,
+            "created_at": at + timedelta(seconds=n),
+        }
+
+    with database.begin() as session:
+        assert insert_many_ignoring_conflicts(
+            session, table, [row(0, "slot-a"), row(1, None)], returning=table.c.dedupe_key
+        ) == ["key-0", "key-1"]
+    with database.begin() as session:
+        written = insert_many_ignoring_conflicts(
+            session,
+            table,
+            # key-1 is taken, and so is slot-a: only the third is new.
+            [row(1, None), {**row(5, "slot-a"), "dedupe_key": "key-5"}, row(2, "slot-b")],
+            returning=table.c.dedupe_key,
+        )
+        assert written == ["key-2"]
+        assert insert_many_ignoring_conflicts(session, table, [], returning=table.c.id) == []
+    with database.read() as session:
+        stored = session.scalars(sa.select(OutboxMessage).order_by(OutboxMessage.id)).all()
+    assert [r.dedupe_key for r in stored] == ["key-0", "key-1", "key-2"]
+    assert stored[2].context == row(2, None)["context"]
+    assert stored[2].status is OutboxStatus.QUEUED and stored[2].day_slot == "slot-b"
+    assert (stored[2].due_at, stored[2].created_at) == (at, at + timedelta(seconds=2))
+    assert stored[1].day_slot is None
     database.dispose()
 
 

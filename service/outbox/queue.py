@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .. import kinds
-from ..db import insert_ignoring_conflicts, insert_row
+from ..db import insert_ignoring_conflicts, insert_many_ignoring_conflicts, insert_row
 from ..models import OutboxMessage, OutboxStatus
 
 PENDING_STATES = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
@@ -163,12 +163,9 @@ def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime
     # scheduler's insert the other way round: PostgreSQL then reports a deadlock to one of
     # them, which counts its row as lost, below.)
     rows = sorted(({"day_slot": None, **row} for row in rows), key=lambda r: r["day_slot"] or "")
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     table = OutboxMessage.__table__
     written = set(
-        session.connection()
-        .execute(insert(table).on_conflict_do_nothing().returning(table.c.dedupe_key), rows)
-        .scalars()
+        insert_many_ignoring_conflicts(session, table, rows, returning=table.c.dedupe_key)
     )
     revive = (
         update(table)
