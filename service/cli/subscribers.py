@@ -131,6 +131,7 @@ def subscribers_import(
         worker=worker,
         default_time_zone=services.settings.DEFAULT_TIME_ZONE,
         clock=services.clock,
+        command_line=True,
     )
     with _signals_as_interrupts():
         try:
@@ -139,7 +140,7 @@ def subscribers_import(
                     session,
                     stream,
                     filename=file.name,
-                    created_by="cli",
+                    created_by=imports.COMMAND_LINE,
                     claimed_by=worker,
                     now=services.clock(),
                 ).id
@@ -158,9 +159,12 @@ def subscribers_import(
         except KeyboardInterrupt:
             with services.database.begin() as session:
                 imports.cancel(session, import_id, now=services.clock())
-                added = session.get(Import, import_id).applied.get("created", 0)
+                job = session.get(Import, import_id)
+                added, since = job.applied.get("created", 0), job.created_at
+            imports.take_back(services.database, import_id, since=since)
             raise click.ClickException(
-                f"stopped: the import is cancelled; {added} new subscribers were added before"
+                f"stopped: the import is cancelled and nothing was imported ({added} new "
+                "subscribers taken out again)"
             ) from None
         finally:
             with services.database.begin() as session:  # nothing goes on without the command
@@ -225,6 +229,8 @@ def _check_then_import(
         session.expunge(job)
     if job.status is ImportStatus.FAILED:
         raise click.ClickException(job.error or "the import failed")
+    if job.status is not ImportStatus.DONE:  # handed back half-way: all or nothing
+        raise KeyboardInterrupt
     return job.applied
 
 

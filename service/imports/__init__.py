@@ -24,6 +24,7 @@ from datetime import datetime
 from ..db import Database
 from .jobs import (
     ABANDONED_AFTER,
+    COMMAND_LINE,
     ENDED,
     LEASE,
     WORKING,
@@ -36,9 +37,11 @@ from .jobs import (
     waiting,
 )
 from .runner import INTERRUPTION_PAUSE, MAX_INTERRUPTIONS, ImportRunner
+from .undo import take_back
 
 __all__ = [
     "ABANDONED_AFTER",
+    "COMMAND_LINE",
     "ENDED",
     "INLINE_BYTES",
     "INTERRUPTION_PAUSE",
@@ -52,6 +55,7 @@ __all__ = [
     "start_import",
     "store_upload",
     "sweep",
+    "take_back",
     "waiting",
     "work",
 ]

@@ -26,6 +26,9 @@ LEASE = timedelta(minutes=5)
 ABANDONED_AFTER = timedelta(days=1)
 DELETE_BATCH = 20_000
 WORKING = (ImportStatus.CHECKING, ImportStatus.IMPORTING)
+# Who the CLI's uploads are created by: its imports are all or nothing (see
+# service.imports.undo), the web's go on from their checkpoint after a failure.
+COMMAND_LINE = "cli"
 ENDED = (ImportStatus.DONE, ImportStatus.FAILED, ImportStatus.CANCELLED)
 
 
@@ -115,6 +118,11 @@ def start_import(
     job.lease_until = now + LEASE if claimed_by else None
     job.updated_at = now
     return job
+
+
+def all_or_nothing(job: Import) -> bool:
+    """Whether a failure half-way takes the whole import back (the CLI's)."""
+    return job.created_by == COMMAND_LINE
 
 
 def cancel(session: Session, import_id: int, *, now: datetime, previews_only: bool = False) -> bool:

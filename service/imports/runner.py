@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from itertools import islice
 
-from sqlalchemy import ColumnElement, and_, or_, select, text
+from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 from .. import importer, signup_input
 from ..db import Database
 from ..importer import ImportProblem, Outcome, Row
-from ..models import Import, ImportChunk, ImportRow, ImportStatus, SubscriberStatus
-from .jobs import ENDED, delete_staged, end, hold, on_postgresql
+from ..models import Import, ImportChunk, ImportRow, ImportStatus
+from . import batch, undo
+from .jobs import ENDED, all_or_nothing, delete_staged, end, hold, on_postgresql
 
 logger = logging.getLogger("service.imports")
 
@@ -40,8 +41,12 @@ class ImportRunner:
         default_time_zone: str,
         clock: Callable[[], datetime],
         should_stop: Callable[[], bool] = lambda: False,
+        command_line: bool = False,
     ) -> None:
         self.database = database
+        # The CLI's runner carries on the all-or-nothing imports it starts; any other
+        # runner that gets one (its command died) takes it back instead.
+        self.command_line = command_line
         self.worker = worker
         self.default_time_zone = default_time_zone
         self.clock = clock
@@ -53,9 +58,12 @@ class ImportRunner:
         with self.database.read() as session:
             job = session.get(Import, import_id)
             status = job.status if job else None
+            orphaned = job is not None and all_or_nothing(job) and not self.command_line
         try:
             if status is ImportStatus.CHECKING:
                 self._check(import_id)
+            elif status is ImportStatus.IMPORTING and orphaned:
+                self._fail(import_id, None)
             elif status is ImportStatus.IMPORTING:
                 self._import(import_id)
         except (OperationalError, InterfaceError) as exc:
@@ -74,18 +82,31 @@ class ImportRunner:
             delete_staged(self.database, import_id, with_the_file=True)
         return status
 
-    def _fail(self, import_id: int, exc: BaseException) -> None:
+    def _fail(self, import_id: int, exc: BaseException | None) -> None:
+        """End the job as failed (`exc` None: the command importing it died); an
+        all-or-nothing import is taken back."""
         with self.database.begin() as session:
             job = hold(session, import_id, self.worker, now=self.clock())
-            if job is not None:
-                end(
-                    job,
-                    ImportStatus.FAILED,
-                    now=self.clock(),
-                    error=f"It stopped on an unexpected error ({type(exc).__name__}) after "
-                    f"{job.applied.get('created', 0)} new subscribers were added. Import "
-                    "the file again to add the rest: those already added are skipped.",
+            if job is None:
+                return
+            why = (
+                f"It stopped on an unexpected error ({type(exc).__name__})"
+                if exc is not None
+                else "The command importing it stopped before it finished"
+            )
+            added = job.applied.get("created", 0)
+            whole = all_or_nothing(job)
+            since = job.created_at
+            if whole:
+                error = f"{why}; nothing was imported ({added} new subscribers taken out again)."
+            else:
+                error = (
+                    f"{why} after {added} new subscribers were added. Import the file again "
+                    "to add the rest: those already added are skipped."
                 )
+            end(job, ImportStatus.FAILED, now=self.clock(), error=error)
+        if whole:
+            undo.take_back(self.database, import_id, since=since)
 
     def _interrupted(self, import_id: int, exc: BaseException) -> None:
         with self.database.begin() as session:
@@ -93,7 +114,8 @@ class ImportRunner:
             if job is None:
                 return
             job.interruptions += 1
-            if job.interruptions < MAX_INTERRUPTIONS:
+            # An all-or-nothing import has its command waiting on it: no second go later.
+            if job.interruptions < MAX_INTERRUPTIONS and not all_or_nothing(job):
                 # Free for anyone, after a pause for whatever went away to come back.
                 job.claimed_by = None
                 job.lease_until = self.clock() + INTERRUPTION_PAUSE
@@ -172,43 +194,32 @@ class ImportRunner:
             if self.should_stop():
                 self._hand_back(import_id)
                 return
+            now = self.clock()
+            # Read, and made ready, before the write transaction: on SQLite the write lock
+            # is held only while the batch is written.
+            with self.database.read() as session:
+                job = session.get(Import, import_id)
+                if job is None:
+                    return
+                staged = batch.read_batch(session, job, size=BATCH_ROWS, now=now)
             with self.database.begin() as session:
-                now = self.clock()
                 job = hold(session, import_id, self.worker, now=now)
                 if job is None:
                     return
-                staged = session.scalars(
-                    select(ImportRow)
-                    .where(
-                        ImportRow.import_id == import_id,
-                        ImportRow.line > job.applied_line,
-                        _to_apply(bool(job.tags)),
-                    )
-                    .order_by(ImportRow.line)
-                    .limit(BATCH_ROWS)
-                ).all()
-                if not staged:
+                if staged is not None and staged.after_line != job.applied_line:
+                    continue  # moved on since it was read: read again
+                if staged is None:
                     end(job, ImportStatus.DONE, now=now)
                     logger.info("import %d done: %s", import_id, job.applied)
                     return
-                plan = importer.Plan(rows=[_row(row) for row in staged])
-                # Afresh: people may have signed up, or been erased, since the preview.
-                importer.compare_with_the_list(session, plan.rows)
-                done = importer.apply_plan(
-                    session,
-                    plan,
-                    consent_text=job.consent_text or "",
-                    mode=importer.Mode(job.mode),
-                    join_sequence=job.join_sequence,
-                    sequence=job.sequence or "",
-                    now=now,
-                    tags_for_all=job.tags,
+                done = batch.apply_batch(
+                    session, job, staged, now=now, mark_for_undo=all_or_nothing(job)
                 )
                 before = job.applied.get("created", 0)
                 job.applied = {
                     name: job.applied.get(name, 0) + value for name, value in vars(done).items()
                 }
-                job.applied_line = staged[-1].line
+                job.applied_line = staged.last_line
                 job.interruptions = 0  # counted in a row
                 grown = _doubled(before, job.applied["created"])
             if grown:
@@ -221,22 +232,6 @@ def _doubled(before: int, after: int) -> bool:
     """Whether a count just passed a power of two times a batch (about ten times in a
     million rows)."""
     return after >= BATCH_ROWS and before.bit_length() != after.bit_length()
-
-
-def _row(staged: ImportRow) -> Row:
-    return Row(
-        line=staged.line,
-        outcome=Outcome.NEW,
-        email=staged.email,
-        first_name=staged.first_name,
-        time_zone=staged.time_zone,
-        source=staged.source,
-        status=SubscriberStatus(staged.status) if staged.status else None,
-        signed_up=staged.signed_up,
-        confirmed=staged.confirmed,
-        unsubscribed=staged.unsubscribed,
-        tags=staged.tags.split(";") if staged.tags else [],
-    )
 
 
 def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -352,13 +347,3 @@ def _stage(session: Session, job: Import, rows: list[Row]) -> None:
     ]
     if room > 0 and found:
         job.issues = [*job.issues, *found[:room]]
-
-
-def _to_apply(tags_for_all: bool) -> ColumnElement[bool]:
-    """The staged rows an import's batch has work for: new and updated readers, and those
-    already on the list when they get a tag (the file's, or one for every row)."""
-    changes = ImportRow.outcome.in_([Outcome.NEW.value, Outcome.UPDATED.value])
-    unchanged = ImportRow.outcome == Outcome.UNCHANGED.value
-    if not tags_for_all:
-        unchanged = and_(unchanged, ImportRow.tags.is_not(None))
-    return or_(changes, unchanged)
