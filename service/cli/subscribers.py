@@ -7,12 +7,15 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from flask.cli import AppGroup
+from sqlalchemy import event
 
 from .. import audience, export, importer, imports
 from .. import tags as tag_names
+from ..db import Database
 from ..models import Import, ImportStatus, SubscriberStatus
 from ..services import worker_name
 from .common import services as _services
@@ -125,6 +128,7 @@ def subscribers_import(
     except tag_names.InvalidTag as exc:
         raise click.BadParameter(str(exc), param_hint="--tag") from None
     services = _services()
+    _roomy_page_cache(services.database)
     worker = f"cli:{worker_name()}"
     runner = imports.ImportRunner(
         services.database,
@@ -232,6 +236,18 @@ def _check_then_import(
     if job.status is not ImportStatus.DONE:  # handed back half-way: all or nothing
         raise KeyboardInterrupt
     return job.applied
+
+
+def _roomy_page_cache(database: Database) -> None:
+    """Give SQLite a 32 MB page cache (its default is 2 MB) for this command alone: the
+    import writes the list's indexes all over, and re-reading their pages from the OS
+    cost a quarter of its time."""
+    if database.dialect != "sqlite":
+        return
+
+    @event.listens_for(database.engine, "checkout")
+    def roomy(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.execute("PRAGMA cache_size=-32768")
 
 
 @contextlib.contextmanager

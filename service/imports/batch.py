@@ -1,18 +1,18 @@
 """One batch of an import's staged rows carried out with a handful of set-based
-statements, whatever the batch's size (no statement per row).
+statements, whatever the batch's size: nothing is done a row at a time in Python.
 
-`read_batch` reads the next batch and works out, in Python, the subscriber each row would
-become; it only reads, so on SQLite it runs outside the write lock. `apply_batch`, in the
-caller's write transaction, compares the batch with the list afresh (someone may have
-signed up, been erased or complained since the preview) and writes it: readers already
-on the list get the first name the file adds and their tags; the others are inserted in
-one multi-row INSERT, and their consent records, "imported" events, tags and sequence
-enrollments follow in one INSERT ... SELECT each. Only double opt-in still queues its
+`read_batch` finds the batch (a range of lines, and the tags its rows carry); it only
+reads, so on SQLite it runs outside the write lock. `apply_batch`, in the caller's write
+transaction, compares the batch with the list afresh (someone may have signed up, been
+erased or complained since the preview) and writes it: readers already on the list get
+the first name the file adds (one UPDATE); the others go in with one INSERT ... SELECT
+from the staged rows, and their consent records, "imported" events, tags and sequence
+enrollments with one INSERT ... SELECT each. Only double opt-in still queues its
 confirmation emails one by one (service.outbox owns that row's layout).
 
-With `mark_for_undo`, the staged rows say what the batch did to the list (a reader
-created, a first name added), so that `service.imports.undo` can take an import back
-whole after a failure half-way (the CLI's all-or-nothing import).
+The staged rows keep what the batch did to the list (a reader CREATED, a first name
+NAMED): the later statements find the batch's new readers by it, and
+`service.imports.undo` takes an all-or-nothing import back by it after a failure.
 """
 
 from __future__ import annotations
@@ -25,19 +25,23 @@ from sqlalchemy import (
     JSON,
     ColumnElement,
     and_,
+    case,
     cast,
+    exists,
+    func,
     insert,
     literal,
     null,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .. import erasure, importer, journal, kinds, outbox, signup_input, subscriptions
-from ..importer import Outcome, Row
+from .. import importer, journal, kinds, outbox, subscriptions
+from ..importer import Outcome
 from ..models import (
     ConsentRecord,
     Enrollment,
@@ -52,30 +56,17 @@ from ..models import (
 )
 from ..models.columns import UTCDateTime
 
-# What a batch did to a staged row's reader, written over its outcome for the undo (the
-# preview's figures live on the job, not in these rows, and a row is read once).
+# What a batch did to a staged row's reader, written over its outcome (the preview's
+# figures live on the job, not in these rows, and a row is applied once).
 CREATED = "created"
 NAMED = "named"
-
-
-@dataclass
-class Staged:
-    """A staged row as a batch needs it."""
-
-    line: int
-    key: str
-    email: str
-    first_name: str | None
-    tags: list[str]
-    subscriber: dict[str, Any]  # the reader it becomes if it is new
-    suppression_hash: str
 
 
 @dataclass
 class Batch:
     after_line: int  # the job's checkpoint it follows
     last_line: int  # the checkpoint once it is applied
-    rows: list[Staged] = field(default_factory=list)
+    row_tags: set[str] = field(default_factory=set)  # the tags its rows' own cells name
 
 
 def to_apply(tags_for_all: bool) -> ColumnElement[bool]:
@@ -88,22 +79,11 @@ def to_apply(tags_for_all: bool) -> ColumnElement[bool]:
     return or_(changes, unchanged)
 
 
-def read_batch(session: Session, job: Import, *, size: int, now: datetime) -> Batch | None:
-    """The next `size` staged rows after the job's checkpoint that have work to do, each
-    with the subscriber it would become; None when there are none left."""
-    staged = session.execute(
-        select(
-            ImportRow.line,
-            ImportRow.email,
-            ImportRow.first_name,
-            ImportRow.time_zone,
-            ImportRow.source,
-            ImportRow.status,
-            ImportRow.signed_up,
-            ImportRow.confirmed,
-            ImportRow.unsubscribed,
-            ImportRow.tags,
-        )
+def read_batch(session: Session, job: Import, *, size: int) -> Batch | None:
+    """The next `size` staged rows after the job's checkpoint that have work to do; None
+    when there are none left."""
+    lines = (
+        select(ImportRow.line)
         .where(
             ImportRow.import_id == job.id,
             ImportRow.line > job.applied_line,
@@ -111,150 +91,227 @@ def read_batch(session: Session, job: Import, *, size: int, now: datetime) -> Ba
         )
         .order_by(ImportRow.line)
         .limit(size)
-    ).all()
-    if not staged:
+        .subquery()
+    )
+    last_line = session.scalar(select(func.max(lines.c.line)))
+    if last_line is None:
         return None
-    mode = importer.Mode(job.mode)
-    batch = Batch(after_line=job.applied_line, last_line=staged[-1].line)
-    for line, email, first_name, zone, source, status, signed_up, confirmed, left, tags in staged:
-        row = Row(
-            line=line,
-            outcome=Outcome.NEW,
-            email=email,
-            first_name=first_name,
-            time_zone=zone,
-            source=source,
-            status=SubscriberStatus(status) if status else None,
-            signed_up=signed_up,
-            confirmed=confirmed,
-            unsubscribed=left,
+    batch = Batch(after_line=job.applied_line, last_line=last_line)
+    for cell in session.scalars(
+        select(ImportRow.tags)
+        .distinct()
+        .where(
+            ImportRow.import_id == job.id,
+            ImportRow.line > batch.after_line,
+            ImportRow.line <= batch.last_line,
+            ImportRow.tags.is_not(None),
         )
-        batch.rows.append(
-            Staged(
-                line=line,
-                key=signup_input.email_key(email),
-                email=email,
-                first_name=first_name,
-                tags=tags.split(";") if tags else [],
-                subscriber=importer.subscriber_values(row, mode=mode, now=now),
-                suppression_hash=erasure.suppression_hash(email),
-            )
-        )
+    ):
+        batch.row_tags.update(cell.split(";"))
     return batch
 
 
 def _insert(session: Session, table: Any) -> Any:
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
+    return dialect.insert(table)
 
 
 def _json(session: Session, value: Any) -> Any:
     """A JSON value to INSERT ... SELECT: PostgreSQL wants it cast; SQLite keeps the text
-    (its CAST to JSON would turn it into a number)."""
+    (its CAST to JSON would make a number of it)."""
     bound = literal(value, JSON())
     return cast(bound, JSON) if session.get_bind().dialect.name == "postgresql" else bound
 
 
-def apply_batch(
-    session: Session, job: Import, batch: Batch, *, now: datetime, mark_for_undo: bool
-) -> importer.Applied:
-    """Carry `batch` out in the caller's transaction, as `importer.apply_plan` would row
-    by row; what it did."""
+def apply_batch(session: Session, job: Import, batch: Batch, *, now: datetime) -> importer.Applied:
+    """Carry `batch` out in the caller's transaction, as `importer.apply_plan` does row by
+    row; what it did."""
     done = importer.Applied()
-    rows = {row.key: row for row in batch.rows}
-    on_the_list = {
-        key: (subscriber_id, first_name)
-        for subscriber_id, key, first_name in session.execute(
-            select(Subscriber.id, Subscriber.email_key, Subscriber.first_name).where(
-                Subscriber.email_key.in_(list(rows))
-            )
-        )
-    }
-    naming = [key for key, (_, name) in on_the_list.items() if rows[key].first_name and not name]
-    if naming:
-        done.updated = session.execute(
-            update(Subscriber)
-            .where(
-                Subscriber.email_key.in_(naming),
-                or_(Subscriber.first_name.is_(None), Subscriber.first_name == ""),
-            )
-            .values(
-                first_name=select(ImportRow.first_name)
-                .where(ImportRow.import_id == job.id, ImportRow.email_key == Subscriber.email_key)
-                .scalar_subquery()
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-    # Afresh: erased on request, or complained, since the preview: never imported.
-    newcomers = [row for key, row in rows.items() if key not in on_the_list]
-    suppressed = set(
-        session.scalars(
-            select(Suppression.email_hash).where(
-                Suppression.email_hash.in_([row.suppression_hash for row in newcomers])
-            )
-        )
+    at = literal(now, UTCDateTime())
+    in_batch = and_(
+        ImportRow.import_id == job.id,
+        ImportRow.line > batch.after_line,
+        ImportRow.line <= batch.last_line,
     )
-    newcomers = [row for row in newcomers if row.suppression_hash not in suppressed]
-    created: dict[str, int] = {}
-    if newcomers:
-        # Ignoring conflicts: someone who signed up a moment ago keeps the form's record.
-        created = dict(
-            session.execute(
-                _insert(session, Subscriber.__table__).returning(
-                    Subscriber.email_key, Subscriber.id
-                ),
-                [row.subscriber for row in newcomers],
-            ).all()
+    rows = and_(in_batch, or_(to_apply(bool(job.tags)), ImportRow.outcome.in_([NAMED, CREATED])))
+    reader = select(Subscriber.id).where(Subscriber.email_key == ImportRow.email_key)
+    unnamed = or_(Subscriber.first_name.is_(None), Subscriber.first_name == "")
+    gives_a_name = and_(ImportRow.first_name.is_not(None), ImportRow.first_name != "")
+
+    # On the list without a first name, which the file gives.
+    session.execute(
+        update(ImportRow)
+        .where(rows, gives_a_name, exists(reader.where(unnamed)))
+        .values(outcome=NAMED)
+        .execution_options(synchronize_session=False)
+    )
+    done.updated = session.execute(
+        update(Subscriber)
+        .where(
+            unnamed,
+            Subscriber.email_key.in_(
+                select(ImportRow.email_key).where(in_batch, ImportRow.outcome == NAMED)
+            ),
         )
+        .values(
+            first_name=select(ImportRow.first_name)
+            .where(ImportRow.import_id == job.id, ImportRow.email_key == Subscriber.email_key)
+            .scalar_subquery()
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+    # Not on the list, and not erased or complained (checked afresh): new readers.
+    suppressed = select(Suppression.email_hash).where(
+        Suppression.email_hash == ImportRow.suppression_hash
+    )
+    session.execute(
+        update(ImportRow)
+        .where(rows, ~exists(reader), ~exists(suppressed))
+        .values(outcome=CREATED)
+        .execution_options(synchronize_session=False)
+    )
+    created = _insert_newcomers(session, job, in_batch, at=at)
     done.created = len(created)
-    tagged = [
-        {"subscriber_id": subscriber_id, "tag": tag, "added_at": now, "added_by": "import"}
-        for key, subscriber_id in [
-            *((key, found[0]) for key, found in on_the_list.items()),
-            *created.items(),
-        ]
-        for tag in dict.fromkeys([*rows[key].tags, *job.tags])
-    ]
-    if tagged:
-        given = set(
-            session.execute(
-                _insert(session, SubscriberTag.__table__).returning(SubscriberTag.subscriber_id),
-                tagged,
-            ).scalars()
-        )
-        done.tagged = len(given - set(created.values()))
+
+    tagged = _tag(session, job, batch, rows, at=at)
+    done.tagged = len(tagged - set(created))
     if created:
-        _record_the_newcomers(session, job, rows, created, now=now, done=done)
-    if mark_for_undo:
-        for outcome, keys in ((CREATED, list(created)), (NAMED, naming)):
-            if keys:
-                session.execute(
-                    update(ImportRow)
-                    .where(ImportRow.import_id == job.id, ImportRow.email_key.in_(keys))
-                    .values(outcome=outcome)
-                    .execution_options(synchronize_session=False)
-                )
+        _record_the_newcomers(session, job, in_batch, created, at=at, now=now, done=done)
     return done
+
+
+def _insert_newcomers(
+    session: Session, job: Import, in_batch: ColumnElement[bool], *, at: Any
+) -> dict[int, tuple[str, SubscriberStatus]]:
+    """Insert the batch's CREATED rows as readers, in file order; each new reader's id,
+    address and status. Someone who signed up a moment ago (PostgreSQL: between the
+    marking and the insert) keeps the form's record, and their row loses its mark."""
+    mode = importer.Mode(job.mode)
+    chosen = (
+        SubscriberStatus.CONFIRMED if mode is importer.Mode.CONFIRMED else SubscriberStatus.PENDING
+    )
+    left = ImportRow.status.in_([status.value for status in importer.LEFT])
+    status = case((left, ImportRow.status), else_=literal(chosen.value))
+    confirmed_at: Any = ImportRow.confirmed
+    if chosen is SubscriberStatus.CONFIRMED:
+        # Kept from the file even for those who left since: it is their history.
+        confirmed_at = case(
+            (left, ImportRow.confirmed), else_=func.coalesce(ImportRow.confirmed, at)
+        )
+    unsubscribed = ImportRow.status == SubscriberStatus.UNSUBSCRIBED.value
+    bounced = ImportRow.status == SubscriberStatus.BOUNCED.value
+    newcomers = (
+        select(
+            ImportRow.email,
+            ImportRow.email_key,
+            ImportRow.mailbox_key,
+            ImportRow.first_name,
+            status,
+            ImportRow.time_zone,
+            ImportRow.source,
+            func.coalesce(ImportRow.signed_up, at),
+            confirmed_at,
+            case((unsubscribed, func.coalesce(ImportRow.unsubscribed, at)), else_=null()),
+            case((bounced, at), else_=null()),
+            true(),
+        )
+        .where(in_batch, ImportRow.outcome == CREATED)
+        .order_by(ImportRow.line)
+    )
+    columns = [
+        "email",
+        "email_key",
+        "mailbox_key",
+        "first_name",
+        "status",
+        "time_zone",
+        "source",
+        "created_at",
+        "confirmed_at",
+        "unsubscribed_at",
+        "bounced_at",
+        "wants_newsletters",
+    ]
+    statement = (
+        _insert(session, Subscriber.__table__)
+        .from_select(columns, newcomers)
+        .on_conflict_do_nothing()
+        .returning(Subscriber.id, Subscriber.email, Subscriber.status)
+    )
+    created = {
+        subscriber_id: (email, reader_status)
+        for subscriber_id, email, reader_status in session.execute(statement)
+    }
+    marked = session.scalar(
+        select(func.count()).select_from(ImportRow).where(in_batch, ImportRow.outcome == CREATED)
+    )
+    if marked != len(created):
+        session.execute(
+            update(ImportRow)
+            .where(
+                in_batch,
+                ImportRow.outcome == CREATED,
+                ~ImportRow.email_key.in_(
+                    select(Subscriber.email_key).where(Subscriber.id.in_(list(created)))
+                ),
+            )
+            .values(outcome=Outcome.NEW.value)
+            .execution_options(synchronize_session=False)
+        )
+    return created
+
+
+def _tag(
+    session: Session, job: Import, batch: Batch, rows: ColumnElement[bool], *, at: Any
+) -> set[int]:
+    """Give each row's reader, new or on the list, its own tags and the job's; the readers
+    given one they did not carry. One INSERT ... SELECT per tag."""
+    given: set[int] = set()
+    cell = literal(";") + ImportRow.tags + literal(";")
+    for tag in sorted(batch.row_tags | set(job.tags)):
+        carried = true() if tag in job.tags else cell.contains(f";{tag};", autoescape=True)
+        statement = (
+            _insert(session, SubscriberTag.__table__)
+            .from_select(
+                ["subscriber_id", "tag", "added_at", "added_by"],
+                select(Subscriber.id, literal(tag), at, literal("import"))
+                .join(ImportRow, ImportRow.email_key == Subscriber.email_key)
+                .where(rows, carried),
+            )
+            .on_conflict_do_nothing()
+            .returning(SubscriberTag.subscriber_id)
+        )
+        given.update(session.scalars(statement))
+    return given
 
 
 def _record_the_newcomers(
     session: Session,
     job: Import,
-    rows: dict[str, Staged],
-    created: dict[str, int],
+    in_batch: ColumnElement[bool],
+    created: dict[int, tuple[str, SubscriberStatus]],
     *,
+    at: Any,
     now: datetime,
     done: importer.Applied,
 ) -> None:
     """Each new reader's consent record and "imported" event, a confirmation email for
     those pending, and the sequence for those confirmed when the owner chose it."""
     consent_text = job.consent_text or ""
-    at = literal(now, UTCDateTime())
-    new_readers = list(created.values())
+
+    def newcomers(*columns: Any) -> Any:
+        return (
+            select(*columns)
+            .join(ImportRow, ImportRow.email_key == Subscriber.email_key)
+            .where(in_batch, ImportRow.outcome == CREATED)
+            .order_by(ImportRow.line)
+        )
+
     session.execute(
         insert(ConsentRecord).from_select(
             ["subscriber_id", "action", "at", "ip", "user_agent", "source", "text", "text_version"],
-            select(
+            newcomers(
                 Subscriber.id,
                 literal("import"),
                 at,
@@ -263,38 +320,29 @@ def _record_the_newcomers(
                 Subscriber.source,
                 literal(consent_text),
                 literal(journal.consent_version(consent_text)),
-            ).where(Subscriber.id.in_(new_readers)),
+            ),
         )
     )
-    by_status: dict[SubscriberStatus, list[int]] = {}
-    for key, subscriber_id in created.items():
-        by_status.setdefault(rows[key].subscriber["status"], []).append(subscriber_id)
-    for status, ids in by_status.items():
+    statuses = {status for _, status in created.values()}
+    for status in sorted(statuses):
         session.execute(
             insert(Event).from_select(
                 ["subscriber_id", "kind", "at", "detail"],
-                select(
-                    Subscriber.id,
-                    literal("imported"),
-                    at,
-                    _json(session, {"status": status.value}),
-                ).where(Subscriber.id.in_(ids)),
+                newcomers(
+                    Subscriber.id, literal("imported"), at, _json(session, {"status": status.value})
+                ).where(Subscriber.status == status),
             )
         )
-    for key, subscriber_id in created.items():
-        if rows[key].subscriber["status"] is SubscriberStatus.PENDING:
+    for subscriber_id, (email, status) in created.items():
+        if status is SubscriberStatus.PENDING:
             outbox.enqueue(
-                session,
-                subscriptions.NewSubscriber(subscriber_id, rows[key].email),
-                kinds.CONFIRM,
-                now=now,
+                session, subscriptions.NewSubscriber(subscriber_id, email), kinds.CONFIRM, now=now
             )
             done.confirmations_queued += 1
-    confirmed = by_status.get(SubscriberStatus.CONFIRMED, [])
-    if job.join_sequence and confirmed:
-        # Readers this batch created have no enrollment yet: a plain insert, as
+    if job.join_sequence and SubscriberStatus.CONFIRMED in statuses:
+        # Readers just created have no enrollment yet: a plain insert, as
         # sequences.enroll's first try is.
-        session.execute(
+        done.enrolled = session.execute(
             insert(Enrollment).from_select(
                 [
                     "subscriber_id",
@@ -304,14 +352,13 @@ def _record_the_newcomers(
                     "steps_passed",
                     "next_due_at",
                 ],
-                select(
+                newcomers(
                     Subscriber.id,
                     literal(job.sequence or ""),
                     at,
                     literal(EnrollmentStatus.ACTIVE, Enrollment.__table__.c.status.type),
                     _json(session, []),
                     at,
-                ).where(Subscriber.id.in_(confirmed)),
+                ).where(Subscriber.status == SubscriberStatus.CONFIRMED),
             )
-        )
-        done.enrolled = len(confirmed)
+        ).rowcount

@@ -24,7 +24,8 @@ logger = logging.getLogger("service.imports")
 CHUNK_BYTES = 1024 * 1024
 LEASE = timedelta(minutes=5)
 ABANDONED_AFTER = timedelta(days=1)
-DELETE_BATCH = 20_000
+# Staged rows deleted per transaction: each holds SQLite's write lock while it runs.
+DELETE_BATCH = 2_000
 WORKING = (ImportStatus.CHECKING, ImportStatus.IMPORTING)
 # Who the CLI's uploads are created by: its imports are all or nothing (see
 # service.imports.undo), the web's go on from their checkpoint after a failure.

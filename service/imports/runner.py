@@ -3,31 +3,36 @@ holds it (see service.imports)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import datetime, timedelta
 from itertools import islice
+from queue import Full, Queue
+from typing import Any, TypeVar
 
 from sqlalchemy import select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from .. import importer, signup_input
+from .. import importer
 from ..db import Database
 from ..importer import ImportProblem, Outcome, Row
-from ..models import Import, ImportChunk, ImportRow, ImportStatus
-from . import batch, undo
-from .jobs import ENDED, all_or_nothing, delete_staged, end, hold, on_postgresql
+from ..models import Import, ImportChunk, ImportStatus
+from . import batch, staging, undo
+from .jobs import ENDED, all_or_nothing, delete_staged, end, hold
 
 logger = logging.getLogger("service.imports")
 
-BATCH_ROWS = 2000
+# Rows per transaction, checking and importing: on SQLite each holds the write lock for
+# as long as its rows take to write (a signup waits that long at most), ~10 ms a
+# thousand rows on an idle core.
+BATCH_ROWS = 1000
+T = TypeVar("T")
 # Interruptions in a row (the database went away, a lock timed out) an import survives
 # before it fails for good.
 MAX_INTERRUPTIONS = 5
 INTERRUPTION_PAUSE = timedelta(minutes=1)
-STAGED = (Outcome.NEW, Outcome.UPDATED, Outcome.UNCHANGED, Outcome.SKIPPED)
 
 
 class ImportRunner:
@@ -147,17 +152,25 @@ class ImportRunner:
             columns, rows = importer.read_rows(
                 importer.decoded_lines(pieces), default_time_zone=self.default_time_zone
             )
-            for batch in _batches(rows, BATCH_ROWS):
-                if self.should_stop():
-                    self._hand_back(import_id)
-                    return
-                with self.database.begin() as session:
-                    job = hold(session, import_id, self.worker, now=self.clock())
-                    if job is None:
+            dialect = self.database.engine.dialect
+            # Checked and made ready on a thread of their own, ahead of the write
+            # transactions (on SQLite the write lock is held only while a batch is written).
+            ready = _read_ahead(
+                (staging.prepare(dialect, import_id, checked), pieces.bytes_read)
+                for checked in _batches(rows, BATCH_ROWS)
+            )
+            with contextlib.closing(ready):
+                for prepared, bytes_read in ready:
+                    if self.should_stop():
+                        self._hand_back(import_id)
                         return
-                    job.columns = columns
-                    _stage(session, job, batch)
-                    job.bytes_read = pieces.bytes_read
+                    with self.database.begin() as session:
+                        job = hold(session, import_id, self.worker, now=self.clock())
+                        if job is None:
+                            return
+                        job.columns = columns
+                        staging.stage(session, job, prepared)
+                        job.bytes_read = bytes_read
         except ImportProblem as exc:
             with self.database.begin() as session:
                 job = hold(session, import_id, self.worker, now=self.clock())
@@ -201,7 +214,7 @@ class ImportRunner:
                 job = session.get(Import, import_id)
                 if job is None:
                     return
-                staged = batch.read_batch(session, job, size=BATCH_ROWS, now=now)
+                staged = batch.read_batch(session, job, size=BATCH_ROWS)
             with self.database.begin() as session:
                 job = hold(session, import_id, self.worker, now=now)
                 if job is None:
@@ -212,9 +225,7 @@ class ImportRunner:
                     end(job, ImportStatus.DONE, now=now)
                     logger.info("import %d done: %s", import_id, job.applied)
                     return
-                done = batch.apply_batch(
-                    session, job, staged, now=now, mark_for_undo=all_or_nothing(job)
-                )
+                done = batch.apply_batch(session, job, staged, now=now)
                 before = job.applied.get("created", 0)
                 job.applied = {
                     name: job.applied.get(name, 0) + value for name, value in vars(done).items()
@@ -232,6 +243,45 @@ def _doubled(before: int, after: int) -> bool:
     """Whether a count just passed a power of two times a batch (about ten times in a
     million rows)."""
     return after >= BATCH_ROWS and before.bit_length() != after.bit_length()
+
+
+def _read_ahead(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
+    """`items`, made on a thread of their own at most `depth` ahead of the caller. Checking
+    rows is Python and writing them mostly SQLite, which lets go of the GIL while it works:
+    on two cores the two overlap. An exception in the thread is raised in the caller."""
+    queue: Queue[tuple[bool, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+    end_of_items = object()
+
+    def put(item: tuple[bool, Any]) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Full):
+                queue.put(item, timeout=0.1)
+                return
+
+    def make() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                put((True, item))
+            put((True, end_of_items))
+        except BaseException as exc:  # handed to the caller, who decides
+            put((False, exc))
+
+    thread = threading.Thread(target=make, name="import-check", daemon=True)
+    thread.start()
+    try:
+        while True:
+            made, item = queue.get()
+            if not made:
+                raise item
+            if item is end_of_items:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -262,88 +312,3 @@ class _Pieces:
             self.bytes_read += len(piece)
             seq += 1
             yield bytes(piece)
-
-
-def _staged_values(job: Import, row: Row, *, keyed: bool) -> dict:
-    return {
-        "import_id": job.id,
-        "line": row.line,
-        "outcome": row.outcome.value,
-        "email": row.email,
-        "email_key": signup_input.email_key(row.email) if keyed else None,
-        "first_name": row.first_name,
-        "time_zone": row.time_zone,
-        "source": row.source,
-        "status": row.status.value if row.status else None,
-        "signed_up": row.signed_up,
-        "confirmed": row.confirmed,
-        "unsubscribed": row.unsubscribed,
-        "tags": ";".join(row.tags) or None,
-    }
-
-
-def _stage(session: Session, job: Import, rows: list[Row]) -> None:
-    """Find the batch's duplicates, say what would happen to the other rows, stage them all,
-    and add them to the preview. Duplicates of rows in earlier batches are found by the
-    unique index itself (the insert skips them), not by a lookup a planner could get wrong
-    on a table that grows by thousands of rows a second."""
-    first_seen: dict[str, int] = {}
-    for row in rows:
-        if row.outcome is not Outcome.NEW:
-            continue
-        key = signup_input.email_key(row.email)
-        if key in first_seen:
-            row.outcome = Outcome.DUPLICATE
-            row.reason = f"the same address as line {first_seen[key]}"
-        else:
-            first_seen[key] = row.line
-    importer.compare_with_the_list(session, [row for row in rows if row.outcome is Outcome.NEW])
-    keyed = [row for row in rows if row.outcome in STAGED]
-    if keyed:
-        # Core, not the ORM's bulk insert: that leaves out None values and splits a batch
-        # whose rows differ in which cells are empty into a statement per row.
-        table = ImportRow.__table__
-        insert = postgresql.insert(table) if on_postgresql(session) else sqlite.insert(table)
-        staged = set(
-            session.execute(
-                insert.on_conflict_do_nothing(index_elements=["import_id", "email_key"]).returning(
-                    table.c.line
-                ),
-                [_staged_values(job, row, keyed=True) for row in keyed],
-            ).scalars()
-        )
-        earlier = [row for row in keyed if row.line not in staged]
-        if earlier:
-            first_lines = dict(
-                session.execute(
-                    select(ImportRow.email_key, ImportRow.line).where(
-                        ImportRow.import_id == job.id,
-                        ImportRow.email_key.in_(
-                            {signup_input.email_key(row.email) for row in earlier}
-                        ),
-                    )
-                ).all()
-            )
-            for row in earlier:
-                row.outcome = Outcome.DUPLICATE
-                row.reason = (
-                    f"the same address as line {first_lines[signup_input.email_key(row.email)]}"
-                )
-    unkeyed = [row for row in rows if row.outcome not in STAGED]
-    if unkeyed:
-        session.execute(
-            ImportRow.__table__.insert(), [_staged_values(job, row, keyed=False) for row in unkeyed]
-        )
-    counts = dict(job.counts)
-    for row in rows:
-        counts[row.outcome.value] = counts.get(row.outcome.value, 0) + 1
-    job.counts = counts
-    room = importer.MAX_ISSUES_SHOWN - len(job.issues)
-    problems = (Outcome.INVALID, Outcome.DUPLICATE, Outcome.SKIPPED)
-    found = [
-        {"line": row.line, "email": row.email, "outcome": row.outcome.value, "reason": row.reason}
-        for row in sorted(rows, key=lambda row: row.line)
-        if row.outcome in problems
-    ]
-    if room > 0 and found:
-        job.issues = [*job.issues, *found[:room]]
