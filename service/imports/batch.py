@@ -342,7 +342,7 @@ def _record_the_newcomers(
     if job.join_sequence and SubscriberStatus.CONFIRMED in statuses:
         # Readers just created have no enrollment yet: a plain insert, as
         # sequences.enroll's first try is.
-        done.enrolled = session.execute(
+        session.execute(
             insert(Enrollment).from_select(
                 [
                     "subscriber_id",
@@ -361,4 +361,6 @@ def _record_the_newcomers(
                     at,
                 ).where(Subscriber.status == SubscriberStatus.CONFIRMED),
             )
-        ).rowcount
+        )
+        # Counted, not the rowcount: psycopg reports -1 for an INSERT ... SELECT.
+        done.enrolled = sum(status is SubscriberStatus.CONFIRMED for _, status in created.values())
