@@ -550,7 +550,8 @@ def test_a_million_rows_are_checked_by_the_scheduler_which_shows_rows_checked(ap
         assert imports.claim(session, "scheduler-1", now=services.clock()) == import_id
     runner(app, "scheduler-1", stop_after=2).run(import_id)  # two batches, then a pause
     page = owner.get(page_url).get_data(as_text=True)
-    assert "4,000 rows checked so far" in page and 'http-equiv="refresh"' in page
+    checked = 2 * imports.runner.BATCH_ROWS  # two batches
+    assert f"{checked:,} rows checked so far" in page and 'http-equiv="refresh"' in page
     assert "<progress max=" in page and "Cancel this import" in page
 
 
