@@ -1,7 +1,7 @@
 """`flask subscribers import` of a million rows on SQLite while readers sign up through
 gunicorn on the same database.
 
-    .venv/bin/python bench/import_cli.py [--rows 1000000] [--clients 16] [--think-ms 20]
+    .venv/bin/python bench/import_cli.py [--rows 1000000] [--clients 16] [--think-ms 100]
 
 Writes the file, starts gunicorn (signup rate limit raised) and drives POST /subscribe
 with wrk (`clients` connections, each pausing `think-ms` between requests): first for
@@ -171,7 +171,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--think-ms", type=int, default=20)
+    parser.add_argument("--think-ms", type=int, default=100)
     parser.add_argument("--quiet-seconds", type=int, default=15)
     args = parser.parse_args()
     if shutil.which("wrk") is None:

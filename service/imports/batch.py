@@ -233,15 +233,17 @@ def _insert_newcomers(
         "bounced_at",
         "wants_newsletters",
     ]
+    readers = Subscriber.__table__
     statement = (
-        _insert(session, Subscriber.__table__)
+        _insert(session, readers)
         .from_select(columns, newcomers)
         .on_conflict_do_nothing()
-        .returning(Subscriber.id, Subscriber.email, Subscriber.status)
+        # Table columns, not the ORM's: the ORM would track each row it returns.
+        .returning(readers.c.id, readers.c.email, readers.c.status)
     )
     created = {
         subscriber_id: (email, reader_status)
-        for subscriber_id, email, reader_status in session.execute(statement)
+        for subscriber_id, email, reader_status in session.execute(statement).all()
     }
     marked = session.scalar(
         select(func.count()).select_from(ImportRow).where(in_batch, ImportRow.outcome == CREATED)
@@ -280,7 +282,7 @@ def _tag(
                 .where(rows, carried),
             )
             .on_conflict_do_nothing()
-            .returning(SubscriberTag.subscriber_id)
+            .returning(SubscriberTag.__table__.c.subscriber_id)
         )
         given.update(session.scalars(statement))
     return given

@@ -125,7 +125,7 @@ def _insert_many(
         parameters = tuple(value for row in chunk for value in row)
         result = connection.exec_driver_sql(statement, parameters)
         if ignoring_duplicates:
-            inserted.update(line for (line,) in result)
+            inserted.update(result.scalars().all())
     return inserted
 
 
