@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 
+import pytest
 import sqlalchemy as sa
 
 from service import erasure, importer, imports
@@ -129,6 +130,7 @@ def _import_in_batches(app, data: bytes, *, mode, join_sequence=True, tags=("imp
     return job
 
 
+@pytest.mark.slow
 def test_importing_in_batches_writes_what_the_row_by_row_import_writes(app, monkeypatch):
     """A varied file (duplicates, readers on the list, invalid rows, tags, odd names,
     people who left, an erased address) gives the same rows either way."""
@@ -190,6 +192,7 @@ def _statements(app, data: bytes) -> int:
     return len(statements)
 
 
+@pytest.mark.slow
 def test_the_statements_an_import_runs_do_not_grow_with_its_rows(app, monkeypatch):
     monkeypatch.setattr(imports, "INLINE_BYTES", 100)
     services = services_of(app)
@@ -253,6 +256,7 @@ def _cli_import(app, tmp_path, data: bytes, *args: str):
     )
 
 
+@pytest.mark.slow
 def test_a_cli_import_that_fails_in_a_late_batch_leaves_the_list_as_it_was(
     app, tmp_path, monkeypatch
 ):
@@ -279,6 +283,7 @@ def test_a_cli_import_that_fails_in_a_late_batch_leaves_the_list_as_it_was(
     assert scheduler_pass(app) == 0
 
 
+@pytest.mark.slow
 def test_stopping_the_cli_half_way_takes_its_import_back(app, tmp_path, monkeypatch):
     monkeypatch.setattr(imports.runner, "BATCH_ROWS", 3)
     _known(app)
@@ -298,6 +303,7 @@ def test_stopping_the_cli_half_way_takes_its_import_back(app, tmp_path, monkeypa
     assert _state(app) == before
 
 
+@pytest.mark.slow
 def test_a_cli_import_whose_command_died_is_taken_back_not_finished(app, clock, monkeypatch):
     monkeypatch.setattr(imports.runner, "BATCH_ROWS", 7)
     services = services_of(app)

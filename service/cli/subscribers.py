@@ -139,15 +139,15 @@ def subscribers_import(
     )
     with _signals_as_interrupts():
         try:
-            with file.open("rb") as stream, services.database.begin() as session:
-                import_id = imports.store_upload(
-                    session,
+            with file.open("rb") as stream:
+                import_id = imports.store_upload_in_pieces(
+                    services.database,
                     stream,
                     filename=file.name,
                     created_by=imports.COMMAND_LINE,
                     claimed_by=worker,
                     now=services.clock(),
-                ).id
+                )
         except importer.ImportProblem as exc:
             raise click.ClickException(f"nothing imported: {exc}") from None
         try:

@@ -33,6 +33,7 @@ from .jobs import (
     remove_legacy_previews,
     start_import,
     store_upload,
+    store_upload_in_pieces,
     sweep,
     waiting,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "remove_legacy_previews",
     "start_import",
     "store_upload",
+    "store_upload_in_pieces",
     "sweep",
     "take_back",
     "waiting",
