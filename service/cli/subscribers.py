@@ -163,9 +163,8 @@ def subscribers_import(
         except KeyboardInterrupt:
             with services.database.begin() as session:
                 imports.cancel(session, import_id, now=services.clock())
-                job = session.get(Import, import_id)
-                added, since = job.applied.get("created", 0), job.created_at
-            imports.take_back(services.database, import_id, since=since)
+                added = session.get(Import, import_id).applied.get("created", 0)
+            imports.take_back(services.database, import_id)
             raise click.ClickException(
                 f"stopped: the import is cancelled and nothing was imported ({added} new "
                 "subscribers taken out again)"

@@ -101,7 +101,6 @@ class ImportRunner:
             )
             added = job.applied.get("created", 0)
             whole = all_or_nothing(job)
-            since = job.created_at
             if whole:
                 error = f"{why}; nothing was imported ({added} new subscribers taken out again)."
             else:
@@ -111,7 +110,7 @@ class ImportRunner:
                 )
             end(job, ImportStatus.FAILED, now=self.clock(), error=error)
         if whole:
-            undo.take_back(self.database, import_id, since=since)
+            undo.take_back(self.database, import_id)
 
     def _interrupted(self, import_id: int, exc: BaseException) -> None:
         with self.database.begin() as session:

@@ -9,21 +9,24 @@ SQLite one transaction for a million rows would hold the write lock for seconds.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ..db import Database
-from ..models import ImportRow, OutboxMessage, Subscriber, SubscriberTag
+from ..models import Import, ImportRow, OutboxMessage, Subscriber, SubscriberTag
 from .batch import CREATED, NAMED
 
 UNDO_ROWS = 2000
 
 
-def take_back(database: Database, import_id: int, *, since: datetime) -> int:
-    """Undo what the import's batches did to the list; how many readers it removed.
-    `since`: when the import began (tags given from then on by an import are its own)."""
+def take_back(database: Database, import_id: int) -> int:
+    """Undo what the import's batches did to the list; how many readers it removed. Tags
+    an import gave since this one was uploaded are taken as its own."""
+    with database.read() as session:
+        job = session.get(Import, import_id)
+        if job is None or not job.applied:  # no batch was written
+            return 0
+        since = job.created_at
     removed = 0
     after = 0
     while True:
