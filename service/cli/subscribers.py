@@ -245,8 +245,10 @@ def _roomy_page_cache(database: Database) -> None:
         return
 
     @event.listens_for(database.engine, "checkout")
-    def roomy(dbapi_connection: Any, *_: Any) -> None:
-        dbapi_connection.execute("PRAGMA cache_size=-32768")
+    def roomy(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if not record.info.get("roomy"):  # once per connection
+            dbapi_connection.execute("PRAGMA cache_size=-32768")
+            record.info["roomy"] = True
 
 
 @contextlib.contextmanager
