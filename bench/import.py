@@ -184,7 +184,7 @@ def main() -> None:
 
         check_s, check_rss = run_scheduler_once(env)
         _, _, page, cookie = request(host, "GET", location, cookie=cookie)
-        assert f"<dt>New</dt><dd>{args.rows}</dd>" in page, page[:2000]
+        assert f"<dt>New</dt><dd>{args.rows:,}</dd>" in page, page[:2000]
         body, headers = form(
             {
                 "csrf_token": csrf(page),

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -39,6 +40,7 @@ from .csv_input import decoded_lines as decoded_lines
 from .csv_input import header_map, records, undefused, when
 from .db import insert_ignoring_conflicts
 from .models import Subscriber, SubscriberStatus
+from .plain_input import clean_name, normalized_email
 
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 MAX_ISSUES_SHOWN = 200
@@ -133,8 +135,8 @@ def _checked_rows(
         row = Row(line=line, outcome=Outcome.NEW)
         try:
             row.email = cell("email", "")[:320]  # as typed, for the preview if it is invalid
-            row.email = signup_input.normalize_email(row.email)
-            row.first_name = signup_input.clean_name(cell("first_name", ""))
+            row.email = normalized_email(row.email)
+            row.first_name = clean_name(cell("first_name", ""))
             zone = cell("time_zone", "")
             if zone and zone not in known_zones:
                 raise ValueError(f"time zone {zone[:64]!r} is not one we know")
@@ -150,7 +152,8 @@ def _checked_rows(
             row.signed_up = when(cell("signed_up", ""), "signed up")
             row.confirmed = when(cell("confirmed", ""), "confirmed")
             row.unsubscribed = when(cell("unsubscribed", ""), "unsubscribed")
-            row.tags = tags.clean_all(TAG_SEPARATORS.split(cell("tags", "")))
+            listed = cell("tags", "")
+            row.tags = tags.clean_all(TAG_SEPARATORS.split(listed)) if listed else []
         except tags.InvalidTag as exc:
             row.outcome = Outcome.INVALID
             row.reason = f"tags: {exc}"[:300]
@@ -218,6 +221,30 @@ def compare_with_the_list(session: Session, rows: list[Row]) -> None:
             row.reason = SKIPPED_BECAUSE.get(suppressed[row.email], SKIPPED_BECAUSE["erased"])
 
 
+def subscriber_values(row: Row, *, mode: Mode, now: datetime) -> dict[str, Any]:
+    """The subscriber a new row becomes: confirmed now or pending (the owner's `mode`)
+    unless the file says they left; their times from the file where it has them."""
+    status = row.status
+    if status not in LEFT:
+        status = SubscriberStatus.CONFIRMED if mode is Mode.CONFIRMED else SubscriberStatus.PENDING
+    return {
+        "email": row.email,
+        "email_key": signup_input.email_key(row.email),
+        "mailbox_key": signup_input.mailbox_key(row.email),
+        "first_name": row.first_name,
+        "status": status,
+        "time_zone": row.time_zone,
+        "source": row.source,
+        "created_at": row.signed_up or now,
+        # Kept from the file even for those who left since: it is their history.
+        "confirmed_at": row.confirmed or (now if status is SubscriberStatus.CONFIRMED else None),
+        "unsubscribed_at": (row.unsubscribed or now)
+        if status is SubscriberStatus.UNSUBSCRIBED
+        else None,
+        "bounced_at": now if status is SubscriberStatus.BOUNCED else None,
+    }
+
+
 @dataclass
 class Applied:
     created: int = 0
@@ -259,29 +286,8 @@ def apply_plan(
             continue
         if row.outcome is not Outcome.NEW:
             continue
-        status = row.status
-        if status not in LEFT:
-            status = (
-                SubscriberStatus.CONFIRMED if mode is Mode.CONFIRMED else SubscriberStatus.PENDING
-            )
-        signed_up = row.signed_up or now
-        values = {
-            "email": row.email,
-            "email_key": signup_input.email_key(row.email),
-            "mailbox_key": signup_input.mailbox_key(row.email),
-            "first_name": row.first_name,
-            "status": status,
-            "time_zone": row.time_zone,
-            "source": row.source,
-            "created_at": signed_up,
-            # Kept from the file even for those who left since: it is their history.
-            "confirmed_at": row.confirmed
-            or (now if status is SubscriberStatus.CONFIRMED else None),
-            "unsubscribed_at": (row.unsubscribed or now)
-            if status is SubscriberStatus.UNSUBSCRIBED
-            else None,
-            "bounced_at": now if status is SubscriberStatus.BOUNCED else None,
-        }
+        values = subscriber_values(row, mode=mode, now=now)
+        status = values["status"]
         subscriber_id = insert_ignoring_conflicts(
             session, Subscriber.__table__, values, returning=Subscriber.id
         )

@@ -221,7 +221,7 @@ def test_an_unexpected_error_ends_the_import_instead_of_retrying_for_ever(
     import_id = upload(app, csv_of(20))
     scheduler_pass(app)
     go_ahead(app, import_id)
-    real = importer.apply_plan
+    real = imports.batch.apply_batch
     batches = []
 
     def second_batch_fails(*args, **kwargs):
@@ -230,7 +230,7 @@ def test_an_unexpected_error_ends_the_import_instead_of_retrying_for_ever(
             raise RuntimeError("a row the database refused")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(importer, "apply_plan", second_batch_fails)
+    monkeypatch.setattr(imports.batch, "apply_batch", second_batch_fails)
     scheduler_pass(app)
     job = job_of(app, import_id)
     assert job.status is ImportStatus.FAILED
@@ -437,7 +437,7 @@ def test_an_interrupted_import_is_handed_back_and_fails_only_when_it_keeps_faili
     import_id = upload(app, csv_of(20))
     scheduler_pass(app)
     go_ahead(app, import_id)
-    real = importer.apply_plan
+    real = imports.batch.apply_batch
     broken = [True]
 
     def database_gone(*args, **kwargs):
@@ -445,7 +445,7 @@ def test_an_interrupted_import_is_handed_back_and_fails_only_when_it_keeps_faili
             raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(importer, "apply_plan", database_gone)
+    monkeypatch.setattr(imports.batch, "apply_batch", database_gone)
     scheduler_pass(app)
     job = job_of(app, import_id)
     assert job.status is ImportStatus.IMPORTING and job.claimed_by is None
@@ -550,7 +550,8 @@ def test_a_million_rows_are_checked_by_the_scheduler_which_shows_rows_checked(ap
         assert imports.claim(session, "scheduler-1", now=services.clock()) == import_id
     runner(app, "scheduler-1", stop_after=2).run(import_id)  # two batches, then a pause
     page = owner.get(page_url).get_data(as_text=True)
-    assert "4,000 rows checked so far" in page and 'http-equiv="refresh"' in page
+    checked = 2 * imports.runner.BATCH_ROWS  # two batches
+    assert f"{checked:,} rows checked so far" in page and 'http-equiv="refresh"' in page
     assert "<progress max=" in page and "Cancel this import" in page
 
 

@@ -7,12 +7,15 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from flask.cli import AppGroup
+from sqlalchemy import event
 
 from .. import audience, export, importer, imports
 from .. import tags as tag_names
+from ..db import Database
 from ..models import Import, ImportStatus, SubscriberStatus
 from ..services import worker_name
 from .common import services as _services
@@ -125,24 +128,26 @@ def subscribers_import(
     except tag_names.InvalidTag as exc:
         raise click.BadParameter(str(exc), param_hint="--tag") from None
     services = _services()
+    _roomy_page_cache(services.database)
     worker = f"cli:{worker_name()}"
     runner = imports.ImportRunner(
         services.database,
         worker=worker,
         default_time_zone=services.settings.DEFAULT_TIME_ZONE,
         clock=services.clock,
+        command_line=True,
     )
     with _signals_as_interrupts():
         try:
-            with file.open("rb") as stream, services.database.begin() as session:
-                import_id = imports.store_upload(
-                    session,
+            with file.open("rb") as stream:
+                import_id = imports.store_upload_in_pieces(
+                    services.database,
                     stream,
                     filename=file.name,
-                    created_by="cli",
+                    created_by=imports.COMMAND_LINE,
                     claimed_by=worker,
                     now=services.clock(),
-                ).id
+                )
         except importer.ImportProblem as exc:
             raise click.ClickException(f"nothing imported: {exc}") from None
         try:
@@ -159,8 +164,10 @@ def subscribers_import(
             with services.database.begin() as session:
                 imports.cancel(session, import_id, now=services.clock())
                 added = session.get(Import, import_id).applied.get("created", 0)
+            imports.take_back(services.database, import_id)
             raise click.ClickException(
-                f"stopped: the import is cancelled; {added} new subscribers were added before"
+                f"stopped: the import is cancelled and nothing was imported ({added} new "
+                "subscribers taken out again)"
             ) from None
         finally:
             with services.database.begin() as session:  # nothing goes on without the command
@@ -225,7 +232,23 @@ def _check_then_import(
         session.expunge(job)
     if job.status is ImportStatus.FAILED:
         raise click.ClickException(job.error or "the import failed")
+    if job.status is not ImportStatus.DONE:  # handed back half-way: all or nothing
+        raise KeyboardInterrupt
     return job.applied
+
+
+def _roomy_page_cache(database: Database) -> None:
+    """Give SQLite a 32 MB page cache (its default is 2 MB) for this command alone: the
+    import writes the list's indexes all over, and re-reading their pages from the OS
+    cost a quarter of its time."""
+    if database.dialect != "sqlite":
+        return
+
+    @event.listens_for(database.engine, "checkout")
+    def roomy(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if not record.info.get("roomy"):  # once per connection
+            dbapi_connection.execute("PRAGMA cache_size=-32768")
+            record.info["roomy"] = True
 
 
 @contextlib.contextmanager

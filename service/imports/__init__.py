@@ -24,6 +24,7 @@ from datetime import datetime
 from ..db import Database
 from .jobs import (
     ABANDONED_AFTER,
+    COMMAND_LINE,
     ENDED,
     LEASE,
     WORKING,
@@ -32,13 +33,16 @@ from .jobs import (
     remove_legacy_previews,
     start_import,
     store_upload,
+    store_upload_in_pieces,
     sweep,
     waiting,
 )
 from .runner import INTERRUPTION_PAUSE, MAX_INTERRUPTIONS, ImportRunner
+from .undo import take_back
 
 __all__ = [
     "ABANDONED_AFTER",
+    "COMMAND_LINE",
     "ENDED",
     "INLINE_BYTES",
     "INTERRUPTION_PAUSE",
@@ -51,7 +55,9 @@ __all__ = [
     "remove_legacy_previews",
     "start_import",
     "store_upload",
+    "store_upload_in_pieces",
     "sweep",
+    "take_back",
     "waiting",
     "work",
 ]

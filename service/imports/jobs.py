@@ -4,6 +4,7 @@ and leases, and the sweep that deletes what ended imports and forgotten uploads 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 from collections.abc import Iterable
@@ -24,8 +25,12 @@ logger = logging.getLogger("service.imports")
 CHUNK_BYTES = 1024 * 1024
 LEASE = timedelta(minutes=5)
 ABANDONED_AFTER = timedelta(days=1)
-DELETE_BATCH = 20_000
+# Staged rows deleted per transaction: each holds SQLite's write lock while it runs.
+DELETE_BATCH = 2_000
 WORKING = (ImportStatus.CHECKING, ImportStatus.IMPORTING)
+# Who the CLI's uploads are created by: its imports are all or nothing (see
+# service.imports.undo), the web's go on from their checkpoint after a failure.
+COMMAND_LINE = "cli"
 ENDED = (ImportStatus.DONE, ImportStatus.FAILED, ImportStatus.CANCELLED)
 
 
@@ -69,15 +74,57 @@ def store_upload(
     size = seq = 0
     while piece := stream.read(CHUNK_BYTES):
         size += len(piece)
-        if size > importer.MAX_IMPORT_BYTES:
-            raise ImportProblem(
-                f"The file is larger than {importer.MAX_IMPORT_BYTES // 1_000_000} MB. Split it "
-                "and import the parts."
-            )
+        _within_the_limit(size)
         insert_row(session, ImportChunk.__table__, {"import_id": job.id, "seq": seq, "data": piece})
         seq += 1
     job.size_bytes = size
     return job
+
+
+def _within_the_limit(size: int) -> None:
+    if size > importer.MAX_IMPORT_BYTES:
+        raise ImportProblem(
+            f"The file is larger than {importer.MAX_IMPORT_BYTES // 1_000_000} MB. Split it "
+            "and import the parts."
+        )
+
+
+def store_upload_in_pieces(
+    database: Database,
+    stream: BinaryIO,
+    *,
+    filename: str,
+    created_by: str,
+    claimed_by: str | None,
+    now: datetime,
+) -> int:
+    """`store_upload`, a piece per transaction (on SQLite, 50 MB in one would hold the
+    write lock for a second or more); the import's id. Nothing is left if it fails."""
+    with database.begin() as session:
+        empty = io.BytesIO(b"")
+        import_id = store_upload(
+            session, empty, filename=filename, created_by=created_by, claimed_by=claimed_by, now=now
+        ).id
+    try:
+        size = seq = 0
+        while piece := stream.read(CHUNK_BYTES):
+            size += len(piece)
+            _within_the_limit(size)
+            with database.begin() as session:
+                insert_row(
+                    session,
+                    ImportChunk.__table__,
+                    {"import_id": import_id, "seq": seq, "data": piece},
+                )
+            seq += 1
+        with database.begin() as session:
+            session.execute(update(Import).where(Import.id == import_id).values(size_bytes=size))
+    except BaseException:
+        with database.begin() as session:
+            session.execute(delete(ImportChunk).where(ImportChunk.import_id == import_id))
+            session.execute(delete(Import).where(Import.id == import_id))
+        raise
+    return import_id
 
 
 def start_import(
@@ -115,6 +162,11 @@ def start_import(
     job.lease_until = now + LEASE if claimed_by else None
     job.updated_at = now
     return job
+
+
+def all_or_nothing(job: Import) -> bool:
+    """Whether a failure half-way takes the whole import back (the CLI's)."""
+    return job.created_by == COMMAND_LINE
 
 
 def cancel(session: Session, import_id: int, *, now: datetime, previews_only: bool = False) -> bool:

@@ -3,30 +3,36 @@ holds it (see service.imports)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import datetime, timedelta
 from itertools import islice
+from queue import Full, Queue
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, or_, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, text
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from .. import importer, signup_input
+from .. import importer
 from ..db import Database
 from ..importer import ImportProblem, Outcome, Row
-from ..models import Import, ImportChunk, ImportRow, ImportStatus, SubscriberStatus
-from .jobs import ENDED, delete_staged, end, hold, on_postgresql
+from ..models import Import, ImportChunk, ImportStatus
+from . import batch, staging, undo
+from .jobs import ENDED, all_or_nothing, delete_staged, end, hold
 
 logger = logging.getLogger("service.imports")
 
-BATCH_ROWS = 2000
+# Rows per transaction, checking and importing: on SQLite each holds the write lock for
+# as long as its rows take to write (a signup waits that long at most), ~10 ms a
+# thousand rows on an idle core.
+BATCH_ROWS = 1000
+T = TypeVar("T")
 # Interruptions in a row (the database went away, a lock timed out) an import survives
 # before it fails for good.
 MAX_INTERRUPTIONS = 5
 INTERRUPTION_PAUSE = timedelta(minutes=1)
-STAGED = (Outcome.NEW, Outcome.UPDATED, Outcome.UNCHANGED, Outcome.SKIPPED)
 
 
 class ImportRunner:
@@ -40,8 +46,12 @@ class ImportRunner:
         default_time_zone: str,
         clock: Callable[[], datetime],
         should_stop: Callable[[], bool] = lambda: False,
+        command_line: bool = False,
     ) -> None:
         self.database = database
+        # The CLI's runner carries on the all-or-nothing imports it starts; any other
+        # runner that gets one (its command died) takes it back instead.
+        self.command_line = command_line
         self.worker = worker
         self.default_time_zone = default_time_zone
         self.clock = clock
@@ -53,9 +63,12 @@ class ImportRunner:
         with self.database.read() as session:
             job = session.get(Import, import_id)
             status = job.status if job else None
+            orphaned = job is not None and all_or_nothing(job) and not self.command_line
         try:
             if status is ImportStatus.CHECKING:
                 self._check(import_id)
+            elif status is ImportStatus.IMPORTING and orphaned:
+                self._fail(import_id, None)
             elif status is ImportStatus.IMPORTING:
                 self._import(import_id)
         except (OperationalError, InterfaceError) as exc:
@@ -74,18 +87,30 @@ class ImportRunner:
             delete_staged(self.database, import_id, with_the_file=True)
         return status
 
-    def _fail(self, import_id: int, exc: BaseException) -> None:
+    def _fail(self, import_id: int, exc: BaseException | None) -> None:
+        """End the job as failed (`exc` None: the command importing it died); an
+        all-or-nothing import is taken back."""
         with self.database.begin() as session:
             job = hold(session, import_id, self.worker, now=self.clock())
-            if job is not None:
-                end(
-                    job,
-                    ImportStatus.FAILED,
-                    now=self.clock(),
-                    error=f"It stopped on an unexpected error ({type(exc).__name__}) after "
-                    f"{job.applied.get('created', 0)} new subscribers were added. Import "
-                    "the file again to add the rest: those already added are skipped.",
+            if job is None:
+                return
+            why = (
+                f"It stopped on an unexpected error ({type(exc).__name__})"
+                if exc is not None
+                else "The command importing it stopped before it finished"
+            )
+            added = job.applied.get("created", 0)
+            whole = all_or_nothing(job)
+            if whole:
+                error = f"{why}; nothing was imported ({added} new subscribers taken out again)."
+            else:
+                error = (
+                    f"{why} after {added} new subscribers were added. Import the file again "
+                    "to add the rest: those already added are skipped."
                 )
+            end(job, ImportStatus.FAILED, now=self.clock(), error=error)
+        if whole:
+            undo.take_back(self.database, import_id)
 
     def _interrupted(self, import_id: int, exc: BaseException) -> None:
         with self.database.begin() as session:
@@ -93,7 +118,8 @@ class ImportRunner:
             if job is None:
                 return
             job.interruptions += 1
-            if job.interruptions < MAX_INTERRUPTIONS:
+            # An all-or-nothing import has its command waiting on it: no second go later.
+            if job.interruptions < MAX_INTERRUPTIONS and not all_or_nothing(job):
                 # Free for anyone, after a pause for whatever went away to come back.
                 job.claimed_by = None
                 job.lease_until = self.clock() + INTERRUPTION_PAUSE
@@ -125,17 +151,25 @@ class ImportRunner:
             columns, rows = importer.read_rows(
                 importer.decoded_lines(pieces), default_time_zone=self.default_time_zone
             )
-            for batch in _batches(rows, BATCH_ROWS):
-                if self.should_stop():
-                    self._hand_back(import_id)
-                    return
-                with self.database.begin() as session:
-                    job = hold(session, import_id, self.worker, now=self.clock())
-                    if job is None:
+            dialect = self.database.engine.dialect
+            # Checked and made ready on a thread of their own, ahead of the write
+            # transactions (on SQLite the write lock is held only while a batch is written).
+            ready = _read_ahead(
+                (staging.prepare(dialect, import_id, checked), pieces.bytes_read)
+                for checked in _batches(rows, BATCH_ROWS)
+            )
+            with contextlib.closing(ready):
+                for prepared, bytes_read in ready:
+                    if self.should_stop():
+                        self._hand_back(import_id)
                         return
-                    job.columns = columns
-                    _stage(session, job, batch)
-                    job.bytes_read = pieces.bytes_read
+                    with self.database.begin() as session:
+                        job = hold(session, import_id, self.worker, now=self.clock())
+                        if job is None:
+                            return
+                        job.columns = columns
+                        staging.stage(session, job, prepared)
+                        job.bytes_read = bytes_read
         except ImportProblem as exc:
             with self.database.begin() as session:
                 job = hold(session, import_id, self.worker, now=self.clock())
@@ -172,43 +206,30 @@ class ImportRunner:
             if self.should_stop():
                 self._hand_back(import_id)
                 return
+            now = self.clock()
+            # Read, and made ready, before the write transaction: on SQLite the write lock
+            # is held only while the batch is written.
+            with self.database.read() as session:
+                job = session.get(Import, import_id)
+                if job is None:
+                    return
+                staged = batch.read_batch(session, job, size=BATCH_ROWS)
             with self.database.begin() as session:
-                now = self.clock()
                 job = hold(session, import_id, self.worker, now=now)
                 if job is None:
                     return
-                staged = session.scalars(
-                    select(ImportRow)
-                    .where(
-                        ImportRow.import_id == import_id,
-                        ImportRow.line > job.applied_line,
-                        _to_apply(bool(job.tags)),
-                    )
-                    .order_by(ImportRow.line)
-                    .limit(BATCH_ROWS)
-                ).all()
-                if not staged:
+                if staged is not None and staged.after_line != job.applied_line:
+                    continue  # moved on since it was read: read again
+                if staged is None:
                     end(job, ImportStatus.DONE, now=now)
                     logger.info("import %d done: %s", import_id, job.applied)
                     return
-                plan = importer.Plan(rows=[_row(row) for row in staged])
-                # Afresh: people may have signed up, or been erased, since the preview.
-                importer.compare_with_the_list(session, plan.rows)
-                done = importer.apply_plan(
-                    session,
-                    plan,
-                    consent_text=job.consent_text or "",
-                    mode=importer.Mode(job.mode),
-                    join_sequence=job.join_sequence,
-                    sequence=job.sequence or "",
-                    now=now,
-                    tags_for_all=job.tags,
-                )
+                done = batch.apply_batch(session, job, staged, now=now)
                 before = job.applied.get("created", 0)
                 job.applied = {
                     name: job.applied.get(name, 0) + value for name, value in vars(done).items()
                 }
-                job.applied_line = staged[-1].line
+                job.applied_line = staged.last_line
                 job.interruptions = 0  # counted in a row
                 grown = _doubled(before, job.applied["created"])
             if grown:
@@ -223,20 +244,43 @@ def _doubled(before: int, after: int) -> bool:
     return after >= BATCH_ROWS and before.bit_length() != after.bit_length()
 
 
-def _row(staged: ImportRow) -> Row:
-    return Row(
-        line=staged.line,
-        outcome=Outcome.NEW,
-        email=staged.email,
-        first_name=staged.first_name,
-        time_zone=staged.time_zone,
-        source=staged.source,
-        status=SubscriberStatus(staged.status) if staged.status else None,
-        signed_up=staged.signed_up,
-        confirmed=staged.confirmed,
-        unsubscribed=staged.unsubscribed,
-        tags=staged.tags.split(";") if staged.tags else [],
-    )
+def _read_ahead(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
+    """`items`, made on a thread of their own at most `depth` ahead of the caller. Checking
+    rows is Python and writing them mostly SQLite, which lets go of the GIL while it works:
+    on two cores the two overlap. An exception in the thread is raised in the caller."""
+    queue: Queue[tuple[bool, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+    end_of_items = object()
+
+    def put(item: tuple[bool, Any]) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Full):
+                queue.put(item, timeout=0.1)
+                return
+
+    def make() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                put((True, item))
+            put((True, end_of_items))
+        except BaseException as exc:  # handed to the caller, who decides
+            put((False, exc))
+
+    thread = threading.Thread(target=make, name="import-check", daemon=True)
+    thread.start()
+    try:
+        while True:
+            made, item = queue.get()
+            if not made:
+                raise item
+            if item is end_of_items:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -267,98 +311,3 @@ class _Pieces:
             self.bytes_read += len(piece)
             seq += 1
             yield bytes(piece)
-
-
-def _staged_values(job: Import, row: Row, *, keyed: bool) -> dict:
-    return {
-        "import_id": job.id,
-        "line": row.line,
-        "outcome": row.outcome.value,
-        "email": row.email,
-        "email_key": signup_input.email_key(row.email) if keyed else None,
-        "first_name": row.first_name,
-        "time_zone": row.time_zone,
-        "source": row.source,
-        "status": row.status.value if row.status else None,
-        "signed_up": row.signed_up,
-        "confirmed": row.confirmed,
-        "unsubscribed": row.unsubscribed,
-        "tags": ";".join(row.tags) or None,
-    }
-
-
-def _stage(session: Session, job: Import, rows: list[Row]) -> None:
-    """Find the batch's duplicates, say what would happen to the other rows, stage them all,
-    and add them to the preview. Duplicates of rows in earlier batches are found by the
-    unique index itself (the insert skips them), not by a lookup a planner could get wrong
-    on a table that grows by thousands of rows a second."""
-    first_seen: dict[str, int] = {}
-    for row in rows:
-        if row.outcome is not Outcome.NEW:
-            continue
-        key = signup_input.email_key(row.email)
-        if key in first_seen:
-            row.outcome = Outcome.DUPLICATE
-            row.reason = f"the same address as line {first_seen[key]}"
-        else:
-            first_seen[key] = row.line
-    importer.compare_with_the_list(session, [row for row in rows if row.outcome is Outcome.NEW])
-    keyed = [row for row in rows if row.outcome in STAGED]
-    if keyed:
-        # Core, not the ORM's bulk insert: that leaves out None values and splits a batch
-        # whose rows differ in which cells are empty into a statement per row.
-        table = ImportRow.__table__
-        insert = postgresql.insert(table) if on_postgresql(session) else sqlite.insert(table)
-        staged = set(
-            session.execute(
-                insert.on_conflict_do_nothing(index_elements=["import_id", "email_key"]).returning(
-                    table.c.line
-                ),
-                [_staged_values(job, row, keyed=True) for row in keyed],
-            ).scalars()
-        )
-        earlier = [row for row in keyed if row.line not in staged]
-        if earlier:
-            first_lines = dict(
-                session.execute(
-                    select(ImportRow.email_key, ImportRow.line).where(
-                        ImportRow.import_id == job.id,
-                        ImportRow.email_key.in_(
-                            {signup_input.email_key(row.email) for row in earlier}
-                        ),
-                    )
-                ).all()
-            )
-            for row in earlier:
-                row.outcome = Outcome.DUPLICATE
-                row.reason = (
-                    f"the same address as line {first_lines[signup_input.email_key(row.email)]}"
-                )
-    unkeyed = [row for row in rows if row.outcome not in STAGED]
-    if unkeyed:
-        session.execute(
-            ImportRow.__table__.insert(), [_staged_values(job, row, keyed=False) for row in unkeyed]
-        )
-    counts = dict(job.counts)
-    for row in rows:
-        counts[row.outcome.value] = counts.get(row.outcome.value, 0) + 1
-    job.counts = counts
-    room = importer.MAX_ISSUES_SHOWN - len(job.issues)
-    problems = (Outcome.INVALID, Outcome.DUPLICATE, Outcome.SKIPPED)
-    found = [
-        {"line": row.line, "email": row.email, "outcome": row.outcome.value, "reason": row.reason}
-        for row in sorted(rows, key=lambda row: row.line)
-        if row.outcome in problems
-    ]
-    if room > 0 and found:
-        job.issues = [*job.issues, *found[:room]]
-
-
-def _to_apply(tags_for_all: bool) -> ColumnElement[bool]:
-    """The staged rows an import's batch has work for: new and updated readers, and those
-    already on the list when they get a tag (the file's, or one for every row)."""
-    changes = ImportRow.outcome.in_([Outcome.NEW.value, Outcome.UPDATED.value])
-    unchanged = ImportRow.outcome == Outcome.UNCHANGED.value
-    if not tags_for_all:
-        unchanged = and_(unchanged, ImportRow.tags.is_not(None))
-    return or_(changes, unchanged)

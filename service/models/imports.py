@@ -99,6 +99,10 @@ class ImportRow(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # importer.Outcome
     email: Mapped[str] = mapped_column(String(320))
     email_key: Mapped[str | None] = mapped_column(String(320))
+    # Worked out when the row is checked, so that importing it is an INSERT ... SELECT:
+    # signup_input.mailbox_key, and erasure.suppression_hash (checked again on import).
+    mailbox_key: Mapped[str | None] = mapped_column(String(320))
+    suppression_hash: Mapped[str | None] = mapped_column(String(64))
     first_name: Mapped[str | None] = mapped_column(String(100))
     time_zone: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(100))
