@@ -1,4 +1,4 @@
-"""Exporting a million subscribers to CSV with the CLI, against the database's own CSV
+r"""Exporting a million subscribers to CSV with the CLI, against the database's own CSV
 export of the same table, measured in the same run.
 
     .venv/bin/python bench/export.py [--subscribers 1000000] [--database sqlite|postgresql|both]
@@ -6,10 +6,11 @@ export of the same table, measured in the same run.
 Fills a database with N subscribers, each with a consent record, a place in the sequence
 and a sent email (the export joins all three), then runs, each as its own process:
 - ours: `flask --app wsgi subscribers export -o FILE`;
-- the baseline: `sqlite3 -csv -header DB "SELECT * FROM subscribers"`, or on PostgreSQL
-  `psql -c "COPY subscribers TO STDOUT WITH CSV HEADER"`.
+- the baseline: the database's own CSV dump of the subscribers table, `sqlite3 -csv DB
+  "SELECT * FROM subscribers"`, or on PostgreSQL
+  `psql -c "\copy (select * from subscribers) to stdout csv"`.
 Prints seconds, rows/s and peak RSS for each, and the ratio of the times.
-Goal: ours at most 6 times the baseline's time, with peak RSS under 100 MB.
+Goal: ours at most 4 times the baseline's time, with peak RSS under 100 MB.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ STATUSES = [SubscriberStatus.CONFIRMED] * 8 + [
     SubscriberStatus.PENDING,
 ]
 MAX_RSS_MB = 100
-MAX_RATIO = 6
+MAX_RATIO = 4
 
 
 def settings_for(database: str, workdir: Path) -> dict[str, str]:
@@ -208,7 +209,7 @@ def measure(kind: str, count: int) -> bool:
         baseline_file = workdir / "baseline.csv"
         if kind == "sqlite":
             path = sa.engine.make_url(database).database
-            command = ["sqlite3", "-csv", "-header", path, "SELECT * FROM subscribers"]
+            command = ["sqlite3", "-csv", path, "SELECT * FROM subscribers"]
             label = "sqlite3 -csv"
         else:
             url = sa.engine.make_url(database)
@@ -221,12 +222,12 @@ def measure(kind: str, count: int) -> bool:
                 "-d",
                 url.database,
                 "-c",
-                "COPY subscribers TO STDOUT WITH CSV HEADER",
+                r"\copy (select * from subscribers) to stdout csv",
             ]
-            label = "psql COPY"
+            label = "psql \\copy"
         baseline = run(command, stdout_path=baseline_file)
-        ours_rows = count_lines(ours_file) - 1
-        baseline_rows = count_lines(baseline_file) - 1
+        ours_rows = count_lines(ours_file) - 1  # without its header
+        baseline_rows = count_lines(baseline_file)  # the dump has none
         ratio = ours[0] / baseline[0]
         met = ratio <= MAX_RATIO and ours[1] < MAX_RSS_MB and ours_rows == count
         print(f"\n{kind}: {count} subscribers")
