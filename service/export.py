@@ -16,12 +16,14 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    LargeBinary,
     Select,
     String,
     and_,
     any_,
     bindparam,
     case,
+    cast,
     func,
     literal,
     literal_column,
@@ -261,11 +263,13 @@ def _export_statement(wanted: SubscriberFilter, dialect: str) -> Select:
     statement = statement.where(in_range(key)).order_by(key)
     if dialect == "postgresql":
         return statement
-    # The range's lines as one string: a row per subscriber through the driver cost a
-    # quarter of the export (bench/export.py). SQLite never flattens a subquery with ORDER
-    # BY into an aggregate, so group_concat() takes the lines in id order.
+    # The range's lines as one piece of UTF-8: a row per subscriber through the driver,
+    # each a str to encode, cost a quarter of the export (bench/export.py). SQLite never
+    # flattens a subquery with ORDER BY into an aggregate, so group_concat() takes the
+    # lines in id order. No lines: NULL.
     lines = statement.subquery("lines")
-    return select(func.count(), func.group_concat(lines.c[0], literal("\r\n", String)))
+    crlf = literal("\r\n", String)
+    return select(func.count(), cast(func.group_concat(lines.c[0], crlf) + crlf, LargeBinary))
 
 
 @dataclass(frozen=True)
@@ -318,8 +322,8 @@ def export_csv(
                 )
                 rows, data = prepared.copy_out(connection, values, options=_COPY_OPTIONS)
                 return ExportPiece(rows, _with_crlf(data, rows))
-            ((rows, lines),) = prepared.rows(connection, values)
-        return ExportPiece(rows, (lines + "\r\n").encode() if rows else b"")
+            ((rows, data),) = prepared.rows(connection, values)
+        return ExportPiece(rows, data or b"")
 
     pool = ThreadPoolExecutor(max_workers=EXPORT_READERS, thread_name_prefix="export")
     coming: deque[Future[ExportPiece]] = deque()
