@@ -80,10 +80,11 @@ def neutralize(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
-# The database writes the CSV. On SQLite each row arrives as its line, made by one printf()
-# call; on PostgreSQL, COPY writes the rows as CSV and hands over bytes. Converting each
-# value to a datetime or an enum and back in Python, or gluing a line together with two
-# dozen `||`, would cost more than everything else together (see bench/export.py).
+# The database writes the CSV. On SQLite each row is its line, made by one printf() call,
+# and a range's lines arrive as one piece of bytes; on PostgreSQL, COPY writes the rows as
+# CSV and hands over bytes. Converting each value to a datetime or an enum and back in
+# Python, or gluing a line together with two dozen `||`, would cost more than everything
+# else together (see bench/export.py).
 
 # The characters that start a formula, as a GLOB class ('-' first, so it is not a range)
 # and as the code points PostgreSQL's ascii() returns.
