@@ -20,6 +20,7 @@ LOADED_WHEN_USED = (
     "dkim",  # signing, with DKIM configured
     "email_validator",  # an address coming in
     "fpdf",  # `guide build`
+    "imaplib",  # `bounces poll`
     "inscriptis",  # a newsletter's plain text
     "lxml",  # (inscriptis's parser)
 )
