@@ -12,8 +12,9 @@ and a sent email (the export joins all three), then runs, each as its own proces
   `psql -c "\copy (select * from subscribers) to stdout csv"`.
 Each runs --runs times, taking turns, and the best time of each counts: on a machine others
 are using, one run of either may be slowed by them. Prints seconds, rows/s, peak RSS and CPU
-seconds for each, and the ratio of the times. --filled URL measures a database this bench
-filled before (with --database sqlite or postgresql) instead of filling a new one.
+seconds for each, and the ratio of the times. --filled URL (with --database sqlite or
+postgresql) measures a database filled the same way before (a run leaves its PostgreSQL
+one, newsletter_bench_export) instead of filling one.
 Goal: ours at most 4 times the baseline's time, with peak RSS under 100 MB.
 """
 
@@ -270,7 +271,8 @@ def measure(kind: str, count: int, *, runs: int, filled: str | None) -> bool:
         each = ", ".join(
             f"{o.seconds / b.seconds:.2f}" for o, b in zip(ours_runs, baseline_runs, strict=True)
         )
-        print(f"ratio of each turn: {each}")
+        turns = sorted(o.seconds / b.seconds for o, b in zip(ours_runs, baseline_runs, strict=True))
+        print(f"ratio of each turn: {each} (median {turns[len(turns) // 2]:.2f})")
         print(
             f"ratio {ratio:.2f} (goal <= {MAX_RATIO}), peak RSS {ours.rss_mb:.0f} MB "
             f"(goal < {MAX_RSS_MB} MB): {'met' if met else 'NOT MET'}"
