@@ -16,8 +16,6 @@ from urllib.parse import urlsplit
 
 import markdown
 import markdown.util
-from inscriptis import get_text
-from inscriptis.model.config import ParserConfig
 from markdown.treeprocessors import Treeprocessor
 
 # Where a newsletter's links and images may point: javascript:, data:, vbscript:, relative
@@ -112,4 +110,8 @@ def for_email(body_html: str) -> str:
 
 def to_text(body: str) -> str:
     """The Markdown body as plain text: no Markdown marks, targets written out."""
+    # Loaded when a newsletter is written, not at every start (inscriptis and lxml: 13 ms).
+    from inscriptis import get_text
+    from inscriptis.model.config import ParserConfig
+
     return get_text(_converted(CONTROL.sub("", body), as_text=True), ParserConfig()).strip()

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
-
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 100
 MAX_SOURCE_LENGTH = 100
@@ -70,6 +68,9 @@ def normalize_email(raw: str) -> str:
         raise ValueError("Please enter your email address.")
     if len(raw) > MAX_EMAIL_LENGTH:
         raise ValueError("That email address is too long.")
+    # Loaded when an address first comes in, not at every start (its patterns: 20 ms).
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         result = validate_email(raw, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:

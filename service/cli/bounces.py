@@ -18,9 +18,7 @@ import sys
 import click
 from flask.cli import AppGroup
 
-from ..feedback.mailbox import BounceMailbox, MailboxError
 from ..feedback.outcomes import Outcome
-from ..feedback.reports import Unparseable, parse
 from ..feedback.retention import unparseable_folder
 from .common import services as _services
 
@@ -38,6 +36,10 @@ def bounces_group() -> None:
 @bounces_group.command("receive")
 def bounces_receive() -> None:
     """Record the bounce or complaint in one message read from standard input."""
+    # The parsers and the mailbox (imaplib) are loaded by these commands only, not at the
+    # start of every other one.
+    from ..feedback.reports import Unparseable, parse
+
     raw = sys.stdin.buffer.read(MAX_MESSAGE)
     services = _services()
     try:
@@ -70,6 +72,8 @@ def bounces_receive() -> None:
 @bounces_group.command("poll")
 def bounces_poll() -> None:
     """Read the bounce mailbox (BOUNCE_MAILBOX_URL) once, now."""
+    from ..feedback.mailbox import BounceMailbox, MailboxError
+
     services = _services()
     settings = services.settings
     if not settings.BOUNCE_MAILBOX_URL:
