@@ -13,9 +13,8 @@ Anything else goes through email-validator itself.
 
 from __future__ import annotations
 
+import functools
 import re
-
-from email_validator import SPECIAL_USE_DOMAIN_NAMES
 
 from . import signup_input
 from .signup_input import MAX_EMAIL_LENGTH, MAX_NAME_LENGTH, normalize_email
@@ -26,8 +25,16 @@ PLAIN = re.compile(
 )
 MAX_LOCAL_LENGTH = 64
 MAX_DOMAIN_LENGTH = 253
-SPECIAL_USE = tuple(SPECIAL_USE_DOMAIN_NAMES)
-SPECIAL_USE_ENDINGS = tuple(f".{name}" for name in SPECIAL_USE)
+
+
+@functools.cache
+def _special_use() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The special-use domains email-validator refuses, and their endings (loaded on first
+    use: building the app loads no email-validator, tests/test_startup.py)."""
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES
+
+    names = tuple(SPECIAL_USE_DOMAIN_NAMES)
+    return names, tuple(f".{name}" for name in names)
 
 
 def normalized_email(raw: str) -> str:
@@ -37,13 +44,14 @@ def normalized_email(raw: str) -> str:
     plain = PLAIN.fullmatch(address) if len(address) <= MAX_EMAIL_LENGTH else None
     if plain is not None:
         local, domain = plain["local"], plain["domain"].lower()
+        special_use, special_use_endings = _special_use()
         if (
             len(local) <= MAX_LOCAL_LENGTH
             and len(domain) <= MAX_DOMAIN_LENGTH
             # Two hyphens together may be Punycode (xn--), which email-validator decodes.
             and "--" not in domain
-            and domain not in SPECIAL_USE
-            and not domain.endswith(SPECIAL_USE_ENDINGS)
+            and domain not in special_use
+            and not domain.endswith(special_use_endings)
         ):
             return f"{local}@{domain}"
     return normalize_email(raw)
