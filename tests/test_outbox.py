@@ -242,6 +242,37 @@ def test_the_claim_statement_uses_the_due_index_on_sqlite(sqlite_url, clock):
     assert "SCAN outbox" not in details.replace("SCAN due", ""), details
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_claim_among_many_rows_due_at_once_reads_the_index_in_order(app, clock):
+    """A newsletter queues all its rows due at one instant: the claim must read its batch
+    off the due index in (due_at, id) order, not sort every due row first."""
+    import sqlalchemy as sa
+
+    add_pending(app, 3000, due_offsets=[timedelta(0)] * 3000)
+    engine = services_of(app).database.engine
+    captured = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("WITH"):
+            captured.append((statement, parameters))
+
+    with engine.connect() as connection:
+        connection.exec_driver_sql("ANALYZE outbox")
+        connection.commit()
+    with services_of(app).database.begin() as session:
+        assert (
+            len(outbox.claim_ids(session, worker="A", now=clock(), limit=100, lease=LEASE)) == 100
+        )
+    [(statement, parameters)] = captured
+    with engine.connect() as connection:
+        plan = connection.exec_driver_sql("EXPLAIN " + statement, parameters).scalars().all()
+    sa.event.remove(engine, "before_cursor_execute", capture)
+    details = "\n".join(plan)
+    assert "Index Scan using ix_outbox_due" in details, details
+    assert "Sort" not in details, details
+
+
 def test_the_fast_path_writes_times_exactly_as_sqlalchemy_does(app, clock):
     """renew_claim and mark_sent run on the DBAPI cursor; their times must be stored as
     SQLAlchemy stores them, or comparisons with other rows go wrong (SQLite compares text)."""
