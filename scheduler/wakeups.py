@@ -11,9 +11,10 @@ into one. Stopping wakes every waiter.
 
 Listeners, each on a thread of its own, blocked until something arrives (nothing runs
 while idle), and each woken for stopping through a pipe of its own:
-- `NotifyListener` (PostgreSQL): one connection of its own that LISTENs. If it drops, the
-  listener says so once, connects again with growing pauses (the tick carries on
-  meanwhile), says when it listens again, and asks for a pass for whatever came meanwhile.
+- `NotifyListener` (PostgreSQL): one connection of its own that LISTENs, from before the
+  first pass. If it drops, the listener says so once, connects again with growing pauses
+  (the tick carries on meanwhile), says when it listens again, and asks for a pass for
+  whatever was queued while nobody listened.
 - `DoorbellListener` (SQLite): binds the Unix socket `<database>.wakeup`. One scheduler per
   database file answers the doorbell: it holds an flock on `<database>.wakeup.lock` as long
   as it runs (so a socket left by a killed one is known to be stale and replaced); another
@@ -126,7 +127,8 @@ class Listener:
         self._stopping.set()
         with contextlib.suppress(OSError):
             os.write(self._stop_write, b"x")
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
         if not self._thread.is_alive():
             os.close(self._stop_read)
             os.close(self._stop_write)
@@ -219,43 +221,52 @@ class NotifyListener(Listener):
         # Set each time LISTEN has succeeded; the backend's pid, for the tests.
         self.listening = threading.Event()
         self.backend_pid: int | None = None
+        self._first_attempt = threading.Event()
 
-    def _connect(self) -> tuple[Any, Any]:
-        """A psycopg connection of the engine's (same address and options) taken out of
-        its pool, in autocommit, LISTENing; and the pool's handle, which closes it."""
+    def start(self, wait: float = 10.0) -> NotifyListener:
+        """Start, and wait (a while at most) until the first attempt to LISTEN is over: a
+        scheduler that listens before its first pass starts misses nothing in between."""
+        super().start()
+        self._first_attempt.wait(wait)
+        return self
+
+    def _connect(self) -> Any:
+        """A psycopg connection made as the engine makes them (same address and options),
+        taken out of its pool, in autocommit, LISTENing."""
         pooled = self.engine.raw_connection()
         connection = pooled.driver_connection
-        pooled.detach()
+        pooled.detach()  # closed below, not by the pool (which would roll back a dead one)
         try:
             connection.autocommit = True
             connection.execute(f"LISTEN {wakeup.CHANNEL}")
         except BaseException:
-            pooled.close()
+            connection.close()
             raise
-        return pooled, connection
+        return connection
 
     def _run(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:
-                pooled, connection = self._connect()
+                connection = self._connect()
             except Exception as exc:
+                self._first_attempt.set()
                 failures = self._failed(failures, "cannot LISTEN", exc)
                 continue
-            if failures:
-                logger.info("listening for new emails again")
-                self.bell.ring()  # whatever was queued while nobody listened
-            failures = 0
             self.backend_pid = connection.info.backend_pid
             self.listening.set()
+            self._first_attempt.set()
+            if failures:
+                logger.info("listening for new emails again")
+                self.bell.ring()  # for whatever was queued while nobody listened
+            failures = 0
             try:
                 self._listen(connection)
             except Exception as exc:
                 failures = self._failed(failures, "lost the LISTEN connection", exc)
             finally:
                 self.listening.clear()
-                with contextlib.suppress(Exception):
-                    pooled.close()
+                connection.close()
 
     def _listen(self, connection: Any) -> None:
         while self._wait(connection.fileno()):
