@@ -6,7 +6,9 @@ run on a dispatch thread of their own (scheduler/wakeups.py): every SCHEDULER_TI
 the "dispatch" job asks for one and waits for it, and so does a listener the moment a
 transaction queues an email due now (PostgreSQL LISTEN/NOTIFY; a Unix socket beside the
 SQLite file; SCHEDULER_WAKEUPS=off turns them off). An ask that comes while a pass runs
-gets the next pass, straight after; a burst of them, one pass. A second job, on its own
+gets the next pass, straight after; a burst of them, one pass. A pass that answers only
+wake-ups just sends (`send_queued`); one that answers the tick is the whole tick. A
+second job, on its own
 thread, checks and imports large CSV uploads (service.imports), so a long import never
 holds up mail; an hourly one forgets old raw bounce reports. SIGTERM (or Ctrl-C) lets the
 message in flight and the import batch in hand finish, hands the rest back, and exits.
@@ -77,6 +79,34 @@ def advance_sequences(
     return total
 
 
+def heartbeat(
+    services: Services, dispatcher: Dispatcher, *, started_at: datetime
+) -> Callable[[datetime], None]:
+    """Notes that this scheduler is alive at a given time (health.record_tick)."""
+
+    def record(now: datetime) -> None:
+        with services.database.begin() as session:
+            health.record_tick(session, dispatcher.worker, started_at=started_at, now=now)
+
+    return record
+
+
+def send_due(
+    services: Services,
+    dispatcher: Dispatcher,
+    *,
+    clock: Callable[[], datetime],
+    stop: threading.Event,
+    after_batch: Callable[[datetime], None],
+) -> PassReport:
+    """Send everything due over one SMTP connection."""
+    mailer = services.make_mailer()
+    try:
+        return dispatcher.drain(mailer, clock=clock, stop=stop, after_batch=after_batch)
+    finally:
+        mailer.close()
+
+
 def tick(
     services: Services,
     dispatcher: Dispatcher,
@@ -87,12 +117,8 @@ def tick(
 ) -> PassReport:
     """One tick: queue the sequence steps and newsletters that are due, then send
     everything due, noting the heartbeat before and after each batch."""
-
-    def heartbeat(now: datetime) -> None:
-        with services.database.begin() as session:
-            health.record_tick(session, dispatcher.worker, started_at=started_at, now=now)
-
-    heartbeat(clock())
+    beat = heartbeat(services, dispatcher, started_at=started_at)
+    beat(clock())
     try:
         steps = advance_sequences(services, clock=clock, stop=stop)
     except SQLAlchemyError:
@@ -109,14 +135,28 @@ def tick(
                 session, now=clock(), sequence=services.default_sequence.name
             ):
                 logger.info("newsletter %d: %d emails queued", broadcast_id, queued)
-    mailer = services.make_mailer()
-    try:
-        report = dispatcher.drain(mailer, clock=clock, stop=stop, after_batch=heartbeat)
-    finally:
-        mailer.close()
+    report = send_due(services, dispatcher, clock=clock, stop=stop, after_batch=beat)
     if newsletters:
         with services.database.begin() as session:
             broadcasts.finish_done(session, now=clock())
+    if report.claimed or report.stopped:
+        logger.info("pass: %s", report)
+    return report
+
+
+def send_queued(
+    services: Services,
+    dispatcher: Dispatcher,
+    *,
+    started_at: datetime,
+    clock: Callable[[], datetime],
+    stop: threading.Event,
+) -> PassReport:
+    """A pass for a wake-up (an email just queued): only the sending part of a tick.
+    Sequence steps and newsletters come due with time, not with a commit: they wait for
+    the tick, as the heartbeat before the pass does (the one after each batch stays)."""
+    beat = heartbeat(services, dispatcher, started_at=started_at)
+    report = send_due(services, dispatcher, clock=clock, stop=stop, after_batch=beat)
     if report.claimed or report.stopped:
         logger.info("pass: %s", report)
     return report
@@ -227,10 +267,15 @@ def make_scheduler(
     clock, stop = services.clock, signals.stop
     passes = threading.Thread(
         target=run_passes,
-        args=(
-            bell,
-            lambda: tick(services, dispatcher, started_at=started_at, clock=clock, stop=stop),
-        ),
+        kwargs={
+            "bell": bell,
+            "run_tick": lambda: tick(
+                services, dispatcher, started_at=started_at, clock=clock, stop=stop
+            ),
+            "run_wakeup": lambda: send_queued(
+                services, dispatcher, started_at=started_at, clock=clock, stop=stop
+            ),
+        },
         name="dispatch",
     )
     scheduler.add_job(

@@ -5,9 +5,11 @@ listeners ask the moment an email is queued (service.wakeup rings).
 until a pass is asked for, runs one, and says which asks it answered: every ask made
 before the pass started. An ask made while a pass runs is answered by the next pass, which
 starts at once, so no wake-up is lost; a burst of asks is answered by one pass. The tick
-(the APScheduler "dispatch" job, every SCHEDULER_TICK_SECONDS) is one more ask, which
-waits for its pass, so a pass that runs long still makes the ticks behind it collapse
-into one. Stopping wakes every waiter.
+(the APScheduler "dispatch" job, every SCHEDULER_TICK_SECONDS) is an ask too, which waits
+for its pass, so a pass that runs long still makes the ticks behind it collapse into one.
+A pass that answers a tick is the whole tick; one that answers only wake-ups just sends
+what is due (the moment an email is queued, moving sequences on and starting newsletters,
+which come due with time, would only delay it). Stopping wakes every waiter.
 
 Listeners, each on a thread of its own, blocked until something arrives (nothing runs
 while idle), and each woken for stopping through a pipe of its own:
@@ -31,7 +33,7 @@ import select
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 
@@ -43,6 +45,13 @@ logger = logging.getLogger("scheduler")
 RECONNECT_PAUSES = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
+class Pass(NamedTuple):
+    """The pass to run next: the last ask it answers, and whether a tick is among them."""
+
+    answers: int
+    tick: bool
+
+
 class Bell:
     """Asks for a dispatch pass, and waits for the pass that answers them (see above)."""
 
@@ -50,12 +59,15 @@ class Bell:
         self._stop = stop
         self._changed = threading.Condition()
         self._asked = 0
+        self._tick_asked = 0
         self._answered = 0
 
-    def ring(self) -> int:
-        """Ask for a pass; the number of this ask (for `wait_for`)."""
+    def ring(self, *, tick: bool = False) -> int:
+        """Ask for a pass (the whole tick, if `tick`); the number of this ask."""
         with self._changed:
             self._asked += 1
+            if tick:
+                self._tick_asked = self._asked
             self._changed.notify_all()
             return self._asked
 
@@ -65,18 +77,19 @@ class Bell:
         with self._changed:
             return self._asked > self._answered
 
-    def next_pass(self) -> int | None:
-        """Wait until a pass is asked for; the last ask the pass will answer, or None once
-        stopping."""
+    def next_pass(self) -> Pass | None:
+        """Wait until a pass is asked for; that pass, or None once stopping."""
         with self._changed:
             while self._asked == self._answered and not self._stop.is_set():
                 self._changed.wait()
-            return None if self._stop.is_set() else self._asked
+            if self._stop.is_set():
+                return None
+            return Pass(self._asked, self._tick_asked > self._answered)
 
-    def passed(self, answered: int) -> None:
-        """A pass that started after ask number `answered` is over."""
+    def passed(self, answered: Pass) -> None:
+        """The pass `answered` is over."""
         with self._changed:
-            self._answered = max(self._answered, answered)
+            self._answered = max(self._answered, answered.answers)
             self._changed.notify_all()
 
     def wait_for(self, ask: int) -> None:
@@ -91,21 +104,23 @@ class Bell:
             self._changed.notify_all()
 
 
-def run_passes(bell: Bell, run_pass: Callable[[], object]) -> None:
+def run_passes(
+    bell: Bell, run_tick: Callable[[], object], run_wakeup: Callable[[], object]
+) -> None:
     """The dispatch thread: one pass per batch of asks, until stopping."""
-    while (answering := bell.next_pass()) is not None:
+    while (next_pass := bell.next_pass()) is not None:
         try:
-            run_pass()
+            (run_tick if next_pass.tick else run_wakeup)()
         except Exception:
             # As APScheduler did for the job: say so, and try again when asked.
             logger.exception("the dispatch pass failed")
         finally:
-            bell.passed(answering)
+            bell.passed(next_pass)
 
 
 def ask_and_wait(bell: Bell) -> None:
-    """The tick: ask for a pass and wait until it has run."""
-    bell.wait_for(bell.ring())
+    """The tick: ask for a whole tick and wait until it has run."""
+    bell.wait_for(bell.ring(tick=True))
 
 
 class Listener:

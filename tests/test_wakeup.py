@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from scheduler.wakeups import Bell, ask_and_wait, run_passes
+from scheduler.__main__ import send_queued, tick
+from scheduler.wakeups import Bell, Pass, ask_and_wait, run_passes
 from service import kinds, wakeup
 from service import outbox as outbox_module
 from service.models import Subscriber
@@ -202,9 +203,9 @@ def test_an_ask_is_answered_by_the_next_pass():
     assert not bell.pending
     ask = bell.ring()
     assert bell.pending
-    answering = bell.next_pass()  # returns at once: a pass is asked for
-    assert answering == ask
-    bell.passed(answering)
+    next_pass = bell.next_pass()  # returns at once: a pass is asked for
+    assert next_pass == Pass(answers=ask, tick=False)
+    bell.passed(next_pass)
     assert not bell.pending
 
 
@@ -219,11 +220,23 @@ def test_a_burst_of_asks_gets_one_pass():
 def test_an_ask_during_a_pass_is_not_lost():
     bell = Bell(threading.Event())
     bell.ring()
-    answering = bell.next_pass()
+    next_pass = bell.next_pass()
     late = bell.ring()  # the pass has started: it may have read the outbox already
-    bell.passed(answering)
+    bell.passed(next_pass)
     assert bell.pending
-    assert bell.next_pass() == late
+    assert bell.next_pass().answers == late
+
+
+def test_a_pass_is_the_whole_tick_when_a_tick_is_among_its_asks():
+    bell = Bell(threading.Event())
+    bell.ring()
+    bell.ring(tick=True)
+    bell.ring()
+    tick = bell.next_pass()
+    assert tick.tick
+    bell.passed(tick)
+    bell.ring()
+    assert bell.next_pass().tick is False
 
 
 def test_the_dispatch_thread_runs_again_for_a_wakeup_during_its_pass():
@@ -231,16 +244,17 @@ def test_the_dispatch_thread_runs_again_for_a_wakeup_during_its_pass():
     bell = Bell(stop)
     passes = []
 
-    def run_pass() -> None:
-        passes.append(len(passes))
-        if len(passes) == 1:
-            bell.ring()  # an email queued while the first pass runs
-        else:
-            stop.set()
+    def run_tick() -> None:
+        passes.append("tick")
+        bell.ring()  # an email queued while the tick runs
 
-    bell.ring()
-    run_passes(bell, run_pass)  # returns once stopped, on this thread
-    assert passes == [0, 1]
+    def run_wakeup() -> None:
+        passes.append("wake-up")
+        stop.set()
+
+    bell.ring(tick=True)
+    run_passes(bell, run_tick, run_wakeup)  # returns once stopped, on this thread
+    assert passes == ["tick", "wake-up"]
 
 
 def test_a_failing_pass_is_logged_and_the_next_ask_still_runs(caplog):
@@ -256,7 +270,7 @@ def test_a_failing_pass_is_logged_and_the_next_ask_still_runs(caplog):
         stop.set()
 
     bell.ring()
-    run_passes(bell, run_pass)
+    run_passes(bell, run_pass, run_pass)
     assert len(passes) == 2
     assert "the dispatch pass failed" in caplog.text
 
@@ -265,11 +279,14 @@ def test_the_tick_waits_for_its_pass_and_stopping_wakes_every_waiter():
     stop = threading.Event()
     bell = Bell(stop)
     passes = []
-    dispatch = threading.Thread(target=run_passes, args=(bell, lambda: passes.append(1)))
+    dispatch = threading.Thread(
+        target=run_passes,
+        args=(bell, lambda: passes.append("tick"), lambda: passes.append("wake-up")),
+    )
     dispatch.start()
     try:
         ask_and_wait(bell)  # returns once a pass has run for it
-        assert passes
+        assert passes == ["tick"]
     finally:
         stop.set()
         bell.wake_all()
@@ -277,3 +294,43 @@ def test_the_tick_waits_for_its_pass_and_stopping_wakes_every_waiter():
     assert not dispatch.is_alive()
     assert bell.next_pass() is None
     bell.wait_for(bell.ring())  # stopping: no pass will come, and nobody waits for one
+
+
+def test_a_wakeup_pass_only_sends_and_leaves_sequences_to_the_tick(services, clock):
+    """Sequence steps come due with time: moving them on would only delay the email the
+    wake-up is for."""
+    from service.models import Enrollment, EnrollmentStatus, OutboxMessage, SubscriberStatus
+
+    confirmed = clock() - timedelta(days=3)
+    with services.database.begin() as session:
+        member = make_subscriber(
+            session,
+            "member@example.com",
+            now=confirmed,
+            status=SubscriberStatus.CONFIRMED,
+            confirmed_at=confirmed,
+        )
+        session.add(
+            Enrollment(
+                subscriber_id=member.id,
+                sequence=services.default_sequence.name,
+                enrolled_at=confirmed,
+                status=EnrollmentStatus.ACTIVE,
+                steps_passed=[],
+                next_due_at=confirmed,
+            )
+        )
+        outbox_module.enqueue(session, reader(session, clock), "confirm", now=clock())
+    dispatcher = services.make_dispatcher("test-worker")
+    stop = threading.Event()
+    passed = {"started_at": clock(), "clock": clock, "stop": stop}
+
+    report = send_queued(services, dispatcher, **passed)
+    assert (report.claimed, report.sent) == (1, 1)
+    with services.database.read() as session:
+        assert session.scalars(select(OutboxMessage.kind)).all() == ["confirm"]
+
+    report = tick(services, dispatcher, **passed)
+    assert (report.claimed, report.sent) == (1, 1)
+    with services.database.read() as session:
+        assert session.scalars(select(OutboxMessage.kind)).all() == ["confirm", "sequence"]
