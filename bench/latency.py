@@ -130,7 +130,7 @@ def run(kind: str, wakeups: str, *, signups: int, seconds: float, seed: int) -> 
     try:
         database_url = fresh_database(kind, workdir, "newsletter_bench_latency")
         mail_url = f"smtp://127.0.0.1:{sink.port}?tls=none"
-        settings = {"SIGNUP_RATE_LIMIT": "1000000 per minute"}
+        settings = {"SIGNUP_RATE_LIMIT": "1000000 per minute", "SCHEDULER_WAKEUPS": wakeups}
         with (
             gunicorn(
                 "wsgi:app", database_url=database_url, workdir=workdir, settings=settings, args=[]

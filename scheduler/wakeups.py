@@ -254,6 +254,7 @@ class NotifyListener(Listener):
         try:
             connection.autocommit = True
             connection.execute(f"LISTEN {wakeup.CHANNEL}")
+            keep_alive(connection.fileno())
         except BaseException:
             connection.close()
             raise
@@ -298,6 +299,21 @@ class NotifyListener(Listener):
             logger.debug("%s again (%s)", what, exc)
         self._wait(None, self.pauses[min(failures, len(self.pauses) - 1)])
         return failures + 1
+
+
+def keep_alive(fileno: int) -> None:
+    """TCP keepalives every minute on a connection that may say nothing for hours: one
+    dropped without a word (a NAT forgetting it, a server gone) is then noticed within
+    two minutes, not after libpq's default two hours."""
+    probe = socket.socket(fileno=os.dup(fileno))
+    try:
+        if probe.family in (socket.AF_INET, socket.AF_INET6):
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+                if hasattr(socket, option):
+                    probe.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    finally:
+        probe.close()
 
 
 def start_listener(bell: Bell, engine: Engine, database_url: str) -> Listener | None:

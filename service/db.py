@@ -195,7 +195,8 @@ class Database:
     doorbell: wakeup.Doorbell | None = None
 
     @classmethod
-    def connect(cls, url: str, **engine_kwargs: Any) -> Database:
+    def connect(cls, url: str, *, wakeups: bool = True, **engine_kwargs: Any) -> Database:
+        """`wakeups`: commits that queue an email wake the scheduler (service.wakeup)."""
         engine = make_engine(url, **engine_kwargs)
         reader = engine.execution_options(**{READ_ONLY_OPTION: True})
         sessions = sessionmaker(engine, expire_on_commit=False)
@@ -203,7 +204,7 @@ class Database:
             engine,
             sessions,
             sessionmaker(reader, expire_on_commit=False),
-            doorbell=wakeup.install(sessions, url),
+            doorbell=wakeup.install(sessions, url) if wakeups else None,
         )
 
     @property

@@ -176,6 +176,17 @@ def test_sequence_steps_ring_when_rows_are_written(services, rings, clock):
     assert rings.count() == 0
 
 
+def test_wakeups_off_ring_nothing(make_app, database_url, clock):
+    services = make_app(SCHEDULER_WAKEUPS="off").extensions["newsletter"]
+    heard = Rings(database_url, services.database.engine)
+    try:
+        with services.database.begin() as session:
+            outbox_module.enqueue(session, reader(session, clock), "confirm", now=clock())
+        assert heard.count() == 0
+    finally:
+        heard.close()
+
+
 def test_a_doorbell_nobody_listens_to_is_no_error(tmp_path):
     doorbell = wakeup.Doorbell(str(tmp_path / "nobody.wakeup"))
     doorbell.ring()  # ENOENT
