@@ -7,11 +7,12 @@ the "dispatch" job asks for one and waits for it, and so does a listener the mom
 transaction queues an email due now (PostgreSQL LISTEN/NOTIFY; a Unix socket beside the
 SQLite file; SCHEDULER_WAKEUPS=off turns them off). An ask that comes while a pass runs
 gets the next pass, straight after; a burst of them, one pass. A pass that answers only
-wake-ups just sends (`send_queued`); one that answers the tick is the whole tick. A
-second job, on its own
-thread, checks and imports large CSV uploads (service.imports), so a long import never
-holds up mail; an hourly one forgets old raw bounce reports. SIGTERM (or Ctrl-C) lets the
-message in flight and the import batch in hand finish, hands the rest back, and exits.
+wake-ups just sends (`send_queued`); one that answers the tick is the whole tick.
+
+A second job, on its own thread, checks and imports large CSV uploads (service.imports),
+so a long import never holds up mail; an hourly one forgets old raw bounce reports.
+SIGTERM (or Ctrl-C) lets the message in flight and the import batch in hand finish, hands
+the rest back, and exits.
 
     python -m scheduler                      tick every SCHEDULER_TICK_SECONDS
     python -m scheduler --once               one pass, then exit (cron, catch-up)

@@ -9,7 +9,9 @@ starts at once, so no wake-up is lost; a burst of asks is answered by one pass. 
 for its pass, so a pass that runs long still makes the ticks behind it collapse into one.
 A pass that answers a tick is the whole tick; one that answers only wake-ups just sends
 what is due (the moment an email is queued, moving sequences on and starting newsletters,
-which come due with time, would only delay it). Stopping wakes every waiter.
+which come due with time, would only delay it). Stopping wakes every waiter. (Why not
+have a listener bring the APScheduler job forward instead: a run that finds the job still
+counted as running, max_instances=1, is skipped, and that wake-up would be lost.)
 
 Listeners, each on a thread of its own, blocked until something arrives (nothing runs
 while idle), and each woken for stopping through a pipe of its own:
