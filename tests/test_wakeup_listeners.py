@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -202,3 +203,25 @@ def test_wakeups_off_binds_no_socket(make_app, sqlite_url, tmp_path):
     with running_scheduler(make_app(DATABASE_URL=sqlite_url)):
         assert path.exists()
     assert not path.exists()
+
+
+@pytest.mark.slow
+def test_a_scheduler_process_is_woken_by_another_process_commit(app, smtp, database_url, tmp_path):
+    from service import outbox as outbox_module
+    from tests.helpers import make_subscriber
+    from tests.test_scheduler import scheduler_env, start_scheduler
+
+    add_pending(app, 1)
+    process = start_scheduler(scheduler_env(database_url, smtp.url, tmp_path), "--tick", "3600")
+    try:
+        smtp.handler.wait_for(1, timeout=30)  # its first tick: it listens from before it
+        services = services_of(app)
+        with services.database.begin() as session:
+            later = make_subscriber(session, "later@example.com", now=services.clock())
+            outbox_module.enqueue(session, later, "confirm", now=services.clock())
+        received = smtp.handler.wait_for(2, timeout=30)
+        assert [r.rcpt_tos for r in received] == [["r0@example.com"], ["later@example.com"]]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output
