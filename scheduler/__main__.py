@@ -1,10 +1,18 @@
 """`python -m scheduler`: an APScheduler clock that ticks the dispatch pass.
 
-APScheduler only keeps time here; the work queue is the outbox table. Each tick claims
-due rows under a lease and sends them, so several schedulers can run at once. A second
-job, on its own thread, checks and imports large CSV uploads (service.imports), so a long
-import never holds up mail; an hourly one forgets old raw bounce reports. SIGTERM (or Ctrl-C) lets the message in flight and the import
-batch in hand finish, hands the rest back, and exits.
+APScheduler only keeps time here; the work queue is the outbox table. Each pass claims
+due rows under a lease and sends them, so several schedulers can run at once. The passes
+run on a dispatch thread of their own (scheduler/wakeups.py): every SCHEDULER_TICK_SECONDS
+the "dispatch" job asks for one and waits for it, and so does a listener the moment a
+transaction queues an email due now (PostgreSQL LISTEN/NOTIFY; a Unix socket beside the
+SQLite file; SCHEDULER_WAKEUPS=off turns them off). An ask that comes while a pass runs
+gets the next pass, straight after; a burst of them, one pass. A pass that answers only
+wake-ups just sends (`send_queued`); one that answers the tick is the whole tick.
+
+A second job, on its own thread, checks and imports large CSV uploads (service.imports),
+so a long import never holds up mail; an hourly one forgets old raw bounce reports.
+SIGTERM (or Ctrl-C) lets the message in flight and the import batch in hand finish, hands
+the rest back, and exits.
 
     python -m scheduler                      tick every SCHEDULER_TICK_SECONDS
     python -m scheduler --once               one pass, then exit (cron, catch-up)
@@ -29,6 +37,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.bounces import mailbox_job
+from scheduler.wakeups import Bell, Listener, ask_and_wait, run_passes, start_listener
 from service import broadcasts, health, imports, sequences
 from service.config import ConfigError, load_settings
 from service.dispatch import Dispatcher, PassReport
@@ -71,6 +80,34 @@ def advance_sequences(
     return total
 
 
+def heartbeat(
+    services: Services, dispatcher: Dispatcher, *, started_at: datetime
+) -> Callable[[datetime], None]:
+    """Notes that this scheduler is alive at a given time (health.record_tick)."""
+
+    def record(now: datetime) -> None:
+        with services.database.begin() as session:
+            health.record_tick(session, dispatcher.worker, started_at=started_at, now=now)
+
+    return record
+
+
+def send_due(
+    services: Services,
+    dispatcher: Dispatcher,
+    *,
+    clock: Callable[[], datetime],
+    stop: threading.Event,
+    after_batch: Callable[[datetime], None],
+) -> PassReport:
+    """Send everything due over one SMTP connection."""
+    mailer = services.make_mailer()
+    try:
+        return dispatcher.drain(mailer, clock=clock, stop=stop, after_batch=after_batch)
+    finally:
+        mailer.close()
+
+
 def tick(
     services: Services,
     dispatcher: Dispatcher,
@@ -81,12 +118,8 @@ def tick(
 ) -> PassReport:
     """One tick: queue the sequence steps and newsletters that are due, then send
     everything due, noting the heartbeat before and after each batch."""
-
-    def heartbeat(now: datetime) -> None:
-        with services.database.begin() as session:
-            health.record_tick(session, dispatcher.worker, started_at=started_at, now=now)
-
-    heartbeat(clock())
+    beat = heartbeat(services, dispatcher, started_at=started_at)
+    beat(clock())
     try:
         steps = advance_sequences(services, clock=clock, stop=stop)
     except SQLAlchemyError:
@@ -103,14 +136,28 @@ def tick(
                 session, now=clock(), sequence=services.default_sequence.name
             ):
                 logger.info("newsletter %d: %d emails queued", broadcast_id, queued)
-    mailer = services.make_mailer()
-    try:
-        report = dispatcher.drain(mailer, clock=clock, stop=stop, after_batch=heartbeat)
-    finally:
-        mailer.close()
+    report = send_due(services, dispatcher, clock=clock, stop=stop, after_batch=beat)
     if newsletters:
         with services.database.begin() as session:
             broadcasts.finish_done(session, now=clock())
+    if report.claimed or report.stopped:
+        logger.info("pass: %s", report)
+    return report
+
+
+def send_queued(
+    services: Services,
+    dispatcher: Dispatcher,
+    *,
+    started_at: datetime,
+    clock: Callable[[], datetime],
+    stop: threading.Event,
+) -> PassReport:
+    """A pass for a wake-up (an email just queued): only the sending part of a tick.
+    Sequence steps and newsletters come due with time, not with a commit: they wait for
+    the tick, as the heartbeat before the pass does (the one after each batch stays)."""
+    beat = heartbeat(services, dispatcher, started_at=started_at)
+    report = send_due(services, dispatcher, clock=clock, stop=stop, after_batch=beat)
     if report.claimed or report.stopped:
         logger.info("pass: %s", report)
     return report
@@ -215,39 +262,69 @@ def make_scheduler(
             id="bounce-mailbox",
             executor="bounce-mailbox",
         )
-    jobs = {
-        "dispatch": (
-            tick,
-            {"dispatcher": dispatcher, "started_at": started_at},
-        ),
-        "imports": (work_on_imports, {"worker": dispatcher.worker}),
-    }
-    for job_id, (job, kwargs) in jobs.items():
-        scheduler.add_job(
-            job,
-            "interval",
-            seconds=interval,
-            next_run_time=datetime.now(UTC),
-            kwargs={"services": services, "clock": services.clock, "stop": signals.stop, **kwargs},
-            id=job_id,
-        )
-
+    # The passes run on a thread of their own; the "dispatch" job asks for one every tick
+    # and waits for it, as do the listeners when an email is queued (scheduler/wakeups.py).
+    bell = Bell(signals.stop)
+    clock, stop = services.clock, signals.stop
+    passes = threading.Thread(
+        target=run_passes,
+        kwargs={
+            "bell": bell,
+            "run_tick": lambda: tick(
+                services, dispatcher, started_at=started_at, clock=clock, stop=stop
+            ),
+            "run_wakeup": lambda: send_queued(
+                services, dispatcher, started_at=started_at, clock=clock, stop=stop
+            ),
+        },
+        name="dispatch",
+    )
+    scheduler.add_job(
+        ask_and_wait,
+        "interval",
+        seconds=interval,
+        next_run_time=datetime.now(UTC),
+        kwargs={"bell": bell},
+        id="dispatch",
+    )
+    scheduler.add_job(
+        work_on_imports,
+        "interval",
+        seconds=interval,
+        next_run_time=datetime.now(UTC),
+        kwargs={"services": services, "clock": clock, "stop": stop, "worker": dispatcher.worker},
+        id="imports",
+    )
     scheduler.add_job(
         keep_house,
         "interval",
         seconds=HOUSEKEEPING_SECONDS,
         next_run_time=datetime.now(UTC),
-        kwargs={"services": services, "clock": services.clock, "stop": signals.stop},
+        kwargs={"services": services, "clock": clock, "stop": stop},
         id="housekeeping",
     )
 
-    def shut_down_when_asked() -> None:
+    def start_threads(_event: object) -> None:
+        passes.start()
+        listener = None
+        if services.settings.SCHEDULER_WAKEUPS:
+            listener = start_listener(
+                bell, services.database.engine, services.settings.database_url
+            )
+        threading.Thread(
+            target=shut_down_when_asked, args=(listener,), name="stopper", daemon=True
+        ).start()
+
+    def shut_down_when_asked(listener: Listener | None) -> None:
         signals.stop.wait()
+        bell.wake_all()
+        if listener is not None:
+            listener.close()
+        passes.join()  # the pass in hand hands back what it has not sent
         scheduler.shutdown(wait=True)
 
-    stopper = threading.Thread(target=shut_down_when_asked, name="stopper", daemon=True)
     # Started once the scheduler runs, so shutdown() never meets a scheduler not started.
-    scheduler.add_listener(lambda _event: stopper.start(), EVENT_SCHEDULER_STARTED)
+    scheduler.add_listener(start_threads, EVENT_SCHEDULER_STARTED)
     return scheduler
 
 
@@ -256,7 +333,8 @@ def run_forever(
 ) -> None:
     """Tick every `interval` seconds until SIGTERM or SIGINT."""
     scheduler = make_scheduler(services, dispatcher, interval=interval, signals=signals)
-    logger.info("scheduler %s ticking every %ss", dispatcher.worker, interval)
+    woken = ", and as soon as an email is queued" if services.settings.SCHEDULER_WAKEUPS else ""
+    logger.info("scheduler %s ticking every %ss%s", dispatcher.worker, interval, woken)
     scheduler.start()
     logger.info("scheduler %s stopped", dispatcher.worker)
 

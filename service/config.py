@@ -134,6 +134,11 @@ class Settings:
 
     # The scheduler and sending.
     SCHEDULER_TICK_SECONDS: float = setting(5.0, "How often the scheduler looks for due emails.")
+    SCHEDULER_WAKEUPS: bool = setting(
+        True,
+        "Wake the scheduler the moment an email is queued (PostgreSQL LISTEN/NOTIFY; a Unix"
+        " socket beside the SQLite file); off: new emails wait for its next tick.",
+    )
     SEND_BATCH_SIZE: int = setting(100, "Outbox rows claimed at once by one scheduler.")
     SEND_LEASE_SECONDS: int = setting(
         300,

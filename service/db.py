@@ -47,6 +47,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from . import wakeup
+
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY_OPTION = "newsletter_read_only"
 
@@ -205,15 +207,20 @@ class Database:
     engine: Engine
     sessions: sessionmaker[Session]
     read_sessions: sessionmaker[Session]
+    # Wakes the scheduler after a commit that queued an email (service.wakeup).
+    doorbell: wakeup.Doorbell | None = None
 
     @classmethod
-    def connect(cls, url: str, **engine_kwargs: Any) -> Database:
+    def connect(cls, url: str, *, wakeups: bool = True, **engine_kwargs: Any) -> Database:
+        """`wakeups`: commits that queue an email wake the scheduler (service.wakeup)."""
         engine = make_engine(url, **engine_kwargs)
         reader = engine.execution_options(**{READ_ONLY_OPTION: True})
+        sessions = sessionmaker(engine, expire_on_commit=False)
         return cls(
             engine,
-            sessionmaker(engine, expire_on_commit=False),
+            sessions,
             sessionmaker(reader, expire_on_commit=False),
+            doorbell=wakeup.install(sessions, url) if wakeups else None,
         )
 
     @property
@@ -234,6 +241,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.doorbell is not None:
+            self.doorbell.close()
 
 
 @functools.cache

@@ -90,7 +90,7 @@ class Services:
             )
         except lead_magnets.MagnetError as exc:
             raise ConfigError(f"the lead magnets: {exc}") from exc
-        database = Database.connect(settings.database_url)
+        database = Database.connect(settings.database_url, wakeups=settings.SCHEDULER_WAKEUPS)
         links = Links(settings.BASE_URL, tokens)
         tracker = LinkTracker(database, base_url=settings.BASE_URL, secret_key=settings.SECRET_KEY)
         message_ids = MessageIds(settings.SECRET_KEY, settings.mail_domain)

@@ -20,6 +20,7 @@ server's acceptance and the database commit, that window holds only the one mess
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import smtplib
 import ssl
@@ -128,6 +129,14 @@ def _reset(connection: smtplib.SMTP, code: int) -> None:
         connection.rset()
 
 
+@functools.cache
+def tls_context(cafile: str | None) -> ssl.SSLContext:
+    """The TLS settings for SMTP servers, made once per process: loading the system's
+    certificates takes 20-60 ms, which every pass that sent anything paid (and a pass
+    that sends a confirmation the moment it is queued should not)."""
+    return ssl.create_default_context(cafile=cafile)
+
+
 class SMTPMailer:
     """Sends through one SMTP server, connecting on first use and again after a drop."""
 
@@ -158,12 +167,15 @@ class SMTPMailer:
 
     def _connect(self) -> smtplib.SMTP:
         where = f"{self.host}:{self.port}"
-        context = ssl.create_default_context(cafile=self.cafile)
         connection: smtplib.SMTP | None = None
         try:
             if self.tls == "ssl":
                 connection = smtplib.SMTP_SSL(
-                    self.host, self.port, self.local_hostname, timeout=self.timeout, context=context
+                    self.host,
+                    self.port,
+                    self.local_hostname,
+                    timeout=self.timeout,
+                    context=tls_context(self.cafile),
                 )
             else:
                 connection = smtplib.SMTP(
@@ -171,7 +183,7 @@ class SMTPMailer:
                 )
             connection.ehlo()
             if self.tls == "starttls":
-                connection.starttls(context=context)
+                connection.starttls(context=tls_context(self.cafile))
                 connection.ehlo()
             if self.username:
                 connection.login(self.username, self.password or "")

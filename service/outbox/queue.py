@@ -3,7 +3,9 @@
 Everything that queues an email goes through here: one at a time (`enqueue`: signups,
 confirmations, test copies), one per recipient of a query (`enqueue_for_each`:
 newsletters) or a tick's sequence steps at once (`step_row`, `enqueue_steps`). An email
-exists if and only if what caused it was committed.
+exists if and only if what caused it was committed. Each notes in the session that its
+transaction queued an email due now, so that its commit wakes the scheduler
+(service.wakeup).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session
 from .. import kinds
 from ..db import insert_ignoring_conflicts, insert_many_ignoring_conflicts, insert_row
 from ..models import OutboxMessage, OutboxStatus
+from ..wakeup import note_queued
 
 PENDING_STATES = (OutboxStatus.QUEUED, OutboxStatus.SENDING)
 
@@ -69,8 +72,12 @@ def enqueue(
     }
     if dedupe_key is None:
         insert_row(session, OutboxMessage.__table__, values)
-        return True
-    return insert_ignoring_conflicts(session, OutboxMessage.__table__, values)
+        written = True
+    else:
+        written = insert_ignoring_conflicts(session, OutboxMessage.__table__, values)
+    if written and values["due_at"] <= now:
+        note_queued(session)
+    return written
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ def enqueue_for_each(
         .from_select(list(layout), rows)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
     )
+    note_queued(session)
 
 
 def step_row(
@@ -197,6 +205,8 @@ def enqueue_steps(session: Session, rows: list[dict[str, Any]], *, now: datetime
                 if getattr(exc.orig, "sqlstate", None) != DEADLOCK_DETECTED:
                     raise
                 continue
+    if written:
+        note_queued(session)
     return written
 
 
