@@ -97,12 +97,17 @@ def tick(
             logger.info("sequences: %s", steps)
     with services.database.read() as session:
         newsletters = broadcasts.in_progress(session)
-    if newsletters:
+    # A newsletter's rows are written a chunk per transaction: signups never wait on them,
+    # and another scheduler sends the first chunks meanwhile (service.broadcast_expansion).
+    while newsletters and not stop.is_set():
         with services.database.begin() as session:
-            for broadcast_id, queued in broadcasts.start_due(
+            chunk = broadcasts.expand_next(
                 session, now=clock(), sequence=services.default_sequence.name
-            ):
-                logger.info("newsletter %d: %d emails queued", broadcast_id, queued)
+            )
+        if chunk is None:
+            break
+        if chunk.done:
+            logger.info("newsletter %d: %d emails queued", chunk.broadcast_id, chunk.recipients)
     mailer = services.make_mailer()
     try:
         report = dispatcher.drain(mailer, clock=clock, stop=stop, after_batch=heartbeat)
