@@ -101,7 +101,7 @@ def _chunk_end(session: Session, broadcast: Broadcast, size: int) -> int:
 
 
 def expand_next(
-    session: Session, *, now: datetime, sequence: str, chunk: int = CHUNK
+    session: Session, *, now: datetime, sequence: str, chunk: int | None = None
 ) -> Chunk | None:
     """Write the next chunk of rows of one newsletter, starting it if it was only due;
     None when no newsletter has rows left to write. The caller commits after each call.
@@ -111,7 +111,7 @@ def expand_next(
         return None
     if broadcast.status is BroadcastStatus.SCHEDULED:
         _start(session, broadcast, now=now)
-    start, end = broadcast.expanded_through, _chunk_end(session, broadcast, chunk)
+    start, end = broadcast.expanded_through, _chunk_end(session, broadcast, chunk or CHUNK)
     queued = 0
     if end > start:
         audience = newsletter_audience.recipients(broadcast, sequence, now=now).where(
