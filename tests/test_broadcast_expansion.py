@@ -238,3 +238,40 @@ def test_the_scheduler_writes_a_chunk_per_transaction_and_sends_them_all(app, mo
     assert status_of(app, broadcast_id) is BroadcastStatus.SENT
     assert broadcast_of(app, broadcast_id).recipients == 8
     assert len(commits) >= 4  # a transaction per chunk, at least
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+def test_pausing_or_cancelling_waits_for_the_chunk_being_written(app, database_url, action):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's writers take turns: a chunk and a pause never overlap")
+    a_list(app)
+    broadcast_id = sending(app)
+    services = services_of(app)
+    done = threading.Event()
+
+    def act() -> None:
+        with services.database.begin() as session:
+            getattr(broadcasts, action)(session, broadcast_id, now=services.clock())
+        done.set()
+
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    with services.database.begin() as session:
+        assert expand_next(session, now=services.clock(), sequence="", chunk=CHUNK).queued == 3
+        helper = threading.Thread(target=act)
+        helper.start()
+        with services.database.engine.connect() as watcher:
+            # Until the pause (or cancel) waits for this chunk's lock on the newsletter.
+            while not watcher.execute(waiting).scalar() and not done.is_set():
+                watcher.rollback()
+        assert not done.is_set()
+    helper.join()
+    rows = rows_of(app, broadcast_id)
+    if action == "pause":
+        assert {row.due_at for row in rows} == {HELD_UNTIL}
+    else:
+        assert {row.status for row in rows} == {OutboxStatus.CANCELLED}
+    assert one_chunk(app) is None
