@@ -106,6 +106,7 @@ def tick(
             )
         if chunk is None:
             break
+        heartbeat(clock())  # a million readers' rows take a minute or more
         if chunk.done:
             logger.info("newsletter %d: %d emails queued", chunk.broadcast_id, chunk.recipients)
     mailer = services.make_mailer()

@@ -132,6 +132,7 @@ def test_a_stop_between_chunks_resumes_where_it_stopped_without_duplicates(app):
     assert broadcast_of(app, broadcast_id).recipients == 8
 
 
+@pytest.mark.slow  # two sending passes
 def test_a_newsletter_is_not_sent_before_every_chunk_is_written(app):
     a_list(app)
     broadcast_id = sending(app)
@@ -145,6 +146,7 @@ def test_a_newsletter_is_not_sent_before_every_chunk_is_written(app):
     assert status_of(app, broadcast_id) is BroadcastStatus.SENT
 
 
+@pytest.mark.slow  # two sending passes
 def test_pausing_holds_the_rows_written_and_those_still_to_come(app):
     a_list(app)
     broadcast_id = sending(app)
