@@ -130,12 +130,18 @@ def tick(
             logger.info("sequences: %s", steps)
     with services.database.read() as session:
         newsletters = broadcasts.in_progress(session)
-    if newsletters:
+    # A newsletter's rows are written a chunk per transaction: signups never wait on them,
+    # and another scheduler sends the first chunks meanwhile (service.broadcast_expansion).
+    while newsletters and not stop.is_set():
         with services.database.begin() as session:
-            for broadcast_id, queued in broadcasts.start_due(
+            chunk = broadcasts.expand_next(
                 session, now=clock(), sequence=services.default_sequence.name
-            ):
-                logger.info("newsletter %d: %d emails queued", broadcast_id, queued)
+            )
+        if chunk is None:
+            break
+        beat(clock())  # a million readers' rows take a minute or more
+        if chunk.done:
+            logger.info("newsletter %d: %d emails queued", chunk.broadcast_id, chunk.recipients)
     report = send_due(services, dispatcher, clock=clock, stop=stop, after_batch=beat)
     if newsletters:
         with services.database.begin() as session:

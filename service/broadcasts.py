@@ -3,10 +3,12 @@ or a part of them, through the same outbox and scheduler as every other email.
 
 A broadcast goes draft -> scheduled -> sending -> sent. Scheduling is one conditional
 UPDATE, so a double click cannot send it twice; when it is due, the scheduler writes one
-outbox row per recipient in a single INSERT ... SELECT whose dedupe key
-(`broadcast:<id>:<subscriber>`) is unique, so no reader can get it twice either. Pausing
-holds its queued rows (due at HELD_UNTIL); resuming makes them due again; cancelling
-cancels them. Someone who unsubscribes meanwhile loses their row like any other email.
+outbox row per recipient, in chunks of subscriber ids (service.broadcast_expansion), with
+a unique dedupe key (`newsletter:<id>:<subscriber>`), so no reader can get it twice
+either; it is sent once every chunk is written and nothing is left to send. Pausing holds
+its queued rows (due at HELD_UNTIL) and the chunks not written yet; resuming makes them due
+again; cancelling cancels them. Someone who unsubscribes meanwhile loses their row like any
+other email.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from . import kinds, newsletter_audience, newsletter_markdown, outbox
+from .broadcast_expansion import HELD_UNTIL, expand_next
 from .models import (
     Broadcast,
     BroadcastStatus,
@@ -29,8 +32,6 @@ from .models import (
 from .newsletter_audience import SEQUENCE_CHOICES
 from .newsletter_markdown import CONTROL
 
-# Far enough ahead that no scheduler claims a held row.
-HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
 # How far ahead a newsletter may be scheduled.
 LATEST_SEND = timedelta(days=366)
 MAX_SUBJECT_LENGTH = 200
@@ -158,8 +159,10 @@ def delete_draft(session: Session, broadcast_id: int) -> bool:
     return True
 
 
-def get(session: Session, broadcast_id: int) -> Broadcast:
-    broadcast = session.get(Broadcast, broadcast_id)
+def get(session: Session, broadcast_id: int, *, lock: bool = False) -> Broadcast:
+    """The newsletter; with `lock`, its row locked until the transaction ends (pausing and
+    cancelling wait for a chunk of its rows being written, so that they see every row)."""
+    broadcast = session.get(Broadcast, broadcast_id, with_for_update=lock, populate_existing=lock)
     if broadcast is None:
         raise BroadcastError("No such newsletter.")
     return broadcast
@@ -187,32 +190,13 @@ def in_progress(session: Session) -> bool:
 
 
 def start_due(session: Session, *, now: datetime, sequence: str) -> list[tuple[int, int]]:
-    """Queue the emails of every scheduled broadcast whose time has come, one row per
-    recipient; returns (broadcast id, rows queued) for each. Run by the scheduler."""
-    due = select(Broadcast).where(
-        Broadcast.status == BroadcastStatus.SCHEDULED, Broadcast.scheduled_at <= now
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+    """Queue every email of every newsletter whose time has come, chunk after chunk in the
+    caller's transaction; returns (broadcast id, recipients) for each newsletter it
+    finished queueing. (The scheduler commits after each chunk instead: `expand_next`.)"""
     started = []
-    for broadcast in session.scalars(due).all():
-        outbox.enqueue_for_each(
-            session,
-            newsletter_audience.recipients(broadcast, sequence, now=now).subquery(),
-            kinds.NEWSLETTER,
-            now=now,
-            context={"broadcast_id": broadcast.id},
-            dedupe_prefix=f"{kinds.NEWSLETTER}:{broadcast.id}:",
-            broadcast_id=broadcast.id,
-        )
-        broadcast.status = BroadcastStatus.SENDING
-        broadcast.started_at = now
-        broadcast.recipients = session.scalar(
-            select(func.count())
-            .select_from(OutboxMessage)
-            .where(OutboxMessage.broadcast_id == broadcast.id)
-        )
-        started.append((broadcast.id, broadcast.recipients))
+    while (chunk := expand_next(session, now=now, sequence=sequence)) is not None:
+        if chunk.done:
+            started.append((chunk.broadcast_id, chunk.recipients))
     return started
 
 
@@ -228,7 +212,12 @@ def finish_done(session: Session, *, now: datetime) -> int:
     )
     result = session.execute(
         update(Broadcast)
-        .where(Broadcast.status == BroadcastStatus.SENDING, ~pending)
+        .where(
+            Broadcast.status == BroadcastStatus.SENDING,
+            # Not while chunks of its rows are still to be written.
+            Broadcast.expanded_through >= Broadcast.audience_through,
+            ~pending,
+        )
         .values(status=BroadcastStatus.SENT, finished_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -244,7 +233,7 @@ def _queued_rows(broadcast_id: int):
 
 def pause(session: Session, broadcast_id: int, *, now: datetime) -> bool:
     """Hold what is not sent yet (a message already on the wire still goes)."""
-    broadcast = get(session, broadcast_id)
+    broadcast = get(session, broadcast_id, lock=True)
     if broadcast.status is not BroadcastStatus.SENDING:
         return False
     session.execute(
@@ -258,7 +247,7 @@ def pause(session: Session, broadcast_id: int, *, now: datetime) -> bool:
 
 
 def resume(session: Session, broadcast_id: int, *, now: datetime) -> bool:
-    broadcast = get(session, broadcast_id)
+    broadcast = get(session, broadcast_id, lock=True)
     if broadcast.status is not BroadcastStatus.PAUSED:
         return False
     session.execute(
@@ -275,7 +264,7 @@ def resume(session: Session, broadcast_id: int, *, now: datetime) -> bool:
 
 def cancel(session: Session, broadcast_id: int, *, now: datetime) -> bool:
     """Stop it for good: nothing more of it goes out."""
-    broadcast = get(session, broadcast_id)
+    broadcast = get(session, broadcast_id, lock=True)
     if broadcast.status not in (
         BroadcastStatus.SCHEDULED,
         BroadcastStatus.SENDING,

@@ -23,7 +23,7 @@ from .columns import UTCDateTime, _enum
 class BroadcastStatus(enum.StrEnum):
     DRAFT = "draft"
     SCHEDULED = "scheduled"  # waits for scheduled_at; the scheduler then queues its emails
-    SENDING = "sending"  # one outbox row per recipient exists
+    SENDING = "sending"  # its outbox rows are being written (in chunks), or all are
     PAUSED = "paused"  # its queued emails are held
     SENT = "sent"  # nothing of it is left to send
     CANCELLED = "cancelled"
@@ -60,6 +60,12 @@ class Broadcast(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     recipients: Mapped[int] = mapped_column(Integer, default=0)
+    # The send's audience is fixed when it starts: readers up to the highest subscriber id
+    # then (`audience_through`); their rows are written in chunks of subscriber ids, and
+    # `expanded_through` is the last id written (service.broadcast_expansion). Fully queued
+    # once the two are equal (both 0 before it starts, and for a send written before chunks).
+    audience_through: Mapped[int] = mapped_column(Integer, default=0)
+    expanded_through: Mapped[int] = mapped_column(Integer, default=0)
     # Why it is paused, when it paused itself (service.feedback's circuit breaker); and
     # whether the owner resumed it after that, which ends the breaker's watch over it.
     pause_reason: Mapped[str | None] = mapped_column(Text)

@@ -97,10 +97,10 @@ def enqueue_for_each(
     context: dict[str, Any],
     dedupe_prefix: str,
     broadcast_id: int | None = None,
-) -> None:
+) -> int:
     """Queue one email of `kind` for each (id, email) row of `recipients`, in one
     INSERT ... SELECT. Each row's dedupe key is `dedupe_prefix` and the subscriber's id, so
-    a recipient who has one already is left alone."""
+    a recipient who has one already is left alone. Returns how many rows it wrote."""
     template = kinds.rules_of(kind).template
     if template is None:
         raise ValueError(f"an email of kind {kind!r} needs its template named")
@@ -121,12 +121,17 @@ def enqueue_for_each(
     # SQLite reads "SELECT ... ON CONFLICT" as a join without a WHERE: hence true().
     rows = select(*layout.values()).where(true())
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT DO NOTHING.
+    written = session.connection().execute(
         insert(OutboxMessage.__table__)
         .from_select(list(layout), rows)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(OutboxMessage.__table__.c.id)
     )
-    note_queued(session)
+    count = sum(1 for _ in written)
+    if count:
+        note_queued(session)
+    return count
 
 
 def step_row(

@@ -1,7 +1,7 @@
 """a staged import row's mailbox and suppression keys
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 Create Date: 2026-11-29
 
 `import_rows.mailbox_key` and `import_rows.suppression_hash`: worked out when a row is
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 

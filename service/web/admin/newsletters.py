@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 from flask import Response, abort, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from ... import archive, audience, broadcasts, dashboard, kinds, newsletter_audience, tags
+from ... import (
+    archive,
+    audience,
+    broadcast_expansion,
+    broadcasts,
+    dashboard,
+    kinds,
+    newsletter_audience,
+    tags,
+)
 from ...feedback import rates
 from ...models import Broadcast, BroadcastStatus
 from .. import now, services
@@ -63,8 +72,8 @@ def _state(broadcast: Broadcast) -> str:
 def _progress_of(db, broadcast: Broadcast) -> dict:
     """The figures the progress section shows, as its JSON carries them."""
     counts = broadcasts.progress(db, broadcast.id)
-    # Known once the scheduler has queued a row per reader.
-    counted = broadcast.status is not BroadcastStatus.SCHEDULED
+    # Known once the scheduler has queued a row per reader (every chunk of them).
+    counted = not broadcast_expansion.expanding(broadcast)
     if counted:
         shown = str(broadcast.recipients)
     else:
