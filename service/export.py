@@ -33,7 +33,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import aggregate_order_by, array, distinct_on
 
 from .audience import SubscriberFilter
-from .db import PreparedStatement
 from .models import (
     ConsentRecord,
     Enrollment,
@@ -42,6 +41,7 @@ from .models import (
     Subscriber,
     SubscriberTag,
 )
+from .prepared import PreparedStatement
 
 EXPORT_SPAN = 5_000  # subscriber ids per piece of an export
 EXPORT_READERS = 2  # pieces of an export read at once

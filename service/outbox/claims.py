@@ -19,9 +19,9 @@ from sqlalchemy import Connection, Update, and_, bindparam, case, func, or_, sel
 from sqlalchemy.orm import Session
 
 from .. import kinds
-from ..db import PreparedStatement
 from ..kinds import Receivers
 from ..models import OUTBOX_DUE_STATES, OutboxMessage, OutboxStatus, Subscriber, SubscriberStatus
+from ..prepared import PreparedStatement
 
 logger = logging.getLogger(__name__)
 

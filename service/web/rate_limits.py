@@ -37,7 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..db import Database, PreparedStatement
+from ..db import Database
+from ..prepared import PreparedStatement
 
 STORAGE_SCHEME = "newsletter"
 SQLITE_FILE = "rate_limits.db"
