@@ -55,21 +55,24 @@ SETTINGS = {
 
 
 class CountingSink:
-    """smtp-sink with its running counters on: the number of messages it took."""
+    """smtp-sink with its running counters on: the number of messages it took. The
+    counters go to a file (a pipe nobody reads would fill, and the sink would stall)."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen(
-            ["smtp-sink", "-c", "-u", "postfix", f"127.0.0.1:{self.port}", "256"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
+        self.counters = workdir / f"sink-{self.port}.out"
+        with self.counters.open("wb") as output:
+            self.process = subprocess.Popen(
+                ["smtp-sink", "-c", "-u", "postfix", f"127.0.0.1:{self.port}", "256"],
+                stdout=output,
+                stderr=subprocess.DEVNULL,
+            )
         wait_for_port(self.port)
 
     def stop(self) -> int:
         self.process.terminate()
-        output = self.process.communicate(timeout=30)[0].decode()
-        counts = re.findall(r"mesg=(\d+)", output)
+        self.process.wait(timeout=30)
+        counts = re.findall(r"mesg=(\d+)", self.counters.read_text())
         return int(counts[-1]) if counts else 0
 
 
@@ -196,7 +199,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for schedulers in (1, 2):
-            sink = CountingSink()
+            sink = CountingSink(workdir)
             url = fresh_database(args.database, workdir, f"bench_schedulers_{schedulers}")
             queue_newsletter(url, args.readers, datetime.now(UTC))
             figures = drain(url, workdir, sink.port, schedulers, args.readers)

@@ -236,10 +236,17 @@ def keep_house(services: Services, *, clock: Callable[[], datetime], stop: threa
 def quiet_apscheduler() -> None:
     """APScheduler says at INFO that each job started and that it finished: two lines a
     job every tick, burying the ones that say something (the emails the console mailer
-    prints among them). Its warnings and errors stay, the jobs log what they did, and
-    LOG_LEVEL=DEBUG brings its lines back."""
+    prints among them). It also warns at every tick that comes while a long pass runs (a
+    newsletter to many readers), though skipping that tick is what the job asks for
+    (max_instances=1). Its other warnings and errors stay, the jobs log what they did,
+    and LOG_LEVEL=DEBUG brings its lines back."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        logging.getLogger("apscheduler.scheduler").addFilter(_not_a_skipped_tick)
+
+
+def _not_a_skipped_tick(record: logging.LogRecord) -> bool:
+    return "maximum number of running instances reached" not in record.getMessage()
 
 
 def make_scheduler(

@@ -93,10 +93,9 @@ def test_no_listener_for_an_in_memory_database():
 
 
 @pytest.fixture
-def postgres_engine(database_url):
-    if not database_url.startswith("postgresql"):
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
-    engine = create_engine(database_url)
+def postgres_engine(postgres_url):
+    """LISTEN/NOTIFY is PostgreSQL's: an engine on an empty PostgreSQL database."""
+    engine = create_engine(postgres_url)
     yield engine
     engine.dispose()
 
