@@ -11,7 +11,7 @@ aiosmtpd, in its own process) and each database:
 - the pass: N confirmed readers whose first step is due, moved into the outbox and sent
   by one call of the scheduler's tick (plan, render, sign links, build MIME, send, record).
 Prints emails/s for each and the ratio, and checks every row ended up sent.
-Goal: the pass at least 0.5 of the baseline, and at least 1,000 emails/s on SQLite.
+Goal: the pass at least 0.5 of the baseline, and at least 1,000 emails/s on each database.
 
 With --dkim, the same pass runs again on a fresh database with every email DKIM-signed
 (RSA 2048, service.dkim), right after the pass without: both figures are printed, and the
@@ -352,9 +352,9 @@ def main() -> int:
                 process.terminate()
                 process.wait(timeout=10)
             ratio = rate / base
-            # 1,000/s on SQLite is asked of the fast sink: aiosmtpd itself takes ~1,100/s.
+            # 1,000/s is asked of the fast sink: aiosmtpd itself takes ~1,100/s.
             met = check == "all sent" and ratio >= 0.5
-            if database == "sqlite" and sink == "smtp-sink":
+            if sink == "smtp-sink":
                 met = met and rate >= 1000
             line = f"{sink:<11}{database:<12}{base:>12.0f}{rate:>10.0f}{ratio:>8.2f}"
             if signed is not None:
@@ -364,7 +364,7 @@ def main() -> int:
             if not met:
                 failed.append(f"{sink}/{database}")
             print(f"{line}  {check}, {'met' if met else 'NOT MET'}")
-    goal = "the pass >= 0.5 x baseline; >= 1,000 emails/s on SQLite"
+    goal = "the pass >= 0.5 x baseline; >= 1,000 emails/s into smtp-sink"
     if args.dkim:
         goal += "; signed >= 0.75 x the pass"
     print(
