@@ -83,14 +83,6 @@ class PreparedStatement:
         finally:
             cursor.close()
 
-    def first(self, connection: Any, values: dict[str, Any]) -> tuple[Any, ...] | None:
-        cursor = self._cursor(connection, values)
-        try:
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-        return None if row is None else self._processed(row)
-
     def all(self, connection: Any, values: dict[str, Any]) -> list[tuple[Any, ...]]:
         cursor = self._cursor(connection, values)
         try:

@@ -10,7 +10,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from service.models import OutboxMessage, OutboxStatus
-from tests.helpers import outbox, services_of, sign_up
+from tests.helpers import outbox, run_pass, services_of, sign_up
+from tests.test_dispatch import RecordingMailer, drain_with
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -35,30 +36,6 @@ def onlooker(database_url):
     engine.dispose()
 
 
-class WatchingMailer:
-    """The real mailer; `before_send(n)` runs before the n-th message (from 1) goes out."""
-
-    def __init__(self, inner, before_send):
-        self.inner, self.before_send = inner, before_send
-        self.handed = 0
-
-    def send(self, message):
-        self.handed += 1
-        self.before_send(self.handed)
-        self.inner.send(message)
-
-    def close(self):
-        self.inner.close()
-
-
-def drain(app, mailer):
-    services = services_of(app)
-    try:
-        return services.make_dispatcher("w").drain(mailer, clock=services.clock)
-    finally:
-        mailer.close()
-
-
 def sent_ids(connection) -> list[int]:
     return connection.scalars(
         sa.select(OutboxMessage.id)
@@ -74,10 +51,10 @@ def test_each_email_is_committed_as_sent_before_the_next_goes_out(app, client, s
         sign_up(client, f"r{n}@example.com")
     ids = [row.id for row in outbox(app)]
     seen = []
-    drain(
-        app,
-        WatchingMailer(services_of(app).make_mailer(), lambda n: seen.append(sent_ids(onlooker))),
+    watching = RecordingMailer(
+        services_of(app).make_mailer(), lambda _: seen.append(sent_ids(onlooker))
     )
+    drain_with(app, watching)
     assert seen == [ids[:n] for n in range(5)]
     assert sent_ids(onlooker) == ids
 
@@ -87,7 +64,7 @@ def test_the_sending_connection_does_not_keep_asynchronous_commit(app, client, s
     pool committing as every other one does."""
     sign_up(client, "r0@example.com")
     engine = services_of(app).database.engine
-    drain(app, services_of(app).make_mailer())
+    run_pass(app)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
     assert [row.status for row in outbox(app)] == [OutboxStatus.SENT]
@@ -102,18 +79,19 @@ def test_a_lost_database_connection_sends_nothing_twice_and_loses_nothing(
     for n in range(5):
         sign_up(client, f"r{n}@example.com")
 
-    def cut_off(n: int) -> None:
-        if n == 3:
+    def cut_off(_message) -> None:
+        if len(mailer.handed) == 3:
             onlooker.exec_driver_sql(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
 
+    mailer = RecordingMailer(services_of(app).make_mailer(), cut_off)
     with pytest.raises(DBAPIError):
-        drain(app, WatchingMailer(services_of(app).make_mailer(), cut_off))
+        drain_with(app, mailer)
     statuses = [row.status for row in outbox(app)]
     assert statuses == [OutboxStatus.SENT] * 3 + [OutboxStatus.QUEUED] * 2
-    report = drain(app, services_of(app).make_mailer())  # the same moment: no lease to wait for
+    report = run_pass(app)  # the same moment: no lease to wait for
     assert report.sent == 2
     received = [r.rcpt_tos[0] for r in smtp.handler.wait_for(5)]
     assert sorted(received) == [f"r{n}@example.com" for n in range(5)]

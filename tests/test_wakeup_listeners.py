@@ -195,7 +195,7 @@ def test_a_commit_wakes_a_running_scheduler_long_before_its_tick(smtp_app, smtp)
 
 
 @pytest.mark.slow
-def test_wakeups_off_binds_no_socket(make_app, sqlite_url, tmp_path):
+def test_wakeups_off_binds_no_socket(make_app, sqlite_url):
     path = Path(wakeup.doorbell_path(sqlite_url))
     with running_scheduler(make_app(DATABASE_URL=sqlite_url, SCHEDULER_WAKEUPS="off")):
         assert not path.exists()

@@ -55,6 +55,7 @@ from ..models import (
     Suppression,
 )
 from ..models.columns import UTCDateTime
+from .jobs import on_postgresql
 
 # What a batch did to a staged row's reader, written over its outcome (the preview's
 # figures live on the job, not in these rows, and a row is applied once).
@@ -112,7 +113,7 @@ def read_batch(session: Session, job: Import, *, size: int) -> Batch | None:
 
 
 def _insert(session: Session, table: Any) -> Any:
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    dialect = postgresql if on_postgresql(session) else sqlite
     return dialect.insert(table)
 
 
@@ -120,7 +121,7 @@ def _json(session: Session, value: Any) -> Any:
     """A JSON value to INSERT ... SELECT: PostgreSQL wants it cast; SQLite keeps the text
     (its CAST to JSON would make a number of it)."""
     bound = literal(value, JSON())
-    return cast(bound, JSON) if session.get_bind().dialect.name == "postgresql" else bound
+    return cast(bound, JSON) if on_postgresql(session) else bound
 
 
 def apply_batch(session: Session, job: Import, batch: Batch, *, now: datetime) -> importer.Applied:

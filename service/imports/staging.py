@@ -23,7 +23,6 @@ from .. import erasure, importer, signup_input
 from ..importer import Outcome, Row
 from ..models import Import, ImportRow, Subscriber, Suppression
 
-STAGED = (Outcome.NEW, Outcome.UPDATED, Outcome.UNCHANGED, Outcome.SKIPPED)
 COLUMNS = (
     "import_id",
     "line",
@@ -41,6 +40,7 @@ COLUMNS = (
     "unsubscribed",
     "tags",
 )
+EMAIL_KEY = COLUMNS.index("email_key")
 # SQLite takes at most 32,766 parameters a statement.
 ROWS_PER_INSERT = 32_000 // len(COLUMNS)
 
@@ -182,30 +182,22 @@ def stage(session: Session, job: Import, prepared: Prepared) -> None:
         # Duplicates of rows in earlier batches: found by the unique index itself (the
         # insert skips them), not by a lookup a planner could get wrong on a table that
         # grows by thousands of rows a second.
-        earlier = [row for row, _ in prepared.keyed if row.line in left_out]
+        earlier = [(row, values) for row, values in prepared.keyed if row.line in left_out]
         if earlier:
             first_lines = dict(
                 session.execute(
                     select(ImportRow.email_key, ImportRow.line).where(
                         ImportRow.import_id == job.id,
-                        ImportRow.email_key.in_(
-                            {signup_input.email_key(row.email) for row in earlier}
-                        ),
+                        ImportRow.email_key.in_({values[EMAIL_KEY] for _, values in earlier}),
                     )
                 ).all()
             )
-            again = []
-            for row in earlier:
+            for row, values in earlier:
                 row.outcome = Outcome.DUPLICATE
-                row.reason = (
-                    f"the same address as line {first_lines[signup_input.email_key(row.email)]}"
-                )
-                again.append(
-                    next(values for staged_row, values in prepared.keyed if staged_row is row)
-                )
+                row.reason = f"the same address as line {first_lines[values[EMAIL_KEY]]}"
             prepared.unkeyed.extend(
                 (*values[:2], Outcome.DUPLICATE.value, values[3], None, None, None, *values[7:])
-                for values in again
+                for _, values in earlier
             )
         first, last = prepared.keyed[0][0].line, prepared.keyed[-1][0].line
         session.execute(_compare(job.id, first, last))

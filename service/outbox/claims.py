@@ -25,6 +25,9 @@ from ..prepared import PreparedStatement
 
 logger = logging.getLogger(__name__)
 
+# What a row may be when its email is recorded as sent: cancelled while on the wire too.
+SENT_FROM = (OutboxStatus.SENDING, OutboxStatus.CANCELLED)
+
 # The sending loop runs these on a plain Connection (an ORM Session costs more per email
 # than the statements themselves); everything else passes a Session.
 Bind = Session | Connection
@@ -174,8 +177,7 @@ def _renew_statement(with_sent: bool) -> Update:
     sent = columns.id == bindparam("sent_id")
     recordable = and_(
         sent,
-        # What mark_sent() accepts: the row may have been cancelled while on the wire.
-        or_(columns.status == OutboxStatus.SENDING, columns.status == OutboxStatus.CANCELLED),
+        or_(*(columns.status == state for state in SENT_FROM)),
     )
     return (
         table.update()
@@ -300,7 +302,7 @@ def mark_sent(bind: Bind, message_id: int, *, worker: str, now: datetime) -> boo
         bind,
         message_id,
         worker,
-        states=(OutboxStatus.SENDING, OutboxStatus.CANCELLED),
+        states=SENT_FROM,
         status=OutboxStatus.SENT,
         sent_at=now,
         last_error=None,

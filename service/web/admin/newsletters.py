@@ -136,17 +136,18 @@ def newsletter(broadcast_id: int | None):
             return redirect(url_for("admin.newsletter", broadcast_id=saved_id), 303)
     with services().database.read() as db:
         broadcast = _broadcast_or_404(db, broadcast_id) if broadcast_id else None
-        recipients = None
-        if broadcast is not None:
+        recipients = progress = feedback = None
+        links = []
+        # A draft shows whom it would go to; a newsletter that left the drafts, how its
+        # sending went (counting a million readers on every load would be wasted).
+        if broadcast is not None and broadcast.status is BroadcastStatus.DRAFT:
             recipients = newsletter_audience.size(
                 db, broadcast, sequence=services().default_sequence.name, now=now()
             )
+        elif broadcast is not None:
             progress = _progress_of(db, broadcast)
             links = dashboard.link_clicks(db, broadcast_id=broadcast.id)
             feedback = rates.per_newsletter(db, [broadcast.id])[broadcast.id]
-        else:
-            progress = feedback = None
-            links = []
         sources = audience.sources(db)
         tags_in_use = tags.in_use(db)
         if broadcast is not None:
